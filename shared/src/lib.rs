@@ -1,0 +1,20 @@
+//! Definitions shared by the SWIOTLB virtio device (host) and its driver (guest).
+//!
+//! This crate does no I/O. It holds:
+//! - [`features`]: the virtio feature bits, `VIRTIO_F_SWIOTLB` among them, defined once;
+//! - [`pci`]: the virtio-pci capability and common-config wire structs, and the register
+//!   layout of this project's device;
+//! - [`layout`]: pool arithmetic (the bus window every DMA is checked against, and how the
+//!   driver carves rings, indirect tables and 2 KiB bounce slots out of the pool);
+//! - [`vfio_user`]: the vfio-user message codec, which never panics on peer bytes and
+//!   bounds every length before allocating.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod features;
+pub mod layout;
+pub mod pci;
+pub mod vfio_user;
+
+pub use features::{VIRTIO_F_SWIOTLB, VIRTIO_F_VERSION_1};
+pub use layout::{PoolLayout, PoolWindow, QueueLayout};
+pub use pci::VIRTIO_PCI_CAP_SWIOTLB;
