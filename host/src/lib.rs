@@ -1,1 +1,19 @@
-//! x
+//! The host side of the SWIOTLB virtio pair: a virtio-blk PCI function served over
+//! vfio-user whose only device-visible memory is the SWIOTLB pool it provides.
+//!
+//! - [`pool`]: the memfd-backed pool BAR, followed as the driver moves it;
+//! - [`pci`]: configuration space, BARs, interrupts, and the function tying them together;
+//! - [`virtio`]: the transport, negotiation under the strict SWIOTLB policy, and the
+//!   checked descriptor chains that hold every DMA to the pool;
+//! - [`devices::block`]: virtio-blk on a raw image;
+//! - [`findings`]: policy violations, counted and emitted;
+//! - [`vfio_user`]: the vfio-user server.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod devices;
+pub mod findings;
+pub mod pci;
+pub mod pool;
+pub mod virtio;
+
+pub use pci::VirtioPciFunction;

@@ -1,0 +1,3 @@
+//! Device models behind the virtio-pci transport.
+
+pub mod block;

@@ -1,0 +1,762 @@
+//! The virtio-pci function: configuration space, the register BAR, the pool BAR, the
+//! transport and the device, as a vfio-user server presents them.
+//!
+//! Region layout (VFIO PCI region indexes): BAR0 holds the virtio registers and the MSI-X
+//! table; BAR2 (64-bit, prefetchable) is the SWIOTLB pool; region 7 is config space.
+
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+use swiotlb_shared::features::{
+    feature_names, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+use swiotlb_shared::pci::{
+    cfg, device_layout as dl, VirtioPciCap, VirtioPciNotifyCap, VIRTIO_PCI_CAP_COMMON_CFG,
+    VIRTIO_PCI_CAP_DEVICE_CFG, VIRTIO_PCI_CAP_ISR_CFG, VIRTIO_PCI_CAP_NOTIFY_CFG,
+    VIRTIO_PCI_CAP_SWIOTLB, VIRTIO_PCI_MODERN_DEVICE_ID_BASE, VIRTIO_PCI_VENDOR_ID,
+};
+use thiserror::Error;
+use virtio_queue::QueueT;
+
+use super::config_space::{BarKind, BarSpec, ConfigSpace};
+use super::interrupts::{Interrupts, IrqAction, IrqError};
+use crate::findings::{Finding, FindingCounters, FindingKind};
+use crate::pool::{Pool, PoolError};
+use crate::virtio::chain::ChainContext;
+use crate::virtio::metrics::DmaCounters;
+use crate::virtio::transport::{Policy, StatusEffect, VirtioPciTransport};
+use crate::virtio::VirtioDevice;
+
+/// VFIO region index of the register BAR.
+pub const REGION_REGS: u32 = dl::REGS_BAR as u32;
+/// VFIO region index of the pool BAR.
+pub const REGION_POOL: u32 = dl::POOL_BAR as u32;
+/// VFIO region index of PCI config space.
+pub const REGION_CONFIG: u32 = 7;
+/// Number of VFIO regions of a PCI device (BARs 0-5, ROM, config, VGA).
+pub const NUM_REGIONS: u32 = 9;
+/// Widest single access to the register BAR (one 64-bit register).
+pub const MAX_REG_ACCESS: usize = 8;
+
+/// Errors of region access.
+#[derive(Debug, Error)]
+pub enum AccessError {
+    /// The region does not exist or has size zero.
+    #[error("region {0} does not exist")]
+    NoRegion(u32),
+    /// The access does not lie inside the region.
+    #[error("access at {offset:#x} of {len} bytes is outside region {region}")]
+    OutOfRange {
+        /// Region index.
+        region: u32,
+        /// Offset asked for.
+        offset: u64,
+        /// Length asked for.
+        len: usize,
+    },
+    /// Register accesses are 1 to 8 bytes.
+    #[error("register access of {0} bytes (1 to 8 allowed)")]
+    BadWidth(usize),
+    /// Reading or writing the pool file failed.
+    #[error("pool access failed")]
+    Pool(#[source] std::io::Error),
+}
+
+/// The function's state at the end of a session, for operators and tests.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSummary {
+    /// Features offered.
+    pub device_features: u64,
+    /// Features the driver accepted.
+    pub driver_features: u64,
+    /// Names of the negotiated features.
+    pub negotiated: Vec<String>,
+    /// Final device status.
+    pub status: u8,
+    /// Pool bus address when last decoded.
+    pub pool_bus_address: Option<u64>,
+    /// Pool size.
+    pub pool_size: u64,
+    /// Chains checked.
+    pub chains: u64,
+    /// Chains rejected.
+    pub chains_rejected: u64,
+    /// Descriptors checked (DMAs).
+    pub dma_descriptors: u64,
+    /// Device-readable bytes checked.
+    pub dma_readable_bytes: u64,
+    /// Device-writable bytes checked.
+    pub dma_writable_bytes: u64,
+    /// DMA violations (accesses that would have left the pool).
+    pub dma_violations: u64,
+    /// Findings of every kind.
+    pub findings: u64,
+    /// Non-zero finding counts by kind.
+    pub findings_by_kind: Vec<(String, u64)>,
+    /// Pool accesses that went through the socket instead of the mapping.
+    pub trapped_pool_accesses: u64,
+    /// Interrupts sent.
+    pub interrupts: u64,
+    /// BAR moves the device followed.
+    pub pool_moves: u64,
+}
+
+/// The function.
+pub struct VirtioPciFunction {
+    template: ConfigSpace,
+    config: ConfigSpace,
+    pool: Pool,
+    transport: VirtioPciTransport,
+    device: Box<dyn VirtioDevice + Send>,
+    policy: Policy,
+    interrupts: Interrupts,
+    isr: u8,
+    msix_table: Vec<u8>,
+    findings: Arc<FindingCounters>,
+    dma: Arc<DmaCounters>,
+    trapped_pool: AtomicU64,
+    pool_moves: u64,
+    last_pool_address: Option<u64>,
+}
+
+impl VirtioPciFunction {
+    /// A function presenting `device` with a pool of `pool_size` bytes.
+    pub fn new(
+        device: Box<dyn VirtioDevice + Send>,
+        pool_size: u64,
+        policy: Policy,
+    ) -> Result<Self, PoolError> {
+        let pool = Pool::new(pool_size)?;
+        let msix_vectors = device.num_queues() + 1;
+        let template = Self::config_template(device.device_type(), pool_size, msix_vectors);
+        let transport = VirtioPciTransport::new(device.as_ref(), policy, msix_vectors);
+        Ok(Self {
+            config: template.clone(),
+            template,
+            pool,
+            transport,
+            device,
+            policy,
+            interrupts: Interrupts::new(msix_vectors),
+            isr: 0,
+            msix_table: vec![0; usize::from(msix_vectors) * dl::MSIX_ENTRY_SIZE as usize],
+            findings: Arc::new(FindingCounters::default()),
+            dma: Arc::new(DmaCounters::default()),
+            trapped_pool: AtomicU64::new(0),
+            pool_moves: 0,
+            last_pool_address: None,
+        })
+    }
+
+    fn config_template(device_type: u16, pool_size: u64, msix_vectors: u16) -> ConfigSpace {
+        // Modern-only virtio-pci function: revision 1, no legacy I/O BAR (virtio 1.2, 4.1.2.1).
+        let mut c = ConfigSpace::new(
+            VIRTIO_PCI_VENDOR_ID,
+            VIRTIO_PCI_MODERN_DEVICE_ID_BASE + device_type,
+            1,
+            [0x00, 0x80, 0x01], // mass storage, other
+            (VIRTIO_PCI_VENDOR_ID, 0x1100),
+        );
+        c.add_bar(BarSpec {
+            index: dl::REGS_BAR,
+            size: dl::REGS_BAR_SIZE,
+            kind: BarKind::Mem32,
+        });
+        c.add_bar(BarSpec {
+            index: dl::POOL_BAR,
+            size: pool_size,
+            kind: BarKind::Mem64Prefetchable,
+        });
+        let cap = |cfg_type: u8, bar: u8, offset: u32, length: u32| VirtioPciCap {
+            cap_vndr: cfg::CAP_ID_VENDOR,
+            cap_next: 0,
+            cap_len: VirtioPciCap::SIZE as u8,
+            cfg_type,
+            bar,
+            id: 0,
+            padding: [0; 2],
+            offset,
+            length,
+        };
+        let caps = [
+            (
+                dl::CAP_COMMON,
+                cap(
+                    VIRTIO_PCI_CAP_COMMON_CFG,
+                    dl::REGS_BAR,
+                    dl::COMMON_OFFSET,
+                    dl::COMMON_LEN,
+                )
+                .to_bytes()
+                .to_vec(),
+            ),
+            (
+                dl::CAP_NOTIFY,
+                VirtioPciNotifyCap {
+                    cap: VirtioPciCap {
+                        cap_len: VirtioPciNotifyCap::SIZE as u8,
+                        ..cap(
+                            VIRTIO_PCI_CAP_NOTIFY_CFG,
+                            dl::REGS_BAR,
+                            dl::NOTIFY_OFFSET,
+                            dl::NOTIFY_LEN,
+                        )
+                    },
+                    notify_off_multiplier: dl::NOTIFY_OFF_MULTIPLIER,
+                }
+                .to_bytes()
+                .to_vec(),
+            ),
+            (
+                dl::CAP_ISR,
+                cap(
+                    VIRTIO_PCI_CAP_ISR_CFG,
+                    dl::REGS_BAR,
+                    dl::ISR_OFFSET,
+                    dl::ISR_LEN,
+                )
+                .to_bytes()
+                .to_vec(),
+            ),
+            (
+                dl::CAP_DEVICE,
+                cap(
+                    VIRTIO_PCI_CAP_DEVICE_CFG,
+                    dl::REGS_BAR,
+                    dl::DEVICE_OFFSET,
+                    dl::DEVICE_LEN,
+                )
+                .to_bytes()
+                .to_vec(),
+            ),
+            // The SWIOTLB capability describes the whole pool BAR. `length` is 32 bits, so
+            // pools are capped below 4 GiB (MAX_POOL_SIZE is 1 GiB).
+            (
+                dl::CAP_SWIOTLB,
+                cap(VIRTIO_PCI_CAP_SWIOTLB, dl::POOL_BAR, 0, pool_size as u32)
+                    .to_bytes()
+                    .to_vec(),
+            ),
+        ];
+        for (at, bytes) in caps {
+            let got = c.add_capability(bytes[0], &bytes[2..], &[]);
+            debug_assert_eq!(got, at);
+        }
+        let mut msix = Vec::with_capacity(10);
+        msix.extend_from_slice(&(msix_vectors - 1).to_le_bytes());
+        msix.extend_from_slice(&(dl::MSIX_TABLE_OFFSET | u32::from(dl::REGS_BAR)).to_le_bytes());
+        msix.extend_from_slice(&(dl::MSIX_PBA_OFFSET | u32::from(dl::REGS_BAR)).to_le_bytes());
+        let got = c.add_capability(cfg::CAP_ID_MSIX, &msix, &[(1, 0xc0)]);
+        debug_assert_eq!(got, dl::CAP_MSIX);
+        c
+    }
+
+    /// The finding counters.
+    pub fn findings(&self) -> Arc<FindingCounters> {
+        self.findings.clone()
+    }
+
+    /// The DMA counters.
+    pub fn dma(&self) -> Arc<DmaCounters> {
+        self.dma.clone()
+    }
+
+    /// The pool (for its fd and size).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The transport (for negotiated state).
+    pub fn transport(&self) -> &VirtioPciTransport {
+        &self.transport
+    }
+
+    /// Size of region `index`, 0 if absent.
+    pub fn region_size(&self, index: u32) -> u64 {
+        match index {
+            REGION_REGS => dl::REGS_BAR_SIZE,
+            REGION_POOL => self.pool.size(),
+            REGION_CONFIG => cfg::SIZE as u64,
+            _ => 0,
+        }
+    }
+
+    /// IRQ vectors of VFIO IRQ index `index`.
+    pub fn irq_count(&self, index: u32) -> u32 {
+        self.interrupts.count(index)
+    }
+
+    /// Function-level reset: pristine config space, transport and device reset, pool
+    /// undecoded and zeroed, interrupts dropped. A new client always starts here.
+    pub fn reset(&mut self) {
+        self.config = self.template.clone();
+        self.virtio_reset();
+        self.interrupts.clear();
+        self.msix_table.fill(0);
+        self.pool.place(None);
+        if let Err(e) = self.pool.clear() {
+            tracing::error!(error = %e, "clearing the pool on reset failed");
+        }
+        self.last_pool_address = None;
+    }
+
+    fn virtio_reset(&mut self) {
+        self.transport.reset();
+        self.device.reset();
+        self.isr = 0;
+    }
+
+    fn record(&mut self, f: Finding) {
+        self.findings.record(&f);
+        if f.kind.is_dma_violation()
+            || matches!(
+                f.kind,
+                FindingKind::ChainTooLong
+                    | FindingKind::DescriptorIndexOutOfRange
+                    | FindingKind::ReadableAfterWritable
+                    | FindingKind::ZeroLengthDescriptor
+                    | FindingKind::ChainLengthOverflow
+                    | FindingKind::BadIndirectTable
+                    | FindingKind::AvailIndexJump
+            )
+        {
+            self.needs_reset();
+        }
+    }
+
+    fn needs_reset(&mut self) {
+        if self.transport.set_needs_reset() {
+            // Configuration-change notification (virtio 1.2, 4.1.5.3).
+            self.isr |= 2;
+            let v = self.transport.config_msix_vector();
+            self.raise(v);
+        }
+    }
+
+    fn raise(&mut self, msix_vector: u16) {
+        let sent = if self.config.msix_active() {
+            self.interrupts.msix(msix_vector)
+        } else if !self.config.intx_disabled() {
+            self.isr |= 1;
+            self.interrupts.intx()
+        } else {
+            false
+        };
+        if sent {
+            DmaCounters::add(&self.dma.interrupts, 1);
+        }
+    }
+
+    fn follow_bars(&mut self) {
+        let at = self.config.bar_address(dl::POOL_BAR);
+        if self.pool.place(at) {
+            if let Some(a) = at {
+                if self.last_pool_address.is_some_and(|l| l != a) {
+                    self.pool_moves += 1;
+                }
+                self.last_pool_address = Some(a);
+            }
+            tracing::info!(
+                target: "swiotlb::config",
+                pool_bus_address = ?at.map(|a| format!("{a:#x}")),
+                "pool BAR decode changed"
+            );
+        }
+    }
+
+    /// Reads `buf.len()` bytes of region `region` at `offset`.
+    pub fn region_read(
+        &mut self,
+        region: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), AccessError> {
+        self.check_range(region, offset, buf.len())?;
+        match region {
+            REGION_CONFIG => self
+                .config
+                .read(offset, buf)
+                .map_err(|_| AccessError::OutOfRange {
+                    region,
+                    offset,
+                    len: buf.len(),
+                }),
+            REGION_POOL => {
+                self.trapped_pool.fetch_add(1, Ordering::Relaxed);
+                read_exact_at(&self.pool, buf, offset)
+            }
+            _ => {
+                if buf.is_empty() || buf.len() > MAX_REG_ACCESS {
+                    return Err(AccessError::BadWidth(buf.len()));
+                }
+                self.regs_read(offset, buf);
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes `data` to region `region` at `offset`.
+    pub fn region_write(
+        &mut self,
+        region: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), AccessError> {
+        self.check_range(region, offset, data.len())?;
+        match region {
+            REGION_CONFIG => {
+                let ch = self
+                    .config
+                    .write(offset, data)
+                    .map_err(|_| AccessError::OutOfRange {
+                        region,
+                        offset,
+                        len: data.len(),
+                    })?;
+                if ch.decode_changed {
+                    self.follow_bars();
+                }
+                Ok(())
+            }
+            REGION_POOL => {
+                self.trapped_pool.fetch_add(1, Ordering::Relaxed);
+                self.pool
+                    .file()
+                    .write_all_at(data, offset)
+                    .map_err(AccessError::Pool)
+            }
+            _ => {
+                if data.is_empty() || data.len() > MAX_REG_ACCESS {
+                    return Err(AccessError::BadWidth(data.len()));
+                }
+                self.regs_write(offset, data);
+                Ok(())
+            }
+        }
+    }
+
+    fn check_range(&self, region: u32, offset: u64, len: usize) -> Result<(), AccessError> {
+        let size = self.region_size(region);
+        if size == 0 {
+            return Err(AccessError::NoRegion(region));
+        }
+        if offset.checked_add(len as u64).is_none_or(|e| e > size) {
+            return Err(AccessError::OutOfRange {
+                region,
+                offset,
+                len,
+            });
+        }
+        Ok(())
+    }
+
+    fn regs_read(&mut self, offset: u64, buf: &mut [u8]) {
+        buf.fill(0);
+        let o = offset;
+        let (c, i, d, n) = (
+            u64::from(dl::COMMON_OFFSET),
+            u64::from(dl::ISR_OFFSET),
+            u64::from(dl::DEVICE_OFFSET),
+            u64::from(dl::NOTIFY_OFFSET),
+        );
+        let (t, p) = (
+            u64::from(dl::MSIX_TABLE_OFFSET),
+            u64::from(dl::MSIX_PBA_OFFSET),
+        );
+        if (c..c + u64::from(dl::COMMON_LEN)).contains(&o) {
+            self.transport.read(o - c, buf);
+        } else if o == i {
+            // Reading the ISR status clears it (virtio 1.2, 4.1.4.5).
+            buf[0] = self.isr;
+            self.isr = 0;
+        } else if (d..d + u64::from(dl::DEVICE_LEN)).contains(&o) {
+            self.device.read_config(o - d, buf);
+        } else if (t..p).contains(&o) {
+            let start = (o - t) as usize;
+            for (k, b) in buf.iter_mut().enumerate() {
+                *b = self.msix_table.get(start + k).copied().unwrap_or(0);
+            }
+        }
+        let _ = n;
+    }
+
+    fn regs_write(&mut self, offset: u64, data: &[u8]) {
+        let o = offset;
+        let c = u64::from(dl::COMMON_OFFSET);
+        let d = u64::from(dl::DEVICE_OFFSET);
+        let n = u64::from(dl::NOTIFY_OFFSET);
+        let (t, p) = (
+            u64::from(dl::MSIX_TABLE_OFFSET),
+            u64::from(dl::MSIX_PBA_OFFSET),
+        );
+        if (c..c + u64::from(dl::COMMON_LEN)).contains(&o) {
+            self.common_write(o - c, data);
+        } else if (d..d + u64::from(dl::DEVICE_LEN)).contains(&o) {
+            self.device.write_config(o - d, data);
+        } else if (n..n + u64::from(dl::NOTIFY_LEN)).contains(&o) {
+            let q = (o - n) / u64::from(dl::NOTIFY_OFF_MULTIPLIER);
+            self.notify(u16::try_from(q).unwrap_or(u16::MAX));
+        } else if (t..p).contains(&o) {
+            let start = (o - t) as usize;
+            for (k, b) in data.iter().enumerate() {
+                if let Some(slot) = self.msix_table.get_mut(start + k) {
+                    *slot = *b;
+                }
+            }
+        }
+    }
+
+    fn common_write(&mut self, offset: u64, data: &[u8]) {
+        let window = match self.pool.view() {
+            Ok(v) => v.map(|v| v.window),
+            Err(_) => None,
+        };
+        match self.transport.write(offset, data, window) {
+            Ok(StatusEffect::None) => {}
+            Ok(StatusEffect::Reset) => {
+                tracing::info!(target: "swiotlb::config", "virtio reset by driver");
+                self.virtio_reset();
+            }
+            Ok(StatusEffect::FeaturesOk(f)) => {
+                tracing::info!(
+                    target: "swiotlb::config",
+                    driver_features = format_args!("{f:#x}"),
+                    negotiated = ?feature_names(f),
+                    "features negotiated"
+                );
+            }
+            Ok(StatusEffect::DriverOk) => self.activate(),
+            Err(f) => self.record(f),
+        }
+    }
+
+    /// DRIVER_OK: every enabled queue's rings are checked against the pool again, and
+    /// notification suppression follows EVENT_IDX.
+    fn activate(&mut self) {
+        let window = match self.pool.view() {
+            Ok(v) => v.map(|v| v.window),
+            Err(_) => None,
+        };
+        let event_idx = self.transport.negotiated(VIRTIO_RING_F_EVENT_IDX);
+        let mut bad = None;
+        for (i, slot) in self.transport.queues().iter().enumerate() {
+            if slot.queue.ready() {
+                if let Err(f) = VirtioPciTransport::check_rings(i as u16, &slot.queue, window) {
+                    bad = Some(f);
+                    break;
+                }
+            }
+        }
+        for i in 0..self.transport.queues().len() {
+            if let Some(s) = self.transport.queue_mut(i as u16) {
+                s.queue.set_event_idx(event_idx);
+            }
+        }
+        if let Some(f) = bad {
+            self.record(f);
+        }
+        tracing::info!(target: "swiotlb::config", "driver ready");
+    }
+
+    /// A doorbell for queue `q`: process every available chain.
+    pub fn notify(&mut self, q: u16) {
+        if !self.transport.live() {
+            if self.transport.status() & swiotlb_shared::pci::status::DEVICE_NEEDS_RESET == 0 {
+                tracing::debug!(queue = q, "notification before DRIVER_OK ignored");
+            }
+            return;
+        }
+        let Some(ready) = self
+            .transport
+            .queues()
+            .get(usize::from(q))
+            .map(|s| s.queue.ready())
+        else {
+            self.record(Finding::new(
+                FindingKind::BadQueueNotify,
+                format!("notification for nonexistent queue {q}"),
+            ));
+            return;
+        };
+        if !ready {
+            self.record(
+                Finding::new(
+                    FindingKind::BadQueueNotify,
+                    "notification for a queue not enabled",
+                )
+                .at(q, None),
+            );
+            return;
+        }
+        let view = match self.pool.view() {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                self.record(
+                    Finding::new(
+                        FindingKind::PoolNotDecoded,
+                        "notification while the pool BAR is not decoded",
+                    )
+                    .at(q, None),
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "pool cannot be mapped");
+                self.needs_reset();
+                return;
+            }
+        };
+        match self.process_queue(q, &view) {
+            Ok(true) => {
+                let v = self
+                    .transport
+                    .queues()
+                    .get(usize::from(q))
+                    .map_or(0, |s| s.msix_vector);
+                self.raise(v);
+            }
+            Ok(false) => {}
+            Err(f) => self.record(f),
+        }
+    }
+
+    /// Processes queue `q`; returns whether the driver must be interrupted.
+    fn process_queue(&mut self, q: u16, view: &crate::pool::PoolView) -> Result<bool, Finding> {
+        let indirect = self.transport.negotiated(VIRTIO_RING_F_INDIRECT_DESC);
+        let event_idx = self.transport.negotiated(VIRTIO_RING_F_EVENT_IDX);
+        let mem = &*view.mem;
+        let dma = self.dma.clone();
+        let device = &mut self.device;
+        let Some(slot) = self.transport.queue_mut(q) else {
+            return Ok(false);
+        };
+        let queue = &mut slot.queue;
+        VirtioPciTransport::check_rings(q, queue, Some(view.window))?;
+        let avail = queue.avail_idx(mem, Ordering::Acquire).map_err(|e| {
+            Finding::new(
+                FindingKind::RingOutsidePool,
+                format!("available ring unreadable: {e}"),
+            )
+            .at(q, None)
+        })?;
+        let pending = avail - std::num::Wrapping(queue.next_avail());
+        if pending.0 > queue.size() {
+            return Err(Finding::new(
+                FindingKind::AvailIndexJump,
+                format!(
+                    "available index moved by {} on a queue of {}",
+                    pending.0,
+                    queue.size()
+                ),
+            )
+            .at(q, None));
+        }
+        let ctx_base = ChainContext {
+            mem,
+            window: view.window,
+            desc_table: queue.desc_table(),
+            queue_size: queue.size(),
+            indirect,
+            queue: q,
+        };
+        let mut used_any = false;
+        loop {
+            if event_idx {
+                let _ = queue.disable_notification(mem);
+            }
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                DmaCounters::add(&dma.chains, 1);
+                match ctx_base.check(head) {
+                    Ok(c) => {
+                        for d in &c.descs {
+                            if d.writable {
+                                DmaCounters::add(&dma.writable_descriptors, 1);
+                                DmaCounters::add(&dma.writable_bytes, u64::from(d.len));
+                            } else {
+                                DmaCounters::add(&dma.readable_descriptors, 1);
+                                DmaCounters::add(&dma.readable_bytes, u64::from(d.len));
+                            }
+                        }
+                        DmaCounters::add(&dma.indirect_tables, u64::from(c.indirect_tables));
+                        let used = device.handle_chain(q, mem, &c);
+                        if let Err(e) = queue.add_used(mem, head, used) {
+                            tracing::warn!(error = %e, "add_used failed");
+                        }
+                        used_any = true;
+                    }
+                    Err(f) => {
+                        DmaCounters::add(&dma.chains_rejected, 1);
+                        // Return the chain with nothing written so the driver is not left
+                        // waiting; the device then needs a reset.
+                        let _ = queue.add_used(mem, head, 0);
+                        return Err(f);
+                    }
+                }
+            }
+            if !event_idx || !queue.enable_notification(mem).unwrap_or(false) {
+                break;
+            }
+        }
+        Ok(used_any && queue.needs_notification(mem).unwrap_or(true))
+    }
+
+    /// Applies a SET_IRQS.
+    pub fn set_irqs(
+        &mut self,
+        index: u32,
+        start: u32,
+        count: u32,
+        action: IrqAction,
+    ) -> Result<(), IrqError> {
+        self.interrupts.set(index, start, count, action)
+    }
+
+    /// The session summary.
+    pub fn summary(&self) -> SessionSummary {
+        let g = DmaCounters::get;
+        let d = &self.dma;
+        let driver = self.transport.driver_features();
+        SessionSummary {
+            device_features: self.transport.device_features(),
+            driver_features: driver,
+            negotiated: if self.transport.status() & swiotlb_shared::pci::status::FEATURES_OK != 0 {
+                feature_names(driver)
+            } else {
+                Vec::new()
+            },
+            status: self.transport.status(),
+            pool_bus_address: self.last_pool_address,
+            pool_size: self.pool.size(),
+            chains: g(&d.chains),
+            chains_rejected: g(&d.chains_rejected),
+            dma_descriptors: d.descriptors(),
+            dma_readable_bytes: g(&d.readable_bytes),
+            dma_writable_bytes: g(&d.writable_bytes),
+            dma_violations: self.findings.dma_violations(),
+            findings: self.findings.total(),
+            findings_by_kind: self
+                .findings
+                .nonzero()
+                .into_iter()
+                .map(|(k, n)| (k.to_string(), n))
+                .collect(),
+            trapped_pool_accesses: self.trapped_pool.load(Ordering::Relaxed),
+            interrupts: g(&d.interrupts),
+            pool_moves: self.pool_moves,
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+}
+
+fn read_exact_at(pool: &Pool, buf: &mut [u8], offset: u64) -> Result<(), AccessError> {
+    pool.file()
+        .read_exact_at(buf, offset)
+        .map_err(AccessError::Pool)
+}
