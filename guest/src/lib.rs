@@ -1,6 +1,18 @@
 //! The guest side of the SWIOTLB virtio pair: a virtio-blk driver whose rings, indirect
 //! tables and every I/O buffer live in the device-provided SWIOTLB pool.
+//!
+//! - [`pci`]: how the driver reaches the function ([`pci::PciAccess`]; a vfio-user client);
+//! - [`virtio_pci`]: capability discovery (the SWIOTLB capability validated before use)
+//!   and the initialization sequence;
+//! - [`pool`]: the mapped pool and its 2 KiB bounce-slot allocator;
+//! - [`ring`]: the split virtqueue, in the pool;
+//! - [`block`]: the block API: read, write, flush, discard, write zeroes, get id.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod block;
+pub mod pci;
 pub mod pool;
 pub mod ring;
+pub mod virtio_pci;
+
+pub use block::{BlockDriver, BlockError, BlockInfo, Options};

@@ -14,6 +14,7 @@ pub mod devices;
 pub mod findings;
 pub mod pci;
 pub mod pool;
+pub mod vfio_user;
 pub mod virtio;
 
 pub use pci::VirtioPciFunction;

@@ -1,0 +1,797 @@
+//! The virtio-blk driver over the SWIOTLB pool: every request's header, data and status
+//! live in bounce slots of the pool; the caller's buffers never reach the device.
+//!
+//! - Submit: allocate slots, copy the caller's data in, post the chain, ring the doorbell.
+//! - Complete: read the status byte once, copy out at most `min(used_len, posted)` bytes,
+//!   zero every slot before it goes back to the allocator so nothing stale is ever exposed.
+//! - Any nonsense from the device (unknown used id, index jump, short OK read, a device that
+//!   never answers) is a clear error; the driver then refuses further I/O until reopened.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use swiotlb_shared::features::{
+    bit, feature_names, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_F_SWIOTLB,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+use swiotlb_shared::layout::{
+    slots_for, LayoutError, PoolLayout, PoolWindow, QueueLayout, MAX_MAPPING, MAX_QUEUE_SIZE,
+    SLOT_SIZE,
+};
+use swiotlb_shared::pci::{common, status};
+use thiserror::Error;
+
+use crate::pci::PciAccess;
+use crate::pool::{PoolAccessError, PoolMemory, SlotAllocator, SlotRun};
+use crate::ring::{Completion, RingError, Segment, SplitRing};
+use crate::virtio_pci::{TransportError, VirtioPci};
+
+/// virtio-blk sectors are 512 bytes.
+pub const SECTOR_SIZE: u64 = 512;
+/// Largest data payload of one request the driver builds (1 MiB = four maximal mappings).
+/// Larger transfers are split into several requests in flight together.
+pub const MAX_REQUEST_BYTES: u64 = 4 * MAX_MAPPING;
+/// Default time to wait for the device before declaring it dead.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of the device ID.
+pub const ID_BYTES: usize = 20;
+/// Request types (virtio 1.2, 5.2.6).
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+const T_DISCARD: u32 = 11;
+const T_WRITE_ZEROES: u32 = 13;
+/// Status codes.
+const S_OK: u8 = 0;
+const S_IOERR: u8 = 1;
+const S_UNSUPP: u8 = 2;
+/// Offsets inside a request's control slot: header, status byte, then small payloads
+/// (GET_ID answer, DISCARD/WRITE_ZEROES range).
+const CTL_HEADER: u64 = 0;
+const CTL_STATUS: u64 = 16;
+const CTL_PAYLOAD: u64 = 64;
+/// MSI-X vector used for the request queue, and for configuration changes.
+const QUEUE_VECTOR: u16 = 0;
+const CONFIG_VECTOR: u16 = 1;
+
+/// Errors of the block driver.
+#[derive(Debug, Error)]
+pub enum BlockError {
+    /// Transport-level failure.
+    #[error("virtio-pci transport")]
+    Transport(#[from] TransportError),
+    /// The device does not offer VIRTIO_F_SWIOTLB: the driver will not hand it any memory.
+    #[error("the device does not offer VIRTIO_F_SWIOTLB (bit 27); refusing to drive it")]
+    NoSwiotlbOffered,
+    /// The device offers SWIOTLB but describes no pool.
+    #[error("the device offers VIRTIO_F_SWIOTLB but has no SWIOTLB capability")]
+    NoPoolCapability,
+    /// The device lacks VERSION_1.
+    #[error("the device does not offer VIRTIO_F_VERSION_1")]
+    NotModern,
+    /// The device refused FEATURES_OK.
+    #[error("the device refused FEATURES_OK for features {accepted:#x} ({names})")]
+    FeaturesRefused {
+        /// What the driver accepted.
+        accepted: u64,
+        /// Their names.
+        names: String,
+    },
+    /// Declining SWIOTLB was asked for; the device accepted, but this driver never runs
+    /// without the pool.
+    #[error("the device accepted a driver without VIRTIO_F_SWIOTLB (relaxed policy); stopping before DRIVER_OK: this driver never hands the device its own memory")]
+    DeclinedButAccepted,
+    /// The pool cannot be laid out.
+    #[error("pool layout")]
+    Layout(#[from] LayoutError),
+    /// The pool cannot be accessed.
+    #[error("pool access")]
+    Pool(#[from] PoolAccessError),
+    /// Ring error (bad device data breaks the ring).
+    #[error("virtqueue")]
+    Ring(#[from] RingError),
+    /// Offset or length not a multiple of 512.
+    #[error("offset {offset} and length {len} must be multiples of 512")]
+    Unaligned {
+        /// Offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Beyond the disk's end.
+    #[error("[{offset}, +{len}) is beyond the disk's {capacity} bytes")]
+    OutOfRange {
+        /// Offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Capacity.
+        capacity: u64,
+    },
+    /// The device answered IOERR.
+    #[error("the device reported an I/O error")]
+    DeviceIoError,
+    /// The device answered UNSUPP.
+    #[error("the device does not support this request")]
+    Unsupported,
+    /// The device wrote a status byte that means nothing.
+    #[error("the device wrote invalid status {0:#x}")]
+    BadStatus(u8),
+    /// The device claimed success but wrote fewer bytes than asked.
+    #[error("the device completed a read with {used} bytes, expected {expected}")]
+    ShortCompletion {
+        /// Bytes it said it wrote.
+        used: u32,
+        /// Bytes expected.
+        expected: u32,
+    },
+    /// The device did not complete within the timeout.
+    #[error("the device did not complete a request within {0:?}")]
+    Timeout(Duration),
+    /// The device set DEVICE_NEEDS_RESET.
+    #[error("the device needs a reset (DEVICE_NEEDS_RESET)")]
+    NeedsReset,
+    /// An earlier device error made the driver stop.
+    #[error("the driver stopped after an earlier device error; reopen the device")]
+    Stopped,
+    /// Waiting for an interrupt failed.
+    #[error("waiting for an interrupt failed")]
+    Wait(#[source] std::io::Error),
+    /// The pool is too small for the request, even with nothing else in flight.
+    #[error("the pool cannot hold a request of {0} bytes")]
+    PoolExhausted(u64),
+    /// The disk is read-only.
+    #[error("the disk is read-only")]
+    ReadOnly,
+}
+
+/// How to open the device.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Decline VIRTIO_F_SWIOTLB (for testing the device's policy). The driver then reports
+    /// what the device did and never reaches DRIVER_OK.
+    pub decline_swiotlb: bool,
+    /// How long to wait for a completion.
+    pub timeout: Duration,
+    /// Largest queue size to use.
+    pub queue_size: u16,
+    /// Use indirect descriptors when offered.
+    pub indirect: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            decline_swiotlb: false,
+            timeout: DEFAULT_TIMEOUT,
+            queue_size: MAX_QUEUE_SIZE,
+            indirect: true,
+        }
+    }
+}
+
+/// What was negotiated and where the pool is.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockInfo {
+    /// Features the device offered.
+    pub device_features: u64,
+    /// Features negotiated.
+    pub driver_features: u64,
+    /// Names of the negotiated features.
+    pub negotiated: Vec<String>,
+    /// Pool bus address.
+    pub pool_bus_address: u64,
+    /// Pool size in bytes.
+    pub pool_size: u64,
+    /// Disk capacity in bytes.
+    pub capacity: u64,
+    /// Read-only disk.
+    pub read_only: bool,
+    /// Queue size in use.
+    pub queue_size: u16,
+    /// Bounce slots per queue area.
+    pub slots: u64,
+}
+
+/// Where a request's data goes when it completes.
+#[derive(Debug)]
+enum Sink {
+    /// Nothing to copy out.
+    None,
+    /// Copy `len` bytes of data to the caller's buffer at `at`.
+    Read { at: usize, len: u32 },
+    /// Copy the device ID out.
+    Id,
+}
+
+/// A request in flight.
+#[derive(Debug)]
+struct Pending {
+    head: u16,
+    ctl: SlotRun,
+    data: Vec<SlotRun>,
+    sink: Sink,
+}
+
+/// A request to build.
+struct Build<'a> {
+    ty: u32,
+    sector: u64,
+    /// Data the device reads (OUT), or the length the device writes (IN).
+    out: Option<&'a [u8]>,
+    in_len: u32,
+    /// Small payload in the control slot (range for DISCARD/WRITE_ZEROES).
+    ctl_payload: Option<[u8; 16]>,
+    sink: Sink,
+}
+
+/// The virtio-blk driver.
+pub struct BlockDriver<P: PciAccess> {
+    vp: VirtioPci<P>,
+    mem: Arc<PoolMemory>,
+    layout: QueueLayout,
+    ring: SplitRing,
+    slots: SlotAllocator,
+    irq: Option<OwnedFd>,
+    timeout: Duration,
+    pending: Vec<Option<Pending>>,
+    info: BlockInfo,
+    stopped: bool,
+}
+
+impl<P: PciAccess> BlockDriver<P> {
+    /// Probes, negotiates VIRTIO_F_SWIOTLB, lays out the pool, sets up the queue and
+    /// reaches DRIVER_OK.
+    pub fn open(pci: P, opts: &Options) -> Result<Self, BlockError> {
+        let mut vp = VirtioPci::probe(pci)?;
+        let mut wanted = bit(VIRTIO_F_VERSION_1)
+            | bit(VIRTIO_F_SWIOTLB)
+            | bit(VIRTIO_RING_F_EVENT_IDX)
+            | bit(VIRTIO_BLK_F_SEG_MAX)
+            | bit(VIRTIO_BLK_F_BLK_SIZE)
+            | bit(VIRTIO_BLK_F_FLUSH)
+            | bit(VIRTIO_BLK_F_RO)
+            | bit(VIRTIO_BLK_F_DISCARD)
+            | bit(VIRTIO_BLK_F_WRITE_ZEROES);
+        if opts.indirect {
+            wanted |= bit(VIRTIO_RING_F_INDIRECT_DESC);
+        }
+        if opts.decline_swiotlb {
+            wanted &= !bit(VIRTIO_F_SWIOTLB);
+        }
+        let offered = {
+            vp.reset()?;
+            vp.device_features()?
+        };
+        if offered & bit(VIRTIO_F_VERSION_1) == 0 {
+            return Err(BlockError::NotModern);
+        }
+        if !opts.decline_swiotlb && offered & bit(VIRTIO_F_SWIOTLB) == 0 {
+            return Err(BlockError::NoSwiotlbOffered);
+        }
+        let pool_region = vp.caps().swiotlb;
+        if !opts.decline_swiotlb && pool_region.is_none() {
+            return Err(BlockError::NoPoolCapability);
+        }
+        let (_, accepted, ok) = vp.negotiate(wanted)?;
+        if !ok {
+            let _ = vp.set_status(status::FAILED);
+            return Err(BlockError::FeaturesRefused {
+                accepted,
+                names: feature_names(accepted).join(","),
+            });
+        }
+        if opts.decline_swiotlb {
+            let _ = vp.set_status(status::FAILED);
+            return Err(BlockError::DeclinedButAccepted);
+        }
+        let pool = pool_region.ok_or(BlockError::NoPoolCapability)?;
+        let bar_addr = vp.bar_address(pool.bar)?;
+        let base = bar_addr
+            .checked_add(pool.offset)
+            .ok_or(TransportError::BadRegister {
+                what: "pool BAR address",
+                value: bar_addr,
+            })?;
+        let window = PoolWindow::new(base, pool.len)?;
+        let mapping = vp
+            .pci()
+            .map_bar(pool.bar, pool.offset, pool.len)
+            .map_err(TransportError::from)?;
+        let mem = Arc::new(PoolMemory::new(mapping));
+        // Whatever the device left in the pool is not ours to trust or to leak: start clean.
+        mem.zero(0, pool.len as usize)?;
+
+        let max = vp.queue_max_size(0)?;
+        if max == 0 {
+            return Err(TransportError::BadRegister {
+                what: "queue 0 size",
+                value: 0,
+            }
+            .into());
+        }
+        // Largest power of two not above the device's maximum, ours, or the layout's.
+        let cap = max.min(opts.queue_size).min(MAX_QUEUE_SIZE);
+        let qsize = 1u16 << (15 - cap.leading_zeros().min(15));
+        let layout = PoolLayout::new(pool.len, 1, qsize)?;
+        let ql = layout.queues[0];
+        let indirect = accepted & bit(VIRTIO_RING_F_INDIRECT_DESC) != 0;
+        let event_idx = accepted & bit(VIRTIO_RING_F_EVENT_IDX) != 0;
+        let ring = SplitRing::new(mem.clone(), window, ql, indirect, event_idx)?;
+        let irq = match vp.pci().enable_msix(2).map_err(TransportError::from)? {
+            Some(mut fds) if fds.len() == 2 => {
+                vp.set_config_vector(CONFIG_VECTOR)?;
+                fds.truncate(1);
+                fds.pop()
+            }
+            _ => None,
+        };
+        let vector = if irq.is_some() {
+            QUEUE_VECTOR
+        } else {
+            common::NO_VECTOR
+        };
+        vp.setup_queue(
+            0,
+            qsize,
+            (ring.desc_bus(), ring.avail_bus(), ring.used_bus()),
+            vector,
+        )?;
+        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+        vp.set_status(s | status::DRIVER_OK)?;
+        let st = vp.status()?;
+        if st & status::DEVICE_NEEDS_RESET != 0 || st & status::DRIVER_OK == 0 {
+            return Err(BlockError::NeedsReset);
+        }
+        let mut cap_bytes = [0u8; 8];
+        vp.read_device_config(0, &mut cap_bytes)?;
+        let sectors = u64::from_le_bytes(cap_bytes);
+        let capacity = sectors
+            .checked_mul(SECTOR_SIZE)
+            .ok_or(TransportError::BadRegister {
+                what: "capacity",
+                value: sectors,
+            })?;
+        let info = BlockInfo {
+            device_features: offered,
+            driver_features: accepted,
+            negotiated: feature_names(accepted),
+            pool_bus_address: base,
+            pool_size: pool.len,
+            capacity,
+            read_only: accepted & bit(VIRTIO_BLK_F_RO) != 0,
+            queue_size: qsize,
+            slots: ql.slot_count,
+        };
+        Ok(Self {
+            vp,
+            mem,
+            layout: ql,
+            ring,
+            slots: SlotAllocator::new(ql.slot_count),
+            irq,
+            timeout: opts.timeout,
+            pending: (0..qsize).map(|_| None).collect(),
+            info,
+            stopped: false,
+        })
+    }
+
+    /// What was negotiated.
+    pub fn info(&self) -> &BlockInfo {
+        &self.info
+    }
+
+    /// The underlying transport.
+    pub fn transport(&mut self) -> &mut VirtioPci<P> {
+        &mut self.vp
+    }
+
+    fn check_io(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        if offset % SECTOR_SIZE != 0 || len % SECTOR_SIZE != 0 {
+            return Err(BlockError::Unaligned { offset, len });
+        }
+        if offset
+            .checked_add(len)
+            .is_none_or(|e| e > self.info.capacity)
+        {
+            return Err(BlockError::OutOfRange {
+                offset,
+                len,
+                capacity: self.info.capacity,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `offset` (both multiples of 512).
+    pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        self.check_io(offset, buf.len() as u64)?;
+        let mut builds = VecDeque::new();
+        let mut at = 0usize;
+        while at < buf.len() {
+            let n = (buf.len() - at).min(MAX_REQUEST_BYTES as usize);
+            builds.push_back(Build {
+                ty: T_IN,
+                sector: (offset + at as u64) / SECTOR_SIZE,
+                out: None,
+                in_len: n as u32,
+                ctl_payload: None,
+                sink: Sink::Read { at, len: n as u32 },
+            });
+            at += n;
+        }
+        self.run(builds, buf)
+    }
+
+    /// Writes `data` at `offset` (both multiples of 512).
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), BlockError> {
+        self.check_io(offset, data.len() as u64)?;
+        if self.info.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        let builds = data
+            .chunks(MAX_REQUEST_BYTES as usize)
+            .enumerate()
+            .map(|(i, chunk)| Build {
+                ty: T_OUT,
+                sector: (offset + i as u64 * MAX_REQUEST_BYTES) / SECTOR_SIZE,
+                out: Some(chunk),
+                in_len: 0,
+                ctl_payload: None,
+                sink: Sink::None,
+            })
+            .collect();
+        self.run(builds, &mut [])
+    }
+
+    /// Flushes the device's write cache.
+    pub fn flush(&mut self) -> Result<(), BlockError> {
+        self.single(T_FLUSH, None, Sink::None, &mut [])
+    }
+
+    /// Returns the device ID (up to 20 bytes, NUL-padded).
+    pub fn get_id(&mut self) -> Result<[u8; ID_BYTES], BlockError> {
+        let mut id = [0u8; ID_BYTES];
+        self.single(T_GET_ID, None, Sink::Id, &mut id)?;
+        Ok(id)
+    }
+
+    /// Discards `[offset, offset + len)`.
+    pub fn discard(&mut self, offset: u64, len: u64) -> Result<(), BlockError> {
+        self.range_request(T_DISCARD, offset, len, false)
+    }
+
+    /// Writes zeroes to `[offset, offset + len)`; `unmap` lets the device deallocate.
+    pub fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> Result<(), BlockError> {
+        self.range_request(T_WRITE_ZEROES, offset, len, unmap)
+    }
+
+    fn range_request(
+        &mut self,
+        ty: u32,
+        offset: u64,
+        len: u64,
+        unmap: bool,
+    ) -> Result<(), BlockError> {
+        self.check_io(offset, len)?;
+        if self.info.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        let sectors = u32::try_from(len / SECTOR_SIZE).map_err(|_| BlockError::OutOfRange {
+            offset,
+            len,
+            capacity: self.info.capacity,
+        })?;
+        let mut r = [0u8; 16];
+        r[0..8].copy_from_slice(&(offset / SECTOR_SIZE).to_le_bytes());
+        r[8..12].copy_from_slice(&sectors.to_le_bytes());
+        r[12..16].copy_from_slice(&u32::from(unmap).to_le_bytes());
+        self.single(ty, Some(r), Sink::None, &mut [])
+    }
+
+    fn single(
+        &mut self,
+        ty: u32,
+        ctl_payload: Option<[u8; 16]>,
+        sink: Sink,
+        out: &mut [u8],
+    ) -> Result<(), BlockError> {
+        let in_len = if matches!(sink, Sink::Id) {
+            ID_BYTES as u32
+        } else {
+            0
+        };
+        let mut q = VecDeque::new();
+        q.push_back(Build {
+            ty,
+            sector: 0,
+            out: None,
+            in_len,
+            ctl_payload,
+            sink,
+        });
+        self.run(q, out)
+    }
+
+    /// Submits every build, keeping as many in flight as the ring and the pool allow, and
+    /// waits for all of them. The first error stops the driver.
+    fn run(&mut self, mut builds: VecDeque<Build<'_>>, dst: &mut [u8]) -> Result<(), BlockError> {
+        if self.stopped || self.ring.is_broken() {
+            return Err(BlockError::Stopped);
+        }
+        let r = self.run_inner(&mut builds, dst);
+        if r.is_err() {
+            self.stopped = true;
+        }
+        r
+    }
+
+    fn run_inner(
+        &mut self,
+        builds: &mut VecDeque<Build<'_>>,
+        dst: &mut [u8],
+    ) -> Result<(), BlockError> {
+        let mut first_err = None;
+        loop {
+            let mut posted = false;
+            while first_err.is_none() {
+                let Some(b) = builds.pop_front() else { break };
+                match self.submit(&b)? {
+                    Some(p) => {
+                        let head = usize::from(p.head);
+                        if let Some(slot) = self.pending.get_mut(head) {
+                            *slot = Some(p);
+                        }
+                        posted = true;
+                    }
+                    None => {
+                        // No room: put it back and wait for completions.
+                        builds.push_front(b);
+                        break;
+                    }
+                }
+            }
+            if posted && self.ring.should_notify()? {
+                self.vp.notify(0)?;
+            }
+            if self.ring.in_flight() == 0 {
+                if let Some(b) = builds.front() {
+                    if first_err.is_none() {
+                        let need = b.out.map_or(u64::from(b.in_len), |o| o.len() as u64);
+                        return Err(BlockError::PoolExhausted(need));
+                    }
+                }
+                return first_err.map_or(Ok(()), Err);
+            }
+            let c = self.wait_completion()?;
+            if let Err(e) = self.complete(c, dst) {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Builds and posts one request; `None` when the ring or the pool is full right now.
+    fn submit(&mut self, b: &Build<'_>) -> Result<Option<Pending>, BlockError> {
+        if self.ring.num_free() < 3 && !self.ring_uses_indirect() {
+            return Ok(None);
+        }
+        let Some(ctl) = self.slots.alloc(1) else {
+            return Ok(None);
+        };
+        let mut data = Vec::new();
+        let total = b.out.map_or(u64::from(b.in_len), |o| o.len() as u64);
+        let bulk = b.ty == T_IN || b.ty == T_OUT;
+        let mut left = if bulk { total } else { 0 };
+        while left > 0 {
+            let n = left.min(MAX_MAPPING);
+            match self.slots.alloc(slots_for(n) as u32) {
+                Some(run) => data.push((run, n)),
+                None => {
+                    self.release(ctl, data.iter().map(|(r, _)| *r));
+                    return Ok(None);
+                }
+            }
+            left -= n;
+        }
+        let off = |run: &SlotRun| self.layout.slots + u64::from(run.first) * SLOT_SIZE;
+        let ctl_off = off(&ctl);
+        let mut hdr = [0u8; 16];
+        hdr[0..4].copy_from_slice(&b.ty.to_le_bytes());
+        hdr[8..16].copy_from_slice(&b.sector.to_le_bytes());
+        self.mem.write(ctl_off + CTL_HEADER, &hdr)?;
+        self.mem.write(ctl_off + CTL_STATUS, &[0xff])?;
+        let mut segs = vec![Segment::readable(ctl_off + CTL_HEADER, 16)];
+        if let Some(p) = b.ctl_payload {
+            self.mem.write(ctl_off + CTL_PAYLOAD, &p)?;
+            segs.push(Segment::readable(ctl_off + CTL_PAYLOAD, 16));
+        }
+        let mut copied = 0usize;
+        for (run, n) in &data {
+            let o = off(run);
+            if let Some(src) = b.out {
+                // Copy in on submit.
+                self.mem.write(o, &src[copied..copied + *n as usize])?;
+                copied += *n as usize;
+                segs.push(Segment::readable(o, *n as u32));
+            } else {
+                segs.push(Segment::writable(o, *n as u32));
+            }
+        }
+        if matches!(b.sink, Sink::Id) {
+            segs.push(Segment::writable(ctl_off + CTL_PAYLOAD, ID_BYTES as u32));
+        }
+        segs.push(Segment::writable(ctl_off + CTL_STATUS, 1));
+        match self.ring.add(&segs) {
+            Ok(head) => Ok(Some(Pending {
+                head,
+                ctl,
+                data: data.into_iter().map(|(r, _)| r).collect(),
+                sink: match b.sink {
+                    Sink::None => Sink::None,
+                    Sink::Id => Sink::Id,
+                    Sink::Read { at, len } => Sink::Read { at, len },
+                },
+            })),
+            Err(RingError::Full { .. }) => {
+                let runs: Vec<SlotRun> = data.iter().map(|(r, _)| *r).collect();
+                self.release(ctl, runs);
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn ring_uses_indirect(&self) -> bool {
+        self.info.driver_features & bit(VIRTIO_RING_F_INDIRECT_DESC) != 0
+    }
+
+    /// Zeroes and frees the slots of a request.
+    fn release(&mut self, ctl: SlotRun, data: impl IntoIterator<Item = SlotRun>) {
+        for run in std::iter::once(ctl).chain(data) {
+            let o = self.layout.slots + u64::from(run.first) * SLOT_SIZE;
+            // Zero before reuse so a later request never exposes this one's data. Both calls
+            // are on runs this driver allocated inside its area, so they cannot fail; if they
+            // did, the slot is leaked rather than reused dirty.
+            if self.mem.zero(o, run.bytes() as usize).is_ok() {
+                let _ = self.slots.free(run);
+            }
+        }
+    }
+
+    /// Waits for the next completion, up to the timeout.
+    fn wait_completion(&mut self) -> Result<Completion, BlockError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut spins = 0u32;
+        loop {
+            if let Some(c) = self.ring.poll_used()? {
+                return Ok(c);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(self.timeout_error());
+            }
+            match &self.irq {
+                Some(fd) => wait_eventfd(fd, deadline - now).map_err(BlockError::Wait)?,
+                None => {
+                    spins += 1;
+                    if spins < 1000 {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                }
+            }
+        }
+    }
+
+    fn timeout_error(&mut self) -> BlockError {
+        match self.vp.status() {
+            Ok(s) if s & status::DEVICE_NEEDS_RESET != 0 => BlockError::NeedsReset,
+            _ => BlockError::Timeout(self.timeout),
+        }
+    }
+
+    /// Finishes a completion: status read once, data copied out within what was posted.
+    fn complete(&mut self, c: Completion, dst: &mut [u8]) -> Result<(), BlockError> {
+        let Some(p) = self
+            .pending
+            .get_mut(usize::from(c.head))
+            .and_then(Option::take)
+        else {
+            // The ring only returns heads it posted; a head with no request is a driver bug.
+            return Err(BlockError::Ring(RingError::BogusUsedId {
+                id: u32::from(c.head),
+            }));
+        };
+        let ctl_off = self.layout.slots + u64::from(p.ctl.first) * SLOT_SIZE;
+        let result = self.finish(&p, &c, ctl_off, dst);
+        self.release(p.ctl, p.data.iter().copied());
+        result
+    }
+
+    fn finish(
+        &self,
+        p: &Pending,
+        c: &Completion,
+        ctl_off: u64,
+        dst: &mut [u8],
+    ) -> Result<(), BlockError> {
+        let used = c.clamped_len();
+        if used == 0 {
+            // Nothing written, not even the status: the device rejected the chain.
+            return Err(self.status_error());
+        }
+        let mut st = [0u8; 1];
+        self.mem.read(ctl_off + CTL_STATUS, &mut st)?;
+        match st[0] {
+            S_OK => {}
+            S_IOERR => return Err(BlockError::DeviceIoError),
+            S_UNSUPP => return Err(BlockError::Unsupported),
+            other => return Err(BlockError::BadStatus(other)),
+        }
+        match p.sink {
+            Sink::None => Ok(()),
+            Sink::Id => {
+                // Copy out at most what the device says it wrote, and never more than posted.
+                let n = ((used - 1) as usize).min(ID_BYTES).min(dst.len());
+                self.mem.read(ctl_off + CTL_PAYLOAD, &mut dst[..n])?;
+                Ok(())
+            }
+            Sink::Read { at, len } => {
+                let expected = len + 1;
+                if used < expected {
+                    return Err(BlockError::ShortCompletion { used, expected });
+                }
+                let end = at.checked_add(len as usize).filter(|e| *e <= dst.len());
+                let Some(end) = end else {
+                    return Err(BlockError::ShortCompletion { used, expected });
+                };
+                let out = &mut dst[at..end];
+                let mut done = 0usize;
+                for run in &p.data {
+                    let o = self.layout.slots + u64::from(run.first) * SLOT_SIZE;
+                    let n = (out.len() - done).min(MAX_MAPPING as usize);
+                    self.mem.read(o, &mut out[done..done + n])?;
+                    done += n;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn status_error(&self) -> BlockError {
+        BlockError::NeedsReset
+    }
+}
+
+/// Waits until `fd` (an eventfd) is readable or `timeout` passes, then drains it.
+fn wait_eventfd(fd: &OwnedFd, timeout: Duration) -> std::io::Result<()> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+    // SAFETY: `pfd` is a valid pollfd for the duration of the call; nfds is 1.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.kind() == std::io::ErrorKind::Interrupted {
+            Ok(())
+        } else {
+            Err(e)
+        };
+    }
+    if rc > 0 {
+        let mut v = [0u8; 8];
+        // SAFETY: reading 8 bytes into a local buffer from a valid eventfd.
+        unsafe { libc::read(fd.as_raw_fd(), v.as_mut_ptr().cast(), v.len()) };
+    }
+    Ok(())
+}
