@@ -82,6 +82,10 @@ pub enum BlockError {
         /// Their names.
         names: String,
     },
+    /// Declining SWIOTLB was asked for and the device refused FEATURES_OK: it requires the
+    /// feature (strict policy).
+    #[error("the device refused FEATURES_OK without VIRTIO_F_SWIOTLB: it requires the pool (strict policy); the driver never reached DRIVER_OK")]
+    SwiotlbRequired,
     /// Declining SWIOTLB was asked for; the device accepted, but this driver never runs
     /// without the pool.
     #[error("the device accepted a driver without VIRTIO_F_SWIOTLB (relaxed policy); stopping before DRIVER_OK: this driver never hands the device its own memory")]
@@ -279,15 +283,19 @@ impl<P: PciAccess> BlockDriver<P> {
             return Err(BlockError::NoPoolCapability);
         }
         let (_, accepted, ok) = vp.negotiate(wanted)?;
+        let failed = status::ACKNOWLEDGE | status::DRIVER | status::FAILED;
         if !ok {
-            let _ = vp.set_status(status::FAILED);
+            let _ = vp.set_status(failed);
+            if opts.decline_swiotlb {
+                return Err(BlockError::SwiotlbRequired);
+            }
             return Err(BlockError::FeaturesRefused {
                 accepted,
                 names: feature_names(accepted).join(","),
             });
         }
         if opts.decline_swiotlb {
-            let _ = vp.set_status(status::FAILED);
+            let _ = vp.set_status(failed | status::FEATURES_OK);
             return Err(BlockError::DeclinedButAccepted);
         }
         let pool = pool_region.ok_or(BlockError::NoPoolCapability)?;

@@ -13,8 +13,21 @@
 pub mod features;
 pub mod layout;
 pub mod pci;
+pub mod units;
 pub mod vfio_user;
 
 pub use features::{VIRTIO_F_SWIOTLB, VIRTIO_F_VERSION_1};
 pub use layout::{PoolLayout, PoolWindow, QueueLayout};
 pub use pci::VIRTIO_PCI_CAP_SWIOTLB;
+
+/// `e` and its chain of sources, joined with `": "`, for one-line error messages.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

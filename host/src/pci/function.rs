@@ -101,6 +101,8 @@ pub struct SessionSummary {
     pub interrupts: u64,
     /// BAR moves the device followed.
     pub pool_moves: u64,
+    /// The device model's own metrics.
+    pub device: serde_json::Value,
 }
 
 /// The function.
@@ -300,6 +302,12 @@ impl VirtioPciFunction {
             tracing::error!(error = %e, "clearing the pool on reset failed");
         }
         self.last_pool_address = None;
+        // Counters are per session: a new client starts from zero.
+        self.findings = Arc::new(FindingCounters::default());
+        self.dma = Arc::new(DmaCounters::default());
+        self.trapped_pool.store(0, Ordering::Relaxed);
+        self.pool_moves = 0;
+        self.device.clear_metrics();
     }
 
     fn virtio_reset(&mut self) {
@@ -746,6 +754,7 @@ impl VirtioPciFunction {
             trapped_pool_accesses: self.trapped_pool.load(Ordering::Relaxed),
             interrupts: g(&d.interrupts),
             pool_moves: self.pool_moves,
+            device: self.device.metrics(),
         }
     }
 

@@ -22,6 +22,10 @@ pub trait VirtioDevice {
     /// Handles one checked chain of queue `queue` and returns the number of bytes it wrote
     /// into device-writable buffers (the used length).
     fn handle_chain(&mut self, queue: u16, mem: &PoolGuestMemory, chain: &CheckedChain) -> u32;
-    /// Returns to the initial state (virtio reset).
+    /// Returns to the initial state (virtio reset). Metrics survive it.
     fn reset(&mut self);
+    /// The device's metrics, for the session summary.
+    fn metrics(&self) -> serde_json::Value;
+    /// Zeroes the metrics (a new client session).
+    fn clear_metrics(&mut self);
 }

@@ -450,6 +450,10 @@ mod tests {
             0
         }
         fn reset(&mut self) {}
+        fn metrics(&self) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+        fn clear_metrics(&mut self) {}
     }
 
     fn t() -> VirtioPciTransport {

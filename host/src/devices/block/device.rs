@@ -318,4 +318,12 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) {}
+
+    fn metrics(&self) -> serde_json::Value {
+        serde_json::to_value(self.metrics.snapshot()).unwrap_or_default()
+    }
+
+    fn clear_metrics(&mut self) {
+        self.metrics = Arc::new(BlockMetrics::default());
+    }
 }

@@ -1,0 +1,108 @@
+//! `swiotlb-host`: serves a virtio-blk PCI function over vfio-user whose only
+//! device-visible memory is the SWIOTLB pool.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use swiotlb_host::devices::block::{disk::DiskImage, Block};
+use swiotlb_host::vfio_user::{Server, SessionEnd};
+use swiotlb_host::virtio::Policy;
+use swiotlb_host::VirtioPciFunction;
+use swiotlb_shared::error_chain;
+use swiotlb_shared::units::parse_size;
+
+/// Serve a virtio-blk device whose only DMA-reachable memory is a SWIOTLB pool BAR.
+#[derive(Parser, Debug)]
+#[command(name = "swiotlb-host", version)]
+struct Args {
+    /// Unix socket to listen on (vfio-user).
+    #[arg(long)]
+    socket: PathBuf,
+    /// Raw disk image to serve.
+    #[arg(long)]
+    disk: PathBuf,
+    /// Size of the SWIOTLB pool BAR (a power of two, 1M to 1G).
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    pool_size: u64,
+    /// Serve the disk read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// Relaxed policy: let a driver that declines VIRTIO_F_SWIOTLB reach FEATURES_OK.
+    /// (The default strict policy refuses it.)
+    #[arg(long)]
+    allow_no_swiotlb: bool,
+    /// Exit after this many client sessions (default: serve forever).
+    #[arg(long)]
+    sessions: Option<u64>,
+    /// Log filter (tracing `EnvFilter` syntax), also taken from RUST_LOG.
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("swiotlb-host: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let disk = DiskImage::open(&args.disk, args.read_only)
+        .map_err(|e| format!("opening disk image {}: {e}", args.disk.display()))?;
+    let capacity = disk.capacity();
+    let policy = Policy {
+        require_swiotlb: !args.allow_no_swiotlb,
+    };
+    let function = VirtioPciFunction::new(Box::new(Block::new(disk)), args.pool_size, policy)
+        .map_err(|e| format!("creating the pool: {}", error_chain(&e)))?;
+    if args.socket.exists() {
+        std::fs::remove_file(&args.socket)
+            .map_err(|e| format!("removing stale socket {}: {e}", args.socket.display()))?;
+    }
+    let listener = UnixListener::bind(&args.socket)
+        .map_err(|e| format!("binding {}: {e}", args.socket.display()))?;
+    // Only the owner may connect: the socket is the device.
+    std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("restricting {}: {e}", args.socket.display()))?;
+    tracing::info!(
+        socket = %args.socket.display(),
+        disk = %args.disk.display(),
+        capacity,
+        pool_size = args.pool_size,
+        read_only = args.read_only,
+        strict = policy.require_swiotlb,
+        "serving virtio-blk with a SWIOTLB pool"
+    );
+    let mut server = Server::new(function);
+    server
+        .run(&listener, args.sessions, |end, summary, proto| {
+            let ended = match end {
+                SessionEnd::Closed => "closed".to_string(),
+                SessionEnd::ProtocolError(e) => format!("protocol error: {e}"),
+            };
+            let line = serde_json::json!({
+                "event": "session_end",
+                "ended": ended,
+                "summary": summary,
+                "protocol": proto,
+            });
+            println!("{line}");
+        })
+        .map_err(|e| format!("accepting clients: {e}"))?;
+    let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}
