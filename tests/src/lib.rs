@@ -1,1 +1,191 @@
-//! x
+//! Test harness for end-to-end and adversarial tests: the real `swiotlb-host` binary as a
+//! separate process (with its per-session JSON summaries), an in-process host for fast
+//! tests, and sparse disk images.
+//!
+//! The binaries are found beside the test executable (`target/<profile>/`); `cargo test
+//! --workspace` builds them before any test runs. A missing binary fails loudly with how to
+//! build it, never silently.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use swiotlb_host::devices::block::{disk::DiskImage, Block};
+use swiotlb_host::pci::function::SessionSummary;
+use swiotlb_host::vfio_user::{ProtocolStats, Server, SessionEnd};
+use swiotlb_host::virtio::Policy;
+use swiotlb_host::VirtioPciFunction;
+
+/// Default pool for tests: 16 MiB, as the host's default.
+pub const POOL_SIZE: u64 = 16 << 20;
+
+/// Path of a workspace binary built beside the running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "binary {} is missing: build it with `cargo build --workspace --bins` (or run `cargo test --workspace`)",
+        p.display()
+    );
+    p
+}
+
+/// A sparse disk image of `size` bytes filled with zeros.
+pub fn disk_image(dir: &Path, name: &str, size: u64) -> PathBuf {
+    let p = dir.join(name);
+    let f = std::fs::File::create(&p).expect("create disk image");
+    f.set_len(size).expect("size disk image");
+    p
+}
+
+/// Waits until `path` exists (a socket being bound), up to 10 s.
+pub fn wait_for(path: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{} did not appear within 10 s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The `swiotlb-host` binary running as a child process.
+pub struct HostProcess {
+    child: Child,
+    /// Its socket.
+    pub socket: PathBuf,
+    summaries: Arc<Mutex<Vec<serde_json::Value>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl HostProcess {
+    /// Starts `swiotlb-host --socket <dir>/host.sock --disk <disk> <extra...>`.
+    pub fn spawn(dir: &Path, disk: &Path, extra: &[&str]) -> Self {
+        let socket = dir.join("host.sock");
+        let _ = std::fs::remove_file(&socket);
+        let mut child = Command::new(bin("swiotlb-host"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--disk")
+            .arg(disk)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start swiotlb-host");
+        let out = child.stdout.take().expect("piped stdout");
+        let summaries = Arc::new(Mutex::new(Vec::new()));
+        let s2 = summaries.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    s2.lock().expect("summaries lock").push(v);
+                }
+            }
+        });
+        wait_for(&socket);
+        Self {
+            child,
+            socket,
+            summaries,
+            reader: Some(reader),
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the `n`-th session summary (1-based), up to 10 s, and returns it.
+    pub fn session(&self, n: usize) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = self.summaries.lock().expect("lock").get(n - 1) {
+                return v.clone();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no summary for session {n} within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the process to exit (it was started with `--sessions N`).
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        let st = self.child.wait().expect("wait for swiotlb-host");
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        st
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What an in-process session ended with.
+pub type SessionRecord = (String, SessionSummary, ProtocolStats);
+
+/// A host served from a thread of the test process (fast; no binary needed).
+pub struct InProcessHost {
+    /// Its socket.
+    pub socket: PathBuf,
+    handle: Option<JoinHandle<Vec<SessionRecord>>>,
+}
+
+impl InProcessHost {
+    /// Serves `sessions` clients on `<dir>/host.sock` with a block device on `disk`.
+    pub fn start(dir: &Path, disk: &Path, sessions: u64, read_only: bool, policy: Policy) -> Self {
+        let socket = dir.join("host.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).expect("bind host socket");
+        let image = DiskImage::open(disk, read_only).expect("open disk image");
+        let function = VirtioPciFunction::new(Box::new(Block::new(image)), POOL_SIZE, policy)
+            .expect("create function");
+        let handle = std::thread::spawn(move || {
+            let mut server = Server::new(function);
+            let mut records = Vec::new();
+            server
+                .run(&listener, Some(sessions), |end, summary, proto| {
+                    let e = match end {
+                        SessionEnd::Closed => "closed".to_string(),
+                        SessionEnd::ProtocolError(e) => format!("protocol error: {e}"),
+                    };
+                    records.push((e, summary.clone(), *proto));
+                })
+                .expect("serve");
+            records
+        });
+        Self {
+            socket,
+            handle: Some(handle),
+        }
+    }
+
+    /// Waits for every session to end and returns how each ended.
+    pub fn finish(mut self) -> Vec<SessionRecord> {
+        self.handle
+            .take()
+            .expect("not finished twice")
+            .join()
+            .expect("host thread panicked")
+    }
+}
