@@ -10,9 +10,11 @@
 //!   bounds every length before allocating.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod audit;
 pub mod features;
 pub mod layout;
 pub mod pci;
+pub mod transcript;
 pub mod units;
 pub mod vfio_user;
 

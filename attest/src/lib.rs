@@ -1,0 +1,1 @@
+//! Attestation: parse, verify, validate (being written).

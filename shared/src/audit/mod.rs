@@ -1,0 +1,1 @@
+//! The audit-log schema and its pure verification (being written).

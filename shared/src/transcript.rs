@@ -1,0 +1,1 @@
+//! The canonical attestation transcript (being written).
