@@ -64,6 +64,16 @@ pub enum AccessError {
     Pool(#[source] std::io::Error),
 }
 
+impl AccessError {
+    /// The errno a vfio-user server answers with.
+    pub fn errno(&self) -> u32 {
+        match self {
+            Self::Pool(_) => libc::EIO as u32,
+            _ => libc::EINVAL as u32,
+        }
+    }
+}
+
 /// The function's state at the end of a session, for operators and tests.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionSummary {
@@ -463,11 +473,10 @@ impl VirtioPciFunction {
     fn regs_read(&mut self, offset: u64, buf: &mut [u8]) {
         buf.fill(0);
         let o = offset;
-        let (c, i, d, n) = (
+        let (c, i, d) = (
             u64::from(dl::COMMON_OFFSET),
             u64::from(dl::ISR_OFFSET),
             u64::from(dl::DEVICE_OFFSET),
-            u64::from(dl::NOTIFY_OFFSET),
         );
         let (t, p) = (
             u64::from(dl::MSIX_TABLE_OFFSET),
@@ -487,7 +496,6 @@ impl VirtioPciFunction {
                 *b = self.msix_table.get(start + k).copied().unwrap_or(0);
             }
         }
-        let _ = n;
     }
 
     fn regs_write(&mut self, offset: u64, data: &[u8]) {

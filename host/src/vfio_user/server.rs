@@ -19,9 +19,9 @@ use swiotlb_shared::vfio_user::{
     RegionIoFds, Request, SparseArea, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET,
 };
 
-use crate::pci::function::{SessionSummary, NUM_REGIONS, REGION_CONFIG, REGION_POOL};
+use crate::pci::function::{AccessError, SessionSummary, NUM_REGIONS, REGION_POOL};
 use crate::pci::interrupts::{
-    IrqAction, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_NUM_IRQS,
+    IrqAction, IrqError, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_NUM_IRQS,
 };
 use crate::pci::VirtioPciFunction;
 use swiotlb_shared::vfio_user::socket::{recv_message, send_message, Message, RecvError};
@@ -158,14 +158,14 @@ impl Server {
         end
     }
 
-    fn ok(header: &Header, cmd: Command, payload: &[u8]) -> Result<Reply, CodecError> {
+    fn ok(header: &Header, cmd: Command, payload: &[u8]) -> Result<Reply, CommandError> {
         Ok(Reply {
             bytes: encode_reply(header.msg_id, cmd, payload)?,
             fds: Vec::new(),
         })
     }
 
-    fn handle(&mut self, msg: Message, versioned: &mut bool) -> Result<Reply, CodecError> {
+    fn handle(&mut self, msg: Message, versioned: &mut bool) -> Result<Reply, CommandError> {
         let Message {
             header,
             payload,
@@ -174,10 +174,10 @@ impl Server {
         let req = parse_request(&header, &payload)?;
         let cmd = req.command();
         if !*versioned && !matches!(req, Request::Version(_)) {
-            return Err(CodecError::Unsupported("a command before VERSION"));
+            return Err(CodecError::Unsupported("a command before VERSION").into());
         }
         if !fds.is_empty() && !req.accepts_fd_count(fds.len()) {
-            return Err(CodecError::Unsupported("file descriptors on this command"));
+            return Err(CodecError::Unsupported("file descriptors on this command").into());
         }
         match req {
             Request::Version(v) => {
@@ -206,7 +206,7 @@ impl Server {
             }
             Request::DeviceGetRegionIoFds { argsz, index } => {
                 if index >= NUM_REGIONS {
-                    return Err(CodecError::Unsupported("no such region"));
+                    return Err(CodecError::Unsupported("no such region").into());
                 }
                 let r = RegionIoFds {
                     index,
@@ -216,7 +216,7 @@ impl Server {
             }
             Request::DeviceGetIrqInfo { index, .. } => {
                 if index >= VFIO_PCI_NUM_IRQS {
-                    return Err(CodecError::Unsupported("no such IRQ index"));
+                    return Err(CodecError::Unsupported("no such IRQ index").into());
                 }
                 let flags = match index {
                     VFIO_PCI_INTX_IRQ_INDEX => {
@@ -238,16 +238,12 @@ impl Server {
             }
             Request::RegionRead(a) => {
                 let mut buf = vec![0u8; a.count as usize];
-                self.function
-                    .region_read(a.region, a.offset, &mut buf)
-                    .map_err(|e| access_error(&e))?;
+                self.function.region_read(a.region, a.offset, &mut buf)?;
                 let r = RegionAccess::with_data(a.offset, a.region, &buf)?;
                 Self::ok(&header, cmd, &r.to_bytes())
             }
             Request::RegionWrite(a) => {
-                self.function
-                    .region_write(a.region, a.offset, a.data)
-                    .map_err(|e| access_error(&e))?;
+                self.function.region_write(a.region, a.offset, a.data)?;
                 let r = RegionAccess { data: &[], ..a };
                 Self::ok(&header, cmd, &r.to_bytes())
             }
@@ -255,19 +251,21 @@ impl Server {
                 self.function.reset();
                 Self::ok(&header, cmd, &[])
             }
-            Request::DmaRead(_) | Request::DmaWrite(_) => Err(CodecError::Unsupported(
-                "DMA_READ/DMA_WRITE are server-to-client",
-            )),
+            Request::DmaRead(_) | Request::DmaWrite(_) => {
+                Err(CodecError::Unsupported("DMA_READ/DMA_WRITE are server-to-client").into())
+            }
             Request::RegionWriteMulti(_)
             | Request::DeviceFeature(_)
             | Request::MigDataRead(_)
-            | Request::MigDataWrite(_) => Err(CodecError::Unsupported("command not offered")),
+            | Request::MigDataWrite(_) => {
+                Err(CodecError::Unsupported("command not offered").into())
+            }
         }
     }
 
-    fn region_info(&self, header: &Header, argsz: u32, index: u32) -> Result<Reply, CodecError> {
+    fn region_info(&self, header: &Header, argsz: u32, index: u32) -> Result<Reply, CommandError> {
         if index >= NUM_REGIONS {
-            return Err(CodecError::Unsupported("no such region"));
+            return Err(CodecError::Unsupported("no such region").into());
         }
         let size = self.function.region_size(index);
         let rw = if size > 0 {
@@ -292,7 +290,6 @@ impl Server {
                 fds.push(self.function.pool().fd().as_raw_fd());
             }
         }
-        let _ = REGION_CONFIG;
         Ok(Reply {
             bytes: encode_reply(
                 header.msg_id,
@@ -303,7 +300,7 @@ impl Server {
         })
     }
 
-    fn set_irqs(&mut self, set: &IrqSet<'_>, fds: Vec<OwnedFd>) -> Result<(), CodecError> {
+    fn set_irqs(&mut self, set: &IrqSet<'_>, fds: Vec<OwnedFd>) -> Result<(), CommandError> {
         let action = match (set.action, set.data) {
             (WireIrqAction::Trigger, IrqSetData::Eventfd) if fds.is_empty() => IrqAction::Disable,
             (WireIrqAction::Trigger, IrqSetData::Eventfd) => IrqAction::Assign(fds),
@@ -315,17 +312,33 @@ impl Server {
             (WireIrqAction::Trigger, IrqSetData::Bool(_)) => return Ok(()),
             (WireIrqAction::Mask | WireIrqAction::Unmask, _) => IrqAction::Mask,
         };
-        self.function
-            .set_irqs(set.index, set.start, set.count, action)
-            .map_err(|e| {
-                tracing::debug!(error = %e, "SET_IRQS refused");
-                CodecError::Unsupported("interrupt range")
-            })
+        Ok(self
+            .function
+            .set_irqs(set.index, set.start, set.count, action)?)
     }
 }
 
-fn access_error(e: &crate::pci::function::AccessError) -> CodecError {
-    tracing::debug!(error = %e, "region access refused");
-    let _ = errno::EINVAL;
-    CodecError::Unsupported("region access out of range")
+/// Why a command was refused; each maps to the errno of the error reply.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The message itself is malformed or not supported.
+    #[error("malformed or unsupported message")]
+    Codec(#[from] CodecError),
+    /// A region access outside a region, of a bad width, or failing on the pool file.
+    #[error("region access refused")]
+    Access(#[from] AccessError),
+    /// An interrupt range or fd count that does not fit.
+    #[error("interrupt setup refused")]
+    Irq(#[from] IrqError),
+}
+
+impl CommandError {
+    /// The errno of the error reply.
+    pub fn errno(&self) -> u32 {
+        match self {
+            Self::Codec(e) => e.errno(),
+            Self::Access(e) => e.errno(),
+            Self::Irq(_) => errno::EINVAL,
+        }
+    }
 }
