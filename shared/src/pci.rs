@@ -340,6 +340,130 @@ pub mod device_layout {
     pub const CAP_SWIOTLB: u8 = 0x84;
     /// Config-space offset of the MSI-X capability.
     pub const CAP_MSIX: u8 = 0x94;
+    /// Config-space offset of the vendor capability locating the attestation mailbox.
+    pub const CAP_ATTEST: u8 = 0xa0;
+
+    /// Attestation mailbox, within BAR0 (see [`super::attest_mailbox`]).
+    pub const ATTEST_OFFSET: u32 = 0x6000;
+    /// Length of the attestation mailbox region.
+    pub const ATTEST_LEN: u32 = 0x100;
+}
+
+/// The attestation mailbox: device registers through which the driver proves, with
+/// platform evidence, what it negotiated. Located by a `VIRTIO_PCI_CAP_VENDOR_CFG`
+/// capability ([`VirtioPciVendorCap`], subtype [`attest_mailbox::CAP_SUBTYPE`]).
+/// The evidence itself lives in the pool; the registers only say where.
+/// Documented byte by byte in `docs/attestation-gate.md`.
+pub mod attest_mailbox {
+    /// Vendor capability subtype of the mailbox.
+    pub const CAP_SUBTYPE: u8 = 1;
+    /// `MAGIC` register value: "SWAT" in little-endian.
+    pub const MAGIC_VALUE: u32 = u32::from_le_bytes(*b"SWAT");
+    /// Layout version of the mailbox.
+    pub const VERSION_VALUE: u32 = 1;
+
+    /// Magic (le32, read-only).
+    pub const MAGIC: u64 = 0x00;
+    /// Layout version (le32, read-only).
+    pub const VERSION: u64 = 0x04;
+    /// Gate state (le32, read-only): one of the `STATE_*` values.
+    pub const STATE: u64 = 0x08;
+    /// Number of reasons of the last rejection (le32, read-only); the reasons themselves
+    /// are in the device's findings.
+    pub const REASONS: u64 = 0x0c;
+    /// Bus address of the evidence in the pool (le64, read-write).
+    pub const EVIDENCE_ADDR: u64 = 0x10;
+    /// Length of the evidence (le32, read-write).
+    pub const EVIDENCE_LEN: u64 = 0x18;
+    /// Doorbell (le32, write-only): write [`SUBMIT`] to have the evidence verified.
+    pub const DOORBELL: u64 = 0x1c;
+    /// The device's nonce, fresh on every reset (32 bytes, read-only).
+    pub const NONCE: u64 = 0x20;
+    /// The device's instance ID (16 bytes, read-only).
+    pub const INSTANCE_ID: u64 = 0x40;
+    /// Largest evidence the device accepts (le32, read-only).
+    pub const MAX_EVIDENCE_LEN: u64 = 0x50;
+    /// Attestation policy in force (le32, read-only): 0 off, 1 required.
+    pub const REQUIRED: u64 = 0x54;
+
+    /// Doorbell value that submits the evidence.
+    pub const SUBMIT: u32 = 1;
+    /// Bytes of the nonce.
+    pub const NONCE_LEN: usize = 32;
+    /// Bytes of the instance ID.
+    pub const INSTANCE_ID_LEN: usize = 16;
+
+    /// No evidence accepted yet: queues are not served.
+    pub const STATE_AWAITING: u32 = 0;
+    /// Evidence verified: queues are served.
+    pub const STATE_ACCEPTED: u32 = 1;
+    /// Evidence rejected: the device needs a reset.
+    pub const STATE_REJECTED: u32 = 2;
+    /// Attestation is off on this device: queues are served without evidence.
+    pub const STATE_NOT_REQUIRED: u32 = 3;
+}
+
+/// A vendor-specific capability (virtio 1.2, 4.1.4.10) with this project's payload: which
+/// structure it locates (`subtype`) and where (`bar`, `offset`, `length`). POD, no padding,
+/// 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VirtioPciVendorCap {
+    /// Generic PCI field: `PCI_CAP_ID_VNDR`.
+    pub cap_vndr: u8,
+    /// Generic PCI field: next capability pointer.
+    pub cap_next: u8,
+    /// Generic PCI field: capability length (16).
+    pub cap_len: u8,
+    /// `VIRTIO_PCI_CAP_VENDOR_CFG`.
+    pub cfg_type: u8,
+    /// PCI-SIG vendor ID of whoever defines the payload (0x1af4).
+    pub vendor_id: u16,
+    /// Which structure: [`attest_mailbox::CAP_SUBTYPE`].
+    pub subtype: u8,
+    /// BAR holding the structure.
+    pub bar: u8,
+    /// Offset within the BAR.
+    pub offset: u32,
+    /// Length in bytes.
+    pub length: u32,
+}
+const _: () = assert!(core::mem::size_of::<VirtioPciVendorCap>() == 16);
+
+impl VirtioPciVendorCap {
+    /// Encoded size in bytes.
+    pub const SIZE: usize = 16;
+
+    /// Encodes in wire order (little-endian).
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0] = self.cap_vndr;
+        b[1] = self.cap_next;
+        b[2] = self.cap_len;
+        b[3] = self.cfg_type;
+        b[4..6].copy_from_slice(&self.vendor_id.to_le_bytes());
+        b[6] = self.subtype;
+        b[7] = self.bar;
+        b[8..12].copy_from_slice(&self.offset.to_le_bytes());
+        b[12..16].copy_from_slice(&self.length.to_le_bytes());
+        b
+    }
+
+    /// Decodes from wire order. `None` if `b` is shorter than [`Self::SIZE`].
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let b: &[u8; Self::SIZE] = b.get(..Self::SIZE)?.try_into().ok()?;
+        Some(Self {
+            cap_vndr: b[0],
+            cap_next: b[1],
+            cap_len: b[2],
+            cfg_type: b[3],
+            vendor_id: u16::from_le_bytes([b[4], b[5]]),
+            subtype: b[6],
+            bar: b[7],
+            offset: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+            length: u32::from_le_bytes([b[12], b[13], b[14], b[15]]),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -377,6 +501,24 @@ mod tests {
         };
         assert_eq!(VirtioPciNotifyCap::from_bytes(&n.to_bytes()), Some(n));
         assert_eq!(VirtioPciNotifyCap::from_bytes(&n.to_bytes()[..19]), None);
+    }
+
+    #[test]
+    fn vendor_cap_round_trips() {
+        let v = VirtioPciVendorCap {
+            cap_vndr: cfg::CAP_ID_VENDOR,
+            cap_len: 16,
+            cfg_type: VIRTIO_PCI_CAP_VENDOR_CFG,
+            vendor_id: VIRTIO_PCI_VENDOR_ID,
+            subtype: attest_mailbox::CAP_SUBTYPE,
+            offset: device_layout::ATTEST_OFFSET,
+            length: device_layout::ATTEST_LEN,
+            ..Default::default()
+        };
+        let b = v.to_bytes();
+        assert_eq!(&b[4..6], &[0xf4, 0x1a]);
+        assert_eq!(VirtioPciVendorCap::from_bytes(&b), Some(v));
+        assert_eq!(attest_mailbox::MAGIC_VALUE.to_le_bytes(), *b"SWAT");
     }
 
     #[test]
