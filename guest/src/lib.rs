@@ -13,6 +13,8 @@ pub mod block;
 pub mod pci;
 pub mod pool;
 pub mod ring;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 pub mod virtio_pci;
 
 pub use block::{BlockDriver, BlockError, BlockInfo, Options};

@@ -73,11 +73,17 @@ fn run(args: &Args) -> Result<(), String> {
         std::fs::remove_file(&args.socket)
             .map_err(|e| format!("removing stale socket {}: {e}", args.socket.display()))?;
     }
-    let listener = UnixListener::bind(&args.socket)
-        .map_err(|e| format!("binding {}: {e}", args.socket.display()))?;
+    // Bind under a temporary name and rename into place once listening, so a client that
+    // sees the socket path can always connect (bind creates the file before listen).
+    let tmp = args.socket.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener =
+        UnixListener::bind(&tmp).map_err(|e| format!("binding {}: {e}", tmp.display()))?;
     // Only the owner may connect: the socket is the device.
-    std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("restricting {}: {e}", args.socket.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("restricting {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.socket)
+        .map_err(|e| format!("moving the socket to {}: {e}", args.socket.display()))?;
     tracing::info!(
         socket = %args.socket.display(),
         disk = %args.disk.display(),
