@@ -1,0 +1,173 @@
+//! The outcome of verifying evidence: accepted or not, with every reason listed.
+
+use serde::Serialize;
+use swiotlb_shared::transcript::PlatformKind;
+
+/// What kind of check a [`Reason`] comes from. Stable names (snake_case in JSON) so audit
+/// records and tests can match on them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonKind {
+    /// The evidence, report, quote or a certificate could not be parsed (strictly).
+    Malformed,
+    /// The report's or quote's signature does not verify.
+    Signature,
+    /// A certificate chain does not lead to a pinned root, or uses an unexpected algorithm.
+    Chain,
+    /// A certificate is outside its validity window.
+    Validity,
+    /// REPORTED_TCB differs from the endorsement certificate's TCB extensions.
+    TcbMismatch,
+    /// CHIP_ID differs from the VCEK's hwID.
+    ChipId,
+    /// The report's SIGNING_KEY does not match the certificate given.
+    SigningKey,
+    /// TDX: the QE report does not bind the attestation key, or is not signed by the PCK.
+    QeBinding,
+    /// TDX: collateral (TCB info, QE identity, CRLs) failed or the TCB status is not allowed.
+    Collateral,
+    /// The platform is not allowed by the policy, or no trust anchor is configured for it.
+    Platform,
+    /// Debug is on (SNP policy bit 19, TD attribute DEBUG) and the policy forbids it.
+    Debug,
+    /// The VMPL is not the expected one.
+    Vmpl,
+    /// The TCB is below the policy's minimum.
+    MinimumTcb,
+    /// The launch measurement (SNP MEASUREMENT, TDX MRTD) is not an allowed one.
+    Measurement,
+    /// TDX: an RTMR differs from the expected value.
+    Rtmr,
+    /// REPORT_DATA differs from the expected transcript hash.
+    ReportData,
+    /// SNP: HOST_DATA differs from the expected value.
+    HostData,
+}
+
+/// One reason for rejecting evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Reason {
+    /// The check it comes from.
+    pub kind: ReasonKind,
+    /// What was wrong, in words.
+    pub message: String,
+}
+
+impl Reason {
+    /// A reason of `kind`.
+    pub fn new(kind: ReasonKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// TCB information reported in a verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum TcbInfo {
+    /// SEV-SNP (and emulated): REPORTED_TCB decoded, and the product if known.
+    Snp {
+        /// The product whose ARK anchors the chain (absent when emulated or unverified).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        product: Option<crate::snp::certs::Product>,
+        /// REPORTED_TCB.
+        reported: crate::snp::tcb::Tcb,
+    },
+    /// TDX: TEE_TCB_SVN, and the collateral's TCB status when collateral was checked.
+    Tdx {
+        /// TEE_TCB_SVN, hex.
+        tee_tcb_svn: String,
+        /// TCB status from the collateral (e.g. "UpToDate").
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<String>,
+        /// Advisory IDs from the collateral.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        advisory_ids: Vec<String>,
+    },
+}
+
+/// The verdict on one piece of evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// `"accepted"` or `"rejected"`.
+    pub verdict: &'static str,
+    /// Whether the evidence is accepted: no reason was found.
+    pub accepted: bool,
+    /// The platform the evidence claims (`null` if the evidence could not be parsed).
+    #[serde(serialize_with = "ser_platform")]
+    pub platform: Option<PlatformKind>,
+    /// True when the evidence comes from the emulated platform: never a confidential VM.
+    pub emulated: bool,
+    /// The launch measurement (SNP MEASUREMENT, TDX MRTD), hex.
+    pub measurement: Option<String>,
+    /// TCB information.
+    pub tcb: Option<TcbInfo>,
+    /// The REPORT_DATA the evidence carries, hex.
+    pub report_data: Option<String>,
+    /// Every reason for rejection; empty when accepted.
+    pub reasons: Vec<Reason>,
+}
+
+fn ser_platform<S: serde::Serializer>(p: &Option<PlatformKind>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(k) => s.serialize_str(k.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+impl Verdict {
+    /// A verdict from its parts; accepted exactly when `reasons` is empty.
+    pub fn new(
+        platform: Option<PlatformKind>,
+        measurement: Option<String>,
+        tcb: Option<TcbInfo>,
+        report_data: Option<String>,
+        reasons: Vec<Reason>,
+    ) -> Self {
+        let accepted = reasons.is_empty();
+        Self {
+            verdict: if accepted { "accepted" } else { "rejected" },
+            accepted,
+            platform,
+            emulated: platform == Some(PlatformKind::Emulated),
+            measurement,
+            tcb,
+            report_data,
+            reasons,
+        }
+    }
+
+    /// A rejection before anything could be parsed.
+    pub fn unparsed(platform: Option<PlatformKind>, reason: Reason) -> Self {
+        Self::new(platform, None, None, None, vec![reason])
+    }
+
+    /// Adds a reason (the verdict becomes a rejection).
+    pub fn push(&mut self, reason: Reason) {
+        self.reasons.push(reason);
+        self.accepted = false;
+        self.verdict = "rejected";
+    }
+
+    /// Whether some reason is of `kind`.
+    pub fn has(&self, kind: ReasonKind) -> bool {
+        self.reasons.iter().any(|r| r.kind == kind)
+    }
+
+    /// The reasons' messages, one per line.
+    pub fn reasons_text(&self) -> String {
+        self.reasons
+            .iter()
+            .map(|r| r.message.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}

@@ -1,0 +1,239 @@
+//! The entry point: parse, verify and validate one evidence blob into a [`Verdict`].
+
+use swiotlb_shared::transcript::PlatformKind;
+
+use crate::emulated;
+use crate::evidence::Evidence;
+use crate::policy::{Claims, Policy};
+use crate::snp::certs::{AmdRoots, Product};
+use crate::snp::report::Report;
+use crate::tdx::quote::Quote;
+use crate::tdx::verify::Collateral;
+use crate::verdict::{Reason, ReasonKind, TcbInfo, Verdict};
+
+/// Verifies evidence against pinned roots and a [`Policy`].
+///
+/// ```
+/// use swiotlb_attest::{emulated, Policy, Verifier};
+/// let signer = emulated::Signer::generate().unwrap();
+/// let evidence = signer
+///     .sign_report(&[1; 64], &[2; 48], &emulated::ReportOptions::default())
+///     .unwrap()
+///     .encode()
+///     .unwrap();
+/// let verifier = Verifier::new(Policy { allow_emulated: true, ..Policy::default() })
+///     .with_emulated(signer.verifier());
+/// let verdict = verifier.verify(&evidence, &|_| Some([1; 64]));
+/// assert!(verdict.accepted && verdict.emulated);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Verifier {
+    policy: Policy,
+    emulated: Option<emulated::Verifier>,
+    collateral: Option<Collateral>,
+    now: Option<u64>,
+}
+
+impl Verifier {
+    /// A verifier with `policy`, the pinned AMD and Intel roots, no emulated trust anchor
+    /// (emulated evidence is refused), no TDX collateral, and the system clock.
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy,
+            emulated: None,
+            collateral: None,
+            now: None,
+        }
+    }
+
+    /// Trusts the emulated ARK of `v` (the policy must also allow emulated evidence).
+    pub fn with_emulated(mut self, v: emulated::Verifier) -> Self {
+        self.emulated = Some(v);
+        self
+    }
+
+    /// Checks TDX quotes against `collateral` too.
+    pub fn with_tdx_collateral(mut self, collateral: Collateral) -> Self {
+        self.collateral = Some(collateral);
+        self
+    }
+
+    /// Verifies as of `unix_secs` (certificate validity, collateral freshness) instead of
+    /// the system clock.
+    pub fn at_time(mut self, unix_secs: u64) -> Self {
+        self.now = Some(unix_secs);
+        self
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn now(&self) -> u64 {
+        self.now.unwrap_or_else(crate::time::now_unix)
+    }
+
+    /// Verifies an evidence blob. `report_data_for` gives the REPORT_DATA expected for the
+    /// platform the evidence claims (the device computes the transcript hash with that
+    /// platform kind); `None` means "not checked" (the policy's `report_data` still is).
+    pub fn verify(
+        &self,
+        evidence: &[u8],
+        report_data_for: &dyn Fn(PlatformKind) -> Option<[u8; 64]>,
+    ) -> Verdict {
+        match Evidence::decode(evidence) {
+            Ok(ev) => {
+                let expected = report_data_for(ev.platform);
+                self.verify_evidence(&ev, expected.as_ref())
+            }
+            Err(e) => Verdict::unparsed(
+                evidence.get(5).copied().and_then(PlatformKind::from_u8),
+                Reason::new(ReasonKind::Malformed, e.to_string()),
+            ),
+        }
+    }
+
+    /// Verifies decoded evidence against `expected_report_data` (if any) and the policy.
+    pub fn verify_evidence(
+        &self,
+        ev: &Evidence,
+        expected_report_data: Option<&[u8; 64]>,
+    ) -> Verdict {
+        match ev.platform {
+            PlatformKind::Snp | PlatformKind::Emulated => {
+                let report = match Report::parse(&ev.report) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let mut reasons: Vec<Reason> = self
+                            .policy
+                            .check_platform(ev.platform)
+                            .into_iter()
+                            .collect();
+                        reasons.push(Reason::new(ReasonKind::Malformed, e.to_string()));
+                        return Verdict::new(Some(ev.platform), None, None, None, reasons);
+                    }
+                };
+                self.verify_snp_report(ev, &report, expected_report_data)
+            }
+            PlatformKind::Tdx => match Quote::parse(&ev.report) {
+                Ok(q) => self.verify_tdx_quote(&q, expected_report_data),
+                Err(e) => {
+                    let mut reasons: Vec<Reason> = self
+                        .policy
+                        .check_platform(ev.platform)
+                        .into_iter()
+                        .collect();
+                    reasons.push(Reason::new(ReasonKind::Malformed, e.to_string()));
+                    Verdict::new(Some(ev.platform), None, None, None, reasons)
+                }
+            },
+        }
+    }
+
+    /// Verifies a parsed SNP or emulated report (the evidence supplies the platform and the
+    /// certificates).
+    fn verify_snp_report(
+        &self,
+        ev: &Evidence,
+        report: &Report,
+        expected_report_data: Option<&[u8; 64]>,
+    ) -> Verdict {
+        let now = self.now();
+        let (product, mut reasons) = match ev.platform {
+            PlatformKind::Emulated => match &self.emulated {
+                Some(v) => (None, v.verify(report, &ev.endorsement)),
+                None => (
+                    None,
+                    vec![Reason::new(
+                        ReasonKind::Platform,
+                        "no emulated ARK public key is configured: emulated evidence cannot be verified",
+                    )],
+                ),
+            },
+            _ => {
+                let chain = (!ev.chain.is_empty()).then_some(ev.chain.as_slice());
+                let (v, r) = crate::snp::verify::verify(
+                    report,
+                    &ev.endorsement,
+                    chain,
+                    AmdRoots::pinned(),
+                    Some(now),
+                );
+                (v.product, r)
+            }
+        };
+        let turin = product.map_or_else(
+            || {
+                report
+                    .cpuid
+                    .and_then(|(f, m, _)| Product::from_cpuid(f, m))
+                    .is_some_and(Product::turin_layout)
+            },
+            Product::turin_layout,
+        );
+        let tcb = report.reported_tcb_for(turin);
+        let claims = Claims {
+            platform: ev.platform,
+            debug: report.debug(),
+            vmpl: Some(report.vmpl),
+            tcb: Some(tcb),
+            measurement: &report.measurement,
+            report_data: &report.report_data,
+            host_data: Some(&report.host_data),
+            rtmrs: None,
+            tdx_tcb_status: None,
+        };
+        // Policy reasons first: they say what the evidence *is*; then how it failed.
+        let mut all = self.policy.validate(&claims, expected_report_data);
+        all.append(&mut reasons);
+        Verdict::new(
+            Some(ev.platform),
+            Some(hex::encode(report.measurement)),
+            Some(TcbInfo::Snp {
+                product,
+                reported: tcb,
+            }),
+            Some(hex::encode(report.report_data)),
+            all,
+        )
+    }
+
+    /// Verifies a parsed TDX quote.
+    fn verify_tdx_quote(&self, q: &Quote, expected_report_data: Option<&[u8; 64]>) -> Verdict {
+        let (v, mut reasons) =
+            crate::tdx::verify::verify(q, self.collateral.as_ref(), Some(self.now()));
+        let status = v.collateral.as_ref().map(|c| c.status.as_str());
+        let claims = Claims {
+            platform: PlatformKind::Tdx,
+            debug: q.debug(),
+            vmpl: None,
+            tcb: None,
+            measurement: &q.body.mr_td,
+            report_data: &q.body.report_data,
+            host_data: None,
+            rtmrs: Some(&q.body.rtmrs),
+            tdx_tcb_status: status,
+        };
+        let mut all = self.policy.validate(&claims, expected_report_data);
+        all.append(&mut reasons);
+        Verdict::new(
+            Some(PlatformKind::Tdx),
+            Some(hex::encode(q.body.mr_td)),
+            Some(TcbInfo::Tdx {
+                tee_tcb_svn: hex::encode(q.body.tee_tcb_svn),
+                status: v.collateral.as_ref().map(|c| c.status.clone()),
+                advisory_ids: v.collateral.map(|c| c.advisory_ids).unwrap_or_default(),
+            }),
+            Some(hex::encode(q.body.report_data)),
+            all,
+        )
+    }
+}
+
+// The device keeps one verifier for its lifetime, possibly on a worker thread.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Verifier>();
+    send_sync::<crate::emulated::Signer>();
+};
