@@ -80,6 +80,18 @@ fn run() -> Result<(), String> {
     std::fs::File::create(&disk)
         .and_then(|f| f.set_len(DISK_SIZE))
         .map_err(|e| format!("creating the disk image: {e}"))?;
+    // The emulated attestation platform: a fresh test-only ARK for this run. (On SEV-SNP or
+    // TDX hardware the guest uses configfs-tsm and the host pins AMD's or Intel's roots.)
+    let pk8 = swiotlb_attest::emulated::Signer::generate_ark_pkcs8()
+        .map_err(|e| format!("emulated ARK: {e}"))?;
+    let public = swiotlb_attest::emulated::Signer::public_key_of(&pk8)
+        .map_err(|e| format!("emulated ARK: {e}"))?;
+    let key = dir.path().join("emulated-ark.pk8");
+    let ark = dir.path().join("emulated-ark.pub");
+    std::fs::write(&key, &pk8)
+        .and_then(|()| std::fs::write(&ark, public))
+        .map_err(|e| format!("writing the emulated ARK: {e}"))?;
+    let key_s = key.to_string_lossy().to_string();
 
     println!(
         "== swiotlb demo: a virtio-blk device whose only DMA-reachable memory is its SWIOTLB pool"
@@ -95,7 +107,14 @@ fn run() -> Result<(), String> {
         .arg(&socket)
         .arg("--disk")
         .arg(&disk)
-        .args(["--sessions", "2", "--log", "warn"])
+        .args(["--sessions", "2", "--log", "error"])
+        .args([
+            "--attestation",
+            "required",
+            "--allow-emulated",
+            "--emulated-ark",
+        ])
+        .arg(&ark)
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting swiotlb-host: {e}"))?;
@@ -107,10 +126,14 @@ fn run() -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    println!("   host         started (pid {})", host.id());
+    println!(
+        "   host         started (pid {}), attestation required, EMULATED platform admitted",
+        host.id()
+    );
+    let attest = ["--attester", "emulated", "--emulated-key", key_s.as_str()];
 
     let result = (|| {
-        let info = guest(&guest_bin, &socket, &["info"])?;
+        let info = guest(&guest_bin, &socket, &[&attest[..], &["info"]].concat())?;
         let i = &info["info"];
         println!("\n-- guest session 1: negotiation");
         println!("   negotiated   {}", join(&i["negotiated"]));
@@ -120,6 +143,10 @@ fn run() -> Result<(), String> {
             i["pool_bus_address"].as_u64().unwrap_or(0)
         );
         println!("   capacity     {} bytes", i["capacity"]);
+        println!(
+            "   attestation  {}",
+            i["attestation"].as_str().unwrap_or("?")
+        );
         if !join(&i["negotiated"]).contains("SWIOTLB") {
             return Err("VIRTIO_F_SWIOTLB was not negotiated".to_string());
         }
@@ -127,7 +154,11 @@ fn run() -> Result<(), String> {
         let rt = guest(
             &guest_bin,
             &socket,
-            &["roundtrip", "--offset", "1M", "--size", IO_SIZE],
+            &[
+                &attest[..],
+                &["roundtrip", "--offset", "1M", "--size", IO_SIZE],
+            ]
+            .concat(),
         )?;
         println!(
             "   write        {:.0} MiB/s (flush included)\n   read         {:.0} MiB/s\n   sha256       {} (written = read back)",
@@ -178,6 +209,25 @@ fn run() -> Result<(), String> {
         let s = &v["summary"];
         violations +=
             s["dma_violations"].as_u64().unwrap_or(0) + s["findings"].as_u64().unwrap_or(0);
+        if s["attestation_state"] != "accepted" {
+            return Err(format!(
+                "session {}: attestation {}",
+                n + 1,
+                s["attestation_state"]
+            ));
+        }
+        let rd: String = s["attestation"]["expected_report_data"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(16)
+            .collect();
+        println!(
+            "   session {}: attestation {} on platform {} (REPORT_DATA {rd}...)",
+            n + 1,
+            s["attestation_state"].as_str().unwrap_or("?"),
+            s["attestation"]["platform"].as_str().unwrap_or("?"),
+        );
         println!(
             "   session {}: {} chains, {} DMAs checked against the pool ({} B device-read, {} B device-written), {} violations, {} findings, {} trapped pool accesses",
             n + 1,
@@ -195,7 +245,7 @@ fn run() -> Result<(), String> {
             "{violations} violations or findings in a clean run"
         ));
     }
-    println!("\n== demo passed: SWIOTLB negotiated, every DMA inside the pool, zero violations");
+    println!("\n== demo passed: SWIOTLB negotiated and attested (EMULATED platform), every DMA inside the pool, zero violations");
     Ok(())
 }
 

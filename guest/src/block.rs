@@ -22,9 +22,11 @@ use swiotlb_shared::layout::{
     slots_for, LayoutError, PoolLayout, PoolWindow, QueueLayout, MAX_MAPPING, MAX_QUEUE_SIZE,
     SLOT_SIZE,
 };
-use swiotlb_shared::pci::{common, status};
+use swiotlb_shared::pci::{attest_mailbox as mb, cfg, common, status};
+use swiotlb_shared::transcript::{DeviceIdentity, InstanceId, QueueRings, Transcript};
 use thiserror::Error;
 
+use crate::attest::{AttestError, Attester};
 use crate::pci::PciAccess;
 use crate::pool::{PoolAccessError, PoolMemory, SlotAllocator, SlotRun};
 use crate::ring::{Completion, RingError, Segment, SplitRing};
@@ -149,9 +151,32 @@ pub enum BlockError {
     /// The pool is too small for the request, even with nothing else in flight.
     #[error("the pool cannot hold a request of {0} bytes")]
     PoolExhausted(u64),
+    /// The queue cannot hold one request (header, data, status) without indirect
+    /// descriptors.
+    #[error("queue of {0} descriptors cannot hold a request without indirect descriptors")]
+    QueueTooSmall(u16),
     /// The disk is read-only.
     #[error("the disk is read-only")]
     ReadOnly,
+    /// The device requires attestation and no attester is available.
+    #[error(
+        "the device requires attestation and no attester is available (choose one with --attester)"
+    )]
+    AttestationRequired,
+    /// The attester failed.
+    #[error("producing attestation evidence failed")]
+    Attester(#[from] AttestError),
+    /// The device rejected the evidence.
+    #[error(
+        "the device rejected the attestation evidence ({0} reasons; see the device's findings)"
+    )]
+    AttestationRejected(u32),
+    /// The mailbox does not behave as the protocol says.
+    #[error("attestation mailbox: {0}")]
+    Mailbox(String),
+    /// The transcript cannot be built.
+    #[error("attestation transcript: {0}")]
+    Transcript(String),
 }
 
 /// How to open the device.
@@ -200,6 +225,9 @@ pub struct BlockInfo {
     pub queue_size: u16,
     /// Bounce slots per queue area.
     pub slots: u64,
+    /// What came of attestation: "accepted (snp|tdx|emulated)", "not required by the
+    /// device", or "device has no attestation mailbox".
+    pub attestation: String,
 }
 
 /// Where a request's data goes when it completes.
@@ -246,12 +274,23 @@ pub struct BlockDriver<P: PciAccess> {
     pending: Vec<Option<Pending>>,
     info: BlockInfo,
     stopped: bool,
+    window: PoolWindow,
 }
 
 impl<P: PciAccess> BlockDriver<P> {
     /// Probes, negotiates VIRTIO_F_SWIOTLB, lays out the pool, sets up the queue and
     /// reaches DRIVER_OK.
     pub fn open(pci: P, opts: &Options) -> Result<Self, BlockError> {
+        Self::open_attested(pci, opts, None)
+    }
+
+    /// As [`open`](Self::open), then proves the session to the device with evidence from
+    /// `attester` when the device asks for it.
+    pub fn open_attested(
+        pci: P,
+        opts: &Options,
+        attester: Option<&dyn Attester>,
+    ) -> Result<Self, BlockError> {
         let mut vp = VirtioPci::probe(pci)?;
         let mut wanted = bit(VIRTIO_F_VERSION_1)
             | bit(VIRTIO_F_SWIOTLB)
@@ -329,6 +368,10 @@ impl<P: PciAccess> BlockDriver<P> {
         let layout = PoolLayout::new(pool.len, 1, qsize)?;
         let ql = layout.queues[0];
         let indirect = accepted & bit(VIRTIO_RING_F_INDIRECT_DESC) != 0;
+        if !indirect && qsize < 3 {
+            let _ = vp.set_status(failed | status::FEATURES_OK);
+            return Err(BlockError::QueueTooSmall(qsize));
+        }
         let event_idx = accepted & bit(VIRTIO_RING_F_EVENT_IDX) != 0;
         let ring = SplitRing::new(mem.clone(), window, ql, indirect, event_idx)?;
         let irq = match vp.pci().enable_msix(2).map_err(TransportError::from)? {
@@ -375,8 +418,9 @@ impl<P: PciAccess> BlockDriver<P> {
             read_only: accepted & bit(VIRTIO_BLK_F_RO) != 0,
             queue_size: qsize,
             slots: ql.slot_count,
+            attestation: String::new(),
         };
-        Ok(Self {
+        let mut me = Self {
             vp,
             mem,
             layout: ql,
@@ -387,7 +431,139 @@ impl<P: PciAccess> BlockDriver<P> {
             pending: (0..qsize).map(|_| None).collect(),
             info,
             stopped: false,
-        })
+            window,
+        };
+        match me.attest(attester) {
+            Ok(outcome) => {
+                me.info.attestation = outcome;
+                Ok(me)
+            }
+            Err(e) => {
+                let _ = me.vp.set_status(s | status::DRIVER_OK | status::FAILED);
+                Err(e)
+            }
+        }
+    }
+
+    /// The attestation step: read the device's nonce, build the transcript of this session,
+    /// have the platform sign its hash, place the evidence in the pool and ring the mailbox.
+    fn attest(&mut self, attester: Option<&dyn Attester>) -> Result<String, BlockError> {
+        if self.vp.caps().attest.is_none() {
+            return Ok("device has no attestation mailbox".into());
+        }
+        let mut w = [0u8; 8];
+        self.vp.mailbox_read(mb::MAGIC, &mut w)?;
+        if w[..4] != mb::MAGIC_VALUE.to_le_bytes() || w[4..] != mb::VERSION_VALUE.to_le_bytes() {
+            return Err(BlockError::Mailbox(format!(
+                "unknown magic/version {w:02x?}"
+            )));
+        }
+        let state = self.mailbox_u32(mb::STATE)?;
+        match state {
+            mb::STATE_NOT_REQUIRED => return Ok("not required by the device".into()),
+            mb::STATE_AWAITING => {}
+            other => {
+                return Err(BlockError::Mailbox(format!(
+                    "gate in state {other} before any evidence"
+                )))
+            }
+        }
+        let attester = attester.ok_or(BlockError::AttestationRequired)?;
+        let mut nonce = [0u8; mb::NONCE_LEN];
+        self.vp.mailbox_read(mb::NONCE, &mut nonce)?;
+        let mut instance = [0u8; mb::INSTANCE_ID_LEN];
+        self.vp.mailbox_read(mb::INSTANCE_ID, &mut instance)?;
+        let max = self.mailbox_u32(mb::MAX_EVIDENCE_LEN)?;
+        let mut ids = [0u8; 4];
+        let mut sub = [0u8; 4];
+        self.vp
+            .pci()
+            .config_read(cfg::VENDOR_ID, &mut ids)
+            .map_err(TransportError::from)?;
+        self.vp
+            .pci()
+            .config_read(cfg::SUBSYSTEM_VENDOR_ID, &mut sub)
+            .map_err(TransportError::from)?;
+        let transcript = Transcript {
+            platform: attester.platform(),
+            nonce,
+            identity: DeviceIdentity {
+                vendor_id: u16::from_le_bytes([ids[0], ids[1]]),
+                device_id: u16::from_le_bytes([ids[2], ids[3]]),
+                subsystem_vendor_id: u16::from_le_bytes([sub[0], sub[1]]),
+                subsystem_id: u16::from_le_bytes([sub[2], sub[3]]),
+                instance_id: InstanceId::Short(instance),
+            },
+            device_features: self.info.device_features,
+            driver_features: self.info.driver_features,
+            pool_base: self.window.base(),
+            pool_size: self.window.size(),
+            queues: vec![QueueRings {
+                index: 0,
+                desc: self.ring.desc_bus(),
+                avail: self.ring.avail_bus(),
+                used: self.ring.used_bus(),
+                size: self.ring.size(),
+            }],
+        };
+        let rd = transcript
+            .report_data()
+            .map_err(|e| BlockError::Transcript(e.to_string()))?;
+        let evidence = attester.evidence(&rd)?;
+        let len = evidence.len() as u64;
+        if len > u64::from(max) || len > MAX_MAPPING {
+            return Err(BlockError::Mailbox(format!(
+                "evidence of {len} bytes exceeds the device's {max} or one mapping"
+            )));
+        }
+        let run = self
+            .slots
+            .alloc(slots_for(len) as u32)
+            .ok_or(BlockError::PoolExhausted(len))?;
+        let off = self.layout.slots + u64::from(run.first) * SLOT_SIZE;
+        let result = (|| {
+            self.mem.write(off, &evidence)?;
+            let bus = self
+                .window
+                .bus_of(off, len)
+                .ok_or(BlockError::Mailbox("evidence slot outside the pool".into()))?;
+            self.vp
+                .mailbox_write(mb::EVIDENCE_ADDR, &bus.to_le_bytes())?;
+            self.vp
+                .mailbox_write(mb::EVIDENCE_LEN, &(len as u32).to_le_bytes())?;
+            self.vp
+                .mailbox_write(mb::DOORBELL, &mb::SUBMIT.to_le_bytes())?;
+            let deadline = Instant::now() + self.timeout;
+            loop {
+                match self.mailbox_u32(mb::STATE)? {
+                    mb::STATE_ACCEPTED => {
+                        return Ok(format!("accepted ({})", attester.platform().as_str()))
+                    }
+                    mb::STATE_REJECTED => {
+                        return Err(BlockError::AttestationRejected(
+                            self.mailbox_u32(mb::REASONS)?,
+                        ))
+                    }
+                    mb::STATE_AWAITING if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    mb::STATE_AWAITING => return Err(BlockError::Timeout(self.timeout)),
+                    other => {
+                        return Err(BlockError::Mailbox(format!(
+                            "gate in unknown state {other}"
+                        )))
+                    }
+                }
+            }
+        })();
+        self.release(run, std::iter::empty());
+        result
+    }
+
+    fn mailbox_u32(&mut self, off: u64) -> Result<u32, BlockError> {
+        let mut b = [0u8; 4];
+        self.vp.mailbox_read(off, &mut b)?;
+        Ok(u32::from_le_bytes(b))
     }
 
     /// What was negotiated.
@@ -577,7 +753,11 @@ impl<P: PciAccess> BlockDriver<P> {
                 }
                 return first_err.map_or(Ok(()), Err);
             }
-            let c = self.wait_completion()?;
+            // A later timeout must not hide an earlier error: report the first one.
+            let c = match self.wait_completion() {
+                Ok(c) => c,
+                Err(e) => return Err(first_err.unwrap_or(e)),
+            };
             if let Err(e) = self.complete(c, dst) {
                 first_err.get_or_insert(e);
             }

@@ -9,6 +9,7 @@
 //! - [`block`]: the block API: read, write, flush, discard, write zeroes, get id.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod attest;
 pub mod block;
 pub mod pci;
 pub mod pool;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
+use swiotlb_guest::attest::{self, AttesterChoice};
 use swiotlb_guest::pci::vfio_user::VfioUserClient;
 use swiotlb_guest::{BlockDriver, Options};
 use swiotlb_shared::error_chain;
@@ -26,11 +27,33 @@ struct Args {
     /// Decline VIRTIO_F_SWIOTLB and report what the device does (testing the device's policy).
     #[arg(long)]
     decline_swiotlb: bool,
+    /// Attester proving the session to a device that requires it: `auto` (configfs-tsm when
+    /// present), `snp`, `tdx`, `emulated` (needs --emulated-key; CI only) or `none`.
+    #[arg(long, value_enum, default_value_t = AttesterArg::Auto)]
+    attester: AttesterArg,
+    /// Emulated ARK private key (PKCS#8, from `swiotlb-attest emulated-keygen`).
+    #[arg(long)]
+    emulated_key: Option<PathBuf>,
     /// How long to wait for each completion, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Attester choices on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum AttesterArg {
+    /// configfs-tsm if present, else none.
+    Auto,
+    /// SEV-SNP through configfs-tsm.
+    Snp,
+    /// TDX through configfs-tsm.
+    Tdx,
+    /// The emulated platform (CI only).
+    Emulated,
+    /// No attester.
+    None,
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,7 +153,23 @@ fn run(args: &Args) -> Result<(), String> {
         timeout: Duration::from_millis(args.timeout_ms),
         ..Options::default()
     };
-    let mut dev = BlockDriver::open(client, &opts).map_err(|e| error_chain(&e))?;
+    let choice = match (args.attester, &args.emulated_key) {
+        (AttesterArg::Emulated, Some(k)) => Some(AttesterChoice::Emulated(k.clone())),
+        (AttesterArg::Emulated, None) => {
+            return Err("--attester emulated needs --emulated-key FILE".into())
+        }
+        (_, Some(_)) => return Err("--emulated-key is only used with --attester emulated".into()),
+        (AttesterArg::Auto, None) => Some(AttesterChoice::Auto),
+        (AttesterArg::Snp, None) => Some(AttesterChoice::Snp),
+        (AttesterArg::Tdx, None) => Some(AttesterChoice::Tdx),
+        (AttesterArg::None, None) => None,
+    };
+    let attester = match &choice {
+        Some(c) => attest::choose(c).map_err(|e| error_chain(&e))?,
+        None => None,
+    };
+    let mut dev = BlockDriver::open_attested(client, &opts, attester.as_deref())
+        .map_err(|e| error_chain(&e))?;
     let info = dev.info().clone();
     let out = match &args.cmd {
         Cmd::Info => {
@@ -155,6 +194,7 @@ fn run(args: &Args) -> Result<(), String> {
                     "queue size:          {} ({} bounce slots of 2 KiB)",
                     info.queue_size, info.slots
                 );
+                println!("attestation:         {}", info.attestation);
             }
             json!({ "ok": true, "info": info })
         }

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use swiotlb_shared::features::bit;
 use swiotlb_shared::layout::{PoolLayout, PAGE_SIZE};
 use swiotlb_shared::pci::{
-    cfg, common, status, VirtioPciCap, VirtioPciNotifyCap, VIRTIO_PCI_CAP_COMMON_CFG,
-    VIRTIO_PCI_CAP_DEVICE_CFG, VIRTIO_PCI_CAP_ISR_CFG, VIRTIO_PCI_CAP_NOTIFY_CFG,
-    VIRTIO_PCI_CAP_SWIOTLB, VIRTIO_PCI_MODERN_DEVICE_ID_BASE, VIRTIO_PCI_VENDOR_ID,
+    attest_mailbox, cfg, common, status, VirtioPciCap, VirtioPciNotifyCap, VirtioPciVendorCap,
+    VIRTIO_PCI_CAP_COMMON_CFG, VIRTIO_PCI_CAP_DEVICE_CFG, VIRTIO_PCI_CAP_ISR_CFG,
+    VIRTIO_PCI_CAP_NOTIFY_CFG, VIRTIO_PCI_CAP_SWIOTLB, VIRTIO_PCI_CAP_VENDOR_CFG,
+    VIRTIO_PCI_MODERN_DEVICE_ID_BASE, VIRTIO_PCI_VENDOR_ID,
 };
 use thiserror::Error;
 
@@ -94,6 +95,8 @@ pub struct Capabilities {
     pub device: Region,
     /// The SWIOTLB pool, if the device describes one.
     pub swiotlb: Option<Region>,
+    /// The attestation mailbox, if the device has one.
+    pub attest: Option<Region>,
 }
 
 /// A virtio-pci function being driven.
@@ -137,6 +140,7 @@ impl<P: PciAccess> VirtioPci<P> {
         let mut at = ptr[0] & !3;
         let (mut common, mut notify, mut isr, mut device, mut swiotlb) =
             (None, None, None, None, None);
+        let mut attest = None;
         let mut seen = 0;
         while at != 0 {
             if at < 0x40 {
@@ -157,6 +161,28 @@ impl<P: PciAccess> VirtioPci<P> {
             let avail = (cfg::SIZE - usize::from(at)).min(raw.len());
             pci.config_read(u16::from(at), &mut raw[..avail])?;
             let next = raw[1] & !3;
+            if raw[0] == cfg::CAP_ID_VENDOR && avail >= VirtioPciVendorCap::SIZE && attest.is_none()
+            {
+                if let Some(v) = VirtioPciVendorCap::from_bytes(&raw) {
+                    if v.cfg_type == VIRTIO_PCI_CAP_VENDOR_CFG
+                        && v.vendor_id == VIRTIO_PCI_VENDOR_ID
+                        && v.subtype == attest_mailbox::CAP_SUBTYPE
+                    {
+                        let as_cap = VirtioPciCap {
+                            bar: v.bar,
+                            offset: v.offset,
+                            length: v.length,
+                            ..Default::default()
+                        };
+                        attest = Some(Self::check_region(
+                            pci,
+                            "attestation mailbox",
+                            &as_cap,
+                            0x58,
+                        )?);
+                    }
+                }
+            }
             if raw[0] == cfg::CAP_ID_VENDOR && avail >= VirtioPciCap::SIZE {
                 if let Some(cap) = VirtioPciCap::from_bytes(&raw) {
                     let slot = match cap.cfg_type {
@@ -207,6 +233,7 @@ impl<P: PciAccess> VirtioPci<P> {
             isr,
             device,
             swiotlb,
+            attest,
         })
     }
 
@@ -454,6 +481,48 @@ impl<P: PciAccess> VirtioPci<P> {
             }
         }
         Err(TransportError::ConfigUnstable)
+    }
+
+    /// Reads mailbox registers at `offset` (the mailbox must exist).
+    pub fn mailbox_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), TransportError> {
+        let m = self
+            .caps
+            .attest
+            .ok_or(TransportError::MissingCapability("attestation mailbox"))?;
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > m.len)
+        {
+            return Err(TransportError::BadRegister {
+                what: "mailbox offset",
+                value: offset,
+            });
+        }
+        // Registers are read at most 8 bytes at a time.
+        for (i, chunk) in buf.chunks_mut(8).enumerate() {
+            self.pci
+                .bar_read(m.bar, m.offset + offset + i as u64 * 8, chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a mailbox register (the mailbox must exist).
+    pub fn mailbox_write(&mut self, offset: u64, data: &[u8]) -> Result<(), TransportError> {
+        let m = self
+            .caps
+            .attest
+            .ok_or(TransportError::MissingCapability("attestation mailbox"))?;
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|e| e > m.len)
+        {
+            return Err(TransportError::BadRegister {
+                what: "mailbox offset",
+                value: offset,
+            });
+        }
+        self.pci.bar_write(m.bar, m.offset + offset, data)?;
+        Ok(())
     }
 
     fn generation(&mut self) -> Result<u8, TransportError> {

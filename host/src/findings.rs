@@ -46,11 +46,15 @@ pub enum FindingKind {
     BadQueueSize,
     /// A request the device could not parse (bad header, missing status byte, ...).
     MalformedRequest,
+    /// Attestation evidence placed outside the pool.
+    EvidenceOutsidePool,
+    /// Attestation evidence that did not verify, or was submitted out of order.
+    AttestationRejected,
 }
 
 impl FindingKind {
     /// Every kind, in counter order.
-    pub const ALL: [FindingKind; 19] = [
+    pub const ALL: [FindingKind; 21] = [
         Self::DescriptorOutsidePool,
         Self::DescriptorOverflow,
         Self::IndirectTableOutsidePool,
@@ -70,6 +74,8 @@ impl FindingKind {
         Self::BadQueueNotify,
         Self::BadQueueSize,
         Self::MalformedRequest,
+        Self::EvidenceOutsidePool,
+        Self::AttestationRejected,
     ];
 
     /// Stable snake_case name used in events, JSON and the audit log.
@@ -94,6 +100,8 @@ impl FindingKind {
             Self::BadQueueNotify => "bad_queue_notify",
             Self::BadQueueSize => "bad_queue_size",
             Self::MalformedRequest => "malformed_request",
+            Self::EvidenceOutsidePool => "evidence_outside_pool",
+            Self::AttestationRejected => "attestation_rejected",
         }
     }
 
@@ -106,6 +114,7 @@ impl FindingKind {
                 | Self::IndirectTableOutsidePool
                 | Self::RingOutsidePool
                 | Self::PoolNotDecoded
+                | Self::EvidenceOutsidePool
         )
     }
 }

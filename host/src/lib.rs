@@ -12,6 +12,7 @@
 
 pub mod devices;
 pub mod findings;
+pub mod gate;
 pub mod pci;
 pub mod pool;
 pub mod vfio_user;

@@ -34,12 +34,35 @@ struct Args {
     /// (The default strict policy refuses it.)
     #[arg(long)]
     allow_no_swiotlb: bool,
+    /// Attestation: `required` (default) serves no queue until the driver's evidence
+    /// verifies; `off` serves without evidence.
+    #[arg(long, value_enum, default_value_t = AttestMode::Required)]
+    attestation: AttestMode,
+    /// Attestation policy (TOML): platforms, minimum TCB, measurements, debug, emulated.
+    #[arg(long)]
+    attest_policy: Option<PathBuf>,
+    /// Accept evidence from the EMULATED platform (CI and the demo only). Needs
+    /// `--emulated-ark`.
+    #[arg(long)]
+    allow_emulated: bool,
+    /// Public key of the emulated ARK (`swiotlb-attest emulated-keygen` writes it).
+    #[arg(long)]
+    emulated_ark: Option<PathBuf>,
     /// Exit after this many client sessions (default: serve forever).
     #[arg(long)]
     sessions: Option<u64>,
     /// Log filter (tracing `EnvFilter` syntax), also taken from RUST_LOG.
     #[arg(long, default_value = "info")]
     log: String,
+}
+
+/// Whether evidence is required before queues are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum AttestMode {
+    /// Serve no queue until the evidence verifies.
+    Required,
+    /// Serve without evidence.
+    Off,
 }
 
 fn main() -> ExitCode {
@@ -60,6 +83,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// The evidence verifier from the policy file and flags.
+fn verifier(args: &Args) -> Result<swiotlb_attest::Verifier, String> {
+    let mut policy = match &args.attest_policy {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("reading policy {}: {e}", p.display()))?;
+            swiotlb_attest::Policy::from_toml(&text)
+                .map_err(|e| format!("policy {}: {}", p.display(), error_chain(&e)))?
+        }
+        None => swiotlb_attest::Policy::default(),
+    };
+    if args.allow_emulated {
+        policy.allow_emulated = true;
+    }
+    let mut v = swiotlb_attest::Verifier::new(policy.clone());
+    match (&args.emulated_ark, policy.allow_emulated) {
+        (Some(path), _) => {
+            let key = std::fs::read(path)
+                .map_err(|e| format!("reading emulated ARK {}: {e}", path.display()))?;
+            let ev = swiotlb_attest::emulated::Verifier::new(&key)
+                .map_err(|e| format!("emulated ARK {}: {}", path.display(), error_chain(&e)))?;
+            tracing::warn!("EMULATED attestation platform configured: for CI and demos only");
+            v = v.with_emulated(ev);
+        }
+        (None, true) => return Err("--allow-emulated needs --emulated-ark FILE".into()),
+        (None, false) => {}
+    }
+    Ok(v)
+}
+
 fn run(args: &Args) -> Result<(), String> {
     let disk = DiskImage::open(&args.disk, args.read_only)
         .map_err(|e| format!("opening disk image {}: {e}", args.disk.display()))?;
@@ -67,15 +120,22 @@ fn run(args: &Args) -> Result<(), String> {
     let policy = Policy {
         require_swiotlb: !args.allow_no_swiotlb,
     };
-    let function = VirtioPciFunction::new(Box::new(Block::new(disk)), args.pool_size, policy)
+    let mut function = VirtioPciFunction::new(Box::new(Block::new(disk)), args.pool_size, policy)
         .map_err(|e| format!("creating the pool: {}", error_chain(&e)))?;
+    if args.attestation == AttestMode::Required {
+        function = function.with_attestation(Box::new(verifier(args)?));
+    } else if args.allow_emulated || args.attest_policy.is_some() {
+        return Err("--allow-emulated and --attest-policy need --attestation required".into());
+    }
     if args.socket.exists() {
         std::fs::remove_file(&args.socket)
             .map_err(|e| format!("removing stale socket {}: {e}", args.socket.display()))?;
     }
     // Bind under a temporary name and rename into place once listening, so a client that
     // sees the socket path can always connect (bind creates the file before listen).
-    let tmp = args.socket.with_extension(format!("tmp-{}", std::process::id()));
+    let tmp = args
+        .socket
+        .with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let listener =
         UnixListener::bind(&tmp).map_err(|e| format!("binding {}: {e}", tmp.display()))?;
@@ -91,6 +151,7 @@ fn run(args: &Args) -> Result<(), String> {
         pool_size = args.pool_size,
         read_only = args.read_only,
         strict = policy.require_swiotlb,
+        attestation = ?args.attestation,
         "serving virtio-blk with a SWIOTLB pool"
     );
     let mut server = Server::new(function);

@@ -71,8 +71,18 @@ pub struct HostProcess {
 }
 
 impl HostProcess {
-    /// Starts `swiotlb-host --socket <dir>/host.sock --disk <disk> <extra...>`.
+    /// Starts `swiotlb-host --socket <dir>/host.sock --disk <disk> <extra...>`. Unless
+    /// `extra` speaks of attestation, the host runs with `--attestation off` (the tests that
+    /// exercise attestation say so).
     pub fn spawn(dir: &Path, disk: &Path, extra: &[&str]) -> Self {
+        let attest = extra
+            .iter()
+            .any(|a| a.starts_with("--attestation") || a.starts_with("--allow-emulated"));
+        let off: &[&str] = if attest {
+            &[]
+        } else {
+            &["--attestation", "off"]
+        };
         let socket = dir.join("host.sock");
         let _ = std::fs::remove_file(&socket);
         let mut child = Command::new(bin("swiotlb-host"))
@@ -81,6 +91,7 @@ impl HostProcess {
             .arg("--disk")
             .arg(disk)
             .args(extra)
+            .args(off)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

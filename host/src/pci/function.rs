@@ -13,9 +13,10 @@ use swiotlb_shared::features::{
     feature_names, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use swiotlb_shared::pci::{
-    cfg, device_layout as dl, VirtioPciCap, VirtioPciNotifyCap, VIRTIO_PCI_CAP_COMMON_CFG,
-    VIRTIO_PCI_CAP_DEVICE_CFG, VIRTIO_PCI_CAP_ISR_CFG, VIRTIO_PCI_CAP_NOTIFY_CFG,
-    VIRTIO_PCI_CAP_SWIOTLB, VIRTIO_PCI_MODERN_DEVICE_ID_BASE, VIRTIO_PCI_VENDOR_ID,
+    attest_mailbox, cfg, device_layout as dl, VirtioPciCap, VirtioPciNotifyCap, VirtioPciVendorCap,
+    VIRTIO_PCI_CAP_COMMON_CFG, VIRTIO_PCI_CAP_DEVICE_CFG, VIRTIO_PCI_CAP_ISR_CFG,
+    VIRTIO_PCI_CAP_NOTIFY_CFG, VIRTIO_PCI_CAP_SWIOTLB, VIRTIO_PCI_CAP_VENDOR_CFG,
+    VIRTIO_PCI_MODERN_DEVICE_ID_BASE, VIRTIO_PCI_VENDOR_ID,
 };
 use thiserror::Error;
 use virtio_queue::QueueT;
@@ -23,6 +24,7 @@ use virtio_queue::QueueT;
 use super::config_space::{BarKind, BarSpec, ConfigSpace};
 use super::interrupts::{Interrupts, IrqAction, IrqError};
 use crate::findings::{Finding, FindingCounters, FindingKind};
+use crate::gate::{EvidenceVerifier, Gate, GateRequest, Verdict};
 use crate::pool::{Pool, PoolError};
 use crate::virtio::chain::ChainContext;
 use crate::virtio::metrics::DmaCounters;
@@ -74,6 +76,41 @@ impl AccessError {
     }
 }
 
+/// The structures of the register BAR, each at its `device_layout` offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bar0 {
+    Common,
+    Isr,
+    Device,
+    Notify,
+    MsixTable,
+    MsixPba,
+    Attest,
+}
+
+impl Bar0 {
+    /// Which structure `offset` falls in, and the offset within it.
+    fn decode(offset: u64) -> Option<(Self, u64)> {
+        const MAP: [(Bar0, u32, u32); 7] = [
+            (Bar0::Common, dl::COMMON_OFFSET, dl::COMMON_LEN),
+            (Bar0::Isr, dl::ISR_OFFSET, dl::ISR_LEN),
+            (Bar0::Device, dl::DEVICE_OFFSET, dl::DEVICE_LEN),
+            (Bar0::Notify, dl::NOTIFY_OFFSET, dl::NOTIFY_LEN),
+            (
+                Bar0::MsixTable,
+                dl::MSIX_TABLE_OFFSET,
+                dl::MSIX_PBA_OFFSET - dl::MSIX_TABLE_OFFSET,
+            ),
+            (Bar0::MsixPba, dl::MSIX_PBA_OFFSET, 0x1000),
+            (Bar0::Attest, dl::ATTEST_OFFSET, dl::ATTEST_LEN),
+        ];
+        MAP.iter().find_map(|(r, start, len)| {
+            let (start, len) = (u64::from(*start), u64::from(*len));
+            (offset >= start && offset - start < len).then_some((*r, offset - start))
+        })
+    }
+}
+
 /// The function's state at the end of a session, for operators and tests.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionSummary {
@@ -113,6 +150,10 @@ pub struct SessionSummary {
     pub pool_moves: u64,
     /// The device model's own metrics.
     pub device: serde_json::Value,
+    /// Attestation gate at the end: "not_required", "awaiting", "accepted" or "rejected".
+    pub attestation_state: String,
+    /// The last attestation verdict, if evidence was submitted.
+    pub attestation: Option<Verdict>,
 }
 
 /// The function.
@@ -131,6 +172,10 @@ pub struct VirtioPciFunction {
     trapped_pool: AtomicU64,
     pool_moves: u64,
     last_pool_address: Option<u64>,
+    gate: Gate,
+    /// Queues notified while the gate was shut, served once it opens.
+    deferred: u64,
+    last_verdict: Option<Verdict>,
 }
 
 impl VirtioPciFunction {
@@ -159,7 +204,27 @@ impl VirtioPciFunction {
             trapped_pool: AtomicU64::new(0),
             pool_moves: 0,
             last_pool_address: None,
+            gate: Gate::new(None),
+            deferred: 0,
+            last_verdict: None,
         })
+    }
+
+    /// Requires attestation: queues are served only once evidence checked by `verifier`
+    /// binds what the device observed.
+    pub fn with_attestation(mut self, verifier: Box<dyn EvidenceVerifier>) -> Self {
+        self.gate = Gate::new(Some(verifier));
+        self
+    }
+
+    /// The attestation gate.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// The last attestation verdict of this session.
+    pub fn last_verdict(&self) -> Option<&Verdict> {
+        self.last_verdict.as_ref()
     }
 
     fn config_template(device_type: u16, pool_size: u64, msix_vectors: u16) -> ConfigSpace {
@@ -262,6 +327,20 @@ impl VirtioPciFunction {
         msix.extend_from_slice(&(dl::MSIX_PBA_OFFSET | u32::from(dl::REGS_BAR)).to_le_bytes());
         let got = c.add_capability(cfg::CAP_ID_MSIX, &msix, &[(1, 0xc0)]);
         debug_assert_eq!(got, dl::CAP_MSIX);
+        let attest = VirtioPciVendorCap {
+            cap_vndr: cfg::CAP_ID_VENDOR,
+            cap_next: 0,
+            cap_len: VirtioPciVendorCap::SIZE as u8,
+            cfg_type: VIRTIO_PCI_CAP_VENDOR_CFG,
+            vendor_id: VIRTIO_PCI_VENDOR_ID,
+            subtype: attest_mailbox::CAP_SUBTYPE,
+            bar: dl::REGS_BAR,
+            offset: dl::ATTEST_OFFSET,
+            length: dl::ATTEST_LEN,
+        }
+        .to_bytes();
+        let got = c.add_capability(attest[0], &attest[2..], &[]);
+        debug_assert_eq!(got, dl::CAP_ATTEST);
         c
     }
 
@@ -312,6 +391,7 @@ impl VirtioPciFunction {
             tracing::error!(error = %e, "clearing the pool on reset failed");
         }
         self.last_pool_address = None;
+        self.last_verdict = None;
         // Counters are per session: a new client starts from zero.
         self.findings = Arc::new(FindingCounters::default());
         self.dma = Arc::new(DmaCounters::default());
@@ -324,6 +404,9 @@ impl VirtioPciFunction {
         self.transport.reset();
         self.device.reset();
         self.isr = 0;
+        // A fresh nonce: evidence from before the reset can never be replayed.
+        self.gate.reset();
+        self.deferred = 0;
     }
 
     fn record(&mut self, f: Finding) {
@@ -373,6 +456,7 @@ impl VirtioPciFunction {
             if let Some(a) = at {
                 if self.last_pool_address.is_some_and(|l| l != a) {
                     self.pool_moves += 1;
+                    self.gate.pool_moved();
                 }
                 self.last_pool_address = Some(a);
             }
@@ -472,55 +556,45 @@ impl VirtioPciFunction {
 
     fn regs_read(&mut self, offset: u64, buf: &mut [u8]) {
         buf.fill(0);
-        let o = offset;
-        let (c, i, d) = (
-            u64::from(dl::COMMON_OFFSET),
-            u64::from(dl::ISR_OFFSET),
-            u64::from(dl::DEVICE_OFFSET),
-        );
-        let (t, p) = (
-            u64::from(dl::MSIX_TABLE_OFFSET),
-            u64::from(dl::MSIX_PBA_OFFSET),
-        );
-        if (c..c + u64::from(dl::COMMON_LEN)).contains(&o) {
-            self.transport.read(o - c, buf);
-        } else if o == i {
-            // Reading the ISR status clears it (virtio 1.2, 4.1.4.5).
-            buf[0] = self.isr;
-            self.isr = 0;
-        } else if (d..d + u64::from(dl::DEVICE_LEN)).contains(&o) {
-            self.device.read_config(o - d, buf);
-        } else if (t..p).contains(&o) {
-            let start = (o - t) as usize;
-            for (k, b) in buf.iter_mut().enumerate() {
-                *b = self.msix_table.get(start + k).copied().unwrap_or(0);
+        match Bar0::decode(offset) {
+            Some((Bar0::Common, o)) => self.transport.read(o, buf),
+            Some((Bar0::Isr, 0)) => {
+                // Reading the ISR status clears it (virtio 1.2, 4.1.4.5).
+                buf[0] = self.isr;
+                self.isr = 0;
             }
+            Some((Bar0::Device, o)) => self.device.read_config(o, buf),
+            Some((Bar0::MsixTable, o)) => {
+                for (k, b) in buf.iter_mut().enumerate() {
+                    *b = self.msix_table.get(o as usize + k).copied().unwrap_or(0);
+                }
+            }
+            Some((Bar0::Attest, o)) => self.gate.read(o, buf),
+            Some((Bar0::Isr | Bar0::Notify | Bar0::MsixPba, _)) | None => {}
         }
     }
 
     fn regs_write(&mut self, offset: u64, data: &[u8]) {
-        let o = offset;
-        let c = u64::from(dl::COMMON_OFFSET);
-        let d = u64::from(dl::DEVICE_OFFSET);
-        let n = u64::from(dl::NOTIFY_OFFSET);
-        let (t, p) = (
-            u64::from(dl::MSIX_TABLE_OFFSET),
-            u64::from(dl::MSIX_PBA_OFFSET),
-        );
-        if (c..c + u64::from(dl::COMMON_LEN)).contains(&o) {
-            self.common_write(o - c, data);
-        } else if (d..d + u64::from(dl::DEVICE_LEN)).contains(&o) {
-            self.device.write_config(o - d, data);
-        } else if (n..n + u64::from(dl::NOTIFY_LEN)).contains(&o) {
-            let q = (o - n) / u64::from(dl::NOTIFY_OFF_MULTIPLIER);
-            self.notify(u16::try_from(q).unwrap_or(u16::MAX));
-        } else if (t..p).contains(&o) {
-            let start = (o - t) as usize;
-            for (k, b) in data.iter().enumerate() {
-                if let Some(slot) = self.msix_table.get_mut(start + k) {
-                    *slot = *b;
+        match Bar0::decode(offset) {
+            Some((Bar0::Common, o)) => self.common_write(o, data),
+            Some((Bar0::Device, o)) => self.device.write_config(o, data),
+            Some((Bar0::Notify, o)) => {
+                let q = o / u64::from(dl::NOTIFY_OFF_MULTIPLIER);
+                self.notify(u16::try_from(q).unwrap_or(u16::MAX));
+            }
+            Some((Bar0::MsixTable, o)) => {
+                for (k, b) in data.iter().enumerate() {
+                    if let Some(slot) = self.msix_table.get_mut(o as usize + k) {
+                        *slot = *b;
+                    }
                 }
             }
+            Some((Bar0::Attest, o)) => {
+                if let Some(GateRequest::Submit { addr, len }) = self.gate.write(o, data) {
+                    self.attest(addr, len);
+                }
+            }
+            Some((Bar0::Isr | Bar0::MsixPba, _)) | None => {}
         }
     }
 
@@ -606,6 +680,12 @@ impl VirtioPciFunction {
             );
             return;
         }
+        if !self.gate.open() {
+            // No I/O before the evidence verifies: remember the doorbell for later.
+            self.deferred |= 1u64.checked_shl(u32::from(q)).unwrap_or(0);
+            tracing::debug!(queue = q, "notification deferred: attestation pending");
+            return;
+        }
         let view = match self.pool.view() {
             Ok(Some(v)) => v,
             Ok(None) => {
@@ -635,6 +715,118 @@ impl VirtioPciFunction {
             }
             Ok(false) => {}
             Err(f) => self.record(f),
+        }
+    }
+
+    /// The driver rang the attestation doorbell: read its evidence from the pool, have it
+    /// verified against the session as the device observed it, open or shut the gate.
+    fn attest(&mut self, addr: u64, len: u32) {
+        let verdict = self.attest_verdict(addr, len);
+        tracing::info!(
+            target: "swiotlb::attestation",
+            accepted = verdict.accepted,
+            platform = %verdict.platform,
+            reasons = ?verdict.reasons,
+            "attestation verdict"
+        );
+        if !verdict.accepted {
+            self.record(Finding::new(
+                FindingKind::AttestationRejected,
+                format!("evidence rejected: {}", verdict.reasons.join("; ")),
+            ));
+            self.needs_reset();
+        }
+        self.last_verdict = Some(verdict);
+        if self.gate.open() {
+            let deferred = std::mem::take(&mut self.deferred);
+            for q in 0..64u16 {
+                if deferred & (1u64 << q) != 0 {
+                    self.notify(q);
+                }
+            }
+        }
+    }
+
+    fn attest_verdict(&mut self, addr: u64, len: u32) -> Verdict {
+        if !self.gate.required() {
+            return self.gate.decide(&[], &|_| None);
+        }
+        if self.transport.status() & swiotlb_shared::pci::status::DRIVER_OK == 0 {
+            return self
+                .gate
+                .reject("evidence submitted before DRIVER_OK: the session is not complete");
+        }
+        let view = match self.pool.view() {
+            Ok(Some(v)) => v,
+            _ => {
+                return self
+                    .gate
+                    .reject("evidence submitted while the pool is not decoded")
+            }
+        };
+        if len == 0 || !view.window.contains(addr, u64::from(len)) {
+            self.record(
+                Finding::new(
+                    FindingKind::EvidenceOutsidePool,
+                    "attestation evidence outside the pool",
+                )
+                .range(addr, u64::from(len)),
+            );
+            return self.gate.reject("evidence outside the pool");
+        }
+        let mut evidence = vec![0u8; len as usize];
+        if let Err(e) =
+            vm_memory::Bytes::read_slice(&*view.mem, &mut evidence, vm_memory::GuestAddress(addr))
+        {
+            return self.gate.reject(&format!("evidence unreadable: {e}"));
+        }
+        let observed = self.observed_session(view.window);
+        match observed.report_data_all() {
+            Ok(all) => self.gate.decide(&evidence, &|p| {
+                all.iter().find(|(k, _)| *k == p).map(|(_, rd)| *rd)
+            }),
+            Err(e) => self.gate.reject(&e),
+        }
+    }
+
+    /// What the device itself observed of this session: the basis of the transcript it
+    /// checks the evidence against.
+    fn observed_session(
+        &self,
+        window: swiotlb_shared::layout::PoolWindow,
+    ) -> crate::gate::ObservedSession {
+        let mut ids = [0u8; 8];
+        let _ = self.config.read(0, &mut ids[..4]);
+        let _ = self
+            .config
+            .read(u64::from(cfg::SUBSYSTEM_VENDOR_ID), &mut ids[4..]);
+        crate::gate::ObservedSession {
+            nonce: *self.gate.nonce(),
+            instance_id: *self.gate.instance_id(),
+            pci_ids: [
+                u16::from_le_bytes([ids[0], ids[1]]),
+                u16::from_le_bytes([ids[2], ids[3]]),
+                u16::from_le_bytes([ids[4], ids[5]]),
+                u16::from_le_bytes([ids[6], ids[7]]),
+            ],
+            device_features: self.transport.device_features(),
+            driver_features: self.transport.driver_features(),
+            pool_base: window.base(),
+            pool_size: window.size(),
+            queues: self
+                .transport
+                .queues()
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.queue.ready())
+                .map(|(i, s)| swiotlb_shared::transcript::QueueRings {
+                    index: i as u16,
+                    desc: s.queue.desc_table(),
+                    avail: s.queue.avail_ring(),
+                    used: s.queue.used_ring(),
+                    size: s.queue.size(),
+                })
+                .collect(),
         }
     }
 
@@ -763,6 +955,14 @@ impl VirtioPciFunction {
             interrupts: g(&d.interrupts),
             pool_moves: self.pool_moves,
             device: self.device.metrics(),
+            attestation_state: match self.gate.state() {
+                crate::gate::GateState::Awaiting => "awaiting",
+                crate::gate::GateState::Accepted => "accepted",
+                crate::gate::GateState::Rejected => "rejected",
+                crate::gate::GateState::NotRequired => "not_required",
+            }
+            .to_string(),
+            attestation: self.last_verdict.clone(),
         }
     }
 
