@@ -328,3 +328,20 @@ mod tests {
         assert!(!verifier.verify(&ev, &|_| Some([8u8; 64])).accepted);
     }
 }
+
+#[cfg(test)]
+mod hardware {
+    use super::*;
+
+    /// On a SEV-SNP or TDX guest with configfs-tsm, real evidence over a known REPORT_DATA
+    /// must decode as evidence of that platform. Needs the hardware, so it is not run in CI.
+    #[test]
+    #[ignore = "needs a SEV-SNP or TDX guest with configfs-tsm (/sys/kernel/config/tsm/report)"]
+    fn configfs_tsm_produces_platform_evidence_on_hardware() {
+        let t = ConfigfsTsm::open(Path::new(TSM_REPORT_DIR), None).expect("configfs-tsm present");
+        let ev = t.evidence(&[0x5a; 64]).expect("evidence");
+        let decoded = Evidence::decode(&ev).expect("decodes");
+        assert_eq!(decoded.platform, t.platform());
+        assert!(!decoded.report.is_empty());
+    }
+}
