@@ -321,8 +321,10 @@ mod tests {
         let a = Emulated::with_signer(signer);
         let rd = [7u8; 64];
         let ev = a.evidence(&rd).unwrap();
-        let mut policy = swiotlb_attest::Policy::default();
-        policy.allow_emulated = true;
+        let policy = swiotlb_attest::Policy {
+            allow_emulated: true,
+            ..Default::default()
+        };
         let verifier = swiotlb_attest::Verifier::new(policy).with_emulated(v);
         assert!(verifier.verify(&ev, &|_| Some(rd)).accepted);
         assert!(!verifier.verify(&ev, &|_| Some([8u8; 64])).accepted);

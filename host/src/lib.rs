@@ -10,6 +10,7 @@
 //! - [`vfio_user`]: the vfio-user server.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod audit;
 pub mod devices;
 pub mod findings;
 pub mod gate;

@@ -1,1 +1,26 @@
-//! The audit-log schema and its pure verification (being written).
+//! The audit log: its record schema and its pure verification. The writer (files, threads,
+//! keys) is the host's `audit` module; the `swiotlb-audit` tool verifies, shows and proves.
+//!
+//! - [`schema`]: the `swiotlb-audit/1` records, OCSF-shaped JSON lines;
+//! - [`merkle`]: RFC 6962 tree hashing, inclusion and consistency proofs;
+//! - [`note`]: C2SP signed notes with Ed25519, verifier keys, tlog checkpoints;
+//! - [`verify`]: checking files of a log against a verifier key.
+//!
+//! The log is one Merkle tree over every line of every file, in order: the leaf data of a
+//! line is its exact bytes without the newline, and its leaf index is its
+//! `metadata.sequence`. Checkpoint lines are leaves too: the checkpoint at index `i` signs
+//! the tree of the `i` lines before it. See `docs/audit-schema.md`.
+
+pub mod merkle;
+pub mod note;
+pub mod schema;
+pub mod verify;
+
+pub use merkle::{CompactRange, Hash, PartialTree, ProofError};
+pub use note::{Checkpoint, NoteError, SignedNote, VerifierKey};
+pub use schema::{
+    AttestationVerdict, AuditFinding, ConfigChange, DeviceIdentity, DmaRecord, DmaSummary,
+    Envelope, Event, LogAction, LogEvent, PeripheralAction, PeripheralEvent, QueueDma, Record,
+    SchemaError, SCHEMA,
+};
+pub use verify::{verify_files, Failure, Options, Reason, Report, Verifier};

@@ -1,0 +1,107 @@
+//! The checkpoint signing key: Ed25519, PKCS#8 v2 (the form `ring` generates), loaded from
+//! its file or created there (mode 0600, never overwritten). Its verifier key is written
+//! beside it as `<key file>.pub`: one line `<origin>+<key ID>+base64(0x01 || public key)`,
+//! the C2SP / Go `note` verifier key string.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use swiotlb_shared::audit::VerifierKey;
+
+use super::AuditError;
+
+/// A loaded signing key and its verifier.
+pub struct SigningKey {
+    /// The key pair.
+    pub pair: Ed25519KeyPair,
+    /// Its verifier under the log's origin.
+    pub verifier: VerifierKey,
+}
+
+/// `<key file>.pub`.
+pub fn pub_path(key_path: &Path) -> PathBuf {
+    let mut s = key_path.as_os_str().to_owned();
+    s.push(".pub");
+    PathBuf::from(s)
+}
+
+fn key_err(path: &Path, source: io::Error) -> AuditError {
+    AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Loads the key at `path`, or creates it (0600) when absent; writes `path.pub`.
+pub fn load_or_create(path: &Path, origin: &str) -> Result<SigningKey, AuditError> {
+    let pkcs8 = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create(path)?,
+        Err(e) => return Err(key_err(path, e)),
+    };
+    let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
+        .or_else(|_| Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8))
+        .map_err(|_| AuditError::Key {
+            path: path.to_path_buf(),
+            detail: "not an Ed25519 PKCS#8 key".into(),
+        })?;
+    let mut pk = [0u8; 32];
+    pk.copy_from_slice(pair.public_key().as_ref());
+    let verifier = VerifierKey::new(origin, pk).map_err(|e| AuditError::Key {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    write_pub(&pub_path(path), &verifier)?;
+    Ok(SigningKey { pair, verifier })
+}
+
+fn create(path: &Path) -> Result<Vec<u8>, AuditError> {
+    let doc =
+        Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| AuditError::Key {
+            path: path.to_path_buf(),
+            detail: "no randomness to generate a key".into(),
+        })?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| key_err(path, e))?;
+    f.write_all(doc.as_ref()).map_err(|e| key_err(path, e))?;
+    f.sync_all().map_err(|e| key_err(path, e))?;
+    Ok(doc.as_ref().to_vec())
+}
+
+/// Writes the verifier key atomically (temp file, rename) unless it is already there.
+fn write_pub(path: &Path, key: &VerifierKey) -> Result<(), AuditError> {
+    let line = format!("{key}\n");
+    if fs::read_to_string(path).ok().as_deref() == Some(line.as_str()) {
+        return Ok(());
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .map_err(|e| key_err(&tmp, e))?;
+    f.write_all(line.as_bytes()).map_err(|e| key_err(&tmp, e))?;
+    f.sync_all().map_err(|e| key_err(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| key_err(path, e))
+}
+
+/// Reads a verifier key file (`<name>+<id>+<key>`, one line).
+pub fn read_verifier(path: &Path) -> Result<VerifierKey, AuditError> {
+    let s = fs::read_to_string(path).map_err(|e| key_err(path, e))?;
+    VerifierKey::parse(s.trim()).map_err(|e| AuditError::Key {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })
+}

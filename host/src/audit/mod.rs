@@ -1,0 +1,377 @@
+//! The tamper-evident audit log writer: records of what the device did and refused, as
+//! `swiotlb-audit/1` JSON lines (schema and verification in `swiotlb_shared::audit`), in
+//! one RFC 6962 Merkle tree with signed C2SP checkpoints.
+//!
+//! - [`AuditLog::open`] recovers or starts the log and spawns the writer thread;
+//! - [`AuditHandle`] (clone it per thread) sends records through a bounded queue: when the
+//!   queue is full the caller waits (back-pressure), nothing is dropped;
+//! - [`AuditHandle::record_dma`] is the per-descriptor hot path: in summary mode two
+//!   relaxed atomic adds, summarised per interval; in full mode also one record per DMA;
+//! - checkpoints every `checkpoint_every_records` records and every `checkpoint_every`
+//!   (also when nothing happened), each fsynced; rotation by size or age, each new file
+//!   naming the previous file's final checkpoint;
+//! - on open, a torn last line left by a crash is removed and recorded in a restart record.
+//!
+//! Files: `<dir>/<stem>.<NNNNNN>.<ext>` for a configured path `<dir>/<stem>.<ext>`; the key
+//! defaults to `<dir>/<stem>.key`, its verifier key to `<dir>/<stem>.key.pub`.
+
+pub mod dma;
+pub mod key;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use swiotlb_shared::audit::{
+    AttestationVerdict, AuditFinding, Checkpoint, ConfigChange, DeviceIdentity, DmaRecord, Event,
+    PeripheralEvent, VerifierKey,
+};
+use thiserror::Error;
+
+use crate::findings::Finding;
+pub use dma::DmaAccumulator;
+pub use writer::{discover, file_name};
+
+/// What is recorded per DMA.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuditMode {
+    /// Counts per queue and direction, one summary record per interval (and every finding).
+    #[default]
+    Summary,
+    /// Also one Memory Activity record per descriptor.
+    Full,
+}
+
+impl AuditMode {
+    /// `summary` or `full`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Summary => "summary",
+            Self::Full => "full",
+        }
+    }
+}
+
+/// Where and how the log is written.
+#[derive(Clone, Debug)]
+pub struct AuditConfig {
+    /// Base path `<dir>/<stem>.<ext>`; files are `<stem>.<NNNNNN>.<ext>` beside it.
+    pub path: PathBuf,
+    /// Per-DMA recording mode.
+    pub mode: AuditMode,
+    /// Signing key (PKCS#8); created 0600 when absent. `None`: `<dir>/<stem>.key`.
+    pub key_path: Option<PathBuf>,
+    /// Checkpoint origin and key name. `None`: `swiotlb-audit/<device uid>`.
+    pub origin: Option<String>,
+    /// Checkpoint after this many records (at least 1).
+    pub checkpoint_every_records: u64,
+    /// Checkpoint at least this often, even when nothing was recorded.
+    pub checkpoint_every: Duration,
+    /// Rotate when the file reaches this size.
+    pub rotate_bytes: Option<u64>,
+    /// Rotate when the file is this old.
+    pub rotate_every: Option<Duration>,
+    /// Records the queue holds before senders wait (at least 1).
+    pub queue_capacity: usize,
+}
+
+impl AuditConfig {
+    /// Defaults: summary mode, checkpoints every 1000 records or 10 s, 64 MiB files, a
+    /// queue of 4096 records.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            mode: AuditMode::Summary,
+            key_path: None,
+            origin: None,
+            checkpoint_every_records: 1000,
+            checkpoint_every: Duration::from_secs(10),
+            rotate_bytes: Some(64 << 20),
+            rotate_every: None,
+            queue_capacity: 4096,
+        }
+    }
+
+    /// The key file in use.
+    pub fn key_file(&self) -> PathBuf {
+        if let Some(k) = &self.key_path {
+            return k.clone();
+        }
+        let (dir, stem, _) = writer::split_base(&self.path);
+        dir.join(format!("{stem}.key"))
+    }
+}
+
+/// Errors of the audit log.
+#[derive(Debug, Error)]
+pub enum AuditError {
+    /// A file operation failed.
+    #[error("audit log I/O on {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The signing or verifier key is unusable.
+    #[error("audit key {path}: {detail}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The configuration is unusable.
+    #[error("audit configuration: {0}")]
+    Config(String),
+    /// The writer thread has stopped (closed, or failed: see [`AuditLog::close`]).
+    #[error("the audit writer has stopped; records can no longer be written")]
+    Closed,
+}
+
+pub(crate) enum Msg {
+    Event(u64, Box<Event>),
+    Dma(DmaRecord),
+    Transcript([u8; 32]),
+    Checkpoint(SyncSender<Checkpoint>),
+    Pause(SyncSender<()>, Receiver<()>),
+    Stop,
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The sending side, cheap to clone, one per thread that reports.
+#[derive(Clone)]
+pub struct AuditHandle {
+    tx: SyncSender<Msg>,
+    dma: Arc<DmaAccumulator>,
+    full: bool,
+}
+
+/// Holds the writer paused; dropping it resumes the writer.
+pub struct PauseGuard {
+    _resume: SyncSender<()>,
+}
+
+impl AuditHandle {
+    fn send(&self, msg: Msg) -> Result<(), AuditError> {
+        // Blocks while the queue is full: the device waits rather than drop a record.
+        self.tx.send(msg).map_err(|_| AuditError::Closed)
+    }
+
+    fn event(&self, e: Event) -> Result<(), AuditError> {
+        self.send(Msg::Event(now_ms(), Box::new(e)))
+    }
+
+    /// Records a device-policy violation (Detection Finding).
+    pub fn finding(&self, f: &Finding) -> Result<(), AuditError> {
+        self.audit_finding(audit_finding(f))
+    }
+
+    /// Records a device-policy violation given in the schema's form.
+    pub fn audit_finding(&self, f: AuditFinding) -> Result<(), AuditError> {
+        self.event(Event::Finding(f))
+    }
+
+    /// Records a configuration change (Device Config State Change).
+    pub fn config_change(&self, c: ConfigChange) -> Result<(), AuditError> {
+        self.event(Event::Config(c))
+    }
+
+    /// Records a driver connecting or disconnecting (Peripheral Activity).
+    pub fn peripheral(&self, p: PeripheralEvent) -> Result<(), AuditError> {
+        self.event(Event::Peripheral(p))
+    }
+
+    /// Records an attestation verdict with its evidence and transcript (Compliance Finding).
+    pub fn attestation_verdict(&self, v: AttestationVerdict) -> Result<(), AuditError> {
+        self.event(Event::Attestation(v))
+    }
+
+    /// Sets the transcript hash carried by every record sent after this call.
+    pub fn set_transcript_hash(&self, h: [u8; 32]) -> Result<(), AuditError> {
+        self.send(Msg::Transcript(h))
+    }
+
+    /// The per-descriptor hot path: counts the DMA; in full mode also queues its record.
+    #[inline]
+    pub fn record_dma(
+        &self,
+        queue: u16,
+        head: u16,
+        addr: u64,
+        len: u32,
+        writable: bool,
+    ) -> Result<(), AuditError> {
+        self.dma.record(queue, len, writable);
+        if self.full {
+            return self.send(Msg::Dma(DmaRecord {
+                queue,
+                head,
+                addr,
+                len,
+                writable,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint of everything sent before this call, fsyncs it, and returns it.
+    pub fn checkpoint(&self) -> Result<Checkpoint, AuditError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Msg::Checkpoint(tx))?;
+        rx.recv().map_err(|_| AuditError::Closed)
+    }
+
+    /// Pauses the writer once it has written everything sent before this call, until the
+    /// guard is dropped (e.g. to copy the files consistently). Senders wait meanwhile once
+    /// the queue is full.
+    pub fn pause(&self) -> Result<PauseGuard, AuditError> {
+        let (ack_tx, ack_rx) = mpsc::sync_channel(1);
+        let (resume_tx, resume_rx) = mpsc::sync_channel(1);
+        self.send(Msg::Pause(ack_tx, resume_rx))?;
+        ack_rx.recv().map_err(|_| AuditError::Closed)?;
+        Ok(PauseGuard { _resume: resume_tx })
+    }
+}
+
+/// The host's finding in the schema's form.
+pub fn audit_finding(f: &Finding) -> AuditFinding {
+    AuditFinding {
+        kind: f.kind.name().to_string(),
+        dma_violation: f.kind.is_dma_violation(),
+        queue: f.queue,
+        head: f.head,
+        addr: f.addr,
+        len: f.len,
+        detail: f.detail.clone(),
+    }
+}
+
+/// The open log: owns the writer thread.
+pub struct AuditLog {
+    tx: SyncSender<Msg>,
+    thread: Option<JoinHandle<Result<(), AuditError>>>,
+    verifier: VerifierKey,
+    key_path: PathBuf,
+}
+
+impl AuditLog {
+    /// Opens the log at `config.path` for `device`: loads or creates the key, recovers the
+    /// current file (a torn last line is removed and recorded) or starts a new log, and
+    /// starts the writer thread.
+    pub fn open(
+        config: AuditConfig,
+        device: DeviceIdentity,
+    ) -> Result<(AuditLog, AuditHandle), AuditError> {
+        if config.queue_capacity == 0 || config.checkpoint_every_records == 0 {
+            return Err(AuditError::Config(
+                "queue capacity and checkpoint record count must be at least 1".into(),
+            ));
+        }
+        if config.checkpoint_every.is_zero() {
+            return Err(AuditError::Config(
+                "checkpoint interval must be positive".into(),
+            ));
+        }
+        let origin = config.origin.clone().unwrap_or_else(|| {
+            let uid: String = device
+                .uid
+                .chars()
+                .map(|c| {
+                    if c.is_whitespace() || c == '+' || c.is_control() {
+                        '-'
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            format!("swiotlb-audit/{uid}")
+        });
+        let key_path = config.key_file();
+        let (dir, _, _) = writer::split_base(&config.path);
+        for d in [Some(dir.as_path()), key_path.parent()]
+            .into_iter()
+            .flatten()
+        {
+            if !d.as_os_str().is_empty() {
+                std::fs::create_dir_all(d).map_err(|source| AuditError::Io {
+                    path: d.to_path_buf(),
+                    source,
+                })?;
+            }
+        }
+        let key = key::load_or_create(&key_path, &origin)?;
+        let verifier = key.verifier.clone();
+        let dma = Arc::new(DmaAccumulator::default());
+        let full = config.mode == AuditMode::Full;
+        let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+        let w = writer::Writer::open(config, device, key, Arc::clone(&dma))?;
+        let thread = std::thread::Builder::new()
+            .name("swiotlb-audit".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| AuditError::Io {
+                path: PathBuf::from("swiotlb-audit thread"),
+                source: e,
+            })?;
+        let handle = AuditHandle {
+            tx: tx.clone(),
+            dma,
+            full,
+        };
+        Ok((
+            AuditLog {
+                tx,
+                thread: Some(thread),
+                verifier,
+                key_path,
+            },
+            handle,
+        ))
+    }
+
+    /// The verifier key of this log's checkpoints.
+    pub fn verifier_key(&self) -> &VerifierKey {
+        &self.verifier
+    }
+
+    /// The signing key file.
+    pub fn key_path(&self) -> &Path {
+        &self.key_path
+    }
+
+    /// Writes the interval's DMA counts, a stop record and a final checkpoint, and waits for
+    /// the writer. Returns the writer's error if it failed earlier.
+    pub fn close(mut self) -> Result<(), AuditError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), AuditError> {
+        let Some(t) = self.thread.take() else {
+            return Ok(());
+        };
+        // If the writer already stopped (failed), the send fails and join reports why.
+        let _ = self.tx.send(Msg::Stop);
+        match t.join() {
+            Ok(r) => r,
+            Err(_) => Err(AuditError::Closed),
+        }
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(error = %swiotlb_shared::error_chain(&e), "audit log close failed");
+        }
+    }
+}

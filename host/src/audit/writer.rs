@@ -1,0 +1,590 @@
+//! The writer thread: appends records, keeps the Merkle tree, signs checkpoints, rotates
+//! files, and on open recovers from a crash.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ring::signature::Ed25519KeyPair;
+use swiotlb_shared::audit::merkle::{leaf_hash, sha256};
+use swiotlb_shared::audit::note::NoteSignature;
+use swiotlb_shared::audit::schema::{
+    base64, CheckpointRecord, PreviousCheckpoint, TornTail, MAX_TORN_KEPT, NO_TRANSCRIPT,
+};
+use swiotlb_shared::audit::verify::{self, Options, Tail, Verifier};
+use swiotlb_shared::audit::{
+    Checkpoint, CompactRange, DeviceIdentity, DmaSummary, Envelope, Event, Hash, LogAction,
+    LogEvent, Record, SignedNote, VerifierKey,
+};
+
+use super::dma::DmaAccumulator;
+use super::key::SigningKey;
+use super::{now_ms, AuditConfig, AuditError, Msg};
+
+/// Digits of the file counter.
+const INDEX_DIGITS: usize = 6;
+
+/// `(dir, stem, ext)` of the configured base path (`ext` may be empty).
+pub(crate) fn split_base(path: &Path) -> (PathBuf, String, String) {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "audit".to_string(), |s| s.to_string_lossy().into_owned());
+    let ext = path
+        .extension()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    (dir, stem, ext)
+}
+
+/// The name of file `index` of the log at `base`.
+pub fn file_name(base: &Path, index: u32) -> PathBuf {
+    let (dir, stem, ext) = split_base(base);
+    if ext.is_empty() {
+        dir.join(format!("{stem}.{index:0INDEX_DIGITS$}"))
+    } else {
+        dir.join(format!("{stem}.{index:0INDEX_DIGITS$}.{ext}"))
+    }
+}
+
+/// The files of the log at `base`, by index.
+pub fn discover(base: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
+    let (dir, stem, ext) = split_base(base);
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&format!("{stem}.")) else {
+            continue;
+        };
+        let digits = if ext.is_empty() {
+            Some(rest)
+        } else {
+            rest.strip_suffix(&format!(".{ext}"))
+        };
+        let Some(d) = digits else { continue };
+        if d.len() == INDEX_DIGITS && d.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(i) = d.parse::<u32>() {
+                out.push((i, entry.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), AuditError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+fn display_name(p: &Path) -> String {
+    p.file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+/// The writer's state.
+pub(crate) struct Writer {
+    cfg: AuditConfig,
+    device: DeviceIdentity,
+    key: Ed25519KeyPair,
+    verifier: VerifierKey,
+    pid: u32,
+    dma: Arc<DmaAccumulator>,
+    /// The current file; `None` only while `open` has not chosen it yet.
+    file: Option<BufWriter<File>>,
+    path: PathBuf,
+    index: u32,
+    bytes: u64,
+    opened: Instant,
+    tree: CompactRange,
+    prev_leaf: Hash,
+    /// Last checkpoint: note, its index, the peaks at its size.
+    last_cp: Option<(String, u64, Vec<Hash>)>,
+    last_was_checkpoint: bool,
+    since_cp: u64,
+    transcript: Hash,
+    interval_start: u64,
+    /// Name of the file a rotation leaves, for the rotation record.
+    previous_file_name: Option<String>,
+}
+
+/// What the last file of an existing log holds.
+struct Existing {
+    index: u32,
+    path: PathBuf,
+    complete: u64,
+    torn: Option<TornTail>,
+}
+
+impl Writer {
+    fn create_file(path: &Path) -> Result<File, AuditError> {
+        let f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(f)
+    }
+
+    /// Opens (recovering) or starts the log.
+    pub(crate) fn open(
+        cfg: AuditConfig,
+        device: DeviceIdentity,
+        key: SigningKey,
+        dma: Arc<DmaAccumulator>,
+    ) -> Result<Self, AuditError> {
+        let (dir, _, _) = split_base(&cfg.path);
+        let files = discover(&cfg.path).map_err(io_err(&dir))?;
+        let placeholder = file_name(&cfg.path, 1);
+        let mut w = Writer {
+            device,
+            key: key.pair,
+            verifier: key.verifier,
+            pid: std::process::id(),
+            dma,
+            file: None,
+            path: placeholder,
+            index: 0,
+            bytes: 0,
+            opened: Instant::now(),
+            tree: CompactRange::new(),
+            prev_leaf: [0; 32],
+            last_cp: None,
+            last_was_checkpoint: false,
+            since_cp: 0,
+            transcript: NO_TRANSCRIPT,
+            interval_start: now_ms(),
+            previous_file_name: None,
+            cfg,
+        };
+        let Some((index, path)) = files.last().cloned() else {
+            w.start_new(1, None, String::new())?;
+            return Ok(w);
+        };
+        let (existing, report) = w.examine(index, &path)?;
+        if existing.complete == 0 {
+            w.recover_empty(&files, existing)?;
+        } else {
+            w.recover(existing, report)?;
+        }
+        Ok(w)
+    }
+
+    /// Reads a file once: verifies its complete lines with this writer's key (as a log
+    /// that may still be live) and finds the torn remainder, if any.
+    fn examine(&self, index: u32, path: &Path) -> Result<(Existing, verify::Report), AuditError> {
+        let f = File::open(path).map_err(io_err(path))?;
+        let mut r = BufReader::with_capacity(1 << 20, f);
+        let mut v = Verifier::new(self.verifier.clone(), Options { live: true });
+        v.begin_file(&display_name(path));
+        let (mut complete, mut torn) = (0u64, None);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let n = r.read_until(b'\n', &mut buf).map_err(io_err(path))?;
+            if n == 0 {
+                break;
+            }
+            if buf.last() == Some(&b'\n') {
+                v.line(&buf[..n - 1]);
+                complete += n as u64;
+            } else {
+                v.torn(&buf);
+                torn = Some(TornTail {
+                    offset: complete,
+                    len: n as u64,
+                    sha256: sha256(&buf),
+                    data_b64: (n <= MAX_TORN_KEPT).then(|| base64(&buf)),
+                });
+            }
+        }
+        let existing = Existing {
+            index,
+            path: path.to_path_buf(),
+            complete,
+            torn,
+        };
+        Ok((existing, v.finish()))
+    }
+
+    /// Reopens `path` for appending after cutting it to `len` bytes.
+    fn reopen(&mut self, index: u32, path: &Path, len: u64) -> Result<(), AuditError> {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        f.set_len(len).map_err(io_err(path))?;
+        f.sync_all().map_err(io_err(path))?;
+        drop(f);
+        let f = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        self.file = Some(BufWriter::new(f));
+        self.path = path.to_path_buf();
+        self.index = index;
+        self.bytes = len;
+        self.opened = Instant::now();
+        Ok(())
+    }
+
+    fn resume(&mut self, tail: Tail) {
+        self.tree = tail.tree;
+        self.prev_leaf = tail.prev_leaf;
+        self.last_was_checkpoint = tail.unsigned == 0 && tail.last_checkpoint.is_some();
+        self.last_cp = tail.last_checkpoint;
+        self.since_cp = tail.unsigned;
+    }
+
+    fn log_event(&self, action: LogAction) -> LogEvent {
+        LogEvent {
+            action,
+            file: display_name(&self.path),
+            mode: self.cfg.mode.name().to_string(),
+            key: self.verifier.to_string(),
+            previous: None,
+            torn: None,
+            unclean: false,
+            detail: String::new(),
+        }
+    }
+
+    /// The last file has complete lines: continue it, or start afresh if it fails to verify.
+    fn recover(&mut self, ex: Existing, report: verify::Report) -> Result<(), AuditError> {
+        match (report.failure, report.tail) {
+            (None, Some(tail)) => {
+                let unclean = !tail.stopped;
+                self.resume(tail);
+                self.reopen(ex.index, &ex.path, ex.complete)?;
+                let mut ev = self.log_event(LogAction::Restart);
+                ev.torn = ex.torn;
+                ev.unclean = unclean;
+                self.record(now_ms(), Event::Log(ev))?;
+                self.checkpoint().map(drop)
+            }
+            (failure, _) => {
+                let why = failure.map_or_else(|| "no state".to_string(), |f| f.to_string());
+                let detail = format!(
+                    "{} failed verification ({why}); it is left as found and a new log starts",
+                    display_name(&ex.path)
+                );
+                self.start_new(ex.index + 1, None, detail)
+            }
+        }
+    }
+
+    /// The last file has no complete line (a crash right after it was created).
+    fn recover_empty(&mut self, files: &[(u32, PathBuf)], ex: Existing) -> Result<(), AuditError> {
+        let prev = files.len().checked_sub(2).map(|i| files[i].clone());
+        let Some((pindex, ppath)) = prev else {
+            self.reopen(ex.index, &ex.path, 0)?;
+            return self.first_record(LogAction::Start, ex.torn, String::new());
+        };
+        let (prev_ex, report) = self.examine(pindex, &ppath)?;
+        let prev_torn = prev_ex.torn.is_some();
+        match (report.failure, report.tail) {
+            (None, Some(tail)) if tail.unsigned == 0 && !prev_torn => {
+                // The usual case: a crash between creating the file and writing its first
+                // line. The previous file ends with its final checkpoint: rotate again.
+                self.resume(tail);
+                self.reopen(pindex, &ppath, prev_ex.complete)?;
+                self.rotate_into(ex.index, ex.torn)
+            }
+            (failure, _) => {
+                let why = failure.map_or_else(
+                    || "it does not end with a checkpoint".to_string(),
+                    |f| f.to_string(),
+                );
+                let detail = format!(
+                    "{} cannot be continued ({why}); it and {} are left as found and a new \
+                     log starts",
+                    display_name(&ppath),
+                    display_name(&ex.path)
+                );
+                self.start_new(ex.index + 1, None, detail)
+            }
+        }
+    }
+
+    /// Starts a new log (empty tree) in file `index`.
+    fn start_new(
+        &mut self,
+        index: u32,
+        torn: Option<TornTail>,
+        detail: String,
+    ) -> Result<(), AuditError> {
+        let path = file_name(&self.cfg.path, index);
+        let f = Self::create_file(&path)?;
+        self.file = Some(BufWriter::new(f));
+        self.path = path;
+        self.index = index;
+        self.bytes = 0;
+        self.opened = Instant::now();
+        self.tree = CompactRange::new();
+        self.prev_leaf = [0; 32];
+        self.last_cp = None;
+        self.since_cp = 0;
+        self.first_record(LogAction::Start, torn, detail)
+    }
+
+    /// Writes a file's first record (start or rotate) and anchors it with a checkpoint.
+    fn first_record(
+        &mut self,
+        action: LogAction,
+        torn: Option<TornTail>,
+        detail: String,
+    ) -> Result<(), AuditError> {
+        let mut ev = self.log_event(action);
+        ev.torn = torn;
+        ev.detail = detail;
+        if action == LogAction::Rotate {
+            if let Some((note, _, peaks)) = &self.last_cp {
+                ev.previous = Some(PreviousCheckpoint {
+                    file: String::new(),
+                    checkpoint: note.clone(),
+                    peaks: peaks.clone(),
+                });
+            }
+        }
+        if let Some(p) = &mut ev.previous {
+            p.file = self.previous_file_name.take().unwrap_or_default();
+        }
+        self.record(now_ms(), Event::Log(ev))?;
+        self.checkpoint().map(drop)
+    }
+
+    /// Moves on to file `index`, the current file ending with a checkpoint.
+    fn rotate_into(&mut self, index: u32, torn: Option<TornTail>) -> Result<(), AuditError> {
+        if !self.last_was_checkpoint {
+            self.checkpoint()?;
+        }
+        self.flush_sync()?;
+        let prev_name = display_name(&self.path);
+        let path = file_name(&self.cfg.path, index);
+        let f = Self::create_file(&path)?;
+        if torn.is_some() {
+            // A file left with partial bytes by a crash during the last rotation restarts
+            // empty; its bytes are kept in the rotation record.
+            f.set_len(0).map_err(io_err(&path))?;
+        }
+        self.file = Some(BufWriter::new(f));
+        self.path = path;
+        self.index = index;
+        self.bytes = 0;
+        self.opened = Instant::now();
+        self.previous_file_name = Some(prev_name);
+        self.first_record(LogAction::Rotate, torn, String::new())
+    }
+
+    fn out(&mut self) -> Result<&mut BufWriter<File>, AuditError> {
+        // Every path of `open` opens a file before the first write.
+        self.file.as_mut().ok_or_else(|| AuditError::Io {
+            path: self.path.clone(),
+            source: io::Error::other("no audit file is open"),
+        })
+    }
+
+    fn envelope(&self, time: u64) -> Envelope {
+        Envelope {
+            sequence: self.tree.size(),
+            time,
+            device: self.device.clone(),
+            pid: self.pid,
+            product_version: env!("CARGO_PKG_VERSION").to_string(),
+            transcript: self.transcript,
+            prev_leaf: self.prev_leaf,
+        }
+    }
+
+    /// Appends one line.
+    fn append(&mut self, time: u64, event: Event) -> Result<(), AuditError> {
+        let line = Record::build(&self.envelope(time), event).to_line();
+        let leaf = leaf_hash(line.as_bytes());
+        let out = self.out()?;
+        out.write_all(line.as_bytes())
+            .and_then(|()| out.write_all(b"\n"))
+            .map_err(io_err(&self.path))?;
+        self.tree.append(leaf);
+        self.prev_leaf = leaf;
+        self.bytes += line.len() as u64 + 1;
+        Ok(())
+    }
+
+    /// Appends an event record (not a checkpoint).
+    fn record(&mut self, time: u64, event: Event) -> Result<(), AuditError> {
+        self.append(time, event)?;
+        self.since_cp += 1;
+        self.last_was_checkpoint = false;
+        Ok(())
+    }
+
+    fn flush_sync(&mut self) -> Result<(), AuditError> {
+        let out = self.out()?;
+        out.flush()
+            .and_then(|()| out.get_ref().sync_data())
+            .map_err(io_err(&self.path))
+    }
+
+    /// Signs the tree of every line so far, appends the checkpoint line, and fsyncs.
+    fn checkpoint(&mut self) -> Result<Checkpoint, AuditError> {
+        let cp = Checkpoint {
+            origin: self.verifier.name.clone(),
+            size: self.tree.size(),
+            root: self.tree.root(),
+        };
+        let text = cp.body();
+        let sig = self.key.sign(text.as_bytes());
+        let note = SignedNote {
+            text,
+            signatures: vec![NoteSignature {
+                name: self.verifier.name.clone(),
+                id: self.verifier.id,
+                signature: sig.as_ref().to_vec(),
+            }],
+        }
+        .encode();
+        let peaks = self.tree.peaks().to_vec();
+        self.append(
+            now_ms(),
+            Event::Checkpoint(CheckpointRecord { note: note.clone() }),
+        )?;
+        self.last_cp = Some((note, cp.size, peaks));
+        self.last_was_checkpoint = true;
+        self.since_cp = 0;
+        self.flush_sync()?;
+        Ok(cp)
+    }
+
+    /// Writes the interval's DMA counts, if any.
+    fn dma_summary(&mut self) -> Result<(), AuditError> {
+        let end = now_ms();
+        let queues = self.dma.drain();
+        let start = std::mem::replace(&mut self.interval_start, end);
+        if queues.is_empty() {
+            return Ok(());
+        }
+        self.record(
+            end,
+            Event::DmaSummary(DmaSummary {
+                interval_start: start,
+                interval_end: end,
+                queues,
+            }),
+        )
+    }
+
+    fn after_record(&mut self) -> Result<(), AuditError> {
+        if self.since_cp >= self.cfg.checkpoint_every_records {
+            self.checkpoint()?;
+        }
+        if self.cfg.rotate_bytes.is_some_and(|b| self.bytes >= b) {
+            self.rotate_into(self.index + 1, None)?;
+        }
+        Ok(())
+    }
+
+    /// The interval's end: DMA counts, a checkpoint (also when nothing happened), rotation
+    /// by age.
+    fn tick(&mut self) -> Result<(), AuditError> {
+        self.dma_summary()?;
+        self.checkpoint()?;
+        if self
+            .cfg
+            .rotate_every
+            .is_some_and(|t| self.opened.elapsed() >= t)
+        {
+            self.rotate_into(self.index + 1, None)?;
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<(), AuditError> {
+        self.dma_summary()?;
+        let ev = self.log_event(LogAction::Stop);
+        self.record(now_ms(), Event::Log(ev))?;
+        self.checkpoint().map(drop)
+    }
+
+    fn handle(&mut self, msg: Msg) -> Result<bool, AuditError> {
+        match msg {
+            Msg::Event(time, e) => {
+                self.record(time, *e)?;
+                self.after_record()?;
+            }
+            Msg::Dma(d) => {
+                self.record(now_ms(), Event::Dma(d))?;
+                self.after_record()?;
+            }
+            Msg::Transcript(h) => self.transcript = h,
+            Msg::Checkpoint(reply) => {
+                let cp = self.checkpoint()?;
+                // The caller may have given up waiting; nothing to do then.
+                let _ = reply.send(cp);
+            }
+            Msg::Pause(ack, resume) => {
+                self.out()?.flush().map_err(io_err(&self.path))?;
+                let _ = ack.send(());
+                // Returns when the guard is dropped.
+                let _ = resume.recv();
+            }
+            Msg::Stop => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The thread body: until stopped (or every sender is gone), write what arrives and
+    /// checkpoint at every interval.
+    pub(crate) fn run(mut self, rx: Receiver<Msg>) -> Result<(), AuditError> {
+        let every = self.cfg.checkpoint_every;
+        let mut next_tick = Instant::now() + every;
+        loop {
+            let msg = match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    // Idle: hand what is buffered to the kernel, then wait.
+                    self.out()?.flush().map_err(io_err(&self.path))?;
+                    let wait = next_tick.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(wait) {
+                        Ok(m) => Some(m),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
+            if let Some(m) = msg {
+                if !self.handle(m)? {
+                    break;
+                }
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.tick()?;
+                next_tick = Instant::now() + every;
+            }
+        }
+        self.stop()
+    }
+}

@@ -1,0 +1,320 @@
+//! Every kind of tampering with a closed log is detected, with its reason and the first bad
+//! record; an untouched log verifies. Also through the `swiotlb-audit verify` tool.
+
+mod audit_support;
+
+use std::fs;
+use std::process::Command;
+
+use audit_support::*;
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use swiotlb_shared::audit::merkle::{leaf_hash, CompactRange};
+use swiotlb_shared::audit::note::NoteSignature;
+use swiotlb_shared::audit::schema::CheckpointRecord;
+use swiotlb_shared::audit::{Checkpoint, Event, Reason, Record, SignedNote, VerifierKey};
+
+fn closed_log(tag: &str, n: u64) -> (Scratch, std::path::PathBuf, VerifierKey) {
+    let s = Scratch::new(tag);
+    let key = write_findings(config(&s.base()), n);
+    let f = files(&s.base());
+    assert_eq!(f.len(), 1);
+    let path = f[0].clone();
+    (s, path, key)
+}
+
+#[test]
+fn a_log_never_tampered_with_verifies() {
+    let (_s, path, key) = closed_log("intact", 30);
+    let r = verify_paths(std::slice::from_ref(&path), &key, false);
+    assert!(r.ok, "{:?}", r.failure);
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let n = lines(&path).len() as u64;
+    assert_eq!(r.lines, n);
+    // The last line is a checkpoint of everything before it.
+    assert_eq!(r.latest.unwrap().size, n - 1);
+    for (i, rec) in records(&path).iter().enumerate() {
+        assert_eq!(rec.sequence(), i as u64);
+    }
+}
+
+#[test]
+fn an_altered_line_is_named_with_reason_altered() {
+    let (_s, path, key) = closed_log("altered", 30);
+    let mut l = lines(&path);
+    let i = event_line(&path, 10);
+    let s = String::from_utf8(l[i].clone()).unwrap();
+    assert!(s.contains("test finding"));
+    // Still a valid record: only the chain and the checkpoints can tell.
+    l[i] = s.replace("test finding", "benign event").into_bytes();
+    assert!(Record::parse(&l[i]).is_ok());
+    write_lines(&path, &l);
+    let f = verify_paths(&[path], &key, false).failure.unwrap();
+    assert_eq!(
+        (f.reason, f.index, f.line),
+        (Reason::Altered, i as u64, i as u64 + 1)
+    );
+}
+
+#[test]
+fn a_line_made_unparseable_is_altered() {
+    let (_s, path, key) = closed_log("garbled", 12);
+    let mut l = lines(&path);
+    let half = l[5].len() / 2;
+    l[5].truncate(half);
+    write_lines(&path, &l);
+    let f = verify_paths(&[path], &key, false).failure.unwrap();
+    assert_eq!((f.reason, f.index), (Reason::Altered, 5));
+}
+
+#[test]
+fn a_deleted_line_is_named_with_reason_deleted() {
+    let (_s, path, key) = closed_log("deleted", 30);
+    let mut l = lines(&path);
+    let i = event_line(&path, 7);
+    l.remove(i);
+    write_lines(&path, &l);
+    let f = verify_paths(&[path], &key, false).failure.unwrap();
+    assert_eq!((f.reason, f.index), (Reason::Deleted, i as u64));
+}
+
+#[test]
+fn a_deleted_checkpoint_line_is_deleted() {
+    let (_s, path, key) = closed_log("deleted-cp", 30);
+    let mut l = lines(&path);
+    let cp = records(&path)
+        .iter()
+        .enumerate()
+        .skip(5)
+        .find(|(_, r)| r.checkpoint_note().is_some())
+        .map(|(i, _)| i)
+        .unwrap();
+    l.remove(cp);
+    write_lines(&path, &l);
+    let f = verify_paths(&[path], &key, false).failure.unwrap();
+    assert_eq!((f.reason, f.index), (Reason::Deleted, cp as u64));
+}
+
+#[test]
+fn swapped_lines_are_named_with_reason_reordered() {
+    let (_s, path, key) = closed_log("reordered", 30);
+    let mut l = lines(&path);
+    let i = event_line(&path, 9);
+    l.swap(i, i + 1);
+    write_lines(&path, &l);
+    let f = verify_paths(&[path], &key, false).failure.unwrap();
+    assert_eq!((f.reason, f.index), (Reason::Reordered, i as u64));
+}
+
+#[test]
+fn a_line_moved_far_back_is_reordered() {
+    let (_s, path, key) = closed_log("moved", 30);
+    let mut l = lines(&path);
+    let i = event_line(&path, 4);
+    let moved = l.remove(i);
+    l.insert(i + 12, moved);
+    write_lines(&path, &l);
+    let f = verify_paths(&[path], &key, false).failure.unwrap();
+    assert_eq!((f.reason, f.index), (Reason::Reordered, i as u64));
+}
+
+#[test]
+fn a_truncated_file_is_named_with_reason_truncated() {
+    let (_s, path, key) = closed_log("truncated", 30);
+    let l = lines(&path);
+    let cp = records(&path)
+        .iter()
+        .enumerate()
+        .skip(10)
+        .find(|(_, r)| r.checkpoint_note().is_some())
+        .map(|(i, _)| i)
+        .unwrap();
+    // Cut at a line boundary: the last lines (stop record, final checkpoint) are gone.
+    for keep in [l.len() - 1, l.len() - 2, l.len() - 5] {
+        write_lines(&path, &l[..keep]);
+        let f = verify_paths(std::slice::from_ref(&path), &key, false)
+            .failure
+            .unwrap();
+        assert_eq!(f.reason, Reason::Truncated, "{keep}: {f}");
+    }
+    // Cut in the middle of a line.
+    write_lines(&path, &l);
+    let data = fs::read(&path).unwrap();
+    fs::write(&path, &data[..data.len() - 40]).unwrap();
+    let f = verify_paths(std::slice::from_ref(&path), &key, false)
+        .failure
+        .unwrap();
+    assert_eq!((f.reason, f.index), (Reason::Truncated, l.len() as u64 - 1));
+    // Cut right after a checkpoint in the middle: no stop record at the end.
+    write_lines(&path, &l[..=cp]);
+    let f = verify_paths(std::slice::from_ref(&path), &key, false)
+        .failure
+        .unwrap();
+    assert_eq!((f.reason, f.index), (Reason::Truncated, cp as u64 + 1));
+    // The same prefix is a valid live log.
+    assert!(verify_paths(&[path], &key, true).ok);
+}
+
+/// Rewrites the whole log consistently (chain and roots) and signs every checkpoint with
+/// `kp` under `name`: a forgery only the key can reveal.
+fn resign(path: &std::path::Path, kp: &Ed25519KeyPair, name: &str, alter: Option<usize>) {
+    let pk: [u8; 32] = kp.public_key().as_ref().try_into().unwrap();
+    let vk = VerifierKey::new(name, pk).unwrap();
+    let mut tree = CompactRange::new();
+    let mut prev = [0u8; 32];
+    let mut out = Vec::new();
+    for (i, r) in records(path).into_iter().enumerate() {
+        let mut env = r.envelope();
+        env.prev_leaf = prev;
+        let mut ev = r.event().unwrap();
+        if let Event::Checkpoint(_) = ev {
+            let text = Checkpoint {
+                origin: name.into(),
+                size: tree.size(),
+                root: tree.root(),
+            }
+            .body();
+            let note = SignedNote {
+                text: text.clone(),
+                signatures: vec![NoteSignature {
+                    name: name.into(),
+                    id: vk.id,
+                    signature: kp.sign(text.as_bytes()).as_ref().to_vec(),
+                }],
+            }
+            .encode();
+            ev = Event::Checkpoint(CheckpointRecord { note });
+        }
+        if alter == Some(i) {
+            if let Event::Finding(f) = &mut ev {
+                f.detail = "nothing happened".into();
+            }
+        }
+        let line = Record::build(&env, ev).to_line().into_bytes();
+        prev = leaf_hash(&line);
+        tree.append(prev);
+        out.push(line);
+    }
+    write_lines(path, &out);
+}
+
+#[test]
+fn checkpoints_signed_by_another_key_are_named_with_reason_wrong_key() {
+    let (_s, path, key) = closed_log("wrongkey", 20);
+    let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+    let other = Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
+    // Same origin, another key: the forger rewrote and re-signed everything.
+    let i = event_line(&path, 6);
+    resign(&path, &other, &key.name, Some(i));
+    let f = verify_paths(std::slice::from_ref(&path), &key, false)
+        .failure
+        .unwrap();
+    // The first checkpoint (after the start record) is the first bad record.
+    assert_eq!((f.reason, f.index), (Reason::WrongKey, 1), "{f}");
+    // Under the forger's key the forgery is self-consistent: only the key reveals it.
+    let pk: [u8; 32] = other.public_key().as_ref().try_into().unwrap();
+    let fk = VerifierKey::new(&key.name, pk).unwrap();
+    assert!(verify_paths(&[path], &fk, false).ok);
+}
+
+#[test]
+fn a_checkpoint_whose_root_was_changed_fails_its_signature() {
+    // Rewritten records with checkpoint roots recomputed, but the original signatures kept:
+    // the signature no longer verifies.
+    let (_s, path, key) = closed_log("badsig", 20);
+    let mut l = lines(&path);
+    let cp = records(&path)
+        .iter()
+        .enumerate()
+        .skip(3)
+        .find(|(_, r)| r.checkpoint_note().is_some())
+        .map(|(i, _)| i)
+        .unwrap();
+    let s = String::from_utf8(l[cp].clone()).unwrap();
+    let r = Record::parse(s.as_bytes()).unwrap();
+    let note = r.checkpoint_note().unwrap();
+    let n = SignedNote::parse(note).unwrap();
+    let mut c = Checkpoint::parse(&n.text).unwrap();
+    c.root[0] ^= 1;
+    let forged = SignedNote {
+        text: c.body(),
+        signatures: n.signatures.clone(),
+    }
+    .encode();
+    let mut env = r.envelope();
+    env.prev_leaf = r.unmapped.prev_leaf;
+    l[cp] = Record::build(&env, Event::Checkpoint(CheckpointRecord { note: forged }))
+        .to_line()
+        .into_bytes();
+    write_lines(&path, &l);
+    let f = verify_paths(&[path], &key, false).failure.unwrap();
+    assert_eq!((f.reason, f.index), (Reason::Altered, cp as u64), "{f}");
+    assert!(f.detail.contains("does not verify"), "{f}");
+}
+
+fn tool() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_swiotlb-audit"))
+}
+
+#[test]
+fn the_tool_exits_0_intact_1_tampered_2_unreadable_and_names_the_record() {
+    let (s, path, _key) = closed_log("tool", 16);
+    let pubkey = s.0.join("audit.key.pub");
+    let ok = tool()
+        .args([
+            "verify",
+            path.to_str().unwrap(),
+            "--key",
+            pubkey.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("OK:"));
+
+    let mut l = lines(&path);
+    let i = event_line(&path, 5);
+    l.remove(i);
+    write_lines(&path, &l);
+    let bad = tool()
+        .args([
+            "verify",
+            path.to_str().unwrap(),
+            "--key",
+            pubkey.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["failure"]["reason"], "deleted");
+    assert_eq!(v["failure"]["index"], i as u64);
+
+    let missing = tool()
+        .args([
+            "verify",
+            "/nonexistent/audit.000001.jsonl",
+            "--key",
+            pubkey.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    let nokey = tool()
+        .args([
+            "verify",
+            path.to_str().unwrap(),
+            "--key",
+            "/nonexistent.pub",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(nokey.status.code(), Some(2));
+}

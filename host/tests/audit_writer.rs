@@ -1,0 +1,332 @@
+//! The writer: checkpoints of empty intervals, back-pressure instead of loss, every DMA
+//! counted (summary) or recorded (full), the transcript hash, the key files, and the
+//! `show` and `stats` commands.
+
+mod audit_support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use audit_support::*;
+use swiotlb_host::audit::{AuditConfig, AuditError, AuditLog, AuditMode};
+use swiotlb_shared::audit::schema::NO_TRANSCRIPT;
+use swiotlb_shared::audit::{
+    AttestationVerdict, ConfigChange, Event, PeripheralAction, PeripheralEvent, VerifierKey,
+};
+
+#[test]
+fn intervals_without_records_still_get_signed_checkpoints() {
+    let s = Scratch::new("empty-intervals");
+    let mut cfg = config(&s.base());
+    cfg.checkpoint_every = Duration::from_millis(40);
+    let (log, _h) = AuditLog::open(cfg, device()).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let key = log.verifier_key().clone();
+    log.close().unwrap();
+    let f = files(&s.base());
+    assert!(verify_paths(&f, &key, false).ok);
+    let recs = records(&f[0]);
+    let cps = recs
+        .iter()
+        .filter(|r| r.checkpoint_note().is_some())
+        .count();
+    assert!(cps >= 6, "{cps} checkpoints");
+    // Runs of checkpoints with nothing between them: the empty intervals.
+    let back_to_back = recs
+        .windows(2)
+        .filter(|w| w[0].checkpoint_note().is_some() && w[1].checkpoint_note().is_some())
+        .count();
+    assert!(back_to_back >= 4, "{back_to_back}");
+    // Each is later in time than the one before.
+    let times: Vec<u64> = recs
+        .iter()
+        .filter(|r| r.checkpoint_note().is_some())
+        .map(|r| r.time)
+        .collect();
+    assert!(times.windows(2).all(|t| t[0] <= t[1]));
+}
+
+#[test]
+fn a_full_queue_blocks_the_sender_and_nothing_is_dropped() {
+    let s = Scratch::new("backpressure");
+    let mut cfg = config(&s.base());
+    cfg.queue_capacity = 4;
+    let (log, h) = AuditLog::open(cfg, device()).unwrap();
+    let pause = h.pause().unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let (h2, sent2) = (h.clone(), Arc::clone(&sent));
+    let sender = std::thread::spawn(move || {
+        for i in 0..200 {
+            h2.finding(&finding(i)).unwrap();
+            sent2.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // The writer is stalled: the sender got exactly as far as the queue holds.
+    assert_eq!(sent.load(Ordering::SeqCst), 4);
+    drop(pause);
+    sender.join().unwrap();
+    assert_eq!(sent.load(Ordering::SeqCst), 200);
+    let key = log.verifier_key().clone();
+    log.close().unwrap();
+    let f = files(&s.base());
+    assert!(verify_paths(&f, &key, false).ok);
+    let details: Vec<String> = records(&f[0])
+        .into_iter()
+        .filter_map(|r| match r.event() {
+            Some(Event::Finding(x)) => Some(x.detail),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<String> = (0..200).map(|i| format!("test finding {i}")).collect();
+    assert_eq!(details, expected, "every record out, in order");
+    // After close, senders learn the writer is gone instead of blocking or losing silently.
+    assert!(matches!(h.finding(&finding(0)), Err(AuditError::Closed)));
+}
+
+fn dmas(h: &swiotlb_host::audit::AuditHandle) -> (u64, u64) {
+    let (mut n, mut bytes) = (0, 0);
+    for i in 0..1000u32 {
+        let q = (i % 3) as u16;
+        let len = 512 + i;
+        h.record_dma(
+            q,
+            (i % 64) as u16,
+            0x80_0000_0000 + u64::from(i) * 4096,
+            len,
+            i % 2 == 1,
+        )
+        .unwrap();
+        n += 1;
+        bytes += u64::from(len);
+    }
+    (n, bytes)
+}
+
+#[test]
+fn summary_mode_counts_every_dma_per_queue_and_direction() {
+    let s = Scratch::new("summary");
+    let mut cfg = config(&s.base());
+    cfg.checkpoint_every = Duration::from_millis(30);
+    let (log, h) = AuditLog::open(cfg, device()).unwrap();
+    let (n1, b1) = dmas(&h);
+    std::thread::sleep(Duration::from_millis(100));
+    let (n2, b2) = dmas(&h);
+    let key = log.verifier_key().clone();
+    log.close().unwrap();
+    let f = files(&s.base());
+    assert!(verify_paths(&f, &key, false).ok);
+    let recs = records(&f[0]);
+    assert!(!recs
+        .iter()
+        .any(|r| matches!(r.event(), Some(Event::Dma(_)))));
+    let sums: Vec<_> = recs
+        .iter()
+        .filter_map(|r| match r.event() {
+            Some(Event::DmaSummary(s)) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert!(sums.len() >= 2, "{}", sums.len());
+    let n: u64 = sums.iter().map(|s| s.descriptors()).sum();
+    let b: u64 = sums.iter().map(|s| s.bytes()).sum();
+    assert_eq!((n, b), (n1 + n2, b1 + b2));
+    let q1_writes: u64 = sums
+        .iter()
+        .flat_map(|s| s.queues.iter())
+        .filter(|q| q.queue == Some(1))
+        .map(|q| q.writable_descriptors + q.readable_descriptors)
+        .sum();
+    assert_eq!(q1_writes, 2 * 333);
+}
+
+#[test]
+fn full_mode_records_every_descriptor() {
+    let s = Scratch::new("full");
+    let mut cfg = config(&s.base());
+    cfg.mode = AuditMode::Full;
+    cfg.checkpoint_every_records = 64;
+    let (log, h) = AuditLog::open(cfg, device()).unwrap();
+    let (n, bytes) = dmas(&h);
+    let key = log.verifier_key().clone();
+    log.close().unwrap();
+    let f = files(&s.base());
+    assert!(verify_paths(&f, &key, false).ok);
+    let recs = records(&f[0]);
+    let dma: Vec<_> = recs
+        .iter()
+        .filter_map(|r| match r.event() {
+            Some(Event::Dma(d)) => Some((r.clone(), d)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dma.len() as u64, n);
+    assert_eq!(
+        dma.iter().map(|(_, d)| u64::from(d.len)).sum::<u64>(),
+        bytes
+    );
+    let (r, d) = &dma[5];
+    assert_eq!(
+        (d.queue, d.head, d.addr, d.len, d.writable),
+        (2, 5, 0x80_0000_5000, 517, true)
+    );
+    assert_eq!((r.class_uid, r.activity_id, r.type_uid), (1004, 8, 100408));
+    assert_eq!(r.base_address.as_deref(), Some("0x8000005000"));
+    // The summaries agree with the per-DMA records.
+    let summed: u64 = recs
+        .iter()
+        .filter_map(|r| match r.event() {
+            Some(Event::DmaSummary(s)) => Some(s.descriptors()),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(summed, n);
+}
+
+#[test]
+fn records_carry_the_transcript_hash_once_it_is_set() {
+    let s = Scratch::new("transcript");
+    let (log, h) = AuditLog::open(config(&s.base()), device()).unwrap();
+    h.finding(&finding(0)).unwrap();
+    h.set_transcript_hash([0x5a; 32]).unwrap();
+    h.attestation_verdict(AttestationVerdict {
+        passed: false,
+        reason: "report data does not bind the transcript".into(),
+        evidence: b"evidence bytes".to_vec(),
+        transcript: b"transcript bytes".to_vec(),
+    })
+    .unwrap();
+    h.config_change(ConfigChange::Reset {
+        reason: "driver wrote 0".into(),
+    })
+    .unwrap();
+    h.peripheral(PeripheralEvent {
+        action: PeripheralAction::Disconnect,
+        peer: "client".into(),
+        session: Some(serde_json::json!({"dma_descriptors": 12})),
+    })
+    .unwrap();
+    log.close().unwrap();
+    let recs = records(&files(&s.base())[0]);
+    let by_class = |c: u32| recs.iter().find(|r| r.class_uid == c).unwrap();
+    assert_eq!(by_class(2004).unmapped.transcript_sha256, NO_TRANSCRIPT);
+    let verdict = by_class(2003);
+    assert_eq!(verdict.unmapped.transcript_sha256, [0x5a; 32]);
+    assert_eq!(verdict.severity_id, 4);
+    assert_eq!(verdict.compliance.as_ref().unwrap().status, "Fail");
+    let a = verdict.unmapped.attestation.as_ref().unwrap();
+    assert_eq!(a.evidence, b"evidence bytes");
+    assert_eq!(a.transcript, b"transcript bytes");
+    assert_eq!(by_class(5019).unmapped.transcript_sha256, [0x5a; 32]);
+    assert_eq!(by_class(1010).activity_id, 2);
+}
+
+#[test]
+fn the_signing_key_is_created_0600_with_its_verifier_beside_it_and_reused() {
+    let s = Scratch::new("keys");
+    let mut cfg = config(&s.base());
+    cfg.key_path = Some(s.0.join("keys").join("signing.pk8"));
+    let (log, _h) = AuditLog::open(cfg.clone(), device()).unwrap();
+    let key1 = log.verifier_key().clone();
+    log.close().unwrap();
+    let k = s.0.join("keys/signing.pk8");
+    assert_eq!(
+        std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let pubtext = std::fs::read_to_string(s.0.join("keys/signing.pk8.pub")).unwrap();
+    assert_eq!(VerifierKey::parse(pubtext.trim()).unwrap(), key1);
+    assert!(pubtext.starts_with("swiotlb-audit/test-dev-0+"));
+    let (log, _h) = AuditLog::open(cfg.clone(), device()).unwrap();
+    assert_eq!(log.verifier_key(), &key1);
+    log.close().unwrap();
+    // A file that is not a key is refused, not replaced.
+    std::fs::write(&k, b"not a key").unwrap();
+    assert!(matches!(
+        AuditLog::open(cfg, device()),
+        Err(AuditError::Key { .. })
+    ));
+    assert_eq!(std::fs::read(&k).unwrap(), b"not a key");
+}
+
+#[test]
+fn bad_configurations_are_refused() {
+    let s = Scratch::new("badcfg");
+    let mut c = AuditConfig::new(s.base());
+    c.queue_capacity = 0;
+    assert!(matches!(
+        AuditLog::open(c, device()),
+        Err(AuditError::Config(_))
+    ));
+    let mut c = AuditConfig::new(s.base());
+    c.checkpoint_every = Duration::ZERO;
+    assert!(matches!(
+        AuditLog::open(c, device()),
+        Err(AuditError::Config(_))
+    ));
+}
+
+fn tool(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_swiotlb-audit"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn show_filters_by_class_and_time_and_stats_counts_per_device_and_queue() {
+    let s = Scratch::new("showstats");
+    let (log, h) = AuditLog::open(config(&s.base()), device()).unwrap();
+    send_findings(&h, 0, 3);
+    dmas(&h);
+    h.config_change(ConfigChange::BarProgrammed {
+        bar: 2,
+        address: 0x80_0000_0000,
+        size: 16 << 20,
+    })
+    .unwrap();
+    log.close().unwrap();
+    let f = files(&s.base());
+    let p = f[0].to_str().unwrap();
+
+    let (code, out) = tool(&["show", p, "--class", "finding", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 3);
+    assert!(out.lines().all(|l| l.contains("\"class_uid\":2004")));
+    let (_, out) = tool(&["show", p, "--class", "config"]);
+    assert_eq!(out.lines().count(), 1);
+    assert!(out.contains("BAR 2 programmed at 0x8000000000"));
+    let (_, out) = tool(&["show", p, "--since", "4102444800000"]);
+    assert!(out.is_empty(), "{out}");
+    let (_, out) = tool(&["show", p, "--since", "2000-01-01T00:00:00Z"]);
+    assert_eq!(out.lines().count(), records(&f[0]).len());
+
+    let (code, out) = tool(&["stats", p, "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let d = &v["devices"][0];
+    assert_eq!(d["uid"], "test-dev-0");
+    assert_eq!(d["findings"]["descriptor_outside_pool"], 3);
+    assert_eq!(d["dma_violations"], 3);
+    let total: u64 = d["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["dmas"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 1000);
+    let q0 = d["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == 0)
+        .unwrap();
+    assert_eq!(q0["findings"], 3);
+}
