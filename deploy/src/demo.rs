@@ -73,6 +73,7 @@ fn guest(bin: &Path, socket: &Path, args: &[&str]) -> Result<Value, String> {
 
 fn run() -> Result<(), String> {
     let host_bin = sibling("swiotlb-host")?;
+    let audit_bin = sibling("swiotlb-audit")?;
     let guest_bin = sibling("swiotlb-guest")?;
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     let disk = dir.path().join("demo-disk.img");
@@ -92,6 +93,10 @@ fn run() -> Result<(), String> {
         .and_then(|()| std::fs::write(&ark, public))
         .map_err(|e| format!("writing the emulated ARK: {e}"))?;
     let key_s = key.to_string_lossy().to_string();
+    // The audit log is kept after the demo, for `swiotlb-audit` to read.
+    let audit_dir = std::env::temp_dir().join(format!("swiotlb-demo-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&audit_dir).map_err(|e| format!("audit directory: {e}"))?;
+    let audit_log = audit_dir.join("device.jsonl");
 
     println!(
         "== swiotlb demo: a virtio-blk device whose only DMA-reachable memory is its SWIOTLB pool"
@@ -115,6 +120,8 @@ fn run() -> Result<(), String> {
             "--emulated-ark",
         ])
         .arg(&ark)
+        .arg("--audit-log")
+        .arg(&audit_log)
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting swiotlb-host: {e}"))?;
@@ -245,6 +252,40 @@ fn run() -> Result<(), String> {
             "{violations} violations or findings in a clean run"
         ));
     }
+    println!("\n-- audit log: {}", audit_dir.display());
+    let files: Vec<PathBuf> = std::fs::read_dir(&audit_dir)
+        .map_err(|e| format!("listing the audit log: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    let pubkey = audit_dir.join("device.key.pub");
+    let verify = Command::new(&audit_bin)
+        .arg("verify")
+        .args(&files)
+        .arg("--key")
+        .arg(&pubkey)
+        .output()
+        .map_err(|e| format!("running swiotlb-audit: {e}"))?;
+    print!("   {}", String::from_utf8_lossy(&verify.stdout));
+    if !verify.status.success() {
+        return Err(format!(
+            "swiotlb-audit verify failed: {}",
+            String::from_utf8_lossy(&verify.stderr)
+        ));
+    }
+    let stats = Command::new(&audit_bin)
+        .arg("stats")
+        .args(&files)
+        .output()
+        .map_err(|e| format!("running swiotlb-audit: {e}"))?;
+    for line in String::from_utf8_lossy(&stats.stdout).lines() {
+        println!("   {line}");
+    }
+    println!(
+        "   re-check it yourself: swiotlb-audit verify {}/device.*.jsonl --key {}",
+        audit_dir.display(),
+        pubkey.display()
+    );
     println!("\n== demo passed: SWIOTLB negotiated and attested (EMULATED platform), every DMA inside the pool, zero violations");
     Ok(())
 }

@@ -205,6 +205,12 @@ impl Gate {
         g
     }
 
+    /// Requires evidence checked by `verifier` from now on (the instance ID is kept).
+    pub fn set_verifier(&mut self, verifier: Box<dyn EvidenceVerifier>) {
+        self.verifier = Some(verifier);
+        self.reset();
+    }
+
     /// Whether attestation is required.
     pub fn required(&self) -> bool {
         self.verifier.is_some()

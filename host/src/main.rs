@@ -48,12 +48,32 @@ struct Args {
     /// Public key of the emulated ARK (`swiotlb-attest emulated-keygen` writes it).
     #[arg(long)]
     emulated_ark: Option<PathBuf>,
+    /// Tamper-evident audit log (JSON Lines; files `<stem>.<NNNNNN>.<ext>` beside PATH).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// Per-DMA recording: `summary` (counts per interval, findings in full) or `full`
+    /// (every descriptor).
+    #[arg(long, value_enum, default_value_t = AuditModeArg::Summary)]
+    audit_mode: AuditModeArg,
+    /// Ed25519 signing key of the audit log (PKCS#8), created when absent (default: beside
+    /// the log); its public key is written to FILE.pub for verifiers.
+    #[arg(long)]
+    audit_key: Option<PathBuf>,
     /// Exit after this many client sessions (default: serve forever).
     #[arg(long)]
     sessions: Option<u64>,
     /// Log filter (tracing `EnvFilter` syntax), also taken from RUST_LOG.
     #[arg(long, default_value = "info")]
     log: String,
+}
+
+/// Audit log DMA recording mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum AuditModeArg {
+    /// Per-interval DMA counts; findings in full.
+    Summary,
+    /// Every descriptor recorded.
+    Full,
 }
 
 /// Whether evidence is required before queues are served.
@@ -127,6 +147,38 @@ fn run(args: &Args) -> Result<(), String> {
     } else if args.allow_emulated || args.attest_policy.is_some() {
         return Err("--allow-emulated and --attest-policy need --attestation required".into());
     }
+    let audit = match &args.audit_log {
+        Some(path) => {
+            let mut cfg = swiotlb_host::audit::AuditConfig::new(path);
+            cfg.mode = match args.audit_mode {
+                AuditModeArg::Summary => swiotlb_host::audit::AuditMode::Summary,
+                AuditModeArg::Full => swiotlb_host::audit::AuditMode::Full,
+            };
+            cfg.key_path = args.audit_key.clone();
+            let id = function.gate().instance_id();
+            let identity = swiotlb_shared::audit::schema::DeviceIdentity {
+                uid: id.iter().map(|b| format!("{b:02x}")).collect(),
+                name: format!("virtio-blk swiotlb ({})", args.disk.display()),
+            };
+            let (log, handle) =
+                swiotlb_host::audit::AuditLog::open(cfg, identity).map_err(|e| {
+                    format!(
+                        "opening the audit log {}: {}",
+                        path.display(),
+                        error_chain(&e)
+                    )
+                })?;
+            tracing::info!(
+                audit_log = %path.display(),
+                key = %log.key_path().display(),
+                verifier_key = %log.verifier_key(),
+                "audit log open"
+            );
+            function = function.with_audit(handle);
+            Some(log)
+        }
+        None => None,
+    };
     if args.socket.exists() {
         std::fs::remove_file(&args.socket)
             .map_err(|e| format!("removing stale socket {}: {e}", args.socket.display()))?;
@@ -171,5 +223,10 @@ fn run(args: &Args) -> Result<(), String> {
         })
         .map_err(|e| format!("accepting clients: {e}"))?;
     let _ = std::fs::remove_file(&args.socket);
+    drop(server);
+    if let Some(log) = audit {
+        log.close()
+            .map_err(|e| format!("closing the audit log: {}", error_chain(&e)))?;
+    }
     Ok(())
 }

@@ -23,6 +23,7 @@ use virtio_queue::QueueT;
 
 use super::config_space::{BarKind, BarSpec, ConfigSpace};
 use super::interrupts::{Interrupts, IrqAction, IrqError};
+use crate::audit::{AuditError, AuditHandle};
 use crate::findings::{Finding, FindingCounters, FindingKind};
 use crate::gate::{EvidenceVerifier, Gate, GateRequest, Verdict};
 use crate::pool::{Pool, PoolError};
@@ -30,6 +31,9 @@ use crate::virtio::chain::ChainContext;
 use crate::virtio::metrics::DmaCounters;
 use crate::virtio::transport::{Policy, StatusEffect, VirtioPciTransport};
 use crate::virtio::VirtioDevice;
+use swiotlb_shared::audit::schema::{
+    AttestationVerdict, ConfigChange, PeripheralAction, PeripheralEvent,
+};
 
 /// VFIO region index of the register BAR.
 pub const REGION_REGS: u32 = dl::REGS_BAR as u32;
@@ -173,6 +177,7 @@ pub struct VirtioPciFunction {
     pool_moves: u64,
     last_pool_address: Option<u64>,
     gate: Gate,
+    audit: Option<AuditHandle>,
     /// Queues notified while the gate was shut, served once it opens.
     deferred: u64,
     last_verdict: Option<Verdict>,
@@ -205,6 +210,7 @@ impl VirtioPciFunction {
             pool_moves: 0,
             last_pool_address: None,
             gate: Gate::new(None),
+            audit: None,
             deferred: 0,
             last_verdict: None,
         })
@@ -213,8 +219,41 @@ impl VirtioPciFunction {
     /// Requires attestation: queues are served only once evidence checked by `verifier`
     /// binds what the device observed.
     pub fn with_attestation(mut self, verifier: Box<dyn EvidenceVerifier>) -> Self {
-        self.gate = Gate::new(Some(verifier));
+        self.gate.set_verifier(verifier);
         self
+    }
+
+    /// Records every finding, every checked DMA, configuration changes, attestation
+    /// verdicts and sessions in the tamper-evident audit log behind `handle`. A full log
+    /// queue makes the device wait (back-pressure) rather than drop a record.
+    pub fn with_audit(mut self, handle: AuditHandle) -> Self {
+        self.audit = Some(handle);
+        self
+    }
+
+    /// Sends one record to the audit log, if there is one.
+    fn audit(&self, send: impl FnOnce(&AuditHandle) -> Result<(), AuditError>) {
+        if let Some(h) = &self.audit {
+            if let Err(e) = send(h) {
+                tracing::error!(error = %e, "audit log record lost: the writer stopped");
+            }
+        }
+    }
+
+    /// A client connected (`peer` names it) or left (with its session summary).
+    pub fn audit_peripheral(&self, connect: bool, peer: &str) {
+        let session = (!connect).then(|| serde_json::to_value(self.summary()).unwrap_or_default());
+        self.audit(|h| {
+            h.peripheral(PeripheralEvent {
+                action: if connect {
+                    PeripheralAction::Connect
+                } else {
+                    PeripheralAction::Disconnect
+                },
+                peer: peer.to_string(),
+                session,
+            })
+        });
     }
 
     /// The attestation gate.
@@ -392,6 +431,11 @@ impl VirtioPciFunction {
         }
         self.last_pool_address = None;
         self.last_verdict = None;
+        self.audit(|h| {
+            h.config_change(ConfigChange::Reset {
+                reason: "function reset (new session or DEVICE_RESET)".into(),
+            })
+        });
         // Counters are per session: a new client starts from zero.
         self.findings = Arc::new(FindingCounters::default());
         self.dma = Arc::new(DmaCounters::default());
@@ -411,6 +455,7 @@ impl VirtioPciFunction {
 
     fn record(&mut self, f: Finding) {
         self.findings.record(&f);
+        self.audit(|h| h.finding(&f));
         if f.kind.is_dma_violation()
             || matches!(
                 f.kind,
@@ -454,9 +499,29 @@ impl VirtioPciFunction {
         let at = self.config.bar_address(dl::POOL_BAR);
         if self.pool.place(at) {
             if let Some(a) = at {
-                if self.last_pool_address.is_some_and(|l| l != a) {
-                    self.pool_moves += 1;
-                    self.gate.pool_moved();
+                let size = self.pool.size();
+                let bar = dl::POOL_BAR;
+                match self.last_pool_address {
+                    Some(from) if from != a => {
+                        self.pool_moves += 1;
+                        self.gate.pool_moved();
+                        self.audit(|h| {
+                            h.config_change(ConfigChange::BarMoved {
+                                bar,
+                                from,
+                                to: a,
+                                size,
+                            })
+                        });
+                    }
+                    Some(_) => {}
+                    None => self.audit(|h| {
+                        h.config_change(ConfigChange::BarProgrammed {
+                            bar,
+                            address: a,
+                            size,
+                        })
+                    }),
                 }
                 self.last_pool_address = Some(a);
             }
@@ -607,6 +672,11 @@ impl VirtioPciFunction {
             Ok(StatusEffect::None) => {}
             Ok(StatusEffect::Reset) => {
                 tracing::info!(target: "swiotlb::config", "virtio reset by driver");
+                self.audit(|h| {
+                    h.config_change(ConfigChange::Reset {
+                        reason: "driver wrote 0 to device_status".into(),
+                    })
+                });
                 self.virtio_reset();
             }
             Ok(StatusEffect::FeaturesOk(f)) => {
@@ -616,10 +686,46 @@ impl VirtioPciFunction {
                     negotiated = ?feature_names(f),
                     "features negotiated"
                 );
+                self.audit_features(f, true);
             }
-            Ok(StatusEffect::DriverOk) => self.activate(),
-            Err(f) => self.record(f),
+            Ok(StatusEffect::DriverOk) => {
+                let to = self.transport.status();
+                self.audit(|h| {
+                    h.config_change(ConfigChange::Status {
+                        from: to & !swiotlb_shared::pci::status::DRIVER_OK,
+                        to,
+                    })
+                });
+                self.activate();
+            }
+            Err(f) => {
+                if matches!(
+                    f.kind,
+                    FindingKind::SwiotlbDeclined
+                        | FindingKind::UnofferedFeature
+                        | FindingKind::Version1Declined
+                ) {
+                    self.audit_features(self.transport.driver_features(), false);
+                }
+                self.record(f);
+            }
         }
+    }
+
+    fn audit_features(&self, driver_features: u64, accepted: bool) {
+        let device_features = self.transport.device_features();
+        self.audit(|h| {
+            h.config_change(ConfigChange::Features {
+                device_features,
+                driver_features,
+                accepted,
+                negotiated: if accepted {
+                    feature_names(driver_features)
+                } else {
+                    Vec::new()
+                },
+            })
+        });
     }
 
     /// DRIVER_OK: every enabled queue's rings are checked against the pool again, and
@@ -721,7 +827,30 @@ impl VirtioPciFunction {
     /// The driver rang the attestation doorbell: read its evidence from the pool, have it
     /// verified against the session as the device observed it, open or shut the gate.
     fn attest(&mut self, addr: u64, len: u32) {
-        let verdict = self.attest_verdict(addr, len);
+        let (verdict, evidence, transcript) = self.attest_verdict(addr, len);
+        let reason = if verdict.accepted {
+            format!(
+                "accepted: {} evidence binds the observed session",
+                verdict.platform
+            )
+        } else {
+            verdict.reasons.join("; ")
+        };
+        let transcript_hash = ring::digest::digest(&ring::digest::SHA256, &transcript);
+        self.audit(|h| {
+            h.attestation_verdict(AttestationVerdict {
+                passed: verdict.accepted,
+                reason,
+                evidence,
+                transcript,
+            })?;
+            if verdict.accepted {
+                let mut th = [0u8; 32];
+                th.copy_from_slice(transcript_hash.as_ref());
+                h.set_transcript_hash(th)?;
+            }
+            Ok(())
+        });
         tracing::info!(
             target: "swiotlb::attestation",
             accepted = verdict.accepted,
@@ -747,21 +876,25 @@ impl VirtioPciFunction {
         }
     }
 
-    fn attest_verdict(&mut self, addr: u64, len: u32) -> Verdict {
+    /// The verdict, the evidence as read, and the transcript the device checked it against
+    /// (encoded; empty when there was none), kept so the verdict can be re-checked offline.
+    fn attest_verdict(&mut self, addr: u64, len: u32) -> (Verdict, Vec<u8>, Vec<u8>) {
         if !self.gate.required() {
-            return self.gate.decide(&[], &|_| None);
+            return (self.gate.decide(&[], &|_| None), Vec::new(), Vec::new());
         }
         if self.transport.status() & swiotlb_shared::pci::status::DRIVER_OK == 0 {
-            return self
+            let v = self
                 .gate
                 .reject("evidence submitted before DRIVER_OK: the session is not complete");
+            return (v, Vec::new(), Vec::new());
         }
         let view = match self.pool.view() {
             Ok(Some(v)) => v,
             _ => {
-                return self
+                let v = self
                     .gate
-                    .reject("evidence submitted while the pool is not decoded")
+                    .reject("evidence submitted while the pool is not decoded");
+                return (v, Vec::new(), Vec::new());
             }
         };
         if len == 0 || !view.window.contains(addr, u64::from(len)) {
@@ -772,21 +905,30 @@ impl VirtioPciFunction {
                 )
                 .range(addr, u64::from(len)),
             );
-            return self.gate.reject("evidence outside the pool");
+            return (
+                self.gate.reject("evidence outside the pool"),
+                Vec::new(),
+                Vec::new(),
+            );
         }
         let mut evidence = vec![0u8; len as usize];
         if let Err(e) =
             vm_memory::Bytes::read_slice(&*view.mem, &mut evidence, vm_memory::GuestAddress(addr))
         {
-            return self.gate.reject(&format!("evidence unreadable: {e}"));
+            let v = self.gate.reject(&format!("evidence unreadable: {e}"));
+            return (v, Vec::new(), Vec::new());
         }
         let observed = self.observed_session(view.window);
-        match observed.report_data_all() {
+        let verdict = match observed.report_data_all() {
             Ok(all) => self.gate.decide(&evidence, &|p| {
                 all.iter().find(|(k, _)| *k == p).map(|(_, rd)| *rd)
             }),
             Err(e) => self.gate.reject(&e),
-        }
+        };
+        let transcript = swiotlb_shared::transcript::PlatformKind::from_name(&verdict.platform)
+            .and_then(|p| observed.transcript(p).encode().ok())
+            .unwrap_or_default();
+        (verdict, evidence, transcript)
     }
 
     /// What the device itself observed of this session: the basis of the transcript it
@@ -836,6 +978,7 @@ impl VirtioPciFunction {
         let event_idx = self.transport.negotiated(VIRTIO_RING_F_EVENT_IDX);
         let mem = &*view.mem;
         let dma = self.dma.clone();
+        let audit = self.audit.clone();
         let device = &mut self.device;
         let Some(slot) = self.transport.queue_mut(q) else {
             return Ok(false);
@@ -879,6 +1022,15 @@ impl VirtioPciFunction {
                 DmaCounters::add(&dma.chains, 1);
                 match ctx_base.check(head) {
                     Ok(c) => {
+                        if let Some(h) = &audit {
+                            for d in &c.descs {
+                                // Blocks when the log queue is full: back-pressure, never a
+                                // dropped record.
+                                if let Err(e) = h.record_dma(q, head, d.addr, d.len, d.writable) {
+                                    tracing::error!(error = %e, "audit log DMA record lost");
+                                }
+                            }
+                        }
                         for d in &c.descs {
                             if d.writable {
                                 DmaCounters::add(&dma.writable_descriptors, 1);

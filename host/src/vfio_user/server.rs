@@ -102,7 +102,9 @@ impl Server {
     pub fn serve(&mut self, stream: &UnixStream) -> SessionEnd {
         self.function.reset();
         self.stats = ProtocolStats::default();
-        tracing::info!(target: "swiotlb::session", "client connected");
+        let peer = peer_name(stream);
+        tracing::info!(target: "swiotlb::session", peer = %peer, "client connected");
+        self.function.audit_peripheral(true, &peer);
         let mut versioned = false;
         let end = loop {
             let msg = match recv_message(stream) {
@@ -155,6 +157,7 @@ impl Server {
             }
         };
         tracing::info!(target: "swiotlb::session", end = ?end, "client disconnected");
+        self.function.audit_peripheral(false, &peer);
         end
     }
 
@@ -315,6 +318,32 @@ impl Server {
         Ok(self
             .function
             .set_irqs(set.index, set.start, set.count, action)?)
+    }
+}
+
+/// Names the client by its process credentials (SO_PEERCRED).
+fn peer_name(stream: &UnixStream) -> String {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a properly sized ucred,
+    // on a valid socket descriptor borrowed for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        format!("vfio-user client pid={} uid={}", cred.pid, cred.uid)
+    } else {
+        "vfio-user client (credentials unavailable)".to_string()
     }
 }
 
