@@ -25,5 +25,8 @@ cargo test --workspace --quiet
 step "tests NOT run here (ignored: they need hardware, or they are measurements)"
 cargo test --workspace --quiet -- --ignored --list 2>/dev/null | grep ': test$' || echo "(none)"
 
+step "benchmark, short mode (figures only, never a pass/fail): audit overhead at QD32"
+cargo bench --quiet -p swiotlb-tests --bench audit_overhead -- --quick
+
 step "demo (release build)"
 ./deploy/demo.sh

@@ -613,6 +613,45 @@ impl<P: PciAccess> BlockDriver<P> {
         self.run(builds, buf)
     }
 
+    /// Reads several ranges at once, all in flight together (as many as the ring and the
+    /// pool hold): range `i` of `lens[i]` bytes at `offsets[i]` lands in `buf` after the
+    /// ranges before it. Each range is one request of at most [`MAX_REQUEST_BYTES`].
+    pub fn read_scattered(
+        &mut self,
+        ranges: &[(u64, usize)],
+        buf: &mut [u8],
+    ) -> Result<(), BlockError> {
+        let total: usize = ranges.iter().map(|r| r.1).sum();
+        if total != buf.len() {
+            return Err(BlockError::OutOfRange {
+                offset: 0,
+                len: total as u64,
+                capacity: buf.len() as u64,
+            });
+        }
+        let mut builds = VecDeque::with_capacity(ranges.len());
+        let mut at = 0usize;
+        for &(offset, len) in ranges {
+            self.check_io(offset, len as u64)?;
+            if len as u64 > MAX_REQUEST_BYTES {
+                return Err(BlockError::PoolExhausted(len as u64));
+            }
+            builds.push_back(Build {
+                ty: T_IN,
+                sector: offset / SECTOR_SIZE,
+                out: None,
+                in_len: len as u32,
+                ctl_payload: None,
+                sink: Sink::Read {
+                    at,
+                    len: len as u32,
+                },
+            });
+            at += len;
+        }
+        self.run(builds, buf)
+    }
+
     /// Writes `data` at `offset` (both multiples of 512).
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), BlockError> {
         self.check_io(offset, data.len() as u64)?;

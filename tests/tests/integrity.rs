@@ -397,3 +397,29 @@ fn a_second_client_gets_a_zeroed_pool() {
     let records = host.finish();
     assert_eq!(records.len(), 2);
 }
+
+#[test]
+fn scattered_reads_in_flight_together_land_each_range_in_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, image) = patterned_image(dir.path(), 4 << 20, 7);
+    let host = InProcessHost::start(dir.path(), &disk, 1, false, Policy::default());
+    let mut drv = open(&host.socket);
+    // 40 ranges of mixed sizes (more than the 32 of a batch), out of order, one of 1 MiB.
+    let mut ranges: Vec<(u64, usize)> = (0..39u64)
+        .map(|i| (((i * 37) % 4000) * 512, 512 * (1 + (i as usize % 8))))
+        .collect();
+    ranges.push((2 << 20, 1 << 20));
+    let total: usize = ranges.iter().map(|r| r.1).sum();
+    let mut buf = vec![0xeeu8; total];
+    drv.read_scattered(&ranges, &mut buf).unwrap();
+    let mut at = 0;
+    for (off, len) in &ranges {
+        let o = *off as usize;
+        assert_eq!(&buf[at..at + len], &image[o..o + len], "range at {off}");
+        at += len;
+    }
+    // A length that does not match the buffer is refused before anything is posted.
+    assert!(drv.read_scattered(&ranges, &mut buf[1..]).is_err());
+    drop(drv);
+    host.finish();
+}
