@@ -32,26 +32,18 @@ use crate::pool::{PoolAccessError, PoolMemory, SlotAllocator, SlotRun};
 use crate::ring::{Completion, RingError, Segment, SplitRing};
 use crate::virtio_pci::{TransportError, VirtioPci};
 
-/// virtio-blk sectors are 512 bytes.
-pub const SECTOR_SIZE: u64 = 512;
+pub use swiotlb_shared::blk::{ID_BYTES, SECTOR_SIZE};
+use swiotlb_shared::blk::{
+    VIRTIO_BLK_S_IOERR as S_IOERR, VIRTIO_BLK_S_OK as S_OK, VIRTIO_BLK_S_UNSUPP as S_UNSUPP,
+    VIRTIO_BLK_T_DISCARD as T_DISCARD, VIRTIO_BLK_T_FLUSH as T_FLUSH,
+    VIRTIO_BLK_T_GET_ID as T_GET_ID, VIRTIO_BLK_T_IN as T_IN, VIRTIO_BLK_T_OUT as T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES as T_WRITE_ZEROES,
+};
 /// Largest data payload of one request the driver builds (1 MiB = four maximal mappings).
 /// Larger transfers are split into several requests in flight together.
 pub const MAX_REQUEST_BYTES: u64 = 4 * MAX_MAPPING;
 /// Default time to wait for the device before declaring it dead.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bytes of the device ID.
-pub const ID_BYTES: usize = 20;
-/// Request types (virtio 1.2, 5.2.6).
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_FLUSH: u32 = 4;
-const T_GET_ID: u32 = 8;
-const T_DISCARD: u32 = 11;
-const T_WRITE_ZEROES: u32 = 13;
-/// Status codes.
-const S_OK: u8 = 0;
-const S_IOERR: u8 = 1;
-const S_UNSUPP: u8 = 2;
 /// Offsets inside a request's control slot: header, status byte, then small payloads
 /// (GET_ID answer, DISCARD/WRITE_ZEROES range).
 const CTL_HEADER: u64 = 0;

@@ -11,6 +11,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod audit;
+pub mod blk;
 pub mod features;
 pub mod layout;
 pub mod pci;

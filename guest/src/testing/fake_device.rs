@@ -66,18 +66,13 @@ pub const DEVICE_ID: &[u8] = b"fake-swiotlb-blk";
 /// Byte the device writes when it spills past a posted buffer ([`Behavior::spill`]).
 pub const SPILL_BYTE: u8 = 0xee;
 
-/// virtio-blk request types and status codes (virtio 1.2, 5.2.6).
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_FLUSH: u32 = 4;
-const T_GET_ID: u32 = 8;
-const T_DISCARD: u32 = 11;
-const T_WRITE_ZEROES: u32 = 13;
-const S_OK: u8 = 0;
-const S_IOERR: u8 = 1;
-const S_UNSUPP: u8 = 2;
-const SECTOR: u64 = 512;
-const ID_BYTES: usize = 20;
+use swiotlb_shared::blk::SECTOR_SIZE as SECTOR;
+use swiotlb_shared::blk::{
+    ID_BYTES, VIRTIO_BLK_S_IOERR as S_IOERR, VIRTIO_BLK_S_OK as S_OK,
+    VIRTIO_BLK_S_UNSUPP as S_UNSUPP, VIRTIO_BLK_T_DISCARD as T_DISCARD,
+    VIRTIO_BLK_T_FLUSH as T_FLUSH, VIRTIO_BLK_T_GET_ID as T_GET_ID, VIRTIO_BLK_T_IN as T_IN,
+    VIRTIO_BLK_T_OUT as T_OUT, VIRTIO_BLK_T_WRITE_ZEROES as T_WRITE_ZEROES,
+};
 /// Most bytes the device gathers from one chain (bounds its allocations).
 const MAX_GATHER: u64 = 64 << 20;
 

@@ -40,10 +40,7 @@ use crate::virtio_pci::{Region, TransportError, VirtioPci};
 pub const DEFAULT_FEATURES: u64 =
     bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_SWIOTLB) | bit(VIRTIO_RING_F_INDIRECT_DESC);
 
-/// virtio-blk request type: read.
-pub const BLK_T_IN: u32 = 0;
-/// virtio-blk request type: write.
-pub const BLK_T_OUT: u32 = 1;
+pub use swiotlb_shared::blk::{VIRTIO_BLK_T_IN as BLK_T_IN, VIRTIO_BLK_T_OUT as BLK_T_OUT};
 /// Value [`RawDriver::prepare_blk`] leaves in the status byte; the device overwrites it.
 pub const STATUS_UNSET: u8 = 0xff;
 
