@@ -15,6 +15,7 @@ pub mod blk;
 pub mod features;
 pub mod layout;
 pub mod pci;
+pub mod time;
 pub mod transcript;
 pub mod units;
 pub mod vfio_user;

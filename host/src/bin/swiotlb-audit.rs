@@ -626,70 +626,17 @@ fn cmd_prove(
     Ok(())
 }
 
-/// `T` as ms since the epoch or RFC 3339 UTC (`YYYY-MM-DDTHH:MM:SS[.fff]Z`).
+/// `T` as ms since the epoch or RFC 3339 (`YYYY-MM-DDTHH:MM:SS[.fff](Z|+hh:mm)`).
 fn parse_time(s: &str) -> Result<u64, String> {
     if let Ok(ms) = s.parse::<u64>() {
         return Ok(ms);
     }
-    let bad = || format!("expected ms since the epoch or YYYY-MM-DDTHH:MM:SSZ, not {s:?}");
-    let t = s.strip_suffix('Z').ok_or_else(bad)?;
-    let (date, time) = t.split_once('T').ok_or_else(bad)?;
-    let d: Vec<&str> = date.split('-').collect();
-    let (time, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let h: Vec<&str> = time.split(':').collect();
-    if d.len() != 3 || h.len() != 3 {
-        return Err(bad());
-    }
-    let num = |x: &str| x.parse::<i64>().map_err(|_| bad());
-    let (y, m, day) = (num(d[0])?, num(d[1])?, num(d[2])?);
-    let (hh, mm, ss) = (num(h[0])?, num(h[1])?, num(h[2])?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
-        return Err(bad());
-    }
-    if frac.is_empty() || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    let ms_frac = format!("{frac:0<3}")[..3]
-        .parse::<i64>()
-        .map_err(|_| bad())?;
-    let days = days_from_civil(y, m, day);
-    let secs = days * 86400 + hh * 3600 + mm * 60 + ss;
-    u64::try_from(secs * 1000 + ms_frac).map_err(|_| bad())
+    swiotlb_shared::time::parse_rfc3339_ms(s).ok_or_else(|| {
+        format!("expected ms since the epoch or RFC 3339 (YYYY-MM-DDTHH:MM:SSZ), not {s:?}")
+    })
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// RFC 3339 UTC of ms since the epoch.
-fn format_time(ms: u64) -> String {
-    let secs = (ms / 1000) as i64;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Inverse of days_from_civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
-}
+use swiotlb_shared::time::format_rfc3339_ms as format_time;
 
 fn main() -> ExitCode {
     let args = Args::parse();
