@@ -454,26 +454,15 @@ impl<P: PciAccess> VirtioPci<P> {
         buf: &mut [u8],
     ) -> Result<(), TransportError> {
         let d = self.caps.device;
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > d.len)
-        {
-            return Err(TransportError::BadRegister {
-                what: "device config offset",
-                value: offset,
-            });
-        }
+        let at = Self::within(d, offset, buf.len(), "device config offset")?;
         for _ in 0..CONFIG_RETRIES {
             let before = self.generation()?;
             // Read in chunks of at most 4 bytes, as registers.
             let mut done = 0;
             while done < buf.len() {
                 let n = (buf.len() - done).min(4);
-                self.pci.bar_read(
-                    d.bar,
-                    d.offset + offset + done as u64,
-                    &mut buf[done..done + n],
-                )?;
+                self.pci
+                    .bar_read(d.bar, at + done as u64, &mut buf[done..done + n])?;
                 done += n;
             }
             if self.generation()? == before {
@@ -483,45 +472,44 @@ impl<P: PciAccess> VirtioPci<P> {
         Err(TransportError::ConfigUnstable)
     }
 
+    /// The BAR offset of `[offset, offset + len)` inside `region`, checked.
+    fn within(
+        region: Region,
+        offset: u64,
+        len: usize,
+        what: &'static str,
+    ) -> Result<u64, TransportError> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= region.len => Ok(region.offset + offset),
+            _ => Err(TransportError::BadRegister {
+                what,
+                value: offset,
+            }),
+        }
+    }
+
+    fn mailbox(&self) -> Result<Region, TransportError> {
+        self.caps
+            .attest
+            .ok_or(TransportError::MissingCapability("attestation mailbox"))
+    }
+
     /// Reads mailbox registers at `offset` (the mailbox must exist).
     pub fn mailbox_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), TransportError> {
-        let m = self
-            .caps
-            .attest
-            .ok_or(TransportError::MissingCapability("attestation mailbox"))?;
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > m.len)
-        {
-            return Err(TransportError::BadRegister {
-                what: "mailbox offset",
-                value: offset,
-            });
-        }
+        let m = self.mailbox()?;
+        let at = Self::within(m, offset, buf.len(), "mailbox offset")?;
         // Registers are read at most 8 bytes at a time.
         for (i, chunk) in buf.chunks_mut(8).enumerate() {
-            self.pci
-                .bar_read(m.bar, m.offset + offset + i as u64 * 8, chunk)?;
+            self.pci.bar_read(m.bar, at + i as u64 * 8, chunk)?;
         }
         Ok(())
     }
 
     /// Writes a mailbox register (the mailbox must exist).
     pub fn mailbox_write(&mut self, offset: u64, data: &[u8]) -> Result<(), TransportError> {
-        let m = self
-            .caps
-            .attest
-            .ok_or(TransportError::MissingCapability("attestation mailbox"))?;
-        if offset
-            .checked_add(data.len() as u64)
-            .is_none_or(|e| e > m.len)
-        {
-            return Err(TransportError::BadRegister {
-                what: "mailbox offset",
-                value: offset,
-            });
-        }
-        self.pci.bar_write(m.bar, m.offset + offset, data)?;
+        let m = self.mailbox()?;
+        let at = Self::within(m, offset, data.len(), "mailbox offset")?;
+        self.pci.bar_write(m.bar, at, data)?;
         Ok(())
     }
 
