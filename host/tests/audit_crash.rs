@@ -33,10 +33,8 @@ fn crash_child_writes_until_killed() {
     let (_log, h) = AuditLog::open(child_config(&base), device()).unwrap();
     for i in 0.. {
         h.finding(&finding(i)).unwrap();
-        for d in 0..8u16 {
-            h.record_dma(0, d, 0x80_0000_0000 + u64::from(d) * 2048, 2048, d % 2 == 0)
-                .unwrap();
-        }
+        let chain = (0..8u16).map(|d| (0x80_0000_0000 + u64::from(d) * 2048, 2048, d % 2 == 0));
+        h.record_chain(0, 0, chain).unwrap();
     }
 }
 

@@ -36,7 +36,7 @@ unsafe impl GlobalAlloc for Counting {
 static A: Counting = Counting;
 
 #[test]
-fn record_dma_in_summary_mode_does_not_allocate() {
+fn record_chain_in_summary_mode_does_not_allocate() {
     let dir = std::env::temp_dir().join(format!("swiotlb-audit-hot-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut cfg = AuditConfig::new(dir.join("audit.jsonl"));
@@ -48,7 +48,8 @@ fn record_dma_in_summary_mode_does_not_allocate() {
     let (log, h) = AuditLog::open(cfg, dev).unwrap();
     let before = ALLOCS.with(Cell::get);
     for i in 0..200_000u32 {
-        h.record_dma((i % 4) as u16, 0, u64::from(i) << 12, 4096, i % 2 == 0)
+        let chain = (0..3u32).map(|d| (u64::from(i + d) << 12, 4096, d == 1));
+        h.record_chain((i % 4) as u16, (i % 256) as u16, chain)
             .unwrap();
     }
     let after = ALLOCS.with(Cell::get);

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use audit_support::*;
-use swiotlb_host::audit::{AuditConfig, AuditError, AuditLog, AuditMode};
+use swiotlb_host::audit::{AuditConfig, AuditError, AuditLog, AuditMode, MAX_DMA_BATCH};
 use swiotlb_shared::audit::schema::NO_TRANSCRIPT;
 use swiotlb_shared::audit::{
-    AttestationVerdict, ConfigChange, Event, PeripheralAction, PeripheralEvent, VerifierKey,
+    AttestationVerdict, ConfigChange, DmaDescriptor, Event, PeripheralAction, PeripheralEvent,
+    Record, VerifierKey,
 };
 
 #[test]
@@ -87,23 +88,35 @@ fn a_full_queue_blocks_the_sender_and_nothing_is_dropped() {
     assert!(matches!(h.finding(&finding(0)), Err(AuditError::Closed)));
 }
 
+/// 250 chains of 4 descriptors: chain `j` on queue `j % 3` with head `j % 64`, descriptor
+/// `i` (over all chains) at `0x80_0000_0000 + i * 4096`, `512 + i` bytes, writable when
+/// `i` is odd.
 fn dmas(h: &swiotlb_host::audit::AuditHandle) -> (u64, u64) {
     let (mut n, mut bytes) = (0, 0);
-    for i in 0..1000u32 {
-        let q = (i % 3) as u16;
-        let len = 512 + i;
-        h.record_dma(
-            q,
-            (i % 64) as u16,
-            0x80_0000_0000 + u64::from(i) * 4096,
-            len,
-            i % 2 == 1,
-        )
-        .unwrap();
-        n += 1;
-        bytes += u64::from(len);
+    for j in 0..250u32 {
+        let chain =
+            (4 * j..4 * j + 4).map(|i| (0x80_0000_0000 + u64::from(i) * 4096, 512 + i, i % 2 == 1));
+        h.record_chain((j % 3) as u16, (j % 64) as u16, chain)
+            .unwrap();
+        for i in 4 * j..4 * j + 4 {
+            n += 1;
+            bytes += u64::from(512 + i);
+        }
     }
     (n, bytes)
+}
+
+/// Every descriptor of the DMA chains records of `recs`, in order, with its chain's queue
+/// and head.
+fn dma_descriptors(recs: &[Record]) -> Vec<(u16, u16, DmaDescriptor)> {
+    recs.iter()
+        .filter_map(|r| match r.event() {
+            Some(Event::Dma(d)) => Some(d),
+            _ => None,
+        })
+        .flat_map(|d| d.chains)
+        .flat_map(|c| c.descriptors.into_iter().map(move |x| (c.queue, c.head, x)))
+        .collect()
 }
 
 #[test]
@@ -140,7 +153,7 @@ fn summary_mode_counts_every_dma_per_queue_and_direction() {
         .filter(|q| q.queue == Some(1))
         .map(|q| q.writable_descriptors + q.readable_descriptors)
         .sum();
-    assert_eq!(q1_writes, 2 * 333);
+    assert_eq!(q1_writes, 2 * 83 * 4);
 }
 
 #[test]
@@ -156,25 +169,33 @@ fn full_mode_records_every_descriptor() {
     let f = files(&s.base());
     assert!(verify_paths(&f, &key, false).ok);
     let recs = records(&f[0]);
-    let dma: Vec<_> = recs
-        .iter()
-        .filter_map(|r| match r.event() {
-            Some(Event::Dma(d)) => Some((r.clone(), d)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(dma.len() as u64, n);
+    let descs = dma_descriptors(&recs);
+    assert_eq!(descs.len() as u64, n);
     assert_eq!(
-        dma.iter().map(|(_, d)| u64::from(d.len)).sum::<u64>(),
+        descs.iter().map(|(_, _, d)| u64::from(d.len)).sum::<u64>(),
         bytes
     );
-    let (r, d) = &dma[5];
-    assert_eq!(
-        (d.queue, d.head, d.addr, d.len, d.writable),
-        (2, 5, 0x80_0000_5000, 517, true)
-    );
-    assert_eq!((r.class_uid, r.activity_id, r.type_uid), (1004, 8, 100408));
-    assert_eq!(r.base_address.as_deref(), Some("0x8000005000"));
+    for (i, (q, head, d)) in descs.iter().enumerate() {
+        let (i, j) = (i as u32, i as u32 / 4);
+        assert_eq!(
+            (*q, *head, d.addr, d.len, d.writable),
+            (
+                (j % 3) as u16,
+                (j % 64) as u16,
+                0x80_0000_0000 + u64::from(i) * 4096,
+                512 + i,
+                i % 2 == 1
+            ),
+            "descriptor {i}"
+        );
+    }
+    for r in &recs {
+        if let Some(Event::Dma(d)) = r.event() {
+            assert_eq!((r.class_uid, r.activity_id, r.type_uid), (1004, 99, 100499));
+            assert_eq!((r.count, r.size), (Some(d.descriptors()), Some(d.bytes())));
+            assert!(d.descriptors() as usize <= MAX_DMA_BATCH);
+        }
+    }
     // The summaries agree with the per-DMA records.
     let summed: u64 = recs
         .iter()
@@ -184,6 +205,46 @@ fn full_mode_records_every_descriptor() {
         })
         .sum();
     assert_eq!(summed, n);
+}
+
+#[test]
+fn full_mode_coalesces_queued_chains_into_records_of_bounded_size() {
+    let s = Scratch::new("full-batch");
+    let mut cfg = config(&s.base());
+    cfg.mode = AuditMode::Full;
+    cfg.checkpoint_every_records = 1000;
+    let (log, h) = AuditLog::open(cfg, device()).unwrap();
+    // Held paused, the writer finds all 250 chains (1000 descriptors) queued at once.
+    let pause = h.pause().unwrap();
+    let (n, _) = dmas(&h);
+    h.finding(&finding(0)).unwrap();
+    drop(pause);
+    let key = log.verifier_key().clone();
+    log.close().unwrap();
+    let f = files(&s.base());
+    assert!(verify_paths(&f, &key, false).ok);
+    let recs = records(&f[0]);
+    let sizes: Vec<u64> = recs
+        .iter()
+        .filter_map(|r| match r.event() {
+            Some(Event::Dma(d)) => Some(d.descriptors()),
+            _ => None,
+        })
+        .collect();
+    // Whole chains, up to MAX_DMA_BATCH descriptors a record; the finding queued behind
+    // them ends the batch and comes after it.
+    assert_eq!(MAX_DMA_BATCH, 512);
+    assert_eq!(sizes, [512, 488]);
+    assert_eq!(dma_descriptors(&recs).len() as u64, n);
+    let kinds: Vec<&str> = recs
+        .iter()
+        .filter_map(|r| match r.event() {
+            Some(Event::Dma(_)) => Some("dma"),
+            Some(Event::Finding(_)) => Some("finding"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, ["dma", "dma", "finding"]);
 }
 
 #[test]

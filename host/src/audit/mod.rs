@@ -5,8 +5,10 @@
 //! - [`AuditLog::open`] recovers or starts the log and spawns the writer thread;
 //! - [`AuditHandle`] (clone it per thread) sends records through a bounded queue: when the
 //!   queue is full the caller waits (back-pressure), nothing is dropped;
-//! - [`AuditHandle::record_dma`] is the per-descriptor hot path: in summary mode two
-//!   relaxed atomic adds, summarised per interval; in full mode also one record per DMA;
+//! - [`AuditHandle::record_chain`] is the per-chain hot path: in summary mode two relaxed
+//!   atomic adds per descriptor, summarised per interval; in full mode also one queued
+//!   message per chain, which the writer coalesces with the chains queued behind it into
+//!   one record of up to [`MAX_DMA_BATCH`] descriptors;
 //! - checkpoints every `checkpoint_every_records` records and every `checkpoint_every`
 //!   (also when nothing happened), each fsynced; rotation by size or age, each new file
 //!   naming the previous file's final checkpoint;
@@ -26,8 +28,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use swiotlb_shared::audit::{
-    AttestationVerdict, AuditFinding, Checkpoint, ConfigChange, DeviceIdentity, DmaRecord, Event,
-    PeripheralEvent, VerifierKey,
+    AttestationVerdict, AuditFinding, Checkpoint, ConfigChange, DeviceIdentity, DmaChain,
+    DmaDescriptor, Event, PeripheralEvent, VerifierKey,
 };
 use thiserror::Error;
 
@@ -41,7 +43,8 @@ pub enum AuditMode {
     /// Counts per queue and direction, one summary record per interval (and every finding).
     #[default]
     Summary,
-    /// Also one Memory Activity record per descriptor.
+    /// Also every descriptor (address, length, direction, queue, chain head), in Memory
+    /// Activity records of up to [`MAX_DMA_BATCH`] descriptors each.
     Full,
 }
 
@@ -133,9 +136,14 @@ pub enum AuditError {
     Closed,
 }
 
+/// The most descriptors one DMA chains record holds: the writer coalesces the chains
+/// queued behind each other up to this many (a chain is never split, so one longer chain
+/// makes a longer record). Bounds a line to some tens of KiB.
+pub const MAX_DMA_BATCH: usize = 512;
+
 pub(crate) enum Msg {
     Event(u64, Box<Event>),
-    Dma(DmaRecord),
+    Dma(DmaChain),
     Transcript([u8; 32]),
     Checkpoint(SyncSender<Checkpoint>),
     Pause(SyncSender<()>, Receiver<()>),
@@ -202,27 +210,35 @@ impl AuditHandle {
         self.send(Msg::Transcript(h))
     }
 
-    /// The per-descriptor hot path: counts the DMA; in full mode also queues its record.
+    /// The per-chain hot path: counts every descriptor `(addr, len, writable)` of the
+    /// chain at `head` on `queue`; in full mode also queues the chain (one message, one
+    /// allocation) for a DMA chains record. Summary mode allocates nothing.
     #[inline]
-    pub fn record_dma(
-        &self,
-        queue: u16,
-        head: u16,
-        addr: u64,
-        len: u32,
-        writable: bool,
-    ) -> Result<(), AuditError> {
-        self.dma.record(queue, len, writable);
-        if self.full {
-            return self.send(Msg::Dma(DmaRecord {
-                queue,
-                head,
+    pub fn record_chain<I>(&self, queue: u16, head: u16, descriptors: I) -> Result<(), AuditError>
+    where
+        I: IntoIterator<Item = (u64, u32, bool)>,
+    {
+        let descriptors = descriptors.into_iter();
+        if !self.full {
+            for (_, len, writable) in descriptors {
+                self.dma.record(queue, len, writable);
+            }
+            return Ok(());
+        }
+        let mut v = Vec::with_capacity(descriptors.size_hint().0);
+        for (addr, len, writable) in descriptors {
+            self.dma.record(queue, len, writable);
+            v.push(DmaDescriptor {
                 addr,
                 len,
                 writable,
-            }));
+            });
         }
-        Ok(())
+        self.send(Msg::Dma(DmaChain {
+            queue,
+            head,
+            descriptors: v,
+        }))
     }
 
     /// Writes a checkpoint of everything sent before this call, fsyncs it, and returns it.

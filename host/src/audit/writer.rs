@@ -16,13 +16,13 @@ use swiotlb_shared::audit::schema::{
 };
 use swiotlb_shared::audit::verify::{self, Options, Tail, Verifier};
 use swiotlb_shared::audit::{
-    Checkpoint, CompactRange, DeviceIdentity, DmaSummary, Envelope, Event, Hash, LogAction,
-    LogEvent, Record, SignedNote, VerifierKey,
+    Checkpoint, CompactRange, DeviceIdentity, DmaChain, DmaChains, DmaSummary, Envelope, Event,
+    Hash, LogAction, LogEvent, Record, SignedNote, VerifierKey,
 };
 
 use super::dma::DmaAccumulator;
 use super::key::SigningKey;
-use super::{now_ms, AuditConfig, AuditError, Msg};
+use super::{now_ms, AuditConfig, AuditError, Msg, MAX_DMA_BATCH};
 
 /// Digits of the file counter.
 const INDEX_DIGITS: usize = 6;
@@ -527,16 +527,43 @@ impl Writer {
         self.checkpoint().map(drop)
     }
 
-    fn handle(&mut self, msg: Msg) -> Result<bool, AuditError> {
+    /// Writes `first` and the chains queued right behind it (up to [`MAX_DMA_BATCH`]
+    /// descriptors, or until the queue is empty or holds something else) as one record.
+    /// Returns the message that ended the batch, to be handled next.
+    fn dma_chains(
+        &mut self,
+        first: DmaChain,
+        rx: &Receiver<Msg>,
+    ) -> Result<Option<Msg>, AuditError> {
+        let mut n = first.descriptors.len().max(1);
+        let mut chains = vec![first];
+        let mut next = None;
+        while n < MAX_DMA_BATCH {
+            match rx.try_recv() {
+                Ok(Msg::Dma(c)) => {
+                    n += c.descriptors.len().max(1);
+                    chains.push(c);
+                }
+                Ok(other) => {
+                    next = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.record(now_ms(), Event::Dma(DmaChains { chains }))?;
+        self.after_record()?;
+        Ok(next)
+    }
+
+    /// Handles one message; returns whether to go on and the message to handle next.
+    fn handle(&mut self, msg: Msg, rx: &Receiver<Msg>) -> Result<(bool, Option<Msg>), AuditError> {
         match msg {
             Msg::Event(time, e) => {
                 self.record(time, *e)?;
                 self.after_record()?;
             }
-            Msg::Dma(d) => {
-                self.record(now_ms(), Event::Dma(d))?;
-                self.after_record()?;
-            }
+            Msg::Dma(d) => return Ok((true, self.dma_chains(d, rx)?)),
             Msg::Transcript(h) => self.transcript = h,
             Msg::Checkpoint(reply) => {
                 let cp = self.checkpoint()?;
@@ -549,9 +576,9 @@ impl Writer {
                 // Returns when the guard is dropped.
                 let _ = resume.recv();
             }
-            Msg::Stop => return Ok(false),
+            Msg::Stop => return Ok((false, None)),
         }
-        Ok(true)
+        Ok((true, None))
     }
 
     /// The thread body: until stopped (or every sender is gone), write what arrives and
@@ -559,8 +586,9 @@ impl Writer {
     pub(crate) fn run(mut self, rx: Receiver<Msg>) -> Result<(), AuditError> {
         let every = self.cfg.checkpoint_every;
         let mut next_tick = Instant::now() + every;
+        let mut pending: Option<Msg> = None;
         loop {
-            let msg = match rx.try_recv() {
+            let msg = match pending.take().map_or_else(|| rx.try_recv(), Ok) {
                 Ok(m) => Some(m),
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {
@@ -575,9 +603,11 @@ impl Writer {
                 }
             };
             if let Some(m) = msg {
-                if !self.handle(m)? {
+                let (go_on, next) = self.handle(m, &rx)?;
+                if !go_on {
                     break;
                 }
+                pending = next;
             }
             let now = Instant::now();
             if now >= next_tick {

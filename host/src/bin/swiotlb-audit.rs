@@ -105,7 +105,7 @@ enum ShowClass {
     Finding,
     /// Device Config State Change and Peripheral Activity.
     Config,
-    /// Memory Activity: DMA records and summaries.
+    /// Memory Activity: DMA chains (full mode) and summaries.
     Dma,
     /// Event Log Activity: lifecycle and checkpoints.
     Log,
@@ -256,6 +256,33 @@ fn parse_record(path: &Path, line_no: u64, bytes: &[u8]) -> Option<Record> {
     }
 }
 
+/// Under a DMA chains record, one line per chain: its descriptors in order, each as
+/// `addr+len` and `r` (device-readable) or `w` (device-writable).
+fn show_dma_chains(out: &mut impl Write, r: &Record) -> io::Result<()> {
+    let Some(Event::Dma(d)) = r.event() else {
+        return Ok(());
+    };
+    for c in &d.chains {
+        let descs: Vec<String> = c
+            .descriptors
+            .iter()
+            .map(|x| {
+                let dir = if x.writable { 'w' } else { 'r' };
+                format!("{:#x}+{} {dir}", x.addr, x.len)
+            })
+            .collect();
+        writeln!(
+            out,
+            "{:>8}   queue {} head {}: {}",
+            "",
+            c.queue,
+            c.head,
+            descs.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
 fn cmd_show(
     logs: &[PathBuf],
     class: Option<ShowClass>,
@@ -288,6 +315,7 @@ fn cmd_show(
                     r.severity,
                     r.message
                 )
+                .and_then(|()| show_dma_chains(&mut out, &r))
             };
         },
         |p, t| {
@@ -346,7 +374,13 @@ fn cmd_stats(logs: &[PathBuf], as_json: bool) -> Result<(), Failed> {
                         e.writable_bytes += q.writable_bytes;
                     }
                 }
-                Some(Event::Dma(x)) => d.queues.entry(Some(x.queue)).or_default().dma_records += 1,
+                Some(Event::Dma(x)) => {
+                    // Descriptors recorded one by one (full mode), per queue.
+                    for c in &x.chains {
+                        d.queues.entry(Some(c.queue)).or_default().dma_records +=
+                            c.descriptors.len() as u64;
+                    }
+                }
                 Some(Event::Finding(f)) => {
                     *d.findings.entry(f.kind).or_default() += 1;
                     *d.findings_by_queue.entry(f.queue).or_default() += 1;

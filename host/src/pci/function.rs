@@ -1023,12 +1023,11 @@ impl VirtioPciFunction {
                 match ctx_base.check(head) {
                     Ok(c) => {
                         if let Some(h) = &audit {
-                            for d in &c.descs {
-                                // Blocks when the log queue is full: back-pressure, never a
-                                // dropped record.
-                                if let Err(e) = h.record_dma(q, head, d.addr, d.len, d.writable) {
-                                    tracing::error!(error = %e, "audit log DMA record lost");
-                                }
+                            // Every descriptor of the chain, in one message. Blocks when the
+                            // log queue is full: back-pressure, never a dropped record.
+                            let descs = c.descs.iter().map(|d| (d.addr, d.len, d.writable));
+                            if let Err(e) = h.record_chain(q, head, descs) {
+                                tracing::error!(error = %e, "audit log DMA record lost");
                             }
                         }
                         for d in &c.descs {

@@ -19,8 +19,8 @@ pub mod verify;
 pub use merkle::{CompactRange, Hash, PartialTree, ProofError};
 pub use note::{Checkpoint, NoteError, SignedNote, VerifierKey};
 pub use schema::{
-    AttestationVerdict, AuditFinding, ConfigChange, DeviceIdentity, DmaRecord, DmaSummary,
-    Envelope, Event, LogAction, LogEvent, PeripheralAction, PeripheralEvent, QueueDma, Record,
-    SchemaError, SCHEMA,
+    AttestationVerdict, AuditFinding, ConfigChange, DeviceIdentity, DmaChain, DmaChains,
+    DmaDescriptor, DmaSummary, Envelope, Event, LogAction, LogEvent, PeripheralAction,
+    PeripheralEvent, QueueDma, Record, SchemaError, SCHEMA,
 };
 pub use verify::{verify_files, Failure, Options, Reason, Report, Verifier};

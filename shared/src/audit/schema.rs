@@ -34,7 +34,7 @@ pub const MAX_TORN_KEPT: usize = 64 << 10;
 
 /// OCSF class ids used here.
 pub mod class {
-    /// Memory Activity (System Activity): per-DMA records and per-interval DMA counts.
+    /// Memory Activity (System Activity): descriptor chains and per-interval DMA counts.
     pub const MEMORY_ACTIVITY: u32 = 1004;
     /// Event Log Activity (System Activity): log start, rotation, restart, stop, checkpoints.
     pub const EVENT_LOG_ACTIVITY: u32 = 1008;
@@ -64,9 +64,11 @@ pub enum SchemaError {
 
 /// Lowercase hex of bytes.
 pub fn hex(b: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push_str(&format!("{x:02x}"));
+    for &x in b {
+        s.push(char::from(DIGITS[usize::from(x >> 4)]));
+        s.push(char::from(DIGITS[usize::from(x & 15)]));
     }
     s
 }
@@ -288,11 +290,7 @@ pub struct PeripheralEvent {
 /// One descriptor the device checked and used (full mode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DmaRecord {
-    /// Queue index.
-    pub queue: u16,
-    /// Head of the chain the descriptor belongs to.
-    pub head: u16,
+pub struct DmaDescriptor {
     /// Bus address.
     #[serde(with = "hex_u64")]
     pub addr: u64,
@@ -300,6 +298,44 @@ pub struct DmaRecord {
     pub len: u32,
     /// Device-writable (device to driver) or device-readable.
     pub writable: bool,
+}
+
+/// One descriptor chain the device checked and used, every descriptor in chain order
+/// (full mode).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DmaChain {
+    /// Queue index.
+    pub queue: u16,
+    /// Head of the chain.
+    pub head: u16,
+    /// Its descriptors.
+    pub descriptors: Vec<DmaDescriptor>,
+}
+
+/// Chains recorded together in one record, in the order the device checked them (full
+/// mode).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DmaChains {
+    /// The chains.
+    pub chains: Vec<DmaChain>,
+}
+
+impl DmaChains {
+    /// Descriptors of every chain.
+    pub fn descriptors(&self) -> u64 {
+        self.chains.iter().map(|c| c.descriptors.len() as u64).sum()
+    }
+
+    /// Bytes of every descriptor.
+    pub fn bytes(&self) -> u64 {
+        self.chains
+            .iter()
+            .flat_map(|c| c.descriptors.iter())
+            .map(|d| u64::from(d.len))
+            .sum()
+    }
 }
 
 /// DMA counts of one queue over an interval.
@@ -439,8 +475,8 @@ pub enum Event {
     Config(ConfigChange),
     /// Peripheral Activity 1010.
     Peripheral(PeripheralEvent),
-    /// Memory Activity 1004, Read (7) or Write (8).
-    Dma(DmaRecord),
+    /// Memory Activity 1004, Other (99): "DMA Chains".
+    Dma(DmaChains),
     /// Memory Activity 1004, Other (99): "DMA Summary".
     DmaSummary(DmaSummary),
     /// Event Log Activity 1008: Start 6, Rotate 5, Restart 8, Stop 7.
@@ -607,9 +643,9 @@ pub struct Unmapped {
     /// Peripheral Activity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peripheral: Option<PeripheralEvent>,
-    /// Memory Activity, one DMA.
+    /// Memory Activity, descriptor chains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dma: Option<DmaRecord>,
+    pub dma_chains: Option<DmaChains>,
     /// Memory Activity, interval counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dma_summary: Option<DmaSummary>,
@@ -653,7 +689,7 @@ pub struct Record {
     /// DMA summary: interval end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_time: Option<u64>,
-    /// DMA summary: descriptors in the interval.
+    /// DMA summary: descriptors in the interval; DMA chains: descriptors in the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
     /// One-line description.
@@ -674,10 +710,7 @@ pub struct Record {
     /// Memory Activity: the device process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
-    /// Memory Activity (one DMA): the bus address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base_address: Option<String>,
-    /// Memory Activity (one DMA): the length.
+    /// Memory Activity (DMA chains): bytes of every descriptor in the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
     /// Peripheral Activity.
@@ -713,7 +746,7 @@ impl Record {
             attestation: None,
             config: None,
             peripheral: None,
-            dma: None,
+            dma_chains: None,
             dma_summary: None,
             log: None,
             checkpoint: None,
@@ -755,7 +788,6 @@ impl Record {
             is_alert: None,
             compliance: None,
             process: None,
-            base_address: None,
             size: None,
             peripheral_device: None,
             log_name: None,
@@ -832,25 +864,16 @@ impl Record {
                 u.peripheral = Some(p);
             }
             Event::Dma(d) => {
-                let (a, n) = if d.writable {
-                    (8, "Write")
-                } else {
-                    (7, "Read")
-                };
-                (class, activity, activity_name) = (class::MEMORY_ACTIVITY, a, n);
-                r.message = format!(
-                    "DMA {} queue {} head {}",
-                    if d.writable { "write" } else { "read" },
-                    d.queue,
-                    d.head
-                );
+                (class, activity, activity_name) = (class::MEMORY_ACTIVITY, 99, "DMA Chains");
+                let (n, bytes) = (d.descriptors(), d.bytes());
+                r.message = format!("{n} DMAs in {} chains, {bytes} bytes", d.chains.len());
                 r.process = Some(Process {
                     pid: env.pid,
                     name: PRODUCT_NAME.into(),
                 });
-                r.base_address = Some(format!("{:#x}", d.addr));
-                r.size = Some(u64::from(d.len));
-                u.dma = Some(d);
+                r.count = Some(n);
+                r.size = Some(bytes);
+                u.dma_chains = Some(d);
             }
             Event::DmaSummary(s) => {
                 (class, activity, activity_name) = (class::MEMORY_ACTIVITY, 99, "DMA Summary");
@@ -936,8 +959,8 @@ impl Record {
         if let Some(v) = &u.peripheral {
             found.push(Event::Peripheral(v.clone()));
         }
-        if let Some(v) = &u.dma {
-            found.push(Event::Dma(*v));
+        if let Some(v) = &u.dma_chains {
+            found.push(Event::Dma(v.clone()));
         }
         if let Some(v) = &u.dma_summary {
             found.push(Event::DmaSummary(v.clone()));
@@ -1083,12 +1106,34 @@ mod tests {
                 peer: "/run/s.sock".into(),
                 session: Some(serde_json::json!({"chains": 3})),
             }),
-            Event::Dma(DmaRecord {
-                queue: 0,
-                head: 1,
-                addr: 0x1000,
-                len: 512,
-                writable: true,
+            Event::Dma(DmaChains {
+                chains: vec![
+                    DmaChain {
+                        queue: 0,
+                        head: 1,
+                        descriptors: vec![
+                            DmaDescriptor {
+                                addr: 0x1000,
+                                len: 16,
+                                writable: false,
+                            },
+                            DmaDescriptor {
+                                addr: 0x2000,
+                                len: 512,
+                                writable: true,
+                            },
+                        ],
+                    },
+                    DmaChain {
+                        queue: 1,
+                        head: 7,
+                        descriptors: vec![DmaDescriptor {
+                            addr: 0x3000,
+                            len: 1,
+                            writable: true,
+                        }],
+                    },
+                ],
             }),
             Event::DmaSummary(DmaSummary {
                 interval_start: 1,
@@ -1156,7 +1201,7 @@ mod tests {
                 (5019, 5, 1),
                 (5019, 5, 1),
                 (1010, 1, 2),
-                (1004, 1, 8),
+                (1004, 1, 99),
                 (1004, 1, 99),
                 (1008, 1, 8),
                 (1008, 1, 99)
@@ -1181,5 +1226,25 @@ mod tests {
         }
         assert!(Record::parse(b"{}").is_err());
         assert!(Record::parse(b"not json").is_err());
+    }
+
+    #[test]
+    fn dma_chains_records_whose_totals_disagree_with_their_descriptors_are_rejected() {
+        let e = samples()
+            .into_iter()
+            .find(|e| matches!(e, Event::Dma(_)))
+            .unwrap();
+        let line = Record::build(&env(5), e).to_line();
+        for (from, to) in [
+            ("\"count\":3", "\"count\":2"),
+            ("\"size\":529", "\"size\":528"),
+            ("\"len\":512", "\"len\":511"),
+            ("\"activity_id\":99", "\"activity_id\":8"),
+            ("3 DMAs in 2 chains", "2 DMAs in 2 chains"),
+        ] {
+            assert!(line.contains(from), "{from}");
+            let bad = line.replacen(from, to, 1);
+            assert!(Record::parse(bad.as_bytes()).is_err(), "{to}");
+        }
     }
 }
