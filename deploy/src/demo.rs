@@ -211,8 +211,11 @@ fn run() -> Result<(), String> {
 
     println!("\n-- host: what the device could and could not touch");
     let mut violations = 0;
-    for (n, line) in out.lines().enumerate() {
-        let v: Value = serde_json::from_str(line).map_err(|e| format!("host summary: {e}"))?;
+    let sessions = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "session_end");
+    for (n, v) in sessions.enumerate() {
         let s = &v["summary"];
         violations +=
             s["dma_violations"].as_u64().unwrap_or(0) + s["findings"].as_u64().unwrap_or(0);

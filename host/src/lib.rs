@@ -16,6 +16,7 @@ pub mod findings;
 pub mod gate;
 pub mod pci;
 pub mod pool;
+pub mod sandbox;
 pub mod vfio_user;
 pub mod virtio;
 

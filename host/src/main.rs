@@ -59,12 +59,32 @@ struct Args {
     /// the log); its public key is written to FILE.pub for verifiers.
     #[arg(long)]
     audit_key: Option<PathBuf>,
+    /// Sandbox the process (Landlock: only the disk, the socket's directory and the audit
+    /// log's directories are reachable; no TCP; no_new_privs). On by default.
+    #[arg(long, value_enum, default_value_t = SandboxArg::On)]
+    sandbox: SandboxArg,
+    /// Refuse to start unless the kernel fully enforces the sandbox.
+    #[arg(long)]
+    require_sandbox: bool,
+    /// After sandboxing, try to read FILE and print whether the sandbox let it through
+    /// (a JSON line on stdout); for checking a deployment. Repeatable.
+    #[arg(long)]
+    sandbox_probe: Vec<PathBuf>,
     /// Exit after this many client sessions (default: serve forever).
     #[arg(long)]
     sessions: Option<u64>,
     /// Log filter (tracing `EnvFilter` syntax), also taken from RUST_LOG.
     #[arg(long, default_value = "info")]
     log: String,
+}
+
+/// Whether the process sandboxes itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SandboxArg {
+    /// Landlock and no_new_privs.
+    On,
+    /// No sandbox (debugging only).
+    Off,
 }
 
 /// Audit log DMA recording mode.
@@ -133,6 +153,55 @@ fn verifier(args: &Args) -> Result<swiotlb_attest::Verifier, String> {
     Ok(v)
 }
 
+/// Applies the sandbox before the audit writer thread and the server start, then runs the
+/// operator's probes.
+fn sandbox(args: &Args) -> Result<(), String> {
+    if args.sandbox == SandboxArg::Off {
+        if args.require_sandbox {
+            return Err("--require-sandbox contradicts --sandbox off".into());
+        }
+        tracing::warn!("sandbox OFF: the device process can reach every file this user can");
+    } else {
+        let mut audit = Vec::new();
+        if let Some(log) = &args.audit_log {
+            audit.push(log.clone());
+        }
+        if let Some(key) = &args.audit_key {
+            audit.push(key.clone());
+        }
+        let allowed = swiotlb_host::sandbox::Allowed {
+            disk: args.disk.clone(),
+            read_only: args.read_only,
+            socket: args.socket.clone(),
+            audit,
+        };
+        let e = swiotlb_host::sandbox::apply(&allowed, args.require_sandbox)
+            .map_err(|e| format!("sandbox: {}", error_chain(&e)))?;
+        match e {
+            swiotlb_host::sandbox::Enforcement::Full => {
+                tracing::info!(landlock = e.name(), "sandbox applied")
+            }
+            _ => tracing::warn!(
+                landlock = e.name(),
+                "sandbox weaker than asked: this kernel lacks Landlock features"
+            ),
+        }
+    }
+    for p in &args.sandbox_probe {
+        let r = swiotlb_host::sandbox::probe(p);
+        println!(
+            "{}",
+            serde_json::json!({
+                "event": "sandbox_probe",
+                "path": p.display().to_string(),
+                "allowed": r.is_ok(),
+                "error": r.err().map(|e| e.to_string()),
+            })
+        );
+    }
+    Ok(())
+}
+
 fn run(args: &Args) -> Result<(), String> {
     let disk = DiskImage::open(&args.disk, args.read_only)
         .map_err(|e| format!("opening disk image {}: {e}", args.disk.display()))?;
@@ -147,6 +216,7 @@ fn run(args: &Args) -> Result<(), String> {
     } else if args.allow_emulated || args.attest_policy.is_some() {
         return Err("--allow-emulated and --attest-policy need --attestation required".into());
     }
+    sandbox(args)?;
     let audit = match &args.audit_log {
         Some(path) => {
             let mut cfg = swiotlb_host::audit::AuditConfig::new(path);

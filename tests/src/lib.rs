@@ -102,7 +102,8 @@ impl HostProcess {
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    s2.lock().expect("summaries lock").push(v);
+                    let mut all = s2.lock().expect("summaries lock");
+                    all.push(v);
                 }
             }
         });
@@ -122,14 +123,27 @@ impl HostProcess {
 
     /// Waits for the `n`-th session summary (1-based), up to 10 s, and returns it.
     pub fn session(&self, n: usize) -> serde_json::Value {
+        self.event("session_end", n)
+    }
+
+    /// Waits for the `n`-th JSON line (1-based) whose `event` is `event`, up to 10 s.
+    pub fn event(&self, event: &str, n: usize) -> serde_json::Value {
         let start = Instant::now();
         loop {
-            if let Some(v) = self.summaries.lock().expect("lock").get(n - 1) {
-                return v.clone();
+            let found = self
+                .summaries
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|v| v["event"] == event)
+                .nth(n - 1)
+                .cloned();
+            if let Some(v) = found {
+                return v;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(10),
-                "no summary for session {n} within 10 s"
+                "no {event} line number {n} within 10 s"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
