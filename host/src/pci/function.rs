@@ -663,11 +663,13 @@ impl VirtioPciFunction {
         }
     }
 
+    /// The pool's bus window when it is decoded (and can be mapped), else `None`.
+    fn pool_window(&mut self) -> Option<swiotlb_shared::layout::PoolWindow> {
+        self.pool.view().ok().flatten().map(|v| v.window)
+    }
+
     fn common_write(&mut self, offset: u64, data: &[u8]) {
-        let window = match self.pool.view() {
-            Ok(v) => v.map(|v| v.window),
-            Err(_) => None,
-        };
+        let window = self.pool_window();
         match self.transport.write(offset, data, window) {
             Ok(StatusEffect::None) => {}
             Ok(StatusEffect::Reset) => {
@@ -731,10 +733,7 @@ impl VirtioPciFunction {
     /// DRIVER_OK: every enabled queue's rings are checked against the pool again, and
     /// notification suppression follows EVENT_IDX.
     fn activate(&mut self) {
-        let window = match self.pool.view() {
-            Ok(v) => v.map(|v| v.window),
-            Err(_) => None,
-        };
+        let window = self.pool_window();
         let event_idx = self.transport.negotiated(VIRTIO_RING_F_EVENT_IDX);
         let mut bad = None;
         for (i, slot) in self.transport.queues().iter().enumerate() {
