@@ -94,6 +94,14 @@ impl Verifier {
         }
     }
 
+    /// The verdict on a report or quote that does not parse: malformed, plus whether the
+    /// platform itself is allowed, so every reason is still reported together.
+    fn unparsable(&self, platform: PlatformKind, e: &dyn std::fmt::Display) -> Verdict {
+        let mut reasons: Vec<Reason> = self.policy.check_platform(platform).into_iter().collect();
+        reasons.push(Reason::new(ReasonKind::Malformed, e.to_string()));
+        Verdict::new(Some(platform), None, None, None, reasons)
+    }
+
     /// Verifies decoded evidence against `expected_report_data` (if any) and the policy.
     pub fn verify_evidence(
         &self,
@@ -104,29 +112,13 @@ impl Verifier {
             PlatformKind::Snp | PlatformKind::Emulated => {
                 let report = match Report::parse(&ev.report) {
                     Ok(r) => r,
-                    Err(e) => {
-                        let mut reasons: Vec<Reason> = self
-                            .policy
-                            .check_platform(ev.platform)
-                            .into_iter()
-                            .collect();
-                        reasons.push(Reason::new(ReasonKind::Malformed, e.to_string()));
-                        return Verdict::new(Some(ev.platform), None, None, None, reasons);
-                    }
+                    Err(e) => return self.unparsable(ev.platform, &e),
                 };
                 self.verify_snp_report(ev, &report, expected_report_data)
             }
             PlatformKind::Tdx => match Quote::parse(&ev.report) {
                 Ok(q) => self.verify_tdx_quote(&q, expected_report_data),
-                Err(e) => {
-                    let mut reasons: Vec<Reason> = self
-                        .policy
-                        .check_platform(ev.platform)
-                        .into_iter()
-                        .collect();
-                    reasons.push(Reason::new(ReasonKind::Malformed, e.to_string()));
-                    Verdict::new(Some(ev.platform), None, None, None, reasons)
-                }
+                Err(e) => self.unparsable(ev.platform, &e),
             },
         }
     }
