@@ -103,6 +103,9 @@ pub struct Capabilities {
 pub struct VirtioPci<P: PciAccess> {
     pci: P,
     caps: Capabilities,
+    /// Each queue's doorbell offset in the notify region, read and validated at its first
+    /// notification and reused (it cannot change until the queue is set up again).
+    doorbells: Vec<Option<u64>>,
 }
 
 impl<P: PciAccess> VirtioPci<P> {
@@ -116,7 +119,11 @@ impl<P: PciAccess> VirtioPci<P> {
             return Err(TransportError::NotVirtio { vendor, device });
         }
         let caps = Self::read_caps(&mut pci)?;
-        Ok(Self { pci, caps })
+        Ok(Self {
+            pci,
+            caps,
+            doorbells: Vec::new(),
+        })
     }
 
     /// The validated capabilities.
@@ -364,6 +371,7 @@ impl<P: PciAccess> VirtioPci<P> {
 
     /// Resets the device and waits until it reads back 0 (virtio 1.2, 4.1.4.3.2).
     pub fn reset(&mut self) -> Result<(), TransportError> {
+        self.doorbells.clear();
         self.set_status(0)?;
         let start = Instant::now();
         while self.status()? != 0 {
@@ -411,6 +419,9 @@ impl<P: PciAccess> VirtioPci<P> {
         rings: (u64, u64, u64),
         msix_vector: u16,
     ) -> Result<(), TransportError> {
+        if let Some(d) = self.doorbells.get_mut(usize::from(q)) {
+            *d = None;
+        }
         self.write16(common::QUEUE_SELECT, q)?;
         self.write16(common::QUEUE_SIZE, size)?;
         for (off, v) in [
@@ -432,18 +443,34 @@ impl<P: PciAccess> VirtioPci<P> {
 
     /// Rings queue `q`'s doorbell.
     pub fn notify(&mut self, q: u16) -> Result<(), TransportError> {
+        let n = self.caps.notify;
+        let at = match self.doorbells.get(usize::from(q)).copied().flatten() {
+            Some(at) => at,
+            None => {
+                let at = self.doorbell(q)?;
+                let i = usize::from(q);
+                if self.doorbells.len() <= i {
+                    self.doorbells.resize(i + 1, None);
+                }
+                self.doorbells[i] = Some(at);
+                at
+            }
+        };
+        self.pci.bar_write(n.bar, n.offset + at, &q.to_le_bytes())?;
+        Ok(())
+    }
+
+    /// Reads queue `q`'s `queue_notify_off` and checks the doorbell lies in the notify
+    /// region.
+    fn doorbell(&mut self, q: u16) -> Result<u64, TransportError> {
         self.write16(common::QUEUE_SELECT, q)?;
         let off = u64::from(self.read16(common::QUEUE_NOTIFY_OFF)?);
-        let n = self.caps.notify;
-        let at = off
-            .checked_mul(u64::from(self.caps.notify_multiplier))
-            .filter(|a| a.checked_add(2).is_some_and(|e| e <= n.len))
+        off.checked_mul(u64::from(self.caps.notify_multiplier))
+            .filter(|a| a.checked_add(2).is_some_and(|e| e <= self.caps.notify.len))
             .ok_or(TransportError::BadRegister {
                 what: "queue_notify_off",
                 value: off,
-            })?;
-        self.pci.bar_write(n.bar, n.offset + at, &q.to_le_bytes())?;
-        Ok(())
+            })
     }
 
     /// Reads device-specific configuration consistently (retrying while
