@@ -7,11 +7,14 @@
 //!   checked descriptor chains that hold every DMA to the pool;
 //! - [`devices::block`]: virtio-blk on a raw image;
 //! - [`findings`]: policy violations, counted and emitted;
-//! - [`vfio_user`]: the vfio-user server.
+//! - [`vfio_user`]: the vfio-user server;
+//! - [`sandbox`]: privileges, Landlock, limits and seccomp for the device process;
+//! - [`fds`]: the socket and image passed in by a supervisor.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod audit;
 pub mod devices;
+pub mod fds;
 pub mod findings;
 pub mod gate;
 pub mod pci;

@@ -1,13 +1,17 @@
 //! `swiotlb-host`: serves a virtio-blk PCI function over vfio-user whose only
 //! device-visible memory is the SWIOTLB pool.
 
+use std::fs::OpenOptions;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
+use serde_json::Value;
 use swiotlb_host::devices::block::{disk::DiskImage, Block};
+use swiotlb_host::fds::Passed;
+use swiotlb_host::sandbox::{self, landlock, limits, privileges, seccomp};
 use swiotlb_host::vfio_user::{Server, SessionEnd};
 use swiotlb_host::virtio::Policy;
 use swiotlb_host::VirtioPciFunction;
@@ -19,11 +23,23 @@ use swiotlb_shared::units::parse_size;
 #[command(name = "swiotlb-host", version)]
 struct Args {
     /// Unix socket to listen on (vfio-user).
-    #[arg(long)]
-    socket: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "listen_fd",
+        conflicts_with = "listen_fd"
+    )]
+    socket: Option<PathBuf>,
+    /// A listening Unix socket passed in: an fd number, or its name in `LISTEN_FDNAMES`
+    /// (systemd socket activation).
+    #[arg(long, value_name = "FD|NAME")]
+    listen_fd: Option<String>,
     /// Raw disk image to serve.
-    #[arg(long)]
-    disk: PathBuf,
+    #[arg(long, required_unless_present = "disk_fd", conflicts_with = "disk_fd")]
+    disk: Option<PathBuf>,
+    /// The disk image passed in as an open fd: a number, or its name in `LISTEN_FDNAMES`
+    /// (systemd `OpenFile=`). No path of the image is then reachable.
+    #[arg(long, value_name = "FD|NAME")]
+    disk_fd: Option<String>,
     /// Size of the SWIOTLB pool BAR (a power of two, 1M to 1G).
     #[arg(long, default_value = "16M", value_parser = parse_size)]
     pool_size: u64,
@@ -59,17 +75,30 @@ struct Args {
     /// the log); its public key is written to FILE.pub for verifiers.
     #[arg(long)]
     audit_key: Option<PathBuf>,
-    /// Sandbox the process (Landlock: only the disk, the socket's directory and the audit
-    /// log's directories are reachable; no TCP; no_new_privs). On by default.
+    /// Sandbox the process: capabilities dropped; Landlock (only the disk, the socket's
+    /// directory and the audit log's directories are reachable; no TCP); an address-space
+    /// limit; a seccomp allow-list per thread. On by default.
     #[arg(long, value_enum, default_value_t = SandboxArg::On)]
     sandbox: SandboxArg,
     /// Refuse to start unless the kernel fully enforces the sandbox.
     #[arg(long)]
     require_sandbox: bool,
+    /// When started as root, switch to this user (a name, or UID:GID) once the disk, the
+    /// socket and the configuration are open.
+    #[arg(long)]
+    user: Option<String>,
     /// After sandboxing, try to read FILE and print whether the sandbox let it through
     /// (a JSON line on stdout); for checking a deployment. Repeatable.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     sandbox_probe: Vec<PathBuf>,
+    /// After the memory limit, try to map SIZE bytes and print whether it was let through.
+    /// Repeatable.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    sandbox_probe_map: Vec<u64>,
+    /// Once sandboxed, make a forbidden system call (a TCP socket) from the named thread:
+    /// the process must die of SIGSYS. Proves the seccomp filter is on.
+    #[arg(long, value_enum, value_name = "THREAD")]
+    sandbox_probe_syscall: Option<ProbeThread>,
     /// Exit after this many client sessions (default: serve forever).
     #[arg(long)]
     sessions: Option<u64>,
@@ -78,10 +107,19 @@ struct Args {
     log: String,
 }
 
+/// The thread that makes the forbidden call of `--sandbox-probe-syscall`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ProbeThread {
+    /// The vfio-user and queue thread.
+    Device,
+    /// The audit log writer (needs `--audit-log`).
+    AuditWriter,
+}
+
 /// Whether the process sandboxes itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum SandboxArg {
-    /// Landlock and no_new_privs.
+    /// Every layer.
     On,
     /// No sandbox (debugging only).
     Off,
@@ -153,58 +191,168 @@ fn verifier(args: &Args) -> Result<swiotlb_attest::Verifier, String> {
     Ok(v)
 }
 
-/// Applies the sandbox before the audit writer thread and the server start, then runs the
-/// operator's probes.
-fn sandbox(args: &Args) -> Result<(), String> {
-    if args.sandbox == SandboxArg::Off {
-        if args.require_sandbox {
-            return Err("--require-sandbox contradicts --sandbox off".into());
-        }
-        tracing::warn!("sandbox OFF: the device process can reach every file this user can");
-    } else {
-        let mut audit = Vec::new();
-        if let Some(log) = &args.audit_log {
-            audit.push(log.clone());
-        }
-        if let Some(key) = &args.audit_key {
-            audit.push(key.clone());
-        }
-        let allowed = swiotlb_host::sandbox::Allowed {
-            disk: args.disk.clone(),
-            read_only: args.read_only,
-            socket: args.socket.clone(),
-            audit,
-        };
-        let e = swiotlb_host::sandbox::apply(&allowed, args.require_sandbox)
-            .map_err(|e| format!("sandbox: {}", error_chain(&e)))?;
-        match e {
-            swiotlb_host::sandbox::Enforcement::Full => {
-                tracing::info!(landlock = e.name(), "sandbox applied")
-            }
-            _ => tracing::warn!(
-                landlock = e.name(),
-                "sandbox weaker than asked: this kernel lacks Landlock features"
-            ),
+/// The audit writer's sandbox: its seccomp filter.
+fn audit_writer_sandbox() -> Result<(), String> {
+    seccomp::install(seccomp::Role::AuditWriter).map_err(|e| error_chain(&e))
+}
+
+/// The audit writer's sandbox, then a forbidden call (`--sandbox-probe-syscall
+/// audit-writer`).
+fn audit_writer_sandbox_then_forbidden_call() -> Result<(), String> {
+    audit_writer_sandbox()?;
+    let e = seccomp::probe_forbidden_call();
+    Err(format!("the forbidden call returned: {e}"))
+}
+
+/// The socket path while the process may still remove it: a start that fails after binding
+/// leaves no socket behind. Disarmed before the device thread's seccomp filter, which
+/// allows no removal.
+struct BoundSocket {
+    path: Option<PathBuf>,
+}
+
+impl BoundSocket {
+    fn disarm(&mut self) {
+        self.path = None;
+    }
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// Binds `path` (removing a stale socket), under a temporary name renamed into place once
+/// listening, so a client that sees the path can always connect.
+fn bind(path: &Path) -> Result<(UnixListener, BoundSocket), String> {
+    if path.exists() {
+        std::fs::remove_file(path)
+            .map_err(|e| format!("removing stale socket {}: {e}", path.display()))?;
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener =
+        UnixListener::bind(&tmp).map_err(|e| format!("binding {}: {e}", tmp.display()))?;
+    let guard = BoundSocket {
+        path: Some(tmp.clone()),
+    };
+    // Only the owner may connect: the socket is the device.
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("restricting {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| format!("moving the socket to {}: {e}", path.display()))?;
+    let mut guard = guard;
+    guard.path = Some(path.to_path_buf());
+    Ok((listener, guard))
+}
+
+/// Prints one JSON event line on stdout.
+fn event(v: serde_json::Value) {
+    println!("{v}");
+}
+
+/// Drops privileges and restricts the filesystem, before any thread starts.
+fn sandbox_process(args: &Args, user: Option<&privileges::User>) -> Result<Value, String> {
+    let dropped = privileges::drop_privileges(user).map_err(|e| error_chain(&e))?;
+    let mut audit = Vec::new();
+    if let Some(log) = &args.audit_log {
+        audit.push(log.clone());
+    }
+    if let Some(key) = &args.audit_key {
+        audit.push(key.clone());
+    }
+    let allowed = landlock::Allowed {
+        disk: args.disk.clone(),
+        read_only: args.read_only,
+        socket: args.socket.clone(),
+        audit,
+    };
+    let e = sandbox::restrict_files(&allowed, args.require_sandbox)
+        .map_err(|e| format!("sandbox: {}", error_chain(&e)))?;
+    match e {
+        sandbox::Enforcement::Full => tracing::info!(landlock = e.name(), "filesystem sandboxed"),
+        _ => tracing::warn!(
+            landlock = e.name(),
+            "sandbox weaker than asked: this kernel lacks Landlock features"
+        ),
+    }
+    Ok(serde_json::json!({
+        "landlock": e.name(),
+        "uid": dropped.uid,
+        "gid": dropped.gid,
+        "switched_user": dropped.switched,
+        "capabilities": "none",
+    }))
+}
+
+/// Runs the operator's file and memory probes, printing one event each.
+fn run_probes(args: &Args) {
     for p in &args.sandbox_probe {
-        let r = swiotlb_host::sandbox::probe(p);
-        println!(
-            "{}",
-            serde_json::json!({
-                "event": "sandbox_probe",
-                "path": p.display().to_string(),
-                "allowed": r.is_ok(),
-                "error": r.err().map(|e| e.to_string()),
-            })
-        );
+        let r = sandbox::probe(p);
+        event(serde_json::json!({
+            "event": "sandbox_probe",
+            "path": p.display().to_string(),
+            "allowed": r.is_ok(),
+            "error": r.err().map(|e| e.to_string()),
+        }));
+    }
+    for &bytes in &args.sandbox_probe_map {
+        let r = limits::probe_map(bytes);
+        event(serde_json::json!({
+            "event": "sandbox_probe_map",
+            "bytes": bytes,
+            "allowed": r.is_ok(),
+            "error": r.err().map(|e| e.to_string()),
+        }));
+    }
+}
+
+/// Ensures the audit directories exist before the sandbox, which allows no directory
+/// creation.
+fn audit_directories(args: &Args) -> Result<(), String> {
+    let paths = args.audit_log.iter().chain(args.audit_key.iter());
+    for p in paths {
+        let dir = landlock::dir_of(p).map_err(|e| error_chain(&e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("creating the audit directory {}: {e}", dir.display()))?;
     }
     Ok(())
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    let disk = DiskImage::open(&args.disk, args.read_only)
-        .map_err(|e| format!("opening disk image {}: {e}", args.disk.display()))?;
+    let on = args.sandbox == SandboxArg::On;
+    if !on && args.require_sandbox {
+        return Err("--require-sandbox contradicts --sandbox off".into());
+    }
+    if !on && args.sandbox_probe_syscall.is_some() {
+        return Err("--sandbox-probe-syscall needs the sandbox on".into());
+    }
+    if args.sandbox_probe_syscall == Some(ProbeThread::AuditWriter) && args.audit_log.is_none() {
+        return Err("--sandbox-probe-syscall audit-writer needs --audit-log".into());
+    }
+    let mut passed = Passed::from_env().map_err(|e| error_chain(&e))?;
+    let (disk_file, disk_name) = match (&args.disk, &args.disk_fd) {
+        (Some(path), _) => (
+            OpenOptions::new()
+                .read(true)
+                .write(!args.read_only)
+                .open(path)
+                .map_err(|e| format!("opening disk image {}: {e}", path.display()))?,
+            path.display().to_string(),
+        ),
+        (None, Some(spec)) => (
+            passed
+                .disk(spec, args.read_only)
+                .map_err(|e| format!("disk image fd: {}", error_chain(&e)))?,
+            format!("fd {spec}"),
+        ),
+        (None, None) => return Err("--disk or --disk-fd is required".into()),
+    };
+    let disk = DiskImage::from_file(disk_file, args.read_only)
+        .map_err(|e| format!("disk image {disk_name}: {e}"))?;
     let capacity = disk.capacity();
     let policy = Policy {
         require_swiotlb: !args.allow_no_swiotlb,
@@ -216,7 +364,39 @@ fn run(args: &Args) -> Result<(), String> {
     } else if args.allow_emulated || args.attest_policy.is_some() {
         return Err("--allow-emulated and --attest-policy need --attestation required".into());
     }
-    sandbox(args)?;
+    let user = args
+        .user
+        .as_deref()
+        .map(privileges::User::resolve)
+        .transpose()
+        .map_err(|e| error_chain(&e))?;
+    audit_directories(args)?;
+    let (listener, mut bound, socket_name) = match (&args.socket, &args.listen_fd) {
+        (Some(path), _) => {
+            let (l, g) = bind(path)?;
+            (l, g, path.display().to_string())
+        }
+        (None, Some(spec)) => (
+            passed
+                .listener(spec)
+                .map_err(|e| format!("listening socket fd: {}", error_chain(&e)))?,
+            BoundSocket { path: None },
+            format!("fd {spec}"),
+        ),
+        (None, None) => return Err("--socket or --listen-fd is required".into()),
+    };
+
+    // The sandbox, before any thread starts.
+    let mut report = if on {
+        sandbox_process(args, user.as_ref())?
+    } else {
+        tracing::warn!("sandbox OFF: the device process can reach every file this user can");
+        if let Some(u) = &user {
+            privileges::drop_privileges(Some(u)).map_err(|e| error_chain(&e))?;
+        }
+        serde_json::json!({ "landlock": "off" })
+    };
+
     let audit = match &args.audit_log {
         Some(path) => {
             let mut cfg = swiotlb_host::audit::AuditConfig::new(path);
@@ -225,10 +405,16 @@ fn run(args: &Args) -> Result<(), String> {
                 AuditModeArg::Full => swiotlb_host::audit::AuditMode::Full,
             };
             cfg.key_path = args.audit_key.clone();
+            if on {
+                cfg.writer_setup = Some(match args.sandbox_probe_syscall {
+                    Some(ProbeThread::AuditWriter) => audit_writer_sandbox_then_forbidden_call,
+                    _ => audit_writer_sandbox,
+                });
+            }
             let id = function.gate().instance_id();
             let identity = swiotlb_shared::audit::schema::DeviceIdentity {
                 uid: id.iter().map(|b| format!("{b:02x}")).collect(),
-                name: format!("virtio-blk swiotlb ({})", args.disk.display()),
+                name: format!("virtio-blk swiotlb ({disk_name})"),
             };
             let (log, handle) =
                 swiotlb_host::audit::AuditLog::open(cfg, identity).map_err(|e| {
@@ -249,26 +435,31 @@ fn run(args: &Args) -> Result<(), String> {
         }
         None => None,
     };
-    if args.socket.exists() {
-        std::fs::remove_file(&args.socket)
-            .map_err(|e| format!("removing stale socket {}: {e}", args.socket.display()))?;
+
+    if on {
+        let limit = limits::address_space_limit(args.pool_size);
+        limits::limit_address_space(limit).map_err(|e| error_chain(&e))?;
+        report["address_space_limit"] = limit.into();
     }
-    // Bind under a temporary name and rename into place once listening, so a client that
-    // sees the socket path can always connect (bind creates the file before listen).
-    let tmp = args
-        .socket
-        .with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let listener =
-        UnixListener::bind(&tmp).map_err(|e| format!("binding {}: {e}", tmp.display()))?;
-    // Only the owner may connect: the socket is the device.
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("restricting {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &args.socket)
-        .map_err(|e| format!("moving the socket to {}: {e}", args.socket.display()))?;
+    run_probes(args);
+    if on {
+        bound.disarm();
+        seccomp::install(seccomp::Role::Device).map_err(|e| error_chain(&e))?;
+        let mut threads = vec!["device"];
+        if audit.is_some() {
+            threads.push("audit-writer");
+        }
+        report["seccomp"] = threads.into();
+        report["event"] = "sandbox".into();
+        event(report);
+        if args.sandbox_probe_syscall == Some(ProbeThread::Device) {
+            let e = seccomp::probe_forbidden_call();
+            return Err(format!("the forbidden call returned: {e}"));
+        }
+    }
     tracing::info!(
-        socket = %args.socket.display(),
-        disk = %args.disk.display(),
+        socket = %socket_name,
+        disk = %disk_name,
         capacity,
         pool_size = args.pool_size,
         read_only = args.read_only,
@@ -283,20 +474,21 @@ fn run(args: &Args) -> Result<(), String> {
                 SessionEnd::Closed => "closed".to_string(),
                 SessionEnd::ProtocolError(e) => format!("protocol error: {e}"),
             };
-            let line = serde_json::json!({
+            event(serde_json::json!({
                 "event": "session_end",
                 "ended": ended,
                 "summary": summary,
                 "protocol": proto,
-            });
-            println!("{line}");
+            }));
         })
         .map_err(|e| format!("accepting clients: {e}"))?;
-    let _ = std::fs::remove_file(&args.socket);
     drop(server);
     if let Some(log) = audit {
         log.close()
             .map_err(|e| format!("closing the audit log: {}", error_chain(&e)))?;
     }
+    // Unsandboxed, the socket is removed on the way out; sandboxed, the device thread
+    // cannot remove files and the next start removes the stale socket.
+    drop(bound);
     Ok(())
 }

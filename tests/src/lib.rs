@@ -85,13 +85,20 @@ impl HostProcess {
         };
         let socket = dir.join("host.sock");
         let _ = std::fs::remove_file(&socket);
-        let mut child = Command::new(bin("swiotlb-host"))
-            .arg("--socket")
+        let mut cmd = Command::new(bin("swiotlb-host"));
+        cmd.arg("--socket")
             .arg(&socket)
             .arg("--disk")
             .arg(disk)
             .args(extra)
-            .args(off)
+            .args(off);
+        Self::start(cmd, socket)
+    }
+
+    /// Starts `cmd` (a `swiotlb-host` command line the caller built), whose clients
+    /// connect to `socket`, and waits for the socket to appear.
+    pub fn start(mut cmd: Command, socket: PathBuf) -> Self {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -114,6 +121,11 @@ impl HostProcess {
             summaries,
             reader: Some(reader),
         }
+    }
+
+    /// Its process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process is still running.

@@ -79,6 +79,9 @@ pub struct AuditConfig {
     pub rotate_every: Option<Duration>,
     /// Records the queue holds before senders wait (at least 1).
     pub queue_capacity: usize,
+    /// Run first thing on the writer thread, before it handles any record: the process's
+    /// sandbox for this thread (its seccomp filter). An error stops the open.
+    pub writer_setup: Option<fn() -> Result<(), String>>,
 }
 
 impl AuditConfig {
@@ -95,6 +98,7 @@ impl AuditConfig {
             rotate_bytes: Some(64 << 20),
             rotate_every: None,
             queue_capacity: 4096,
+            writer_setup: None,
         }
     }
 
@@ -131,6 +135,9 @@ pub enum AuditError {
     /// The configuration is unusable.
     #[error("audit configuration: {0}")]
     Config(String),
+    /// The writer thread's setup (its sandbox) failed.
+    #[error("setting up the audit writer thread: {0}")]
+    WriterSetup(String),
     /// The writer thread has stopped (closed, or failed: see [`AuditLog::close`]).
     #[error("the audit writer has stopped; records can no longer be written")]
     Closed,
@@ -331,14 +338,37 @@ impl AuditLog {
         let dma = Arc::new(DmaAccumulator::default());
         let full = config.mode == AuditMode::Full;
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+        let setup = config.writer_setup;
         let w = writer::Writer::open(config, device, key, Arc::clone(&dma))?;
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("swiotlb-audit".into())
-            .spawn(move || w.run(rx))
+            .spawn(move || {
+                let ready = setup.map_or(Ok(()), |f| f());
+                let failed = ready.is_err();
+                let _ = ready_tx.send(ready);
+                if failed {
+                    return Ok(());
+                }
+                w.run(rx)
+            })
             .map_err(|e| AuditError::Io {
                 path: PathBuf::from("swiotlb-audit thread"),
                 source: e,
             })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(AuditError::WriterSetup(e));
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(AuditError::WriterSetup(
+                    "the thread ended during setup".into(),
+                ));
+            }
+        }
         let handle = AuditHandle {
             tx: tx.clone(),
             dma,

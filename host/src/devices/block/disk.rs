@@ -3,8 +3,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend};
@@ -34,7 +35,13 @@ impl DiskImage {
     /// Wraps an open image (an fd passed in by a supervisor).
     pub fn from_file(file: File, read_only: bool) -> io::Result<Self> {
         let meta = file.metadata()?;
-        let capacity = meta.len() / SECTOR_SIZE * SECTOR_SIZE;
+        // A block device's size is where its end is; a file's is its length.
+        let len = if meta.file_type().is_block_device() {
+            (&file).seek(SeekFrom::End(0))?
+        } else {
+            meta.len()
+        };
+        let capacity = len / SECTOR_SIZE * SECTOR_SIZE;
         // The ID names this image on this host (device and inode), NUL-padded.
         let mut id = [0u8; ID_BYTES];
         let s = format!("swiotlb-{:x}-{:x}", meta.dev(), meta.ino());
