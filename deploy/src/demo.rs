@@ -210,11 +210,28 @@ fn run() -> Result<(), String> {
     }
 
     println!("\n-- host: what the device could and could not touch");
-    let mut violations = 0;
-    let sessions = out
+    let events: Vec<Value> = out
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["event"] == "session_end");
+        .collect();
+    let sandbox = events
+        .iter()
+        .find(|v| v["event"] == "sandbox")
+        .ok_or("the host reported no sandbox (it runs sandboxed by default)")?;
+    let threads: Vec<&str> = sandbox["seccomp"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    println!(
+        "   sandbox: Landlock {}; seccomp allow-lists on the {} threads (any other call kills \
+         the process); capabilities {}; address space at most {} MiB",
+        sandbox["landlock"].as_str().unwrap_or("?"),
+        threads.join(" and "),
+        sandbox["capabilities"].as_str().unwrap_or("?"),
+        sandbox["address_space_limit"].as_u64().unwrap_or(0) >> 20,
+    );
+    let mut violations = 0;
+    let sessions = events.iter().filter(|v| v["event"] == "session_end");
     for (n, v) in sessions.enumerate() {
         let s = &v["summary"];
         violations +=

@@ -95,6 +95,10 @@ struct Args {
     /// Repeatable.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     sandbox_probe_map: Vec<u64>,
+    /// Print the sandbox this command line would apply (Landlock paths, seccomp allow-lists
+    /// with the reason for each call, the memory limit) as JSON, and exit.
+    #[arg(long)]
+    print_sandbox: bool,
     /// Once sandboxed, make a forbidden system call (a TCP socket) from the named thread:
     /// the process must die of SIGSYS. Proves the seccomp filter is on.
     #[arg(long, value_enum, value_name = "THREAD")]
@@ -257,20 +261,7 @@ fn event(v: serde_json::Value) {
 /// Drops privileges and restricts the filesystem, before any thread starts.
 fn sandbox_process(args: &Args, user: Option<&privileges::User>) -> Result<Value, String> {
     let dropped = privileges::drop_privileges(user).map_err(|e| error_chain(&e))?;
-    let mut audit = Vec::new();
-    if let Some(log) = &args.audit_log {
-        audit.push(log.clone());
-    }
-    if let Some(key) = &args.audit_key {
-        audit.push(key.clone());
-    }
-    let allowed = landlock::Allowed {
-        disk: args.disk.clone(),
-        read_only: args.read_only,
-        socket: args.socket.clone(),
-        audit,
-    };
-    let e = sandbox::restrict_files(&allowed, args.require_sandbox)
+    let e = sandbox::restrict_files(&allowed_paths(args), args.require_sandbox)
         .map_err(|e| format!("sandbox: {}", error_chain(&e)))?;
     match e {
         sandbox::Enforcement::Full => tracing::info!(landlock = e.name(), "filesystem sandboxed"),
@@ -286,6 +277,44 @@ fn sandbox_process(args: &Args, user: Option<&privileges::User>) -> Result<Value
         "switched_user": dropped.switched,
         "capabilities": "none",
     }))
+}
+
+/// The Landlock rules for this command line.
+fn allowed_paths(args: &Args) -> landlock::Allowed {
+    landlock::Allowed {
+        disk: args.disk.clone(),
+        read_only: args.read_only,
+        socket: args.socket.clone(),
+        audit: args
+            .audit_log
+            .iter()
+            .chain(args.audit_key.iter())
+            .cloned()
+            .collect(),
+    }
+}
+
+/// `--print-sandbox`: what this command line would apply.
+fn print_sandbox(args: &Args) {
+    let calls = |r| seccomp::allowed_syscalls(r);
+    let mut seccomp = serde_json::json!({
+        "device": calls(seccomp::Role::Device),
+    });
+    if args.audit_log.is_some() {
+        seccomp["audit-writer"] = serde_json::json!(calls(seccomp::Role::AuditWriter));
+    }
+    let plan = serde_json::json!({
+        "sandbox": args.sandbox == SandboxArg::On,
+        "user": args.user,
+        "landlock": allowed_paths(args),
+        "address_space_limit": limits::address_space_limit(args.pool_size),
+        "seccomp": seccomp,
+        "default_action": "kill process",
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&plan).unwrap_or_else(|e| e.to_string())
+    );
 }
 
 /// Runs the operator's file and memory probes, printing one event each.
@@ -323,6 +352,10 @@ fn audit_directories(args: &Args) -> Result<(), String> {
 }
 
 fn run(args: &Args) -> Result<(), String> {
+    if args.print_sandbox {
+        print_sandbox(args);
+        return Ok(());
+    }
     let on = args.sandbox == SandboxArg::On;
     if !on && args.require_sandbox {
         return Err("--require-sandbox contradicts --sandbox off".into());

@@ -448,3 +448,51 @@ fn started_as_root_with_user_the_device_runs_unprivileged() {
     drop(drv);
     assert!(host.wait().success());
 }
+
+/// The call names listed in the table under `heading` in `docs/sandbox.md`.
+fn documented_calls(doc: &str, heading: &str) -> std::collections::BTreeSet<String> {
+    let start = doc
+        .find(heading)
+        .unwrap_or_else(|| panic!("docs/sandbox.md has no {heading:?}"));
+    doc[start + heading.len()..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_sandbox_page_lists_exactly_the_calls_each_thread_is_allowed() {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .join("docs/sandbox.md"),
+    )
+    .unwrap();
+    let out = Command::new(bin("swiotlb-host"))
+        .args(["--socket", "/run/x.sock", "--disk", "/x.img"])
+        .args(["--audit-log", "/var/log/x/device.jsonl", "--print-sandbox"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let both = documented_calls(&doc, "### Both threads");
+    for (role, heading) in [
+        ("device", "### The device thread, in addition"),
+        ("audit-writer", "### The audit writer, in addition"),
+    ] {
+        let mut documented = documented_calls(&doc, heading);
+        documented.extend(both.iter().cloned());
+        let allowed: std::collections::BTreeSet<String> = plan["seccomp"][role]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(documented, allowed, "{role}: docs/sandbox.md vs the binary");
+    }
+}

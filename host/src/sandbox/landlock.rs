@@ -16,7 +16,7 @@ use super::{Enforcement, SandboxError};
 const ABI_WANTED: ABI = ABI::V5;
 
 /// What the process needs to reach by path.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Allowed {
     /// The disk image, when it is opened by path (`None`: its fd was passed in, and no path
     /// is reachable at all).

@@ -95,7 +95,16 @@ pub fn drop_privileges(user: Option<&User>) -> Result<Dropped, SandboxError> {
     if caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false) {
         caps::clear(None, CapSet::Bounding).map_err(|e| caps_err("bounding set", e))?;
     }
-    caps::clear(None, CapSet::Ambient).map_err(|e| caps_err("ambient set", e))?;
+    // Sets already empty are left alone: under a service manager that granted nothing, the
+    // process need not be allowed capset(2) at all.
+    let clear = |set: CapSet, what: &str| -> Result<(), SandboxError> {
+        let held = caps::read(None, set).map_err(|e| caps_err(what, e))?;
+        if held.is_empty() {
+            return Ok(());
+        }
+        caps::clear(None, set).map_err(|e| caps_err(what, e))
+    };
+    clear(CapSet::Ambient, "ambient set")?;
     let switched = match user {
         Some(u) => {
             // SAFETY: plain syscalls with integer arguments and an empty group list.
@@ -115,7 +124,7 @@ pub fn drop_privileges(user: Option<&User>) -> Result<Dropped, SandboxError> {
         None => false,
     };
     for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
-        caps::clear(None, set).map_err(|e| caps_err("capability sets", e))?;
+        clear(set, "capability sets")?;
     }
     // SAFETY: getters without arguments.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };

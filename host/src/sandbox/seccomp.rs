@@ -46,10 +46,21 @@ impl Role {
     }
 }
 
-/// One allowed call: its number, why, and the argument rules (empty: any arguments; several:
-/// any one of them).
+/// A system call's number and name.
+type Sys = (libc::c_long, &'static str);
+
+/// `sys!(SYS_futex)`: the number and the name of `futex`.
+macro_rules! sys {
+    ($nr:ident) => {
+        (libc::$nr, stringify!($nr).trim_start_matches("SYS_"))
+    };
+}
+
+/// One allowed call: its number and name, why, and the argument rules (empty: any
+/// arguments; several: any one of them).
 struct Allow {
     nr: libc::c_long,
+    name: &'static str,
     /// Why the thread needs it; shown by `allowed_syscalls` for the docs and the closing
     /// notes of the sandbox.
     why: &'static str,
@@ -67,16 +78,22 @@ enum Arg {
     AllBits(u8, u64),
 }
 
-fn any(nr: libc::c_long, why: &'static str) -> Allow {
+fn any((nr, name): Sys, why: &'static str) -> Allow {
     Allow {
         nr,
+        name,
         why,
         rules: Vec::new(),
     }
 }
 
-fn when(nr: libc::c_long, why: &'static str, rules: Vec<Vec<Arg>>) -> Allow {
-    Allow { nr, why, rules }
+fn when((nr, name): Sys, why: &'static str, rules: Vec<Vec<Arg>>) -> Allow {
+    Allow {
+        nr,
+        name,
+        why,
+        rules,
+    }
 }
 
 // Flag values as the kernel compares them (32-bit arguments).
@@ -86,39 +103,37 @@ const AT_EMPTY_PATH: u64 = libc::AT_EMPTY_PATH as u64;
 /// What every thread of the process needs to run Rust code at all.
 fn runtime() -> Vec<Allow> {
     let mut v = vec![
-        any(libc::SYS_futex, "locks, condition variables and the audit queue"),
-        any(libc::SYS_write, "the log on stderr; (device) JSON events on stdout and interrupt eventfds; (writer) the audit file"),
-        any(libc::SYS_writev, "vectored writes of the same streams"),
-        any(libc::SYS_close, "dropping fds (per-session fds from the client; rotated files)"),
-        when(
-            libc::SYS_mmap,
+        any(sys!(SYS_futex), "locks, condition variables and the audit queue"),
+        any(sys!(SYS_write), "the log on stderr; (device) JSON events on stdout and interrupt eventfds; (writer) the audit file"),
+        any(sys!(SYS_writev), "vectored writes of the same streams"),
+        any(sys!(SYS_close), "dropping fds (per-session fds from the client; rotated files)"),
+        when(sys!(SYS_mmap),
             "the allocator and (device) the pool memfd at its bus address; never executable",
             vec![vec![Arg::NoBits(2, PROT_EXEC)]],
         ),
-        when(
-            libc::SYS_mprotect,
+        when(sys!(SYS_mprotect),
             "the allocator's guard pages; never executable",
             vec![vec![Arg::NoBits(2, PROT_EXEC)]],
         ),
-        any(libc::SYS_munmap, "the allocator and (device) the pool on a BAR move"),
-        any(libc::SYS_mremap, "the allocator growing a large buffer"),
-        any(libc::SYS_madvise, "the allocator returning freed memory"),
-        any(libc::SYS_brk, "the allocator's main heap"),
-        any(libc::SYS_clock_gettime, "timestamps (when the vDSO falls back to the kernel)"),
-        any(libc::SYS_getrandom, "hash-map keys; (device) the attestation nonce"),
-        any(libc::SYS_rt_sigreturn, "returning from a signal handler"),
-        any(libc::SYS_rt_sigprocmask, "the runtime's signal masks (thread exit)"),
-        any(libc::SYS_sigaltstack, "the runtime's stack-overflow handler (thread exit)"),
-        any(libc::SYS_sched_yield, "lock and channel back-off"),
-        any(libc::SYS_gettid, "the runtime's thread bookkeeping"),
-        any(libc::SYS_getpid, "the runtime's process bookkeeping"),
-        any(libc::SYS_exit, "a thread ending"),
-        any(libc::SYS_exit_group, "the process ending"),
+        any(sys!(SYS_munmap), "the allocator and (device) the pool on a BAR move"),
+        any(sys!(SYS_mremap), "the allocator growing a large buffer"),
+        any(sys!(SYS_madvise), "the allocator returning freed memory"),
+        any(sys!(SYS_brk), "the allocator's main heap"),
+        any(sys!(SYS_clock_gettime), "timestamps (when the vDSO falls back to the kernel)"),
+        any(sys!(SYS_getrandom), "hash-map keys; (device) the attestation nonce"),
+        any(sys!(SYS_rt_sigreturn), "returning from a signal handler"),
+        any(sys!(SYS_rt_sigprocmask), "the runtime's signal masks (thread exit)"),
+        any(sys!(SYS_sigaltstack), "the runtime's stack-overflow handler (thread exit)"),
+        any(sys!(SYS_sched_yield), "lock and channel back-off"),
+        any(sys!(SYS_gettid), "the runtime's thread bookkeeping"),
+        any(sys!(SYS_getpid), "the runtime's process bookkeeping"),
+        any(sys!(SYS_exit), "a thread ending"),
+        any(sys!(SYS_exit_group), "the process ending"),
     ];
     #[cfg(target_arch = "x86_64")]
     v.push(any(
-        libc::SYS_fstat,
-        "metadata of an open file (older C libraries)",
+        sys!(SYS_fstat),
+        "metadata of an open file (older C libraries; x86_64 only)",
     ));
     v
 }
@@ -127,12 +142,12 @@ fn runtime() -> Vec<Allow> {
 fn fd_stat() -> Vec<Allow> {
     vec![
         when(
-            libc::SYS_statx,
+            sys!(SYS_statx),
             "metadata of an open fd (sizes of the image, the pool memfd, the log)",
             vec![vec![Arg::AllBits(2, AT_EMPTY_PATH)]],
         ),
         when(
-            libc::SYS_newfstatat,
+            sys!(SYS_newfstatat),
             "metadata of an open fd",
             vec![vec![Arg::AllBits(3, AT_EMPTY_PATH)]],
         ),
@@ -142,7 +157,7 @@ fn fd_stat() -> Vec<Allow> {
 /// `fcntl` limited to `cmds`.
 fn fcntl(why: &'static str, cmds: &[libc::c_int]) -> Allow {
     when(
-        libc::SYS_fcntl,
+        sys!(SYS_fcntl),
         why,
         cmds.iter().map(|c| vec![Arg::Eq(1, *c as u64)]).collect(),
     )
@@ -156,18 +171,18 @@ fn device() -> Vec<Allow> {
     let mut cmds = FCNTL_FLAGS.to_vec();
     cmds.push(libc::F_DUPFD_CLOEXEC);
     let mut v = vec![
-        any(libc::SYS_accept4, "the next vfio-user client"),
+        any(sys!(SYS_accept4), "the next vfio-user client"),
         any(
-            libc::SYS_recvmsg,
+            sys!(SYS_recvmsg),
             "vfio-user messages with their fds (SCM_RIGHTS)",
         ),
         any(
-            libc::SYS_sendmsg,
+            sys!(SYS_sendmsg),
             "vfio-user replies, with the pool memfd for region info",
         ),
-        any(libc::SYS_read, "draining an eventfd"),
+        any(sys!(SYS_read), "draining an eventfd"),
         when(
-            libc::SYS_getsockopt,
+            sys!(SYS_getsockopt),
             "the new client's credentials (SO_PEERCRED), for the log",
             vec![vec![
                 Arg::Eq(1, libc::SOL_SOCKET as u64),
@@ -179,24 +194,24 @@ fn device() -> Vec<Allow> {
             &cmds,
         ),
         any(
-            libc::SYS_preadv,
+            sys!(SYS_preadv),
             "disk reads straight into the pool mapping",
         ),
         any(
-            libc::SYS_pwritev,
+            sys!(SYS_pwritev),
             "disk writes straight from the pool mapping",
         ),
-        any(libc::SYS_preadv2, "the same, newer C libraries"),
-        any(libc::SYS_pwritev2, "the same, newer C libraries"),
-        any(libc::SYS_pread64, "single-buffer reads of the image"),
-        any(libc::SYS_pwrite64, "single-buffer writes of the image"),
+        any(sys!(SYS_preadv2), "the same, newer C libraries"),
+        any(sys!(SYS_pwritev2), "the same, newer C libraries"),
+        any(sys!(SYS_pread64), "single-buffer reads of the image"),
+        any(sys!(SYS_pwrite64), "single-buffer writes of the image"),
         any(
-            libc::SYS_fallocate,
+            sys!(SYS_fallocate),
             "DISCARD and WRITE_ZEROES on the image; zeroing the pool on reset",
         ),
-        any(libc::SYS_fdatasync, "FLUSH"),
-        any(libc::SYS_fsync, "FLUSH"),
-        any(libc::SYS_lseek, "the image's size"),
+        any(sys!(SYS_fdatasync), "FLUSH"),
+        any(sys!(SYS_fsync), "FLUSH"),
+        any(sys!(SYS_lseek), "the image's size"),
     ];
     v.extend(fd_stat());
     v
@@ -204,15 +219,14 @@ fn device() -> Vec<Allow> {
 
 fn audit_writer() -> Vec<Allow> {
     let mut v = vec![
-        any(
-            libc::SYS_openat,
+        any(sys!(SYS_openat),
             "the next log file on rotation and the directory to sync (Landlock: audit directories only)",
         ),
-        any(libc::SYS_fdatasync, "each checkpoint is durable before it is acknowledged"),
-        any(libc::SYS_fsync, "the directory after a new file, the file at rotation"),
-        any(libc::SYS_ftruncate, "cutting a torn last line"),
-        any(libc::SYS_lseek, "file positions"),
-        any(libc::SYS_read, "reading back the current file on recovery"),
+        any(sys!(SYS_fdatasync), "each checkpoint is durable before it is acknowledged"),
+        any(sys!(SYS_fsync), "the directory after a new file, the file at rotation"),
+        any(sys!(SYS_ftruncate), "cutting a torn last line"),
+        any(sys!(SYS_lseek), "file positions"),
+        any(sys!(SYS_read), "reading back the current file on recovery"),
         fcntl("fd flags", &FCNTL_FLAGS),
     ];
     v.extend(fd_stat());
@@ -228,11 +242,29 @@ fn allow_list(role: Role) -> Vec<Allow> {
     v
 }
 
+/// One allowed call, as the docs and `--print-sandbox` show it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AllowedCall {
+    /// The call's name.
+    pub name: &'static str,
+    /// Its number on this architecture.
+    pub nr: libc::c_long,
+    /// Why the thread needs it.
+    pub why: &'static str,
+    /// Whether its arguments are restricted too.
+    pub arguments_checked: bool,
+}
+
 /// The allowed calls of `role`, each with why: for the docs and for operators.
-pub fn allowed_syscalls(role: Role) -> Vec<(libc::c_long, &'static str)> {
+pub fn allowed_syscalls(role: Role) -> Vec<AllowedCall> {
     allow_list(role)
         .into_iter()
-        .map(|a| (a.nr, a.why))
+        .map(|a| AllowedCall {
+            name: a.name,
+            nr: a.nr,
+            why: a.why,
+            arguments_checked: !a.rules.is_empty(),
+        })
         .collect()
 }
 
@@ -313,8 +345,9 @@ mod tests {
         for role in [Role::Device, Role::AuditWriter] {
             let prog = compile(role).unwrap();
             assert!(!prog.is_empty());
-            for (nr, why) in allowed_syscalls(role) {
-                assert!(!why.is_empty(), "{} {nr}", role.name());
+            for c in allowed_syscalls(role) {
+                assert!(!c.why.is_empty(), "{} {}", role.name(), c.name);
+                assert!(!c.name.starts_with("SYS_"));
             }
         }
     }
@@ -338,13 +371,16 @@ mod tests {
             libc::SYS_seccomp,
         ];
         for role in [Role::Device, Role::AuditWriter] {
-            let allowed: Vec<_> = allowed_syscalls(role).iter().map(|a| a.0).collect();
+            let allowed: Vec<_> = allowed_syscalls(role).iter().map(|a| a.nr).collect();
             for nr in forbidden {
                 assert!(!allowed.contains(&nr), "{} allows {nr}", role.name());
             }
         }
         // The device thread opens, creates and removes nothing.
-        let device: Vec<_> = allowed_syscalls(Role::Device).iter().map(|a| a.0).collect();
+        let device: Vec<_> = allowed_syscalls(Role::Device)
+            .iter()
+            .map(|a| a.nr)
+            .collect();
         for nr in [
             libc::SYS_openat,
             libc::SYS_unlinkat,
