@@ -16,6 +16,20 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+step "tools the tests use beyond cargo"
+# systemd-analyze verifies the deploy units and resolves their system-call filter
+# (tests/tests/deploy_unit.rs); without it those checks are skipped with a NOTE.
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing systemd (for systemd-analyze)"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null) \
+            || echo "NOTE: could not install systemd; the unit checks will be skipped"
+    else
+        echo "NOTE: systemd-analyze is missing; the unit checks will be skipped"
+    fi
+fi
+command -v systemd-analyze >/dev/null 2>&1 && systemd-analyze --version | head -1
+
 step "build the binaries the end-to-end tests run"
 cargo build --workspace --bins --quiet
 
