@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins --quiet
-exec target/release/swiotlb-demo "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/swiotlb-demo" "$@"
