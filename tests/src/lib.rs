@@ -6,6 +6,8 @@
 //! --workspace` builds them before any test runs. A missing binary fails loudly with how to
 //! build it, never silently.
 
+pub mod fuzz;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
