@@ -39,6 +39,9 @@ cargo test --workspace --quiet
 step "tests NOT run here (ignored: they need hardware, or they are measurements)"
 cargo test --workspace --quiet -- --ignored --list 2>/dev/null | grep ': test$' || echo "(none)"
 
+step "fuzz every target for a bounded time (fails on any crash; needs nightly, says so loudly if it is missing)"
+FUZZ_OPTIONAL=1 tests/fuzz.sh "${FUZZ_SECONDS:-20}"
+
 step "benchmark, short mode (figures only, never a pass/fail): audit overhead at QD32"
 cargo bench --quiet -p swiotlb-tests --bench audit_overhead -- --quick
 

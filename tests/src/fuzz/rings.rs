@@ -14,7 +14,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 const BASE: u64 = 0x80_0000_0000;
 
 /// Size of the host-side pool the chain walker sees.
-const CHAIN_POOL: usize = 64 * 1024;
+const CHAIN_POOL: usize = 16 * 1024;
 
 /// A guest-chosen pool and where the walk starts.
 #[derive(Arbitrary, Debug)]
@@ -41,22 +41,34 @@ pub fn chains(data: &[u8]) {
 
 /// [`chains`] on a structured input: the number of descriptors of the accepted chain.
 pub fn run_chains(input: &ChainInput) -> Option<usize> {
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(BASE), CHAIN_POOL)])
-        .expect("anonymous pool");
-    if !input.contents.is_empty() {
-        let fill: Vec<u8> = input
-            .contents
-            .iter()
-            .copied()
-            .cycle()
-            .take(CHAIN_POOL)
-            .collect();
-        mem.write_slice(&fill, GuestAddress(BASE)).expect("fill");
+    thread_local! {
+        static MEM: GuestMemoryMmap<()> =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(BASE), CHAIN_POOL)])
+                .expect("anonymous pool");
     }
+    MEM.with(|mem| {
+        // Every byte of the pool from this input alone (zeros when it gives none).
+        let fill: Vec<u8> = if input.contents.is_empty() {
+            vec![0; CHAIN_POOL]
+        } else {
+            input
+                .contents
+                .iter()
+                .copied()
+                .cycle()
+                .take(CHAIN_POOL)
+                .collect()
+        };
+        mem.write_slice(&fill, GuestAddress(BASE)).expect("fill");
+        check_chain(mem, input)
+    })
+}
+
+fn check_chain(mem: &GuestMemoryMmap<()>, input: &ChainInput) -> Option<usize> {
     let window = PoolWindow::new(BASE, CHAIN_POOL as u64).expect("window");
     let queue_size = 1u16 << (input.queue_size_log2 % 9);
     let ctx = ChainContext {
-        mem: &mem,
+        mem,
         window,
         desc_table: BASE.wrapping_add(u64::from(input.desc_table)),
         queue_size,

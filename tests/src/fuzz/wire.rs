@@ -110,8 +110,14 @@ pub fn server(data: &[u8]) {
         let _ = c.read_to_end(&mut replies);
         replies
     });
-    let mut srv = Server::new(memfd_function(None));
-    let _end = srv.serve(&server_end);
+    // One server per thread: each session starts from a freshly reset function (pool
+    // zeroed), as every new client does.
+    thread_local! {
+        static SERVER: std::cell::RefCell<Server> = std::cell::RefCell::new(Server::new(memfd_function(None)));
+    }
+    SERVER.with(|s| {
+        let _end = s.borrow_mut().serve(&server_end);
+    });
     // The writer may be stuck on a full socket if the session ended early: shut the
     // server end both ways so it returns.
     let _ = server_end.shutdown(Shutdown::Both);
