@@ -426,9 +426,6 @@ impl VirtioPciFunction {
         self.interrupts.clear();
         self.msix_table.fill(0);
         self.pool.place(None);
-        if let Err(e) = self.pool.clear() {
-            tracing::error!(error = %e, "clearing the pool on reset failed");
-        }
         self.last_pool_address = None;
         self.last_verdict = None;
         self.audit(|h| {
@@ -444,9 +441,15 @@ impl VirtioPciFunction {
         self.device.clear_metrics();
     }
 
+    /// Device reset (the driver wrote 0 to device_status, or a function reset): transport
+    /// and device state, and the pool zeroed, so nothing the driver posted before the reset
+    /// (rings, requests, data) is seen or processed after it.
     fn virtio_reset(&mut self) {
         self.transport.reset();
         self.device.reset();
+        if let Err(e) = self.pool.clear() {
+            tracing::error!(error = %e, "clearing the pool on reset failed");
+        }
         self.isr = 0;
         // A fresh nonce: evidence from before the reset can never be replayed.
         self.gate.reset();

@@ -48,6 +48,9 @@ pub struct QueueSlot {
     pub queue: Queue,
     /// MSI-X vector for used-buffer notifications.
     pub msix_vector: u16,
+    /// The driver's last queue_size write was refused: `queue` still holds a size the
+    /// driver did not choose, so the queue may not be enabled until a valid size is written.
+    pub size_refused: bool,
 }
 
 /// The transport state of one device.
@@ -79,6 +82,7 @@ impl VirtioPciTransport {
                 queue: Queue::new(device.queue_max_size())
                     .expect("device queue_max_size is a power of two <= 32768"),
                 msix_vector: common::NO_VECTOR,
+                size_refused: false,
             })
             .collect();
         Self {
@@ -157,6 +161,7 @@ impl VirtioPciTransport {
         for q in &mut self.queues {
             q.queue.reset();
             q.msix_vector = common::NO_VECTOR;
+            q.size_refused = false;
         }
     }
 
@@ -355,7 +360,9 @@ impl VirtioPciTransport {
         let Some(q) = self.queues.get_mut(usize::from(qs)) else {
             return Ok(());
         };
-        q.queue.try_set_size(size).map_err(|e| {
+        let r = q.queue.try_set_size(size);
+        q.size_refused = r.is_err();
+        r.map_err(|e| {
             Finding::new(FindingKind::BadQueueSize, format!("queue size {size}: {e}")).at(qs, None)
         })
     }
@@ -389,6 +396,15 @@ impl VirtioPciTransport {
                 format!("enable of nonexistent queue {qs}"),
             ));
         };
+        // Enabling with the size the device kept would make the device use rings of a
+        // geometry the driver never laid out (used entries written past its used ring).
+        if q.size_refused {
+            return Err(Finding::new(
+                FindingKind::BadQueueSize,
+                format!("queue {qs} enabled after its queue_size write was refused"),
+            )
+            .at(qs, None));
+        }
         Self::check_rings(qs, &q.queue, window)?;
         if let Some(q) = self.queues.get_mut(usize::from(qs)) {
             q.queue.set_ready(true);
@@ -560,5 +576,33 @@ mod tests {
         let mut b = [0u8; 4];
         t.read(common::QUEUE_DEVICE, &mut b);
         assert_eq!(u32::from_le_bytes(b), 0x1000_1000);
+    }
+
+    #[test]
+    fn refused_queue_size_blocks_enable_until_a_valid_size_is_written() {
+        let w = PoolWindow::new(0x1000_0000, 1 << 20).unwrap();
+        for bad in [0u16, 100, 129, 256] {
+            let mut t = t();
+            let e = w32(&mut t, common::QUEUE_SIZE, u32::from(bad)).unwrap_err();
+            assert_eq!(e.kind, FindingKind::BadQueueSize, "{bad}");
+            let mut b = [0u8; 2];
+            t.read(common::QUEUE_SIZE, &mut b);
+            assert_eq!(u16::from_le_bytes(b), 128, "{bad}: the maximum is kept");
+            t.write(common::QUEUE_DESC, &0x1000_0000u64.to_le_bytes(), None)
+                .unwrap();
+            w32(&mut t, common::QUEUE_DRIVER, 0x1000_1000).unwrap();
+            w32(&mut t, common::QUEUE_DEVICE, 0x1000_2000).unwrap();
+            let e = t.write(common::QUEUE_ENABLE, &[1, 0], Some(w)).unwrap_err();
+            assert_eq!(e.kind, FindingKind::BadQueueSize, "{bad}");
+            assert!(!t.queues()[0].queue.ready(), "{bad}");
+            // A valid size clears the refusal; so does a reset.
+            w32(&mut t, common::QUEUE_SIZE, 64).unwrap();
+            t.write(common::QUEUE_ENABLE, &[1, 0], Some(w)).unwrap();
+            assert!(t.queues()[0].queue.ready(), "{bad}");
+            t.reset();
+            w32(&mut t, common::QUEUE_SIZE, u32::from(bad)).unwrap_err();
+            t.reset();
+            assert!(!t.queues()[0].size_refused, "{bad}");
+        }
     }
 }
