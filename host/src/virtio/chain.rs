@@ -181,7 +181,7 @@ impl ChainContext<'_> {
             budget -= 1;
             let d = self.read_desc(head, table, table_len, index, in_indirect)?;
             if d.flags & VIRTQ_DESC_F_INDIRECT != 0 {
-                self.check_indirect(head, &d, in_indirect, &chain)?;
+                self.check_indirect(head, &d, in_indirect)?;
                 chain.indirect_tables += 1;
                 table = d.addr;
                 // Cannot truncate: `check_indirect` bounded the table by the queue size.
@@ -266,13 +266,10 @@ impl ChainContext<'_> {
         }
     }
 
-    fn check_indirect(
-        &self,
-        head: u16,
-        d: &RawDesc,
-        in_indirect: bool,
-        chain: &CheckedChain,
-    ) -> Result<(), Finding> {
+    /// Checks an indirect descriptor. It may end a chain of direct descriptors (virtio 1.2,
+    /// 2.7.5.3.2: the device MUST handle zero or more normal chained descriptors followed by
+    /// a single indirect one); it may not be nested, nor have NEXT set.
+    fn check_indirect(&self, head: u16, d: &RawDesc, in_indirect: bool) -> Result<(), Finding> {
         let len = u64::from(d.len);
         let bad = |why: &str| {
             self.finding(
@@ -290,9 +287,6 @@ impl ChainContext<'_> {
         }
         if in_indirect {
             return Err(bad("nested indirect table"));
-        }
-        if !chain.descs.is_empty() {
-            return Err(bad("indirect descriptor after direct descriptors"));
         }
         if d.flags & VIRTQ_DESC_F_NEXT != 0 {
             return Err(bad("indirect descriptor with NEXT set"));
@@ -479,5 +473,57 @@ mod tests {
         let mut c = ctx(&f);
         c.indirect = false;
         assert_eq!(c.check(0).unwrap_err().kind, FindingKind::BadIndirectTable);
+    }
+
+    #[test]
+    fn direct_descriptors_may_end_in_one_indirect_table_in_order() {
+        let f = fixture();
+        let t = BASE + 0x8000;
+        // Direct: the readable header, then an indirect table with the data and the status.
+        put(&f, BASE, 0, BASE + 0x1000, 16, VIRTQ_DESC_F_NEXT, 1);
+        put(&f, BASE, 1, t, 32, VIRTQ_DESC_F_INDIRECT, 0);
+        put(
+            &f,
+            t,
+            0,
+            BASE + 0x2000,
+            512,
+            VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT,
+            1,
+        );
+        put(&f, t, 1, BASE + 0x3000, 1, VIRTQ_DESC_F_WRITE, 0);
+        let c = ctx(&f).check(0).unwrap();
+        assert_eq!((c.descs.len(), c.indirect_tables), (3, 1));
+        assert_eq!((c.readable().len(), c.writable().len()), (1, 2));
+        // Readable after writable still counts across the switch.
+        put(
+            &f,
+            BASE,
+            0,
+            BASE + 0x1000,
+            16,
+            VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT,
+            1,
+        );
+        put(&f, t, 0, BASE + 0x2000, 512, VIRTQ_DESC_F_NEXT, 1);
+        assert_eq!(
+            ctx(&f).check(0).unwrap_err().kind,
+            FindingKind::ReadableAfterWritable
+        );
+        // An indirect descriptor with NEXT is still refused.
+        put(&f, BASE, 0, BASE + 0x1000, 16, VIRTQ_DESC_F_NEXT, 1);
+        put(
+            &f,
+            BASE,
+            1,
+            t,
+            32,
+            VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT,
+            2,
+        );
+        assert_eq!(
+            ctx(&f).check(0).unwrap_err().kind,
+            FindingKind::BadIndirectTable
+        );
     }
 }
