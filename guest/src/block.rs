@@ -134,6 +134,15 @@ pub enum BlockError {
     /// The device set DEVICE_NEEDS_RESET.
     #[error("the device needs a reset (DEVICE_NEEDS_RESET)")]
     NeedsReset,
+    /// Requests went unanswered and the device has reset itself: its status lost DRIVER_OK
+    /// or queue 0 is no longer enabled.
+    #[error("the device reset itself with requests in flight (status {status:#x}, queue 0 enabled: {queue_enabled}); reopen the device")]
+    DeviceReset {
+        /// Device status read back.
+        status: u8,
+        /// Whether `queue_enable` of queue 0 read back non-zero.
+        queue_enabled: bool,
+    },
     /// An earlier device error made the driver stop.
     #[error("the driver stopped after an earlier device error; reopen the device")]
     Stopped,
@@ -909,11 +918,23 @@ impl<P: PciAccess> BlockDriver<P> {
         }
     }
 
+    /// Why nothing completed: the device asked for a reset, reset itself (DRIVER_OK gone,
+    /// or queue 0 disabled), or simply did not answer.
     fn timeout_error(&mut self) -> BlockError {
-        match self.vp.status() {
-            Ok(s) if s & status::DEVICE_NEEDS_RESET != 0 => BlockError::NeedsReset,
-            _ => BlockError::Timeout(self.timeout),
+        let Ok(s) = self.vp.status() else {
+            return BlockError::Timeout(self.timeout);
+        };
+        if s & status::DEVICE_NEEDS_RESET != 0 {
+            return BlockError::NeedsReset;
         }
+        let queue_enabled = self.vp.queue_enabled(0).unwrap_or(true);
+        if s & status::DRIVER_OK == 0 || !queue_enabled {
+            return BlockError::DeviceReset {
+                status: s,
+                queue_enabled,
+            };
+        }
+        BlockError::Timeout(self.timeout)
     }
 
     /// Finishes a completion: status read once, data copied out within what was posted.

@@ -411,6 +411,12 @@ impl<P: PciAccess> VirtioPci<P> {
         self.read16(common::QUEUE_SIZE)
     }
 
+    /// Whether queue `q`'s `queue_enable` reads back non-zero.
+    pub fn queue_enabled(&mut self, q: u16) -> Result<bool, TransportError> {
+        self.write16(common::QUEUE_SELECT, q)?;
+        Ok(self.read16(common::QUEUE_ENABLE)? != 0)
+    }
+
     /// Programs and enables queue `q`.
     pub fn setup_queue(
         &mut self,

@@ -133,8 +133,12 @@ pub const fn used_ring_size(queue_size: u16) -> u64 {
     6 + 8 * queue_size as u64
 }
 
-/// Rounds `v` up to a multiple of the power of two `align`; `None` on overflow.
+/// Rounds `v` up to a multiple of the power of two `align`; `None` on overflow or when
+/// `align` is not a power of two (zero included).
 pub const fn align_up(v: u64, align: u64) -> Option<u64> {
+    if !align.is_power_of_two() {
+        return None;
+    }
     match v.checked_add(align - 1) {
         Some(x) => Some(x & !(align - 1)),
         None => None,
@@ -329,5 +333,317 @@ mod tests {
         assert_eq!(slots_for(2048), 1);
         assert_eq!(slots_for(2049), 2);
         assert_eq!(slots_for(MAX_MAPPING), MAX_MAPPING_SLOTS);
+    }
+}
+
+/// Properties of the layout arithmetic against a `u128` reference: nothing here panics on
+/// any input, every checked function agrees with exact (non-wrapping) arithmetic, and
+/// whatever is reported inside a window or a pool really is inside it.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Any u64, biased towards the values where wrapping bugs live.
+    fn edgy_u64() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            3 => any::<u64>(),
+            1 => prop_oneof![
+                Just(0u64),
+                Just(1),
+                Just(u64::MAX),
+                Just(u64::MAX - 1),
+                Just(1 << 63),
+                Just((1 << 63) - 1),
+                Just(u64::from(u32::MAX)),
+                Just(u64::from(u32::MAX) + 1),
+            ],
+            1 => (0u32..64, -2i64..=2).prop_map(|(k, d)| (1u64 << k).wrapping_add_signed(d)),
+            1 => 0u64..=2 * MAX_POOL_SIZE,
+            1 => (0u64..4).prop_map(|k| u64::MAX - k),
+        ]
+    }
+
+    /// A window and a range near its edges (or anywhere): `(base, size, addr, off, len)`,
+    /// `addr` a bus address near the window's ends, `off` an offset near 0 or the size.
+    fn window_and_range() -> impl Strategy<Value = (u64, u64, u64, u64, u64)> {
+        (edgy_u64(), edgy_u64()).prop_flat_map(|(base, size)| {
+            let addr = prop_oneof![
+                edgy_u64(),
+                (-3i64..=3).prop_map(move |d| base.wrapping_add_signed(d)),
+                (-3i64..=3).prop_map(move |d| base.wrapping_add(size).wrapping_add_signed(d)),
+            ];
+            let off = prop_oneof![
+                edgy_u64(),
+                0u64..=3,
+                (-3i64..=3).prop_map(move |d| size.wrapping_add_signed(d)),
+            ];
+            let len = prop_oneof![
+                edgy_u64(),
+                0u64..=4,
+                (-3i64..=3).prop_map(move |d| size.wrapping_add_signed(d)),
+            ];
+            (Just(base), Just(size), addr, off, len)
+        })
+    }
+
+    /// Exact reference: `[addr, addr + len)` inside `[base, base + size)`, in u128.
+    fn inside_ref(base: u64, size: u64, addr: u64, len: u64) -> bool {
+        let (b, s, a, l) = (
+            u128::from(base),
+            u128::from(size),
+            u128::from(addr),
+            u128::from(len),
+        );
+        a >= b && a + l <= b + s
+    }
+
+    fn ceil_to(v: u128, align: u128) -> u128 {
+        v.div_ceil(align) * align
+    }
+
+    /// The layout [`PoolLayout::new`] must produce, computed in u128 from the description
+    /// in its documentation; `None` where it must refuse.
+    fn layout_ref(pool: u64, nq: u16, qs: u16) -> Option<Vec<[u128; 7]>> {
+        let p = u128::from(pool);
+        if !pool.is_power_of_two()
+            || p < u128::from(MIN_POOL_SIZE)
+            || p > u128::from(MAX_POOL_SIZE)
+            || qs == 0
+            || !qs.is_power_of_two()
+            || qs > MAX_QUEUE_SIZE
+            || nq == 0
+        {
+            return None;
+        }
+        let (q, n) = (u128::from(qs), u128::from(nq));
+        let used_off = ceil_to(16 * q + 6 + 2 * q, 4);
+        let ring_block = ceil_to(used_off + 6 + 8 * q, u128::from(PAGE_SIZE));
+        let tables_block = ceil_to(q * 64 * 16, u128::from(PAGE_SIZE));
+        let fixed = (ring_block + tables_block) * n;
+        if fixed >= p {
+            return None;
+        }
+        let per_queue = (p - fixed) / u128::from(SLOT_SIZE) / n;
+        if per_queue < u128::from(MAX_MAPPING_SLOTS) {
+            return None;
+        }
+        Some(
+            (0..n)
+                .map(|i| {
+                    [
+                        q,
+                        i * ring_block,
+                        i * ring_block + 16 * q,
+                        i * ring_block + used_off,
+                        n * ring_block + i * tables_block,
+                        fixed + i * per_queue * u128::from(SLOT_SIZE),
+                        per_queue,
+                    ]
+                })
+                .collect(),
+        )
+    }
+
+    fn pool_size() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            3 => (20u32..=30).prop_map(|k| 1u64 << k),
+            1 => (0u32..64).prop_map(|k| 1u64 << k),
+            1 => edgy_u64(),
+        ]
+    }
+
+    fn queue_size() -> impl Strategy<Value = u16> {
+        prop_oneof![
+            3 => (0u32..=8).prop_map(|k| 1u16 << k),
+            1 => any::<u16>(),
+        ]
+    }
+
+    fn queue_count() -> impl Strategy<Value = u16> {
+        prop_oneof![3 => 0u16..=8, 1 => any::<u16>()]
+    }
+
+    #[test]
+    fn ring_sizes_agree_with_exact_arithmetic_for_every_queue_size() {
+        for q in 0..=u16::MAX {
+            let q128 = u128::from(q);
+            assert_eq!(u128::from(desc_table_size(q)), 16 * q128);
+            assert_eq!(u128::from(avail_ring_size(q)), 6 + 2 * q128);
+            assert_eq!(u128::from(used_ring_size(q)), 6 + 8 * q128);
+        }
+    }
+
+    #[test]
+    fn align_up_of_zero_or_a_non_power_of_two_is_none_not_a_panic() {
+        // Regression: `align - 1` underflowed (a panic in debug builds) for `align == 0`, and
+        // a non-power-of-two alignment returned a value that is not a multiple of it.
+        assert_eq!(align_up(0, 0), None);
+        assert_eq!(align_up(5, 0), None);
+        assert_eq!(align_up(u64::MAX, 0), None);
+        assert_eq!(align_up(5, 3), None);
+        assert_eq!(align_up(4, 12), None);
+        assert_eq!(align_up(5, 4), Some(8));
+        assert_eq!(align_up(0, 1 << 63), Some(0));
+        assert_eq!(align_up(1, 1 << 63), Some(1 << 63));
+        assert_eq!(align_up((1 << 63) + 1, 1 << 63), None);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn window_new_agrees_with_u128_and_never_wraps(base in edgy_u64(), size in edgy_u64()) {
+            let fits = u128::from(base) + u128::from(size) <= u128::from(u64::MAX);
+            match PoolWindow::new(base, size) {
+                Ok(w) => {
+                    prop_assert!(fits);
+                    prop_assert_eq!((w.base(), w.size()), (base, size));
+                }
+                Err(e) => {
+                    prop_assert!(!fits);
+                    prop_assert_eq!(e, LayoutError::WindowOverflow { base, size });
+                }
+            }
+        }
+
+        #[test]
+        fn contains_offset_of_and_bus_of_agree_with_u128_and_only_report_inside(
+            (base, size, addr, off, len) in window_and_range(),
+        ) {
+            let Ok(w) = PoolWindow::new(base, size) else {
+                return Ok(());
+            };
+            let inside = inside_ref(base, size, addr, len);
+            prop_assert_eq!(w.contains(addr, len), inside, "contains({:#x}, {:#x})", addr, len);
+            match w.offset_of(addr, len) {
+                Some(off) => {
+                    prop_assert!(inside);
+                    prop_assert_eq!(u128::from(off), u128::from(addr) - u128::from(base));
+                    prop_assert!(u128::from(off) + u128::from(len) <= u128::from(size));
+                }
+                None => prop_assert!(!inside),
+            }
+            // An offset from the base: inside iff `[off, off + len)` is inside `[0, size)`.
+            let bus_ref = inside_ref(0, size, off, len);
+            match w.bus_of(off, len) {
+                Some(bus) => {
+                    prop_assert!(bus_ref, "bus_of({:#x}, {:#x}) = {:#x}", off, len, bus);
+                    prop_assert_eq!(u128::from(bus), u128::from(base) + u128::from(off));
+                    prop_assert!(bus >= base);
+                    prop_assert!(u128::from(bus) + u128::from(len) <= u128::from(base) + u128::from(size));
+                    prop_assert!(w.contains(bus, len));
+                    prop_assert_eq!(w.offset_of(bus, len), Some(off));
+                }
+                None => prop_assert!(!bus_ref, "bus_of({:#x}, {:#x}) refused an inside range", off, len),
+            }
+        }
+
+        #[test]
+        fn align_up_agrees_with_u128_for_every_alignment(v in edgy_u64(), k in 0u32..64, junk in edgy_u64()) {
+            let align = 1u64 << k;
+            let exact = ceil_to(u128::from(v), u128::from(align));
+            match align_up(v, align) {
+                Some(r) => {
+                    prop_assert_eq!(u128::from(r), exact);
+                    prop_assert_eq!(r % align, 0);
+                    prop_assert!(r >= v && r - v < align);
+                }
+                None => prop_assert!(exact > u128::from(u64::MAX)),
+            }
+            // Any other alignment is refused, never a panic.
+            if !junk.is_power_of_two() {
+                prop_assert_eq!(align_up(v, junk), None);
+            }
+        }
+
+        #[test]
+        fn slots_for_agrees_with_u128(len in edgy_u64()) {
+            let exact = u128::from(len).div_ceil(u128::from(SLOT_SIZE)).max(1);
+            let n = slots_for(len);
+            prop_assert_eq!(u128::from(n), exact);
+            // The slots really hold the bytes, and one fewer would not.
+            prop_assert!(u128::from(n) * u128::from(SLOT_SIZE) >= u128::from(len));
+            prop_assert!(n == 1 || u128::from(n - 1) * u128::from(SLOT_SIZE) < u128::from(len));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn pool_layout_agrees_with_u128_reference_and_every_area_is_inside_and_disjoint(
+            pool in pool_size(),
+            nq in queue_count(),
+            qs in queue_size(),
+            base_page in edgy_u64(),
+        ) {
+            let got = PoolLayout::new(pool, nq, qs);
+            let want = layout_ref(pool, nq, qs);
+            let (layout, want) = match (got, want) {
+                (Ok(l), Some(w)) => (l, w),
+                (Err(_), None) => return Ok(()),
+                (got, want) => {
+                    return Err(TestCaseError::fail(format!(
+                        "PoolLayout::new({pool:#x}, {nq}, {qs}) = {got:?}, reference {want:?}"
+                    )));
+                }
+            };
+            prop_assert_eq!(layout.pool_size, pool);
+            prop_assert_eq!(layout.queues.len(), usize::from(nq));
+            let table_bytes = u128::from(qs) * u128::from(INDIRECT_TABLE_DESCS) * u128::from(DESC_SIZE);
+            let mut spans: Vec<(u128, u128)> = Vec::new();
+            for (q, w) in layout.queues.iter().zip(&want) {
+                let got = [
+                    u128::from(q.size),
+                    q.desc.into(),
+                    q.avail.into(),
+                    q.used.into(),
+                    q.indirect.into(),
+                    q.slots.into(),
+                    q.slot_count.into(),
+                ];
+                prop_assert_eq!(&got, w);
+                prop_assert_eq!(q.desc % DESC_SIZE, 0);
+                prop_assert_eq!(q.avail % 2, 0);
+                prop_assert_eq!(q.used % 4, 0);
+                prop_assert_eq!(q.indirect % DESC_SIZE, 0);
+                prop_assert_eq!(q.slots % SLOT_SIZE, 0);
+                prop_assert!(q.slot_count >= MAX_MAPPING_SLOTS);
+                spans.push((q.desc.into(), desc_table_size(qs).into()));
+                spans.push((q.avail.into(), avail_ring_size(qs).into()));
+                spans.push((q.used.into(), used_ring_size(qs).into()));
+                spans.push((q.indirect.into(), table_bytes));
+                spans.push((q.slots.into(), u128::from(q.slot_count) * u128::from(SLOT_SIZE)));
+                // Each head's table and each slot lies in its queue's area.
+                for i in [0, qs - 1] {
+                    let t = u128::from(q.indirect_table(i));
+                    prop_assert!(t >= u128::from(q.indirect) && t + 1024 <= u128::from(q.indirect) + table_bytes);
+                }
+                for i in [0, q.slot_count - 1] {
+                    let s = u128::from(q.slot(i));
+                    prop_assert!(s >= u128::from(q.slots));
+                    prop_assert!(s + u128::from(SLOT_SIZE) <= u128::from(q.slots) + u128::from(q.slot_count) * u128::from(SLOT_SIZE));
+                }
+            }
+            spans.sort_unstable();
+            for pair in spans.windows(2) {
+                prop_assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{:?} overlap", pair);
+            }
+            if let Some(&(last, len)) = spans.last() {
+                prop_assert!(last + len <= u128::from(pool), "past the pool end");
+            }
+            // Placed in a window at any page-aligned bus address that fits, every area's
+            // bus range is reported inside the window, and really is.
+            let base = base_page & !(PAGE_SIZE - 1);
+            if let Ok(w) = PoolWindow::new(base, pool) {
+                for (off, len) in spans {
+                    let (off, len) = (off as u64, len as u64);
+                    let bus = w.bus_of(off, len);
+                    prop_assert_eq!(bus, Some(base + off));
+                    prop_assert!(inside_ref(base, pool, base + off, len));
+                }
+            }
+        }
     }
 }

@@ -3,17 +3,20 @@
 //! descriptor inside its own queue's areas of the pool, never copies back more than it
 //! posted, never exposes stale data, and refuses further I/O after a device error.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use swiotlb_guest::block::{BlockDriver, BlockError, Options, MAX_REQUEST_BYTES, SECTOR_SIZE};
 use swiotlb_guest::pool::PoolAccessError;
 use swiotlb_guest::ring::{RingError, VIRTQ_DESC_F_INDIRECT};
 use swiotlb_guest::testing::fake_device::{
-    Behavior, CapSpec, FakeConfig, FakeDevice, DEFAULT_POOL_SIZE, DEVICE_ID, POOL_BAR_ADDRESS,
-    SPILL_BYTE,
+    Behavior, CapSpec, FakeConfig, FakeDevice, Scribble, SelfReset, DEFAULT_POOL_SIZE, DEVICE_ID,
+    POOL_BAR_ADDRESS, SCRIBBLE_BYTES, SPILL_BYTE,
 };
 use swiotlb_guest::virtio_pci::TransportError;
-use swiotlb_shared::features::{bit, VIRTIO_F_SWIOTLB};
+use swiotlb_shared::features::{bit, VIRTIO_F_SWIOTLB, VIRTIO_RING_F_EVENT_IDX};
 use swiotlb_shared::layout::{
     avail_ring_size, desc_table_size, used_ring_size, PoolLayout, PoolWindow, QueueLayout,
     DESC_SIZE, INDIRECT_TABLE_DESCS, SLOT_SIZE,
@@ -967,4 +970,526 @@ fn capacity_that_overflows_bytes_fails_open_and_one_beyond_the_disk_gets_io_erro
     assert!(matches!(e, BlockError::DeviceIoError), "{e:?}");
     assert!(untouched(&buf));
     assert_stopped(&mut drv);
+}
+
+// ---- pool contents that change while the driver reads them --------------------------------
+
+/// What the caller got from many reads against a scribbling device.
+#[derive(Debug, Default)]
+struct Outcomes {
+    /// Reads that succeeded.
+    ok: u32,
+    /// Of the bytes delivered, how many were the disk's and how many the scribbler's.
+    disk_bytes: u64,
+    scribbled_bytes: u64,
+    /// Errors, by kind.
+    errors: BTreeMap<String, u32>,
+    /// Rewrite rounds the scribbler did.
+    rounds: u64,
+}
+
+/// Whether `e` is an answer the driver may give when the device rewrites `what` of a
+/// completed request: each is what one reading of the status byte or used element says.
+fn allowed_under_scribbling(e: &BlockError, what: Scribble) -> bool {
+    let status = matches!(
+        e,
+        BlockError::DeviceIoError | BlockError::Unsupported | BlockError::BadStatus(0x7f)
+    );
+    let used = matches!(
+        e,
+        BlockError::Ring(RingError::BogusUsedId { id: 0xffff })
+            | BlockError::NeedsReset
+            | BlockError::ShortCompletion { used: 1, .. }
+    );
+    (what.status && status) || (what.used && used)
+}
+
+/// Reads of every size (one request each) while a second thread keeps rewriting `what` of
+/// each completed request, from before the completion is published until the read returns.
+/// Whatever the interleaving: the read never panics; it either succeeds with exactly the
+/// posted bytes, each the disk's or one the device wrote (never a zero from a slot already
+/// released, never an earlier request's data), or fails with one of the errors a single
+/// reading of the status byte and used element allows, having copied nothing; nothing past
+/// the posted bytes is ever written; after an error the driver is stopped.
+fn hammer(what: Scribble, iterations: usize) -> Outcomes {
+    let f = fake();
+    let mut drv = open(&f);
+    // Secrets pass through the slots first (then live on the disk's second half, which the
+    // reads below never touch): none of them may come back.
+    let secret = pattern(2 << 20, 99);
+    drv.write_at((DISK / 2) as u64, &secret).unwrap();
+    let mut back = vec![0u8; secret.len()];
+    drv.read_at((DISK / 2) as u64, &mut back).unwrap();
+    assert!(back == secret);
+    let disk = f.disk();
+    let scribbler = f.start_scribbler(what).unwrap();
+    let sizes = [
+        512usize,
+        4096,
+        65536,
+        (256 << 10) + 512,
+        MAX_REQUEST_BYTES as usize,
+    ];
+    let mut out = Outcomes::default();
+    for i in 0..iterations {
+        let n = sizes[i % sizes.len()];
+        let off = (i * 7919 * 512) % (DISK / 2 - n) / 512 * 512;
+        let mut buf = sentinel(n + 4096);
+        let r = drv.read_at(off as u64, &mut buf[..n]);
+        scribbler.quiesce();
+        assert!(untouched(&buf[n..]), "bytes copied past the posted buffer");
+        match r {
+            Ok(()) => {
+                out.ok += 1;
+                for (k, (got, want)) in buf[..n].iter().zip(&disk[off..off + n]).enumerate() {
+                    if got == want {
+                        out.disk_bytes += 1;
+                    } else if what.data && SCRIBBLE_BYTES.contains(got) {
+                        out.scribbled_bytes += 1;
+                    } else {
+                        panic!("byte {k} of a {n}-byte read at {off}: {got:#x}, neither the disk's {want:#x} nor the device's");
+                    }
+                }
+            }
+            Err(e) => {
+                assert!(allowed_under_scribbling(&e, what), "{what:?}: {e:?}");
+                assert!(untouched(&buf[..n]), "{e:?} after copying data");
+                *out.errors.entry(format!("{e:?}")).or_default() += 1;
+                assert_stopped(&mut drv);
+                drv = open(&f);
+            }
+        }
+    }
+    out.rounds = scribbler.rounds();
+    drop(scribbler);
+    assert!(
+        out.rounds >= iterations as u64,
+        "the scribbler rewrote each completion at least once"
+    );
+    assert_confined(&f, &drv);
+    eprintln!("{what:?}: {out:?}");
+    out
+}
+
+#[test]
+fn data_rewritten_while_the_driver_copies_it_out_gives_device_bytes_never_stale_or_extra_bytes() {
+    let what = Scribble {
+        data: true,
+        ..Scribble::default()
+    };
+    let out = hammer(what, 200);
+    // The status and used element are intact, so every read succeeds; what the caller gets
+    // is one copy of the buffer as the device had it at that moment (its bytes, possibly a
+    // mix of two rewrites), exactly as if the device had returned that data.
+    assert_eq!(out.ok, 200, "{out:?}");
+    assert!(out.errors.is_empty());
+    assert!(out.scribbled_bytes > 0, "{out:?}");
+}
+
+#[test]
+fn status_byte_rewritten_after_completion_is_read_once_data_only_with_ok() {
+    let what = Scribble {
+        status: true,
+        ..Scribble::default()
+    };
+    // Each read either succeeds with exactly the disk's data, or fails with the error its
+    // single status reading gives and nothing copied: never data together with an error.
+    let out = hammer(what, 400);
+    assert_eq!(out.ok + out.errors.values().sum::<u32>(), 400, "{out:?}");
+    assert_eq!(out.scribbled_bytes, 0);
+}
+
+#[test]
+fn used_element_rewritten_after_completion_is_read_once_and_bounded_by_what_was_posted() {
+    let what = Scribble {
+        used: true,
+        ..Scribble::default()
+    };
+    // Id and length are each read once: a bogus id, a zero or short length fail with nothing
+    // copied; a length of u32::MAX is clamped to what was posted; the real one succeeds.
+    let out = hammer(what, 400);
+    assert_eq!(out.scribbled_bytes, 0);
+    assert_eq!(out.ok + out.errors.values().sum::<u32>(), 400, "{out:?}");
+}
+
+#[test]
+fn data_status_and_used_element_all_rewritten_at_once_still_give_one_consistent_answer() {
+    let what = Scribble {
+        data: true,
+        status: true,
+        used: true,
+    };
+    let out = hammer(what, 300);
+    assert_eq!(out.ok + out.errors.values().sum::<u32>(), 300, "{out:?}");
+}
+
+// ---- a device that resets itself in the middle of I/O -------------------------------------
+
+fn assert_self_reset_error(how: SelfReset, e: &BlockError) {
+    let ok = match how {
+        SelfReset::NeedsReset => matches!(e, BlockError::NeedsReset),
+        SelfReset::StatusZero => matches!(
+            e,
+            BlockError::DeviceReset {
+                status: 0,
+                queue_enabled: false
+            }
+        ),
+        SelfReset::QueueDisabled => matches!(
+            e,
+            BlockError::DeviceReset {
+                status,
+                queue_enabled: false
+            } if status & status::DRIVER_OK != 0
+        ),
+    };
+    assert!(ok, "{how:?}: {e:?}");
+}
+
+#[test]
+fn device_resetting_itself_mid_io_is_a_clear_error_nothing_is_copied_and_the_driver_stops() {
+    for how in [
+        SelfReset::StatusZero,
+        SelfReset::NeedsReset,
+        SelfReset::QueueDisabled,
+    ] {
+        // One request: the doorbell makes the device reset itself instead of serving it.
+        let f = fake();
+        let mut drv = open(&f);
+        let mut buf = sentinel(65536);
+        drv.read_at(0, &mut buf).unwrap();
+        misbehave(
+            &f,
+            Behavior {
+                self_reset: Some(how),
+                ..Behavior::default()
+            },
+        );
+        let mut buf = sentinel(65536);
+        let t = Instant::now();
+        let e = drv.read_at(65536, &mut buf).unwrap_err();
+        assert!(t.elapsed() < TIMEOUT * 5, "{how:?}: took {:?}", t.elapsed());
+        assert_self_reset_error(how, &e);
+        assert!(untouched(&buf), "{how:?}: data copied");
+        assert_stopped(&mut drv);
+        assert_eq!(f.violations(), Vec::<String>::new());
+
+        // Several requests in flight: the device serves one doorbell, then resets at the
+        // next. What it completed before is delivered in place; the rest stays untouched.
+        let f = fake();
+        let mut drv = open(&f);
+        misbehave(
+            &f,
+            Behavior {
+                self_reset: Some(how),
+                self_reset_after: 1,
+                ..Behavior::default()
+            },
+        );
+        let n = 4 * MAX_REQUEST_BYTES as usize;
+        let mut buf = sentinel(n + 4096);
+        let e = drv.read_at(0, &mut buf[..n]).unwrap_err();
+        assert_self_reset_error(how, &e);
+        let done = f.completions() as usize * MAX_REQUEST_BYTES as usize;
+        assert!(done > 0 && done < n, "{how:?}: {done} bytes completed");
+        assert!(buf[..done] == f.disk()[..done], "{how:?}: completed part");
+        assert!(untouched(&buf[done..]), "{how:?}: uncompleted part touched");
+        assert_stopped(&mut drv);
+        for v in f.violations() {
+            assert!(v.contains("before the queue is live"), "{how:?}: {v}");
+        }
+
+        // Reopening recovers a device that behaves again.
+        misbehave(&f, Behavior::default());
+        let f2 = fake();
+        let mut drv = open(&f2);
+        let mut buf = sentinel(8192);
+        drv.read_at(0, &mut buf).unwrap();
+        assert!(buf == f2.disk()[..8192]);
+        assert_confined(&f2, &drv);
+        let mut drv = open(&f);
+        let mut buf = sentinel(8192);
+        drv.read_at(4096, &mut buf).unwrap();
+        assert!(
+            buf == f.disk()[4096..4096 + 8192],
+            "{how:?}: after reopening"
+        );
+    }
+}
+
+// ---- device configuration that changes after open -----------------------------------------
+
+#[test]
+fn device_configuration_changing_after_open_is_never_reread_and_only_the_opened_capacity_counts() {
+    let f = fake();
+    let mut drv = open(&f);
+    let info = drv.info().clone();
+    assert_eq!(info.capacity, DISK as u64);
+    let (cfg_reads, dev_reads) = (f.config_space_reads(), f.device_config_reads());
+    let mut expect = f.disk();
+    let changes = [
+        Behavior {
+            config_capacity: Some(u64::MAX),
+            config_seg_max: Some(1),
+            config_blk_size: Some(4096),
+            ..Behavior::default()
+        },
+        Behavior {
+            config_capacity: Some(0),
+            config_seg_max: Some(0),
+            config_blk_size: Some(0),
+            ..Behavior::default()
+        },
+        Behavior {
+            config_capacity: Some(2 * DISK as u64 / 512),
+            config_seg_max: Some(u32::MAX),
+            config_blk_size: Some(3),
+            ..Behavior::default()
+        },
+        Behavior {
+            config_capacity_flip: Some((0, u64::MAX)),
+            ..Behavior::default()
+        },
+    ];
+    for (i, b) in changes.into_iter().enumerate() {
+        misbehave(&f, b.clone());
+        // Requests of every size within the capacity read at open work as before.
+        let data = pattern(MAX_REQUEST_BYTES as usize + 4096, 300 + i as u64);
+        let at = DISK - data.len();
+        drv.write_at(at as u64, &data).unwrap();
+        expect[at..].copy_from_slice(&data);
+        let mut back = sentinel(data.len());
+        drv.read_at(at as u64, &mut back).unwrap();
+        assert!(back == data, "{b:?}");
+        let mut small = sentinel(512);
+        drv.read_at(0, &mut small).unwrap();
+        assert!(small == expect[..512]);
+        // Beyond it: refused before anything is posted, whatever the device now claims.
+        let notifies = f.notifies();
+        let e = drv.read_at(DISK as u64, &mut small).unwrap_err();
+        assert!(
+            matches!(e, BlockError::OutOfRange { capacity, .. } if capacity == DISK as u64),
+            "{b:?}: {e:?}"
+        );
+        assert_eq!(f.notifies(), notifies);
+        assert_eq!(drv.info().capacity, info.capacity);
+        assert_eq!(drv.info().queue_size, info.queue_size);
+    }
+    assert!(f.disk() == expect);
+    assert_eq!(
+        f.config_space_reads(),
+        cfg_reads,
+        "PCI configuration space read again after open"
+    );
+    assert_eq!(
+        f.device_config_reads(),
+        dev_reads,
+        "device configuration read again after open"
+    );
+    // A device that really shrinks its disk answers I/O errors for what it dropped: a
+    // clean error, nothing copied, the driver stops.
+    f.with_disk_mut(|d| d.truncate(DISK / 2));
+    misbehave(
+        &f,
+        Behavior {
+            config_capacity: Some((DISK / 2 / 512) as u64),
+            ..Behavior::default()
+        },
+    );
+    let mut buf = sentinel(4096);
+    let e = drv.read_at(DISK as u64 - 4096, &mut buf).unwrap_err();
+    assert!(matches!(e, BlockError::DeviceIoError), "{e:?}");
+    assert!(untouched(&buf));
+    assert_confined(&f, &drv);
+    assert_stopped(&mut drv);
+}
+
+#[test]
+fn capacity_torn_between_its_two_32_bit_halves_is_read_once_and_only_bounds_requests() {
+    // The device changes capacity between the two 32-bit reads of the 64-bit field without
+    // bumping config_generation, so the driver sees the low half of one value and the high
+    // half of the other: a value the device never reported. No driver can tell; what
+    // matters is that the value is read once, checked, and only bounds requests.
+    let sectors = DISK as u64 / 512;
+    for (first, second) in [
+        (1u64 << 32, sectors),     // low 0, high 0: a disk of size zero
+        (sectors, 1 << 32),        // low 0x4000, high 1: 2 TiB more than the disk
+        (sectors, u64::MAX << 32), // high 0xffff_ffff: overflows bytes
+        (sectors, sectors),        // not torn: the real capacity
+    ] {
+        let f = fake();
+        misbehave(
+            &f,
+            Behavior {
+                config_capacity_flip: Some((first, second)),
+                ..Behavior::default()
+            },
+        );
+        let torn = (first & 0xffff_ffff) | (second & !0xffff_ffff);
+        let Some(bytes) = torn.checked_mul(512) else {
+            let e = open_err(&f);
+            assert!(
+                matches!(
+                    e,
+                    BlockError::Transport(TransportError::BadRegister {
+                        what: "capacity",
+                        ..
+                    })
+                ),
+                "{e:?}"
+            );
+            continue;
+        };
+        let mut drv = open(&f);
+        assert_eq!(drv.info().capacity, bytes, "({first:#x}, {second:#x})");
+        let mut buf = sentinel(4096);
+        if bytes == 0 {
+            assert!(matches!(
+                drv.read_at(0, &mut buf),
+                Err(BlockError::OutOfRange { capacity: 0, .. })
+            ));
+            assert_eq!(f.notifies(), 0);
+            assert!(untouched(&buf));
+            continue;
+        }
+        drv.read_at(0, &mut buf).unwrap();
+        assert!(buf == f.disk()[..4096]);
+        if bytes > DISK as u64 {
+            let mut buf = sentinel(4096);
+            let e = drv.read_at(DISK as u64, &mut buf).unwrap_err();
+            assert!(matches!(e, BlockError::DeviceIoError), "{e:?}");
+            assert!(untouched(&buf));
+            assert_stopped(&mut drv);
+        }
+        assert_confined(&f, &drv);
+    }
+}
+
+// ---- used ring fields the device fills with garbage -----------------------------------------
+
+/// Serves queue 0 every 200 µs, as a device that polls its ring does, until dropped.
+struct Poller(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
+
+impl Poller {
+    fn start(f: &FakeDevice) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, f) = (stop.clone(), f.clone());
+        let t = std::thread::spawn(move || {
+            while !s.load(Ordering::Acquire) {
+                f.process_queue();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        Self(stop, Some(t))
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+        if let Some(t) = self.1.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn garbage_used_flags_and_avail_event_only_suppress_doorbells_never_break_the_ring() {
+    for event_idx in [false, true] {
+        for garbage in [0xffffu16, 0xfffe, 0x8000, 0x7fff, 1, 0] {
+            let mut cfg = FakeConfig::new(pattern(DISK, 1));
+            if !event_idx {
+                cfg.features &= !bit(VIRTIO_RING_F_EVENT_IDX);
+            }
+            let f = fake_with(cfg);
+            let mut drv = open(&f);
+            misbehave(
+                &f,
+                Behavior {
+                    used_flags: Some(garbage),
+                    avail_event: Some(garbage),
+                    ..Behavior::default()
+                },
+            );
+            // Whether or not the driver rings, a device that also polls serves everything.
+            let poller = Poller::start(&f);
+            let mut expect = f.disk();
+            for (i, n) in [512usize, 65536, 2 * MAX_REQUEST_BYTES as usize + 4096]
+                .into_iter()
+                .enumerate()
+            {
+                let at = i * (4 << 20) / 3 / 512 * 512;
+                let data = pattern(n, 500 + i as u64);
+                drv.write_at(at as u64, &data).unwrap();
+                expect[at..at + n].copy_from_slice(&data);
+                let mut back = sentinel(n + 512);
+                drv.read_at(at as u64, &mut back[..n]).unwrap();
+                assert!(back[..n] == data[..], "{garbage:#x}, event_idx {event_idx}");
+                assert!(untouched(&back[n..]));
+            }
+            drv.flush().unwrap();
+            drop(poller);
+            assert!(f.disk() == expect);
+            assert_confined(&f, &drv);
+        }
+    }
+    // A device that only answers doorbells and asks for none (NO_NOTIFY set; avail_event
+    // far away) is never woken: the next request times out cleanly, nothing copied.
+    for event_idx in [false, true] {
+        let mut cfg = FakeConfig::new(pattern(DISK, 1));
+        if !event_idx {
+            cfg.features &= !bit(VIRTIO_RING_F_EVENT_IDX);
+        }
+        let f = fake_with(cfg);
+        let mut drv = open(&f);
+        misbehave(
+            &f,
+            Behavior {
+                used_flags: Some(0xffff),
+                avail_event: Some(0x8000),
+                ..Behavior::default()
+            },
+        );
+        let mut buf = sentinel(4096);
+        drv.read_at(0, &mut buf).unwrap();
+        assert_eq!(f.notifies(), 1);
+        let mut buf = sentinel(4096);
+        let e = drv.read_at(4096, &mut buf).unwrap_err();
+        assert!(matches!(e, BlockError::Timeout(d) if d == TIMEOUT), "{e:?}");
+        assert_eq!(f.notifies(), 1, "the device asked not to be notified");
+        assert!(untouched(&buf));
+        assert_confined(&f, &drv);
+        assert_stopped(&mut drv);
+    }
+}
+
+#[test]
+fn used_id_equal_to_the_queue_size_0xffff_or_truncating_to_a_posted_head_is_a_ring_error() {
+    for qmax in [256u16, 4] {
+        let mut cfg = FakeConfig::new(pattern(DISK, 1));
+        cfg.queue_max_size = qmax;
+        // 0x1_0000 and 0x1_0000 + queue size truncate to head 0, the head posted.
+        let qs = u32::from(qmax);
+        for id in [qs, qs + 1, 0xffff, 0x1_0000, 0x1_0000 + qs, u32::MAX] {
+            let f = fake_with(cfg.clone());
+            let mut drv = open(&f);
+            assert_eq!(u32::from(drv.info().queue_size), qs);
+            misbehave(
+                &f,
+                Behavior {
+                    used_id: Some(id),
+                    ..Behavior::default()
+                },
+            );
+            let mut buf = sentinel(65536);
+            let e = drv.read_at(0, &mut buf).unwrap_err();
+            assert!(
+                matches!(e, BlockError::Ring(RingError::BogusUsedId { id: got }) if got == id),
+                "queue {qs}, id {id:#x}: {e:?}"
+            );
+            assert!(untouched(&buf), "queue {qs}, id {id:#x}: data copied");
+            assert_confined(&f, &drv);
+            assert_stopped(&mut drv);
+        }
+    }
 }

@@ -671,4 +671,260 @@ mod tests {
             prop_assert_eq!(a.free_slots(), 0);
         }
     }
+
+    // ---- properties against a model of held ranges ------------------------------------------
+
+    use std::collections::BTreeMap;
+    use swiotlb_shared::layout::{PoolLayout, PoolWindow};
+
+    /// The runs a correct allocator has handed out and not had back: `first -> count`.
+    #[derive(Debug, Default)]
+    struct Held(BTreeMap<u32, u32>);
+
+    impl Held {
+        /// Whether `[first, first + count)` overlaps no held run.
+        fn disjoint(&self, first: u32, count: u32) -> bool {
+            let end = u64::from(first) + u64::from(count);
+            let before_ok = self
+                .0
+                .range(..=first)
+                .next_back()
+                .is_none_or(|(f, c)| u64::from(*f) + u64::from(*c) <= u64::from(first));
+            let after_ok = self
+                .0
+                .range(first..)
+                .next()
+                .is_none_or(|(f, _)| u64::from(*f) >= end);
+            before_ok && after_ok
+        }
+
+        /// Longest free gap in an area of `capacity` slots.
+        fn longest_gap(&self, capacity: u32) -> u32 {
+            let mut at = 0u32;
+            let mut best = 0u32;
+            for (f, c) in &self.0 {
+                best = best.max(f - at);
+                at = f + c;
+            }
+            best.max(capacity - at)
+        }
+
+        fn held_slots(&self) -> u64 {
+            self.0.values().map(|c| u64::from(*c)).sum()
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Allocate this many slots (sometimes 0 or more than a mapping: refused).
+        Alloc(u32),
+        /// Free the held run picked by this index.
+        Free(usize),
+        /// Free something that is not exactly a held run.
+        Bogus(u32, u32),
+        /// Free every held run, in an order picked by this seed.
+        FreeAll(u64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            8 => prop_oneof![4 => 1u32..=MAX, 1 => 1u32..=4, 1 => Just(MAX), 1 => Just(0), 1 => Just(MAX + 1)]
+                .prop_map(Step::Alloc),
+            6 => any::<usize>().prop_map(Step::Free),
+            2 => (any::<u32>(), 0u32..=MAX + 1).prop_map(|(f, c)| Step::Bogus(f, c)),
+            1 => any::<u64>().prop_map(Step::FreeAll),
+        ]
+    }
+
+    /// Area sizes: tiny, one or a few bitmap words, the driver's real areas, the clamp.
+    fn area() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            3 => 1u64..=300,
+            3 => 1u64..=20_000,
+            1 => Just(MAX_SLOTS),
+            1 => MAX_SLOTS + 1..=u64::MAX,
+        ]
+    }
+
+    /// Whether two allocators are in exactly the same state.
+    fn same_state(a: &SlotAllocator, b: &SlotAllocator) -> bool {
+        a.used == b.used
+            && a.starts == b.starts
+            && (a.capacity, a.free, a.cursor, a.top, a.hint_len)
+                == (b.capacity, b.free, b.cursor, b.top, b.hint_len)
+            && a.hints == b.hints
+    }
+
+    /// Frees every run of `held` in an order given by `seed`, checking each one.
+    fn free_all(a: &mut SlotAllocator, held: &mut Held, seed: u64) -> Result<(), TestCaseError> {
+        let mut runs: Vec<SlotRun> = held
+            .0
+            .iter()
+            .map(|(f, c)| SlotRun {
+                first: *f,
+                count: *c,
+            })
+            .collect();
+        held.0.clear();
+        let mut x = seed | 1;
+        while !runs.is_empty() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let r = runs.swap_remove((x % runs.len() as u64) as usize);
+            prop_assert_eq!(a.free(r), Ok(()));
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Across random alloc/free sequences of any size up to the largest mapping: no slot
+        /// is ever in two held runs, every run lies inside the area, an allocation fails
+        /// only when no free gap is long enough, a rejected free changes nothing at all, the
+        /// free count always matches, and after everything is freed the allocator is as
+        /// good as new: it reports the whole area free, hands it all out again, and behaves
+        /// exactly like a fresh allocator.
+        #[test]
+        fn held_runs_never_overlap_stay_in_the_area_and_all_come_back(
+            cap in area(),
+            steps in proptest::collection::vec(step(), 1..300),
+            after in proptest::collection::vec(step(), 0..100),
+        ) {
+            let mut a = SlotAllocator::new(cap);
+            let capacity = cap.min(MAX_SLOTS) as u32;
+            prop_assert_eq!(a.capacity(), capacity);
+            let mut held = Held::default();
+            for s in steps {
+                match s {
+                    Step::Alloc(n) => match a.alloc(n) {
+                        Some(r) => {
+                            prop_assert_eq!(r.count, n);
+                            prop_assert!((1..=MAX).contains(&n));
+                            prop_assert!(r.end() <= u64::from(capacity), "{:?} outside {} slots", r, capacity);
+                            prop_assert!(held.disjoint(r.first, r.count), "{:?} overlaps a held run", r);
+                            held.0.insert(r.first, r.count);
+                        }
+                        None => prop_assert!(
+                            n == 0 || n > MAX || held.longest_gap(capacity) < n,
+                            "alloc({}) refused with a gap of {}", n, held.longest_gap(capacity)
+                        ),
+                    },
+                    Step::Free(i) => {
+                        if !held.0.is_empty() {
+                            let (f, c) = held.0.iter().nth(i % held.0.len()).map(|(f, c)| (*f, *c)).unwrap_or_default();
+                            held.0.remove(&f);
+                            let r = SlotRun { first: f, count: c };
+                            prop_assert_eq!(a.free(r), Ok(()));
+                            prop_assert!(a.free(r).is_err(), "double free accepted");
+                        }
+                    }
+                    Step::Bogus(first, count) => {
+                        // Aim near held runs half of the time.
+                        let first = match held.0.keys().nth(first as usize % held.0.len().max(1)) {
+                            Some(f) if first % 2 == 0 => f.wrapping_add(first % 3),
+                            _ => first % (capacity + 2),
+                        };
+                        if held.0.get(&first) != Some(&count) {
+                            let before = a.clone();
+                            let bogus = SlotRun { first, count };
+                            prop_assert!(a.free(bogus).is_err(), "bogus free {:?} accepted", bogus);
+                            prop_assert!(same_state(&a, &before), "a refused free changed the allocator");
+                        }
+                    }
+                    Step::FreeAll(seed) => {
+                        free_all(&mut a, &mut held, seed)?;
+                        prop_assert_eq!(a.free_slots(), capacity);
+                    }
+                }
+                prop_assert_eq!(u64::from(a.free_slots()), u64::from(capacity) - held.held_slots());
+            }
+            free_all(&mut a, &mut held, 7)?;
+            prop_assert_eq!(a.free_slots(), capacity);
+            // As good as new: the same later sequence gives the same answers as a fresh one.
+            let mut fresh = SlotAllocator::new(cap);
+            let mut used = a.clone();
+            let mut live: Vec<SlotRun> = Vec::new();
+            for s in after {
+                match s {
+                    Step::Alloc(n) => {
+                        let (x, y) = (used.alloc(n), fresh.alloc(n));
+                        prop_assert_eq!(x, y);
+                        live.extend(x);
+                    }
+                    _ if !live.is_empty() => {
+                        let r = live.swap_remove(0);
+                        prop_assert_eq!(used.free(r), fresh.free(r));
+                    }
+                    _ => {}
+                }
+                prop_assert_eq!(used.free_slots(), fresh.free_slots());
+            }
+            // The whole area comes back: maximal runs, then single slots, cover it exactly.
+            let mut got = 0u64;
+            while let Some(r) = a.alloc(MAX) {
+                prop_assert!(held.disjoint(r.first, r.count));
+                held.0.insert(r.first, r.count);
+                got += u64::from(r.count);
+            }
+            prop_assert_eq!(got, u64::from(capacity) / u64::from(MAX) * u64::from(MAX));
+            while let Some(r) = a.alloc(1) {
+                prop_assert!(held.disjoint(r.first, 1));
+                held.0.insert(r.first, 1);
+                got += 1;
+            }
+            prop_assert_eq!(got, u64::from(capacity));
+            prop_assert_eq!(a.free_slots(), 0);
+        }
+
+        /// For any layout the driver may use, every run the allocator of a queue's area
+        /// hands out maps to a slot-aligned pool offset inside that area (and so inside the
+        /// pool and the bus window), never into the rings, the indirect tables or another
+        /// queue's area; a run of `n` slots covers `n` whole slots.
+        #[test]
+        fn runs_map_to_slot_aligned_offsets_inside_their_queue_area(
+            pool_log in 20u32..=30,
+            nq in 1u16..=4,
+            qs_log in 0u32..=8,
+            pick in any::<usize>(),
+            sizes in proptest::collection::vec(prop_oneof![1u32..=MAX, Just(MAX), Just(1)], 1..200),
+            frees in proptest::collection::vec(any::<bool>(), 200),
+        ) {
+            let pool = 1u64 << pool_log;
+            let Ok(layout) = PoolLayout::new(pool, nq, 1 << qs_log) else {
+                return Ok(());
+            };
+            let q = layout.queues[pick % layout.queues.len()];
+            let area_end = q.slots + q.slot_count * SLOT_SIZE;
+            let window = PoolWindow::new(0x80_0000_0000, pool).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut a = SlotAllocator::new(q.slot_count);
+            let mut live: Vec<SlotRun> = Vec::new();
+            for (n, free) in sizes.into_iter().zip(frees) {
+                if free && !live.is_empty() {
+                    let r = live.swap_remove(0);
+                    prop_assert_eq!(a.free(r), Ok(()));
+                }
+                let Some(r) = a.alloc(n) else { continue };
+                let off = r.pool_offset(&q);
+                prop_assert!(off.is_some(), "{:?} has no offset in {:?}", r, q);
+                let off = off.unwrap_or_default();
+                prop_assert_eq!(off, q.slot(u64::from(r.first)));
+                prop_assert_eq!((off - q.slots) % SLOT_SIZE, 0, "not on a slot boundary");
+                prop_assert_eq!(off % SLOT_SIZE, 0);
+                prop_assert_eq!(r.bytes(), u64::from(n) * SLOT_SIZE);
+                prop_assert!(off >= q.slots && off + r.bytes() <= area_end, "{:#x}+{:#x} outside the area", off, r.bytes());
+                prop_assert!(area_end <= pool);
+                prop_assert!(window.bus_of(off, r.bytes()).is_some());
+                for other in &layout.queues {
+                    let o_end = other.slots + other.slot_count * SLOT_SIZE;
+                    let overlaps = off < o_end && other.slots < off + r.bytes();
+                    prop_assert!(other == &q || !overlaps, "run in another queue's area");
+                    let rings_end = other.indirect + u64::from(other.size) * 1024;
+                    prop_assert!(off >= rings_end || off + r.bytes() <= other.desc, "run over rings or tables");
+                }
+                live.push(r);
+            }
+        }
+    }
 }

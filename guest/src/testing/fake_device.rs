@@ -13,7 +13,7 @@
 //! doorbell write**: when the driver notifies queue 0 the device walks the available ring
 //! and every descriptor (following indirect tables) in the pool, serves each request, writes
 //! used elements and publishes `used.idx` before [`PciAccess::bar_write`] returns. So there
-//! are no threads and every test is deterministic.
+//! are no threads (unless a [`Scribbler`] is started) and every test is deterministic.
 //!
 //! Misbehaviour comes from two places:
 //! - [`FakeConfig`], fixed at construction: what the configuration space, capabilities and
@@ -24,7 +24,14 @@
 //! - [`Behavior`], changeable at any time with [`FakeDevice::set_behavior`]: how requests are
 //!   completed (never, twice, with an id never posted, a used length larger or smaller than
 //!   posted, a used index jumping ahead, a bad status byte, no data written, bytes spilled
-//!   past the posted buffers, DEVICE_NEEDS_RESET).
+//!   past the posted buffers, DEVICE_NEEDS_RESET, a used id of its choosing, garbage
+//!   `used.flags`/`avail_event`, resetting itself or disabling the queue mid-I/O, and device
+//!   configuration that changes after open or between the halves of a 64-bit read).
+//!
+//! One misbehaviour needs a second thread: [`FakeDevice::start_scribbler`] starts a thread
+//! that keeps rewriting the data buffers, status bytes and used elements of the chains the
+//! device just completed while the driver reads them (see [`Scribble`]). It is the only
+//! thread; without it every test is deterministic.
 //!
 //! Every descriptor the device reads is recorded ([`FakeDevice::descriptors`]) with where it
 //! was read from, so a test can prove that none lies outside the pool window; anything the
@@ -35,7 +42,10 @@
 //! or recorded.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use swiotlb_shared::features::{
     bit, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
@@ -65,6 +75,11 @@ pub const DEFAULT_POOL_SIZE: u64 = 4 << 20;
 pub const DEVICE_ID: &[u8] = b"fake-swiotlb-blk";
 /// Byte the device writes when it spills past a posted buffer ([`Behavior::spill`]).
 pub const SPILL_BYTE: u8 = 0xee;
+/// Bytes a [`Scribbler`] fills completed data buffers with, alternately.
+pub const SCRIBBLE_BYTES: [u8; 2] = [0x3c, 0xc3];
+/// Status bytes a [`Scribbler`] writes over completed requests' status, in turn: OK, IOERR,
+/// UNSUPP and a meaningless value.
+pub const SCRIBBLE_STATUS: [u8; 4] = [0, 1, 2, 0x7f];
 
 use swiotlb_shared::blk::SECTOR_SIZE as SECTOR;
 use swiotlb_shared::blk::{
@@ -222,6 +237,162 @@ pub struct Behavior {
     /// after, so only bytes outside the posted buffers keep the spill. Use with one request
     /// in flight: a spill may land in another request's buffers.
     pub spill: u64,
+    /// Complete every chain with exactly this used id (the queue size, `0xffff`, or
+    /// `0x1_0000`, which truncated to 16 bits is head 0, ...).
+    pub used_id: Option<u32>,
+    /// After serving a doorbell, write this into `used.flags` (suppression flags of the
+    /// device's choosing; bit 0 is VIRTQ_USED_F_NO_NOTIFY).
+    pub used_flags: Option<u16>,
+    /// After serving a doorbell, write this into `avail_event` instead of the next index
+    /// (with VIRTIO_RING_F_EVENT_IDX).
+    pub avail_event: Option<u16>,
+    /// At a doorbell, reset this way instead of serving it (see [`SelfReset`]), after
+    /// [`self_reset_after`](Self::self_reset_after) doorbells served normally.
+    pub self_reset: Option<SelfReset>,
+    /// Doorbells served normally, counted from [`FakeDevice::set_behavior`], before
+    /// [`self_reset`](Self::self_reset) strikes.
+    pub self_reset_after: u64,
+    /// Device configuration reports this capacity (sectors) from now on.
+    pub config_capacity: Option<u64>,
+    /// Device configuration reports this `seg_max` from now on.
+    pub config_seg_max: Option<u32>,
+    /// Device configuration reports this `blk_size` from now on.
+    pub config_blk_size: Option<u32>,
+    /// Each read of device configuration reports capacity `.0` and `.1` sectors in turn
+    /// (`.0` first) without touching `config_generation`: the two 32-bit halves of one
+    /// 64-bit read come from different values.
+    pub config_capacity_flip: Option<(u64, u64)>,
+}
+
+/// How a device resets itself in the middle of I/O ([`Behavior::self_reset`]). In every
+/// case the doorbell that triggers it is not served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelfReset {
+    /// As if the driver had written 0 to `device_status`: status reads back 0, the queue
+    /// is disabled and the device forgets its ring indexes.
+    StatusZero,
+    /// DEVICE_NEEDS_RESET appears in the status.
+    NeedsReset,
+    /// `queue_enable` of queue 0 reads back 0; the status is untouched.
+    QueueDisabled,
+}
+
+/// What a [`Scribbler`] keeps rewriting in the chains the device completed last.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scribble {
+    /// Every device-writable data buffer: filled with [`SCRIBBLE_BYTES`] in turn.
+    pub data: bool,
+    /// The status byte: [`SCRIBBLE_STATUS`] in turn.
+    pub status: bool,
+    /// The used element: in turn the real `(id, len)`, `(0xffff, len)`, `(id, u32::MAX)`,
+    /// `(id, 0)`, `(id, 1)` (id and len stored separately, so a reader may see a mix).
+    pub used: bool,
+}
+
+/// Targets of a running scribbler: BAR offsets of the last completed chains' parts.
+#[derive(Debug, Default)]
+struct ScribbleState {
+    what: Scribble,
+    /// `(offset, len)` of data buffers.
+    data: Vec<(u64, u64)>,
+    /// Offsets of status bytes.
+    status: Vec<u64>,
+    /// `(offset, id, len)` of used elements.
+    elems: Vec<(u64, u32, u32)>,
+    /// Rounds of rewrites done.
+    rounds: u64,
+}
+
+impl ScribbleState {
+    fn idle(&self) -> bool {
+        self.data.is_empty() && self.status.is_empty() && self.elems.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.data.clear();
+        self.status.clear();
+        self.elems.clear();
+    }
+}
+
+fn lock_state(m: &Mutex<ScribbleState>) -> MutexGuard<'_, ScribbleState> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A thread rewriting pool memory behind the driver's back; see
+/// [`FakeDevice::start_scribbler`]. Dropping it stops and joins the thread.
+pub struct Scribbler {
+    state: Arc<Mutex<ScribbleState>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    dev: FakeDevice,
+}
+
+impl Scribbler {
+    /// Forgets the current targets and returns once no rewrite is in progress: from then
+    /// on nothing is written until the device completes another chain.
+    pub fn quiesce(&self) {
+        lock_state(&self.state).clear();
+    }
+
+    /// Rounds of rewrites done so far.
+    pub fn rounds(&self) -> u64 {
+        lock_state(&self.state).rounds
+    }
+}
+
+impl Drop for Scribbler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.dev.lock().scribble = None;
+    }
+}
+
+/// The scribbler thread: while it has targets, rewrites all of them, round after round.
+fn scribble_loop(mem: PoolMemory, state: Arc<Mutex<ScribbleState>>, stop: Arc<AtomicBool>) {
+    let mut fill = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        let mut st = lock_state(&state);
+        if st.idle() {
+            drop(st);
+            std::thread::sleep(Duration::from_micros(20));
+            continue;
+        }
+        let r = st.rounds;
+        if st.what.data {
+            let byte = SCRIBBLE_BYTES[(r % 2) as usize];
+            for &(o, l) in &st.data {
+                fill.clear();
+                fill.resize(l as usize, byte);
+                let _ = mem.write(o, &fill);
+            }
+        }
+        if st.what.status {
+            let v = SCRIBBLE_STATUS[(r % 4) as usize];
+            for &o in &st.status {
+                let _ = mem.write(o, &[v]);
+            }
+        }
+        if st.what.used {
+            for &(o, id, len) in &st.elems {
+                let (i, l) = match r % 5 {
+                    0 => (id, len),
+                    1 => (0xffff, len),
+                    2 => (id, u32::MAX),
+                    3 => (id, 0),
+                    _ => (id, 1),
+                };
+                let _ = mem.store_u32(o, i);
+                let _ = mem.store_u32(o + 4, l);
+            }
+        }
+        st.rounds += 1;
+        drop(st);
+        std::thread::yield_now();
+    }
 }
 
 /// A descriptor the device read.
@@ -289,6 +460,16 @@ struct Inner {
     status_writes: Vec<u8>,
     notifies: u64,
     completions: u64,
+    /// Doorbells served since the behaviour was last set.
+    doorbells_since_behavior: u64,
+    /// Reads of PCI configuration space.
+    config_space_reads: u64,
+    /// Reads of the virtio-blk device configuration.
+    device_config_reads: u64,
+    /// Which value of [`Behavior::config_capacity_flip`] the next read reports.
+    config_flip: bool,
+    /// The running scribbler's targets, if any.
+    scribble: Option<Arc<Mutex<ScribbleState>>>,
 }
 
 /// The fake device; see the module documentation. Clones share one device.
@@ -519,6 +700,11 @@ impl FakeDevice {
             status_writes: Vec::new(),
             notifies: 0,
             completions: 0,
+            doorbells_since_behavior: 0,
+            config_space_reads: 0,
+            device_config_reads: 0,
+            config_flip: false,
+            scribble: None,
             cfg,
         };
         inner.reset();
@@ -540,7 +726,49 @@ impl FakeDevice {
 
     /// Changes how requests are completed from the next doorbell on.
     pub fn set_behavior(&self, b: Behavior) {
-        self.lock().behavior = b;
+        let mut i = self.lock();
+        i.behavior = b;
+        i.doorbells_since_behavior = 0;
+    }
+
+    /// Starts a thread that, each time the device completes chains, keeps rewriting what
+    /// `what` says of them (data buffers, status bytes, used elements) until
+    /// [`Scribbler::quiesce`] or the next completion. The device waits for one round of
+    /// rewrites before it publishes `used.idx`, so the driver never sees the completion
+    /// as written, and the rewrites go on while the driver reads it.
+    pub fn start_scribbler(&self, what: Scribble) -> Result<Scribbler, FakeError> {
+        let mut i = self.lock();
+        let len =
+            usize::try_from(i.pool.size()).map_err(|_| FakeError::BadConfig("pool size".into()))?;
+        let mem = PoolMemory::new(Mapping::shared(i.pool_fd.as_fd(), 0, len)?);
+        let state = Arc::new(Mutex::new(ScribbleState {
+            what,
+            ..ScribbleState::default()
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        i.scribble = Some(state.clone());
+        drop(i);
+        let (st, sp) = (state.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("fake-scribbler".into())
+            .spawn(move || scribble_loop(mem, st, sp))
+            .map_err(FakeError::Memfd)?;
+        Ok(Scribbler {
+            state,
+            stop,
+            thread: Some(thread),
+            dev: self.clone(),
+        })
+    }
+
+    /// Reads of PCI configuration space so far.
+    pub fn config_space_reads(&self) -> u64 {
+        self.lock().config_space_reads
+    }
+
+    /// Reads of the virtio-blk device configuration (capacity, seg_max, ...) so far.
+    pub fn device_config_reads(&self) -> u64 {
+        self.lock().device_config_reads
     }
 
     /// The current behaviour.
@@ -656,6 +884,9 @@ impl Inner {
         };
         self.last_avail = 0;
         self.used_idx = 0;
+        if let Some(s) = &self.scribble {
+            lock_state(s).clear();
+        }
     }
 
     fn violation(&mut self, what: String) {
@@ -725,6 +956,7 @@ impl Inner {
     // ---- configuration space -------------------------------------------------------------
 
     fn config_read(&mut self, offset: u16, buf: &mut [u8]) -> Result<(), PciError> {
+        self.config_space_reads += 1;
         let start = usize::from(offset);
         let src = self
             .config
@@ -923,17 +1155,31 @@ impl Inner {
             self.generation = self.generation.wrapping_add(1);
             return [0xff; 64];
         }
-        let sectors = self
-            .cfg
-            .capacity_sectors
-            .unwrap_or(self.disk.len() as u64 / SECTOR);
-        put(&mut b, 0, &sectors.to_le_bytes());
-        put(
-            &mut b,
-            12,
-            &u32::from(INDIRECT_TABLE_DESCS - 2).to_le_bytes(),
+        let bh = &self.behavior;
+        let (flip, capacity, seg_max, blk_size) = (
+            bh.config_capacity_flip,
+            bh.config_capacity,
+            bh.config_seg_max,
+            bh.config_blk_size,
         );
-        put(&mut b, 20, &(SECTOR as u32).to_le_bytes());
+        let sectors = match flip {
+            Some((first, second)) => {
+                self.config_flip = !self.config_flip;
+                if self.config_flip {
+                    first
+                } else {
+                    second
+                }
+            }
+            None => capacity
+                .or(self.cfg.capacity_sectors)
+                .unwrap_or(self.disk.len() as u64 / SECTOR),
+        };
+        let seg_max = seg_max.unwrap_or(u32::from(INDIRECT_TABLE_DESCS - 2));
+        let blk_size = blk_size.unwrap_or(SECTOR as u32);
+        put(&mut b, 0, &sectors.to_le_bytes());
+        put(&mut b, 12, &seg_max.to_le_bytes());
+        put(&mut b, 20, &blk_size.to_le_bytes());
         b
     }
 
@@ -952,7 +1198,10 @@ impl Inner {
         let img = if let Some(o) = region(dl::COMMON_OFFSET, dl::COMMON_LEN) {
             Some((self.common_image(), o))
         } else {
-            region(dl::DEVICE_OFFSET, dl::DEVICE_LEN).map(|o| (self.device_config_image(), o))
+            region(dl::DEVICE_OFFSET, dl::DEVICE_LEN).map(|o| {
+                self.device_config_reads += 1;
+                (self.device_config_image(), o)
+            })
         };
         if let Some((img, o)) = img {
             for (i, d) in buf.iter_mut().enumerate() {
@@ -1086,6 +1335,17 @@ impl Inner {
             self.status |= status::DEVICE_NEEDS_RESET;
             return;
         }
+        if let Some(how) = b.self_reset {
+            if self.doorbells_since_behavior >= b.self_reset_after {
+                match how {
+                    SelfReset::StatusZero => self.reset(),
+                    SelfReset::NeedsReset => self.status |= status::DEVICE_NEEDS_RESET,
+                    SelfReset::QueueDisabled => self.queue.enabled = false,
+                }
+                return;
+            }
+        }
+        self.doorbells_since_behavior += 1;
         let Some(avail_idx) = self.load_u16("avail.idx", q.driver + 2) else {
             return;
         };
@@ -1097,6 +1357,8 @@ impl Inner {
             return;
         }
         let mut done: Vec<(u32, u32)> = Vec::new();
+        let mut scribble_data = Vec::new();
+        let mut scribble_status = Vec::new();
         while self.last_avail != avail_idx {
             let slot = u64::from(self.last_avail % q.size);
             let Some(head) = self.load_u16("avail ring", q.driver + 4 + 2 * slot) else {
@@ -1110,6 +1372,11 @@ impl Inner {
                 continue;
             }
             let written = self.serve(&chain, &b);
+            if self.scribble.is_some() {
+                let (data, st) = self.chain_targets(&chain);
+                scribble_data.extend(data);
+                scribble_status.extend(st);
+            }
             let used = b
                 .used_len
                 .unwrap_or_else(|| written.saturating_add(b.used_len_extra));
@@ -1118,8 +1385,11 @@ impl Inner {
         if self.driver_features & bit(VIRTIO_RING_F_EVENT_IDX) != 0 {
             // avail_event: ask for a doorbell at the next chain.
             let ev = q.device + 4 + 8 * u64::from(q.size);
-            let la = self.last_avail;
+            let la = b.avail_event.unwrap_or(self.last_avail);
             self.store_u16("avail_event", ev, la);
+        }
+        if let Some(flags) = b.used_flags {
+            self.store_u16("used.flags", q.device, flags);
         }
         if b.complete_twice {
             done = done.first().map(|d| vec![*d, *d]).unwrap_or_default();
@@ -1129,18 +1399,75 @@ impl Inner {
                 d.0 = (d.0 + 1) % u32::from(q.size);
             }
         }
+        if let Some(id) = b.used_id {
+            for d in &mut done {
+                d.0 = id;
+            }
+        }
         if done.is_empty() && b.used_idx_extra == 0 {
             return;
         }
+        let mut scribble_elems = Vec::new();
         for (id, len) in done {
             let e = q.device + 4 + 8 * u64::from(self.used_idx % q.size);
             self.store_u32("used element", e, id);
             self.store_u32("used element", e + 4, len);
+            if let Some(o) = self.bar_offset(e, 8) {
+                scribble_elems.push((o, id, len));
+            }
             self.used_idx = self.used_idx.wrapping_add(1);
             self.completions += 1;
         }
+        self.arm_scribbler(scribble_data, scribble_status, scribble_elems);
         let published = self.used_idx.wrapping_add(b.used_idx_extra);
         self.store_u16("used.idx", q.device + 2, published);
+    }
+
+    /// BAR offsets of a chain's device-writable data bytes and of its status byte.
+    fn chain_targets(&self, chain: &[Buf]) -> (Vec<(u64, u64)>, Option<u64>) {
+        let writable: Vec<&Buf> = chain.iter().filter(|c| c.writable).collect();
+        let Some((status_buf, data)) = writable.split_last() else {
+            return (Vec::new(), None);
+        };
+        let mut out: Vec<(u64, u64)> = data
+            .iter()
+            .filter_map(|d| Some((self.bar_offset(d.addr, u64::from(d.len))?, u64::from(d.len))))
+            .collect();
+        let len = u64::from(status_buf.len);
+        let Some(o) = self.bar_offset(status_buf.addr, len).filter(|_| len > 0) else {
+            return (out, None);
+        };
+        if len > 1 {
+            out.push((o, len - 1));
+        }
+        (out, Some(o + len - 1))
+    }
+
+    /// Hands the scribbler (if any) its new targets and waits (at most a second) for one
+    /// round of rewrites, so they land before the completion is published.
+    fn arm_scribbler(
+        &mut self,
+        data: Vec<(u64, u64)>,
+        status: Vec<u64>,
+        elems: Vec<(u64, u32, u32)>,
+    ) {
+        let Some(s) = self.scribble.clone() else {
+            return;
+        };
+        let start = {
+            let mut st = lock_state(&s);
+            st.data = data;
+            st.status = status;
+            st.elems = elems;
+            if st.idle() {
+                return;
+            }
+            st.rounds
+        };
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while lock_state(&s).rounds == start && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
     }
 
     /// Gathers the readable bytes of a chain (bounded).
