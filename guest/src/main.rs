@@ -1,15 +1,18 @@
-//! `swiotlb-guest`: drives a SWIOTLB virtio-blk device over vfio-user. Every buffer the
-//! device sees is a bounce slot in its pool.
+//! `swiotlb-guest`: drives a SWIOTLB virtio-blk device, over vfio-user (`--socket`) or as a
+//! PCI function of this Linux machine through sysfs (`--pci`). Every buffer the device sees
+//! is a bounce slot in its pool.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 use serde_json::json;
 use swiotlb_guest::attest::{self, AttesterChoice};
+use swiotlb_guest::pci::sysfs::{self, SysfsPci};
 use swiotlb_guest::pci::vfio_user::VfioUserClient;
+use swiotlb_guest::pci::PciAccess;
 use swiotlb_guest::{BlockDriver, Options};
 use swiotlb_shared::error_chain;
 use swiotlb_shared::units::parse_size;
@@ -17,10 +20,17 @@ use swiotlb_shared::units::parse_size;
 /// Drive a virtio-blk device through its SWIOTLB pool.
 #[derive(Parser, Debug)]
 #[command(name = "swiotlb-guest", version)]
+#[command(group(ArgGroup::new("device").required(true).args(["socket", "pci"])))]
 struct Args {
     /// vfio-user socket of the device.
     #[arg(long)]
-    socket: PathBuf,
+    socket: Option<PathBuf>,
+    /// The device as a PCI function of this machine, through sysfs (root; no kernel driver
+    /// bound; no interrupts, completions are polled): `sysfs:auto` (the one 1af4:1042
+    /// function under /sys/bus/pci/devices; among several, the one no kernel driver owns)
+    /// or `sysfs:DDDD:BB:DD.F`.
+    #[arg(long, value_name = "SPEC", value_parser = parse_pci_spec)]
+    pci: Option<PciSpec>,
     /// Print results as JSON.
     #[arg(long)]
     json: bool,
@@ -54,6 +64,71 @@ enum AttesterArg {
     Emulated,
     /// No attester.
     None,
+}
+
+/// Which PCI function `--pci` names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PciSpec {
+    /// `sysfs:auto`: the only modern virtio-blk function.
+    SysfsAuto,
+    /// `sysfs:<BDF>`: that function (normalized as sysfs names it).
+    SysfsBdf(String),
+}
+
+fn parse_pci_spec(s: &str) -> Result<PciSpec, String> {
+    let usage = "expected sysfs:auto or sysfs:DDDD:BB:DD.F (e.g. sysfs:0000:00:04.0)";
+    match s.split_once(':') {
+        Some(("sysfs", "auto")) => Ok(PciSpec::SysfsAuto),
+        Some(("sysfs", bdf)) => sysfs::parse_bdf(bdf)
+            .map(PciSpec::SysfsBdf)
+            .map_err(|e| format!("{e}; {usage}")),
+        _ => Err(format!("unknown PCI back end in {s:?}; {usage}")),
+    }
+}
+
+/// The sysfs directory of the function `spec` names, under `sysfs_root`.
+fn resolve_pci(spec: &PciSpec, sysfs_root: &Path) -> Result<PathBuf, String> {
+    let dir = sysfs::devices_dir(sysfs_root);
+    match spec {
+        PciSpec::SysfsBdf(bdf) => Ok(dir.join(bdf)),
+        PciSpec::SysfsAuto => {
+            let found = sysfs::find_devices(sysfs_root);
+            match found.as_slice() {
+                [] => {
+                    return Err(format!(
+                        "no virtio-blk function (1af4:1042) under {}",
+                        dir.display()
+                    ))
+                }
+                [one] => return Ok(one.clone()),
+                _ => {}
+            }
+            // Several: a function a kernel driver owns (the boot disk, typically) can never
+            // be driven from here, so the one that no driver owns is meant.
+            let free: Vec<&PathBuf> = found
+                .iter()
+                .filter(|p| sysfs::bound_driver(p).is_none())
+                .collect();
+            if let [one] = free.as_slice() {
+                return Ok((*one).clone());
+            }
+            let list = found
+                .iter()
+                .map(|p| {
+                    let name = p.file_name().unwrap_or_default().to_string_lossy();
+                    match sysfs::bound_driver(p) {
+                        Some(d) => format!("{name} (bound to {d})"),
+                        None => name.into_owned(),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(format!(
+                "several virtio-blk functions (1af4:1042) under {} and not exactly one free of a kernel driver: {list}; choose one with --pci sysfs:<BDF>",
+                dir.display()
+            ))
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,13 +216,24 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    let client = VfioUserClient::connect(&args.socket).map_err(|e| {
-        format!(
-            "connecting to {}: {}",
-            args.socket.display(),
-            error_chain(&e)
-        )
-    })?;
+    match (&args.socket, &args.pci) {
+        (Some(socket), None) => {
+            let client = VfioUserClient::connect(socket)
+                .map_err(|e| format!("connecting to {}: {}", socket.display(), error_chain(&e)))?;
+            drive(args, client)
+        }
+        (None, Some(spec)) => {
+            let dir = resolve_pci(spec, Path::new(sysfs::SYSFS_ROOT))?;
+            // Every error of opening names the file it concerns.
+            let pci = SysfsPci::open(&dir).map_err(|e| error_chain(&e))?;
+            drive(args, pci)
+        }
+        _ => Err("exactly one of --socket and --pci names the device".into()),
+    }
+}
+
+/// Opens the device on back end `pci` and runs the subcommand.
+fn drive<P: PciAccess>(args: &Args, pci: P) -> Result<(), String> {
     let opts = Options {
         decline_swiotlb: args.decline_swiotlb,
         timeout: Duration::from_millis(args.timeout_ms),
@@ -168,8 +254,8 @@ fn run(args: &Args) -> Result<(), String> {
         Some(c) => attest::choose(c).map_err(|e| error_chain(&e))?,
         None => None,
     };
-    let mut dev = BlockDriver::open_attested(client, &opts, attester.as_deref())
-        .map_err(|e| error_chain(&e))?;
+    let mut dev =
+        BlockDriver::open_attested(pci, &opts, attester.as_deref()).map_err(|e| error_chain(&e))?;
     let info = dev.info().clone();
     let out = match &args.cmd {
         Cmd::Info => {
@@ -258,7 +344,7 @@ fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn roundtrip<P: swiotlb_guest::pci::PciAccess>(
+fn roundtrip<P: PciAccess>(
     dev: &mut BlockDriver<P>,
     offset: u64,
     size: u64,
@@ -302,4 +388,104 @@ fn roundtrip<P: swiotlb_guest::pci::PciAccess>(
         "ok": true, "bytes": size, "sha256": w,
         "write_mib_s": wr, "read_mib_s": rd,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("swiotlb-guest").chain(argv.iter().copied()))
+    }
+
+    #[test]
+    fn exactly_one_device_flag() {
+        let a = parse(&["--socket", "/run/s.sock", "info"]).unwrap();
+        assert_eq!(a.socket, Some(PathBuf::from("/run/s.sock")));
+        assert_eq!(a.pci, None);
+        let a = parse(&["--pci", "sysfs:auto", "--json", "info"]).unwrap();
+        assert_eq!(a.pci, Some(PciSpec::SysfsAuto));
+        assert!(a.socket.is_none() && a.json);
+        let a = parse(&["--pci", "sysfs:00:04.0", "roundtrip", "--size", "1M"]).unwrap();
+        assert_eq!(a.pci, Some(PciSpec::SysfsBdf("0000:00:04.0".into())));
+        assert!(parse(&["info"]).is_err(), "neither");
+        assert!(
+            parse(&["--socket", "/s", "--pci", "sysfs:auto", "info"]).is_err(),
+            "both"
+        );
+    }
+
+    #[test]
+    fn pci_specs() {
+        assert_eq!(parse_pci_spec("sysfs:auto"), Ok(PciSpec::SysfsAuto));
+        assert_eq!(
+            parse_pci_spec("sysfs:0000:00:04.0"),
+            Ok(PciSpec::SysfsBdf("0000:00:04.0".into()))
+        );
+        for bad in [
+            "",
+            "sysfs",
+            "sysfs:",
+            "auto",
+            "vfio:0000:00:04.0",
+            "sysfs:0000:00:04",
+            "sysfs:../../x",
+            "SYSFS:auto",
+        ] {
+            assert!(parse_pci_spec(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    fn function(root: &Path, bdf: &str, vendor: &str, device: &str) {
+        let d = sysfs::devices_dir(root).join(bdf);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("vendor"), vendor).unwrap();
+        std::fs::write(d.join("device"), device).unwrap();
+    }
+
+    #[test]
+    fn auto_needs_exactly_one_match() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let e = resolve_pci(&PciSpec::SysfsAuto, root).unwrap_err();
+        assert!(e.contains("no virtio-blk function"), "{e}");
+        function(root, "0000:00:03.0", "0x8086\n", "0x100e\n");
+        function(root, "0000:00:04.0", "0x1af4\n", "0x1042\n");
+        assert_eq!(
+            resolve_pci(&PciSpec::SysfsAuto, root).unwrap(),
+            sysfs::devices_dir(root).join("0000:00:04.0")
+        );
+        function(root, "0000:00:05.0", "0x1af4\n", "0x1042\n");
+        let e = resolve_pci(&PciSpec::SysfsAuto, root).unwrap_err();
+        assert!(
+            e.contains("several") && e.contains("0000:00:04.0, 0000:00:05.0"),
+            "{e}"
+        );
+        // One of the two owned by a kernel driver (a boot disk): the other is meant.
+        let devs = sysfs::devices_dir(root);
+        let drv = root.join("bus/pci/drivers/virtio-pci");
+        std::fs::create_dir_all(&drv).unwrap();
+        std::os::unix::fs::symlink(&drv, devs.join("0000:00:04.0/driver")).unwrap();
+        assert_eq!(
+            resolve_pci(&PciSpec::SysfsAuto, root).unwrap(),
+            devs.join("0000:00:05.0")
+        );
+        // Both owned: refused, saying so.
+        std::os::unix::fs::symlink(&drv, devs.join("0000:00:05.0/driver")).unwrap();
+        let e = resolve_pci(&PciSpec::SysfsAuto, root).unwrap_err();
+        assert!(
+            e.contains("0000:00:04.0 (bound to virtio-pci), 0000:00:05.0 (bound to virtio-pci)"),
+            "{e}"
+        );
+        // A single match is used even when bound: opening it then says how to unbind.
+        std::fs::remove_dir_all(devs.join("0000:00:05.0")).unwrap();
+        assert_eq!(
+            resolve_pci(&PciSpec::SysfsAuto, root).unwrap(),
+            devs.join("0000:00:04.0")
+        );
+        assert_eq!(
+            resolve_pci(&PciSpec::SysfsBdf("0000:00:09.0".into()), root).unwrap(),
+            sysfs::devices_dir(root).join("0000:00:09.0")
+        );
+    }
 }

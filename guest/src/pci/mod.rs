@@ -1,10 +1,16 @@
 //! How the driver reaches a PCI function: config space, BAR registers, the pool BAR's
-//! mapping, and interrupts. One trait, several back ends (a vfio-user client here; kernel
-//! VFIO and sysfs come with the VM back ends); the driver above is the same for all.
+//! mapping, and interrupts. One trait, several back ends; the driver above is the same for
+//! all:
+//! - [`vfio_user`]: a vfio-user client, the function in another process (it also plays the
+//!   firmware's part and assigns BAR addresses);
+//! - [`sysfs`]: a real PCI function of a Linux guest, through `/sys/bus/pci/devices/<BDF>/`
+//!   (the kernel assigned the BARs; no interrupts, the driver polls).
 
+pub mod sysfs;
 pub mod vfio_user;
 
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 
 use thiserror::Error;
 
@@ -38,6 +44,57 @@ pub enum PciError {
     /// Mapping failed.
     #[error("mapping failed")]
     Map(#[source] PoolAccessError),
+    /// A file of the function's sysfs directory could not be used.
+    #[error("{what} {}", .path.display())]
+    Sysfs {
+        /// The file.
+        path: PathBuf,
+        /// What was being done with it.
+        what: String,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A sysfs file holds something the back end refuses.
+    #[error("{}: {why}", .path.display())]
+    SysfsInvalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The function is not the one the back end drives.
+    #[error("{} is {vendor:04x}:{device:04x}, not a modern virtio-blk function (1af4:1042)", .path.display())]
+    WrongFunction {
+        /// The function's directory.
+        path: PathBuf,
+        /// Vendor ID its config space holds.
+        vendor: u16,
+        /// Device ID its config space holds.
+        device: u16,
+    },
+    /// A kernel driver owns the function: driving it from user space too would fight it.
+    #[error("{} is bound to the kernel driver `{driver}`; unbind it first (echo {bdf} > /sys/bus/pci/drivers/{driver}/unbind)", .path.display())]
+    Bound {
+        /// The function's directory.
+        path: PathBuf,
+        /// Its name (the BDF).
+        bdf: String,
+        /// The driver's name.
+        driver: String,
+    },
+    /// An access the back end refuses: width, alignment or range.
+    #[error("{what} of {len} bytes at offset {offset:#x} refused: {why}")]
+    BadAccess {
+        /// What was asked ("config read", "BAR 0 write", ...).
+        what: String,
+        /// Offset asked for.
+        offset: u64,
+        /// Length asked for.
+        len: u64,
+        /// Why it was refused.
+        why: String,
+    },
 }
 
 /// Access to one PCI function.

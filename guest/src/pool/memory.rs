@@ -97,6 +97,19 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// Start of the mapping (page aligned), for back ends that access device registers
+    /// through it with volatile accesses of their own.
+    pub(crate) fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length of the mapping in bytes.
+    pub(crate) fn byte_len(&self) -> usize {
+        self.len
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` came from a successful mmap and are unmapped exactly once.

@@ -1,0 +1,1299 @@
+//! A PCI function of a stock Linux kernel, reached through sysfs
+//! (`/sys/bus/pci/devices/<BDF>/`), for a guest without VFIO (no IOMMU, no no-IOMMU mode):
+//!
+//! - configuration space through the `config` file (pread/pwrite at the offset; root may
+//!   read all of it and write it);
+//! - BAR sizes and addresses from the `resource` file: the kernel (or firmware) assigned
+//!   them and this back end never re-programs a BAR. The driver reads the BAR registers from
+//!   configuration space for the pool's bus address, which is what the kernel programmed;
+//! - BAR registers through an uncached `MAP_SHARED` mapping of `resourceN`, one volatile
+//!   access of exactly the width asked (1, 2, 4 or 8 bytes, naturally aligned);
+//! - the pool through another mapping of `resourceN` ([`PciAccess::map_bar`]);
+//! - no interrupts: [`PciAccess::enable_msix`] answers `None` and the driver polls.
+//!
+//! Write-combining (`resourceN_wc`) is deliberately not used: stores to WC memory are not
+//! ordered by the release stores the ring relies on.
+//!
+//! The host is hostile, and what these files say comes from it (the BAR sizes the kernel
+//! found, configuration bytes): every value is checked before use and every failure is a
+//! [`PciError`] naming the file and what failed. Nothing here panics on file contents.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use swiotlb_shared::pci::{cfg, VIRTIO_PCI_DEVICE_ID_BLOCK, VIRTIO_PCI_VENDOR_ID};
+
+use super::{PciAccess, PciError};
+use crate::pool::{Mapping, PoolAccessError};
+
+/// Where sysfs is mounted.
+pub const SYSFS_ROOT: &str = "/sys";
+/// The directory of PCI functions, relative to the sysfs root.
+pub const DEVICES_DIR: &str = "bus/pci/devices";
+/// Number of BARs of a type-0 header.
+pub const NUM_BARS: usize = 6;
+/// Configuration space beyond this (PCIe extended space ends here) is never addressed.
+const MAX_CONFIG_SIZE: u64 = 4096;
+/// Most bytes read from the `resource` file (a function has at most a few dozen lines of
+/// 57 bytes).
+const MAX_RESOURCE_BYTES: u64 = 64 * 1024;
+/// Most bytes read from a small attribute (`vendor`, `device`, `enable`).
+const MAX_ATTR_BYTES: u64 = 64;
+/// `IORESOURCE_IO`: an I/O port BAR.
+pub const IORESOURCE_IO: u64 = 0x0000_0100;
+/// `IORESOURCE_MEM`: a memory BAR.
+pub const IORESOURCE_MEM: u64 = 0x0000_0200;
+/// `IORESOURCE_DISABLED`: the resource is not in use.
+pub const IORESOURCE_DISABLED: u64 = 0x1000_0000;
+/// `IORESOURCE_UNSET`: the kernel sized the BAR but could not give it an address.
+pub const IORESOURCE_UNSET: u64 = 0x2000_0000;
+
+/// One BAR as the `resource` file describes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BarResource {
+    /// Address the BAR decodes at, as the kernel reports it.
+    pub start: u64,
+    /// Size in bytes (0: the BAR is unused).
+    pub size: u64,
+    /// The kernel's `IORESOURCE_*` flags.
+    pub flags: u64,
+}
+
+impl BarResource {
+    /// Whether the BAR is a memory BAR.
+    pub fn is_memory(&self) -> bool {
+        self.size != 0 && self.flags & IORESOURCE_MEM != 0
+    }
+
+    /// Whether the BAR is an I/O port BAR.
+    pub fn is_io(&self) -> bool {
+        self.size != 0 && self.flags & IORESOURCE_IO != 0
+    }
+
+    /// Whether the kernel gave the BAR an address.
+    pub fn is_assigned(&self) -> bool {
+        self.size != 0 && self.flags & (IORESOURCE_UNSET | IORESOURCE_DISABLED) == 0
+    }
+}
+
+/// At most the first 40 characters of `s`, for error messages about file contents.
+fn excerpt(s: &str) -> String {
+    let mut e: String = s.chars().take(40).collect();
+    if s.chars().nth(40).is_some() {
+        e.push('…');
+    }
+    e
+}
+
+/// A hexadecimal number of at most 64 bits, with or without `0x`.
+fn parse_hex(s: &str) -> Result<u64, String> {
+    let digits = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{:?} is not a hexadecimal number", excerpt(s)));
+    }
+    u64::from_str_radix(digits, 16).map_err(|_| format!("{:?} does not fit 64 bits", excerpt(s)))
+}
+
+/// Checks one BAR line (`start end flags`) of the `resource` file.
+fn parse_bar(bar: usize, line: &str) -> Result<BarResource, String> {
+    let mut words = line.split_ascii_whitespace();
+    let (Some(a), Some(b), Some(c), None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return Err(format!(
+            "BAR {bar}: expected `start end flags`, found {:?}",
+            excerpt(line)
+        ));
+    };
+    let field = |what: &str, s: &str| parse_hex(s).map_err(|e| format!("BAR {bar} {what}: {e}"));
+    let (start, end, flags) = (field("start", a)?, field("end", b)?, field("flags", c)?);
+    if start == 0 && end == 0 {
+        // Unused (or the upper half of a 64-bit BAR).
+        return Ok(BarResource::default());
+    }
+    if end < start {
+        return Err(format!(
+            "BAR {bar}: end {end:#x} lies below start {start:#x}"
+        ));
+    }
+    let size = (end - start)
+        .checked_add(1)
+        .ok_or_else(|| format!("BAR {bar}: [{start:#x}, {end:#x}] overflows 64 bits"))?;
+    match (flags & IORESOURCE_IO != 0, flags & IORESOURCE_MEM != 0) {
+        (true, false) | (false, true) => {}
+        _ => {
+            return Err(format!(
+                "BAR {bar}: flags {flags:#x} say neither or both of I/O and memory"
+            ))
+        }
+    }
+    if !size.is_power_of_two() {
+        return Err(format!("BAR {bar}: size {size:#x} is not a power of two"));
+    }
+    // The smallest BARs PCI allows: 16 bytes of memory, 4 of I/O ports.
+    let min = if flags & IORESOURCE_MEM != 0 { 16 } else { 4 };
+    if size < min {
+        return Err(format!(
+            "BAR {bar}: size {size:#x} is below the {min} bytes PCI allows"
+        ));
+    }
+    if start % size != 0 {
+        return Err(format!(
+            "BAR {bar}: address {start:#x} is not aligned to its size {size:#x}"
+        ));
+    }
+    Ok(BarResource { start, size, flags })
+}
+
+/// Parses the `resource` file: its first six lines are BARs 0 to 5 (later lines, the ROM
+/// and bridge or SR-IOV windows, are not used and not looked at).
+pub fn parse_resource(text: &str) -> Result<[BarResource; NUM_BARS], String> {
+    let mut bars = [BarResource::default(); NUM_BARS];
+    let mut lines = text.lines();
+    for (i, bar) in bars.iter_mut().enumerate() {
+        let line = lines
+            .next()
+            .ok_or_else(|| format!("{i} lines, expected at least {NUM_BARS} (one per BAR)"))?;
+        *bar = parse_bar(i, line)?;
+    }
+    Ok(bars)
+}
+
+/// Parses a PCI address: `DDDD:BB:DD.F`, or `BB:DD.F` in domain 0. Returns it as sysfs
+/// names the function (lower-case, zero-padded), so it can only ever name an entry of the
+/// devices directory.
+pub fn parse_bdf(s: &str) -> Result<String, String> {
+    let bad = || format!("{:?} is not a PCI address (DDDD:BB:DD.F)", excerpt(s));
+    let num = |t: &str, max_digits: usize, max: u32| -> Result<u32, String> {
+        if t.is_empty() || t.len() > max_digits || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        u32::from_str_radix(t, 16)
+            .ok()
+            .filter(|v| *v <= max)
+            .ok_or_else(bad)
+    };
+    let (rest, func) = s.rsplit_once('.').ok_or_else(bad)?;
+    let parts: Vec<&str> = rest.split(':').collect();
+    let (domain, bus, dev) = match parts.as_slice() {
+        [d, b, v] => (num(d, 8, u32::MAX)?, *b, *v),
+        [b, v] => (0, *b, *v),
+        _ => return Err(bad()),
+    };
+    let (bus, dev, func) = (num(bus, 2, 0xff)?, num(dev, 2, 0x1f)?, num(func, 1, 7)?);
+    Ok(format!("{domain:04x}:{bus:02x}:{dev:02x}.{func}"))
+}
+
+/// The directory of PCI functions under `sysfs_root`.
+pub fn devices_dir(sysfs_root: &Path) -> PathBuf {
+    sysfs_root.join(DEVICES_DIR)
+}
+
+/// Reads a small attribute file (at most [`MAX_ATTR_BYTES`]).
+fn read_attr(path: &Path) -> std::io::Result<String> {
+    let mut s = String::new();
+    File::open(path)?
+        .take(MAX_ATTR_BYTES)
+        .read_to_string(&mut s)?;
+    Ok(s)
+}
+
+/// A 16-bit ID file (`vendor`, `device`: "0x1af4\n").
+fn read_id(path: &Path) -> Option<u16> {
+    let s = read_attr(path).ok()?;
+    let v = parse_hex(s.trim()).ok()?;
+    u16::try_from(v).ok()
+}
+
+/// Lists the modern virtio-blk functions (vendor 0x1af4, device 0x1042 by their `vendor`
+/// and `device` files) under `<sysfs_root>/bus/pci/devices`, sorted. An unreadable
+/// directory or entry is simply not listed.
+pub fn find_devices(sysfs_root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(devices_dir(sysfs_root)) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            read_id(&p.join("vendor")) == Some(VIRTIO_PCI_VENDOR_ID)
+                && read_id(&p.join("device")) == Some(VIRTIO_PCI_DEVICE_ID_BLOCK)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The kernel driver bound to the function in `dir` (its `driver` link), if any; `Some("?")`
+/// when the link exists but cannot be read.
+pub fn bound_driver(dir: &Path) -> Option<String> {
+    let link = dir.join("driver");
+    fs::symlink_metadata(&link).ok()?;
+    Some(
+        fs::read_link(&link)
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "?".into()),
+    )
+}
+
+fn sysfs_err(path: &Path, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PciError {
+    let (path, what) = (path.to_path_buf(), what.into());
+    move |source| PciError::Sysfs { path, what, source }
+}
+
+/// The system's page size.
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).ok().filter(|n| *n > 0).unwrap_or(4096)
+}
+
+/// A PCI function driven through sysfs.
+pub struct SysfsPci {
+    dir: PathBuf,
+    config: File,
+    config_path: PathBuf,
+    config_size: u64,
+    bars: [BarResource; NUM_BARS],
+    /// Each BAR's register mapping, made at its first register access.
+    maps: [Option<Mapping>; NUM_BARS],
+}
+
+impl std::fmt::Debug for SysfsPci {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SysfsPci")
+            .field("dir", &self.dir)
+            .field("config_size", &self.config_size)
+            .field("bars", &self.bars)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SysfsPci {
+    /// Opens the function whose sysfs directory is `dir` (`/sys/bus/pci/devices/<BDF>`):
+    /// checks it is a modern virtio-blk function (1af4:1042) that no kernel driver owns,
+    /// reads its BARs from `resource`, enables it (`enable`) when the kernel left it
+    /// disabled, and turns on memory decode and bus mastering when they are off.
+    pub fn open(dir: &Path) -> Result<Self, PciError> {
+        let meta = fs::metadata(dir).map_err(sysfs_err(dir, "looking up the PCI function"))?;
+        if !meta.is_dir() {
+            return Err(PciError::SysfsInvalid {
+                path: dir.to_path_buf(),
+                why: "not a directory (expected /sys/bus/pci/devices/<BDF>)".into(),
+            });
+        }
+        let config_path = dir.join("config");
+        let config = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&config_path)
+            .map_err(sysfs_err(
+                &config_path,
+                "opening read-write (root is needed)",
+            ))?;
+        let len = config
+            .metadata()
+            .map_err(sysfs_err(&config_path, "reading the size of"))?
+            .len();
+        if len < cfg::SIZE as u64 {
+            return Err(PciError::SysfsInvalid {
+                path: config_path,
+                why: format!("configuration space of {len} bytes, less than 256"),
+            });
+        }
+        let mut me = Self {
+            dir: dir.to_path_buf(),
+            config,
+            config_path,
+            config_size: len.min(MAX_CONFIG_SIZE),
+            bars: [BarResource::default(); NUM_BARS],
+            maps: std::array::from_fn(|_| None),
+        };
+        let mut id = [0u8; 4];
+        me.config_read(cfg::VENDOR_ID, &mut id)?;
+        let vendor = u16::from_le_bytes([id[0], id[1]]);
+        let device = u16::from_le_bytes([id[2], id[3]]);
+        if vendor != VIRTIO_PCI_VENDOR_ID || device != VIRTIO_PCI_DEVICE_ID_BLOCK {
+            return Err(PciError::WrongFunction {
+                path: me.dir,
+                vendor,
+                device,
+            });
+        }
+        me.check_unbound()?;
+        me.bars = me.read_resources()?;
+        me.enable()?;
+        let mut c = [0u8; 2];
+        me.config_read(cfg::COMMAND, &mut c)?;
+        let command = u16::from_le_bytes(c);
+        let wanted = command | cfg::COMMAND_MEMORY | cfg::COMMAND_BUS_MASTER;
+        if wanted != command {
+            me.config_write(cfg::COMMAND, &wanted.to_le_bytes())?;
+        }
+        Ok(me)
+    }
+
+    /// The function's sysfs directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// BAR `bar` as the `resource` file described it at open (`None` past BAR 5).
+    pub fn resource(&self, bar: u8) -> Option<BarResource> {
+        self.bars.get(usize::from(bar)).copied()
+    }
+
+    /// Refuses a function a kernel driver is bound to (`driver` link present).
+    fn check_unbound(&self) -> Result<(), PciError> {
+        let link = self.dir.join("driver");
+        match fs::symlink_metadata(&link) {
+            Ok(_) => Err(PciError::Bound {
+                path: self.dir.clone(),
+                bdf: self
+                    .dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                driver: bound_driver(&self.dir).unwrap_or_else(|| "?".into()),
+            }),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(sysfs_err(&link, "looking up")(e)),
+        }
+    }
+
+    fn read_resources(&self) -> Result<[BarResource; NUM_BARS], PciError> {
+        let path = self.dir.join("resource");
+        let mut raw = Vec::new();
+        File::open(&path)
+            .and_then(|f| f.take(MAX_RESOURCE_BYTES).read_to_end(&mut raw))
+            .map_err(sysfs_err(&path, "reading"))?;
+        let text = String::from_utf8_lossy(&raw);
+        parse_resource(&text).map_err(|why| PciError::SysfsInvalid { path, why })
+    }
+
+    /// Writes `1` to `enable` when it reads `0` (the kernel's count of enables).
+    fn enable(&self) -> Result<(), PciError> {
+        let path = self.dir.join("enable");
+        let s = read_attr(&path).map_err(sysfs_err(&path, "reading"))?;
+        let count: u32 = s.trim().parse().map_err(|_| PciError::SysfsInvalid {
+            path: path.clone(),
+            why: format!("{:?} is not an enable count", excerpt(s.trim())),
+        })?;
+        if count == 0 {
+            fs::write(&path, "1").map_err(sysfs_err(&path, "writing 1 to"))?;
+        }
+        Ok(())
+    }
+
+    fn config_range(&self, what: &str, offset: u16, len: usize) -> Result<(), PciError> {
+        let end = u64::from(offset) + len as u64;
+        if end > self.config_size {
+            return Err(PciError::BadAccess {
+                what: what.into(),
+                offset: u64::from(offset),
+                len: len as u64,
+                why: format!(
+                    "past the end of the {}-byte configuration space",
+                    self.config_size
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a register access of `len` bytes at `offset` of BAR `bar` and returns the
+    /// BAR's mapping (made now if this is its first access).
+    fn register(
+        &mut self,
+        write: bool,
+        bar: u8,
+        offset: u64,
+        len: usize,
+    ) -> Result<&Mapping, PciError> {
+        let refuse = |why: String| PciError::BadAccess {
+            what: format!("BAR {bar} {}", if write { "write" } else { "read" }),
+            offset,
+            len: len as u64,
+            why,
+        };
+        if !matches!(len, 1 | 2 | 4 | 8) {
+            return Err(refuse("registers are 1, 2, 4 or 8 bytes wide".into()));
+        }
+        if offset % len as u64 != 0 {
+            return Err(refuse(format!("not aligned to its width of {len}")));
+        }
+        let r = self
+            .resource(bar)
+            .ok_or_else(|| refuse("there are only BARs 0 to 5".into()))?;
+        if r.size == 0 {
+            return Err(refuse("the BAR is unused".into()));
+        }
+        if !r.is_memory() {
+            return Err(refuse(
+                "an I/O port BAR cannot be reached through sysfs mmap".into(),
+            ));
+        }
+        if !r.is_assigned() {
+            return Err(refuse(
+                "the kernel did not assign the BAR an address".into(),
+            ));
+        }
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|end| end > r.size)
+        {
+            return Err(refuse(format!("outside the BAR's {:#x} bytes", r.size)));
+        }
+        let i = usize::from(bar);
+        if self.maps[i].is_none() {
+            let map = self.map_resource(bar, 0, r.size)?;
+            self.maps[i] = Some(map);
+        }
+        self.maps[i]
+            .as_ref()
+            .ok_or_else(|| refuse("not mapped".into()))
+    }
+
+    /// Maps `[offset, offset + len)` of `resourceN`, after checking the file holds it (a
+    /// mapping past a file's end faults on access instead of failing here).
+    fn map_resource(&self, bar: u8, offset: u64, len: u64) -> Result<Mapping, PciError> {
+        let path = self.dir.join(format!("resource{bar}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(sysfs_err(&path, "opening read-write"))?;
+        let have = file
+            .metadata()
+            .map_err(sysfs_err(&path, "reading the size of"))?
+            .len();
+        let end = offset.saturating_add(len);
+        if have < end {
+            return Err(PciError::NotMappable {
+                bar,
+                why: format!(
+                    "{} holds {have:#x} bytes, the range ends at {end:#x}",
+                    path.display()
+                ),
+            });
+        }
+        let n = usize::try_from(len).map_err(|_| PciError::NotMappable {
+            bar,
+            why: format!("{len:#x} bytes do not fit the address space"),
+        })?;
+        let fd: OwnedFd = file.into();
+        Mapping::shared(fd.as_fd(), offset, n).map_err(|e| {
+            let source = match e {
+                PoolAccessError::Map(io) => io,
+                other => std::io::Error::other(other.to_string()),
+            };
+            PciError::Sysfs {
+                path,
+                what: format!("mapping {len:#x} bytes at offset {offset:#x} of"),
+                source,
+            }
+        })
+    }
+}
+
+impl PciAccess for SysfsPci {
+    fn config_read(&mut self, offset: u16, buf: &mut [u8]) -> Result<(), PciError> {
+        self.config_range("config read", offset, buf.len())?;
+        self.config
+            .read_exact_at(buf, u64::from(offset))
+            .map_err(|e| {
+                let what = if e.kind() == ErrorKind::UnexpectedEof {
+                    // The kernel cuts reads past byte 64 short for callers without
+                    // CAP_SYS_ADMIN.
+                    format!(
+                        "short read of {} bytes at {offset:#x} (past byte 64 needs root) from",
+                        buf.len()
+                    )
+                } else {
+                    format!("reading {} bytes at {offset:#x} of", buf.len())
+                };
+                sysfs_err(&self.config_path, what)(e)
+            })
+    }
+
+    fn config_write(&mut self, offset: u16, data: &[u8]) -> Result<(), PciError> {
+        self.config_range("config write", offset, data.len())?;
+        self.config
+            .write_all_at(data, u64::from(offset))
+            .map_err(sysfs_err(
+                &self.config_path,
+                format!("writing {} bytes at {offset:#x} of", data.len()),
+            ))
+    }
+
+    fn bar_read(&mut self, bar: u8, offset: u64, buf: &mut [u8]) -> Result<(), PciError> {
+        let map = self.register(false, bar, offset, buf.len())?;
+        // `register` checked `offset + len <= size`, and the mapping is `size` bytes.
+        debug_assert!(offset as usize + buf.len() <= map.byte_len());
+        // SAFETY: `offset` is inside the mapping (checked above), so the pointer stays in
+        // it; the mapping is page aligned and `offset` a multiple of the width, so each
+        // access below is naturally aligned and wholly inside the mapping. The mapping is
+        // device memory that no Rust object aliases.
+        unsafe {
+            let p = map.as_mut_ptr().add(offset as usize);
+            match buf.len() {
+                1 => buf[0] = p.read_volatile(),
+                2 => buf.copy_from_slice(&p.cast::<u16>().read_volatile().to_ne_bytes()),
+                4 => buf.copy_from_slice(&p.cast::<u32>().read_volatile().to_ne_bytes()),
+                _ => buf.copy_from_slice(&p.cast::<u64>().read_volatile().to_ne_bytes()),
+            }
+        }
+        Ok(())
+    }
+
+    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Result<(), PciError> {
+        let map = self.register(true, bar, offset, data.len())?;
+        debug_assert!(offset as usize + data.len() <= map.byte_len());
+        let mut b = [0u8; 8];
+        b[..data.len()].copy_from_slice(data);
+        // SAFETY: as in `bar_read`: in bounds, naturally aligned, device memory.
+        unsafe {
+            let p = map.as_mut_ptr().add(offset as usize);
+            match data.len() {
+                1 => p.write_volatile(b[0]),
+                2 => p
+                    .cast::<u16>()
+                    .write_volatile(u16::from_ne_bytes([b[0], b[1]])),
+                4 => p
+                    .cast::<u32>()
+                    .write_volatile(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+                _ => p.cast::<u64>().write_volatile(u64::from_ne_bytes(b)),
+            }
+        }
+        Ok(())
+    }
+
+    fn bar_size(&mut self, bar: u8) -> Result<u64, PciError> {
+        Ok(self.resource(bar).map_or(0, |r| r.size))
+    }
+
+    fn map_bar(&mut self, bar: u8, offset: u64, len: u64) -> Result<Mapping, PciError> {
+        let not = |why: String| PciError::NotMappable { bar, why };
+        let r = self
+            .resource(bar)
+            .ok_or_else(|| not("there are only BARs 0 to 5".into()))?;
+        if r.size == 0 {
+            return Err(not("the BAR is unused".into()));
+        }
+        if !r.is_memory() {
+            return Err(not("an I/O port BAR cannot be mapped".into()));
+        }
+        if !r.is_assigned() {
+            return Err(not("the kernel did not assign the BAR an address".into()));
+        }
+        if len == 0 {
+            return Err(not("empty range".into()));
+        }
+        let page = page_size();
+        if offset % page != 0 {
+            return Err(not(format!(
+                "offset {offset:#x} is not a multiple of the {page}-byte page"
+            )));
+        }
+        if offset.checked_add(len).is_none_or(|end| end > r.size) {
+            return Err(not(format!(
+                "[{offset:#x}, +{len:#x}) lies outside the BAR's {:#x} bytes",
+                r.size
+            )));
+        }
+        self.map_resource(bar, offset, len)
+    }
+
+    fn enable_msix(&mut self, _count: u16) -> Result<Option<Vec<OwnedFd>>, PciError> {
+        // Interrupts need VFIO or UIO; through sysfs the driver polls.
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio_pci::{TransportError, VirtioPci};
+    use proptest::prelude::*;
+    use swiotlb_shared::pci::{
+        common, device_layout as dl, VirtioPciCap, VirtioPciNotifyCap, VIRTIO_PCI_CAP_COMMON_CFG,
+        VIRTIO_PCI_CAP_DEVICE_CFG, VIRTIO_PCI_CAP_ISR_CFG, VIRTIO_PCI_CAP_NOTIFY_CFG,
+        VIRTIO_PCI_CAP_SWIOTLB,
+    };
+
+    const REGS_ADDR: u64 = 0xfe00_0000;
+    const POOL_ADDR: u64 = 0x8_0000_0000;
+    const POOL_SIZE: u64 = 4 << 20;
+    const MEM32_FLAGS: u64 = 0x0004_0200;
+    const MEM64_PREF_FLAGS: u64 = 0x0014_220c;
+
+    fn line(start: u64, size: u64, flags: u64) -> String {
+        let end = if size == 0 { 0 } else { start + size - 1 };
+        format!("0x{start:016x} 0x{end:016x} 0x{flags:016x}\n")
+    }
+
+    fn good_resource() -> String {
+        let zero = line(0, 0, 0);
+        [
+            line(REGS_ADDR, dl::REGS_BAR_SIZE, MEM32_FLAGS),
+            zero.clone(),
+            line(POOL_ADDR, POOL_SIZE, MEM64_PREF_FLAGS),
+            zero.clone(),
+            zero.clone(),
+            zero.clone(),
+            zero, // ROM
+        ]
+        .concat()
+    }
+
+    fn cap(next: u8, cfg_type: u8, bar: u8, offset: u32, length: u32) -> [u8; 16] {
+        VirtioPciCap {
+            cap_vndr: cfg::CAP_ID_VENDOR,
+            cap_next: next,
+            cap_len: VirtioPciCap::SIZE as u8,
+            cfg_type,
+            bar,
+            id: 0,
+            padding: [0; 2],
+            offset,
+            length,
+        }
+        .to_bytes()
+    }
+
+    /// A virtio-blk configuration header with its capabilities, 4 KiB as a PCIe function's,
+    /// with memory decode and bus mastering off.
+    fn config_bytes(vendor: u16, device: u16) -> Vec<u8> {
+        let mut b = vec![0u8; 4096];
+        let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
+        put(0, &vendor.to_le_bytes());
+        put(2, &device.to_le_bytes());
+        put(6, &cfg::STATUS_CAP_LIST.to_le_bytes());
+        put(0x10, &(REGS_ADDR as u32).to_le_bytes());
+        let lo = POOL_ADDR as u32 | cfg::BAR_MEM_TYPE_64 | cfg::BAR_PREFETCHABLE;
+        put(0x18, &lo.to_le_bytes());
+        put(0x1c, &((POOL_ADDR >> 32) as u32).to_le_bytes());
+        put(0x34, &[dl::CAP_COMMON]);
+        put(
+            dl::CAP_COMMON.into(),
+            &cap(
+                dl::CAP_NOTIFY,
+                VIRTIO_PCI_CAP_COMMON_CFG,
+                0,
+                dl::COMMON_OFFSET,
+                dl::COMMON_LEN,
+            ),
+        );
+        let mut n = VirtioPciNotifyCap {
+            cap: VirtioPciCap::from_bytes(&cap(
+                dl::CAP_ISR,
+                VIRTIO_PCI_CAP_NOTIFY_CFG,
+                0,
+                dl::NOTIFY_OFFSET,
+                dl::NOTIFY_LEN,
+            ))
+            .unwrap(),
+            notify_off_multiplier: dl::NOTIFY_OFF_MULTIPLIER,
+        };
+        n.cap.cap_len = VirtioPciNotifyCap::SIZE as u8;
+        put(dl::CAP_NOTIFY.into(), &n.to_bytes());
+        put(
+            dl::CAP_ISR.into(),
+            &cap(
+                dl::CAP_DEVICE,
+                VIRTIO_PCI_CAP_ISR_CFG,
+                0,
+                dl::ISR_OFFSET,
+                dl::ISR_LEN,
+            ),
+        );
+        put(
+            dl::CAP_DEVICE.into(),
+            &cap(
+                dl::CAP_SWIOTLB,
+                VIRTIO_PCI_CAP_DEVICE_CFG,
+                0,
+                dl::DEVICE_OFFSET,
+                dl::DEVICE_LEN,
+            ),
+        );
+        put(
+            dl::CAP_SWIOTLB.into(),
+            &cap(0, VIRTIO_PCI_CAP_SWIOTLB, 2, 0, POOL_SIZE as u32),
+        );
+        b
+    }
+
+    /// A fake `/sys` with one function directory, `0000:00:04.0`.
+    struct Tree {
+        root: tempfile::TempDir,
+    }
+
+    impl Tree {
+        fn new() -> Self {
+            let t = Self {
+                root: tempfile::tempdir().unwrap(),
+            };
+            fs::create_dir_all(t.dir()).unwrap();
+            t.write("config", &config_bytes(0x1af4, 0x1042));
+            t.write("resource", good_resource().as_bytes());
+            t.write("vendor", b"0x1af4\n");
+            t.write("device", b"0x1042\n");
+            t.write("enable", b"0\n");
+            t.sized("resource0", dl::REGS_BAR_SIZE);
+            t.sized("resource2", POOL_SIZE);
+            t
+        }
+
+        fn dir(&self) -> PathBuf {
+            devices_dir(self.root.path()).join("0000:00:04.0")
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir().join(name)
+        }
+
+        fn write(&self, name: &str, data: &[u8]) {
+            fs::write(self.path(name), data).unwrap();
+        }
+
+        fn sized(&self, name: &str, size: u64) {
+            File::create(self.path(name))
+                .unwrap()
+                .set_len(size)
+                .unwrap();
+        }
+
+        fn read(&self, name: &str) -> Vec<u8> {
+            fs::read(self.path(name)).unwrap()
+        }
+
+        fn open(&self) -> Result<SysfsPci, PciError> {
+            SysfsPci::open(&self.dir())
+        }
+    }
+
+    #[test]
+    fn open_enables_the_function_and_turns_on_decode_and_mastering() {
+        let t = Tree::new();
+        let mut p = t.open().unwrap();
+        assert_eq!(t.read("enable"), b"1", "enable written when it read 0");
+        let c = t.read("config");
+        let command = u16::from_le_bytes([c[4], c[5]]);
+        assert_eq!(
+            command,
+            cfg::COMMAND_MEMORY | cfg::COMMAND_BUS_MASTER,
+            "command register"
+        );
+        assert_eq!(p.bar_size(0).unwrap(), dl::REGS_BAR_SIZE);
+        assert_eq!(p.bar_size(1).unwrap(), 0);
+        assert_eq!(p.bar_size(2).unwrap(), POOL_SIZE);
+        assert_eq!(p.bar_size(3).unwrap(), 0);
+        assert_eq!(p.bar_size(6).unwrap(), 0);
+        assert_eq!(p.resource(2).unwrap().start, POOL_ADDR);
+        assert!(p.enable_msix(2).unwrap().is_none(), "no interrupts: poll");
+    }
+
+    #[test]
+    fn open_leaves_an_enabled_function_and_other_command_bits_alone() {
+        let t = Tree::new();
+        t.write("enable", b"2\n");
+        let mut c = config_bytes(0x1af4, 0x1042);
+        let before = cfg::COMMAND_MEMORY | cfg::COMMAND_INTX_DISABLE;
+        c[4..6].copy_from_slice(&before.to_le_bytes());
+        t.write("config", &c);
+        t.open().unwrap();
+        assert_eq!(t.read("enable"), b"2\n", "not rewritten");
+        let c = t.read("config");
+        assert_eq!(
+            u16::from_le_bytes([c[4], c[5]]),
+            before | cfg::COMMAND_BUS_MASTER
+        );
+    }
+
+    #[test]
+    fn open_refuses_other_functions() {
+        for (v, d) in [
+            (0x8086, 0x100e),
+            (0x1af4, 0x1001),
+            (0x1af4, 0x1041),
+            (0xffff, 0xffff),
+        ] {
+            let t = Tree::new();
+            t.write("config", &config_bytes(v, d));
+            match t.open() {
+                Err(PciError::WrongFunction { vendor, device, .. }) => {
+                    assert_eq!((vendor, device), (v, d));
+                }
+                other => panic!("{v:04x}:{d:04x} accepted: {other:?}"),
+            }
+            assert_eq!(t.read("enable"), b"0\n", "nothing touched");
+        }
+    }
+
+    #[test]
+    fn open_refuses_a_function_a_driver_owns() {
+        let t = Tree::new();
+        let drv = t.root.path().join("bus/pci/drivers/virtio-pci");
+        fs::create_dir_all(&drv).unwrap();
+        std::os::unix::fs::symlink(&drv, t.path("driver")).unwrap();
+        let e = t.open().unwrap_err();
+        assert!(
+            matches!(&e, PciError::Bound { driver, bdf, .. } if driver == "virtio-pci" && bdf == "0000:00:04.0"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("unbind"), "{e}");
+    }
+
+    #[test]
+    fn open_refuses_missing_or_short_files() {
+        let t = Tree::new();
+        t.write("config", &config_bytes(0x1af4, 0x1042)[..128]);
+        assert!(matches!(t.open(), Err(PciError::SysfsInvalid { .. })));
+
+        let t = Tree::new();
+        fs::remove_file(t.path("resource")).unwrap();
+        let e = t.open().unwrap_err();
+        assert!(
+            matches!(&e, PciError::Sysfs { path, .. } if path.ends_with("resource")),
+            "{e:?}"
+        );
+
+        let t = Tree::new();
+        t.write("enable", b"yes\n");
+        assert!(matches!(t.open(), Err(PciError::SysfsInvalid { .. })));
+
+        let t = Tree::new();
+        let e = SysfsPci::open(&t.path("nonexistent")).unwrap_err();
+        assert!(matches!(e, PciError::Sysfs { .. }), "{e:?}");
+        let e = SysfsPci::open(&t.path("vendor")).unwrap_err();
+        assert!(matches!(e, PciError::SysfsInvalid { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn resource_parsing() {
+        let bars = parse_resource(&good_resource()).unwrap();
+        assert_eq!(
+            bars[0],
+            BarResource {
+                start: REGS_ADDR,
+                size: dl::REGS_BAR_SIZE,
+                flags: MEM32_FLAGS
+            }
+        );
+        assert!(bars[0].is_memory() && bars[0].is_assigned() && !bars[0].is_io());
+        assert_eq!(bars[2].size, POOL_SIZE);
+        for i in [1, 3, 4, 5] {
+            assert_eq!(bars[i], BarResource::default(), "BAR {i} unused");
+            assert!(!bars[i].is_memory() && !bars[i].is_assigned());
+        }
+        // Exactly six lines is enough; without the 0x prefix too; trailing lines ignored.
+        let six: String = good_resource()
+            .lines()
+            .take(6)
+            .map(|l| l.to_string() + "\n")
+            .collect();
+        assert_eq!(parse_resource(&six).unwrap(), bars);
+        let bare = six.replace("0x", "");
+        assert_eq!(parse_resource(&bare).unwrap(), bars);
+        assert!(parse_resource(&(six.clone() + "garbage\n")).is_ok());
+
+        // An I/O BAR, and a BAR the kernel could not place.
+        let io = line(0xc000, 0x40, IORESOURCE_IO | 0x4_0000);
+        let unset = line(0, 0x1000, IORESOURCE_MEM | IORESOURCE_UNSET);
+        let text = [
+            io,
+            unset,
+            six.lines().skip(2).map(|l| l.to_string() + "\n").collect(),
+        ]
+        .concat();
+        let b = parse_resource(&text).unwrap();
+        assert!(b[0].is_io() && !b[0].is_memory() && b[0].size == 0x40);
+        assert!(b[1].is_memory() && !b[1].is_assigned() && b[1].size == 0x1000);
+    }
+
+    #[test]
+    fn resource_parsing_refuses_nonsense() {
+        let with_bar0 = |l: &str| {
+            let mut lines: Vec<String> = good_resource().lines().map(str::to_string).collect();
+            lines[0] = l.to_string();
+            lines.join("\n")
+        };
+        let max = u64::MAX;
+        for bad in [
+            // Malformed.
+            String::new(),
+            "0x0 0x0".into(),
+            "0x0 0x0 0x0 0x0".into(),
+            "0xfe000000 0xfe007fff zz".into(),
+            "0x 0x0 0x0".into(),
+            "+1 0x0 0x0".into(),
+            "-0x1 0x0 0x0".into(),
+            "0xfe000000,0xfe007fff,0x200".into(),
+            // Addresses that overflow.
+            "0x1fe000000000000000 0x1fe000000000007fff 0x200".into(),
+            format!("0x0 {max:#x} 0x200"),
+            "0xfe008000 0xfe007fff 0x200".into(),
+            // Sizes that are not powers of two.
+            "0xfe000000 0xfe002fff 0x200".into(),
+            "0xfe000000 0xfe000002 0x200".into(),
+            // Smaller than PCI allows.
+            "0xfe000000 0xfe000000 0x200".into(),
+            "0xfe000000 0xfe000007 0x200".into(),
+            "0xc000 0xc001 0x100".into(),
+            // Not aligned to its size.
+            "0xfe004000 0xfe00bfff 0x200".into(),
+            // Neither or both kinds.
+            "0xfe000000 0xfe007fff 0x0".into(),
+            "0xfe000000 0xfe007fff 0x300".into(),
+        ] {
+            let text = with_bar0(&bad);
+            assert!(
+                parse_resource(&text).is_err(),
+                "accepted BAR 0 line {bad:?}"
+            );
+        }
+        // 2^63 bytes at 2^63 is a power of two, aligned, and ends exactly at the top.
+        assert!(parse_resource(&with_bar0(&format!("0x8000000000000000 {max:#x} 0x200"))).is_ok());
+        // Fewer than six lines.
+        let five: String = good_resource()
+            .lines()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(parse_resource(&five).unwrap_err().contains("at least 6"));
+    }
+
+    #[test]
+    fn open_reports_a_bad_resource_file_with_its_path() {
+        let t = Tree::new();
+        t.write(
+            "resource",
+            good_resource()
+                .replace("0x00000000fe007fff", "0x00000000fe006fff")
+                .as_bytes(),
+        );
+        let e = t.open().unwrap_err();
+        match &e {
+            PciError::SysfsInvalid { path, why } => {
+                assert!(path.ends_with("0000:00:04.0/resource"));
+                assert!(why.contains("power of two"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Binary garbage is an error, not a panic.
+        let t = Tree::new();
+        t.write("resource", &[0xff, 0xfe, 0, 0x80, b'\n'].repeat(10));
+        assert!(matches!(t.open(), Err(PciError::SysfsInvalid { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn resource_parsing_never_panics(text in "[0-9a-fxX \\n\\t,+-]{0,400}") {
+            let _ = parse_resource(&text);
+        }
+
+        #[test]
+        fn accepted_bars_are_aligned_powers_of_two(start: u64, end: u64, flags: u64) {
+            let text = format!("{start:#x} {end:#x} {flags:#x}\n").repeat(6);
+            if let Ok(bars) = parse_resource(&text) {
+                let b = bars[0];
+                prop_assert!(b.size == 0 || (b.size.is_power_of_two() && b.start % b.size == 0));
+                prop_assert!(b.size == 0 || b.start.checked_add(b.size - 1) == Some(end));
+            }
+        }
+    }
+
+    #[test]
+    fn config_round_trips_through_the_file() {
+        let t = Tree::new();
+        let mut p = t.open().unwrap();
+        p.config_write(0x100, &[1, 2, 3, 4, 5]).unwrap();
+        let mut b = [0u8; 5];
+        p.config_read(0x100, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3, 4, 5]);
+        assert_eq!(
+            &t.read("config")[0x100..0x105],
+            &[1, 2, 3, 4, 5],
+            "at the offset"
+        );
+        // The last bytes of the 4 KiB space, and nothing past it.
+        p.config_write(0xffe, &[0xaa, 0xbb]).unwrap();
+        let mut b = [0u8; 2];
+        p.config_read(0xffe, &mut b).unwrap();
+        assert_eq!(b, [0xaa, 0xbb]);
+        assert!(matches!(
+            p.config_read(0xfff, &mut b),
+            Err(PciError::BadAccess { .. })
+        ));
+        assert!(matches!(
+            p.config_write(u16::MAX, &[0]),
+            Err(PciError::BadAccess { .. })
+        ));
+        assert_eq!(t.read("config").len(), 4096, "nothing written past the end");
+        // Through the driver's own reads: the pool BAR's address from its registers.
+        let mut vp = VirtioPci::probe(p).unwrap();
+        assert_eq!(vp.bar_address(2).unwrap(), POOL_ADDR);
+        assert_eq!(vp.bar_address(0).unwrap(), REGS_ADDR);
+    }
+
+    #[test]
+    fn a_256_byte_config_space_ends_at_256() {
+        let t = Tree::new();
+        t.write("config", &config_bytes(0x1af4, 0x1042)[..256]);
+        let mut p = t.open().unwrap();
+        let mut b = [0u8; 4];
+        p.config_read(252, &mut b).unwrap();
+        assert!(matches!(
+            p.config_read(253, &mut b),
+            Err(PciError::BadAccess { .. })
+        ));
+    }
+
+    #[test]
+    fn bar_registers_of_each_width_go_through_the_mapping() {
+        let t = Tree::new();
+        let mut p = t.open().unwrap();
+        p.bar_write(0, 0x100, &[0x11]).unwrap();
+        p.bar_write(0, 0x102, &0x2233u16.to_le_bytes()).unwrap();
+        p.bar_write(0, 0x104, &0x4455_6677u32.to_le_bytes())
+            .unwrap();
+        p.bar_write(0, 0x108, &0x8899_aabb_ccdd_eeffu64.to_le_bytes())
+            .unwrap();
+        p.bar_write(0, dl::REGS_BAR_SIZE - 8, &[9; 8]).unwrap();
+        // MAP_SHARED: the file sees the writes at their offsets.
+        let f = t.read("resource0");
+        assert_eq!(f[0x100], 0x11);
+        assert_eq!(&f[0x102..0x104], &[0x33, 0x22]);
+        assert_eq!(&f[0x104..0x108], &[0x77, 0x66, 0x55, 0x44]);
+        assert_eq!(
+            &f[0x108..0x110],
+            &[0xff, 0xee, 0xdd, 0xcc, 0xbb, 0xaa, 0x99, 0x88]
+        );
+        assert_eq!(&f[f.len() - 8..], &[9; 8]);
+        assert_eq!(f[0x101], 0, "no byte beside the registers touched");
+        // And reads see what was written to the file.
+        let file = OpenOptions::new()
+            .write(true)
+            .open(t.path("resource0"))
+            .unwrap();
+        file.write_all_at(&[1, 2, 3, 4, 5, 6, 7, 8], 0x200).unwrap();
+        let mut b1 = [0u8; 1];
+        let mut b2 = [0u8; 2];
+        let mut b4 = [0u8; 4];
+        let mut b8 = [0u8; 8];
+        p.bar_read(0, 0x203, &mut b1).unwrap();
+        p.bar_read(0, 0x202, &mut b2).unwrap();
+        p.bar_read(0, 0x204, &mut b4).unwrap();
+        p.bar_read(0, 0x200, &mut b8).unwrap();
+        assert_eq!(b1, [4]);
+        assert_eq!(b2, [3, 4]);
+        assert_eq!(b4, [5, 6, 7, 8]);
+        assert_eq!(b8, [1, 2, 3, 4, 5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn bad_register_accesses_are_refused() {
+        let t = Tree::new();
+        let mut p = t.open().unwrap();
+        let size = dl::REGS_BAR_SIZE;
+        let refused = |r: Result<(), PciError>| matches!(r, Err(PciError::BadAccess { .. }));
+        let mut b = [0u8; 16];
+        for w in [0, 3, 5, 6, 7, 16] {
+            assert!(refused(p.bar_read(0, 0, &mut b[..w])), "width {w}");
+            assert!(refused(p.bar_write(0, 0, &b[..w])), "width {w}");
+        }
+        for (off, w) in [(1, 2), (2, 4), (4, 8), (0x103, 4)] {
+            assert!(refused(p.bar_read(0, off, &mut b[..w])), "{w} at {off}");
+            assert!(refused(p.bar_write(0, off, &b[..w])), "{w} at {off}");
+        }
+        for (off, w) in [(size, 1), (size - 4, 8), (u64::MAX, 1), (u64::MAX - 7, 8)] {
+            assert!(refused(p.bar_read(0, off, &mut b[..w])), "{w} at {off:#x}");
+            assert!(refused(p.bar_write(0, off, &b[..w])), "{w} at {off:#x}");
+        }
+        assert!(refused(p.bar_read(1, 0, &mut b[..4])), "unused BAR");
+        assert!(refused(p.bar_read(3, 0, &mut b[..4])), "upper half");
+        assert!(refused(p.bar_read(6, 0, &mut b[..4])), "no BAR 6");
+        assert!(refused(p.bar_write(255, 0, &b[..4])), "no BAR 255");
+        assert_eq!(
+            t.read("resource0"),
+            vec![0; size as usize],
+            "nothing written"
+        );
+    }
+
+    #[test]
+    fn io_and_unassigned_bars_are_refused() {
+        let t = Tree::new();
+        let mut lines: Vec<String> = good_resource().lines().map(str::to_string).collect();
+        lines[1] = line(0xc000, 0x40, IORESOURCE_IO).trim().into();
+        lines[4] = line(0, 0x1000, IORESOURCE_MEM | IORESOURCE_UNSET)
+            .trim()
+            .into();
+        t.write("resource", lines.join("\n").as_bytes());
+        t.sized("resource1", 0x40);
+        t.sized("resource4", 0x1000);
+        let mut p = t.open().unwrap();
+        let mut b = [0u8; 4];
+        assert_eq!(p.bar_size(1).unwrap(), 0x40);
+        assert!(matches!(
+            p.bar_read(1, 0, &mut b),
+            Err(PciError::BadAccess { .. })
+        ));
+        assert!(matches!(
+            p.map_bar(1, 0, 0x40),
+            Err(PciError::NotMappable { .. })
+        ));
+        let e = p.bar_read(4, 0, &mut b).unwrap_err();
+        assert!(e.to_string().contains("did not assign"), "{e}");
+        assert!(matches!(
+            p.map_bar(4, 0, 0x1000),
+            Err(PciError::NotMappable { .. })
+        ));
+    }
+
+    #[test]
+    fn map_bar_maps_exactly_what_is_asked_inside_the_bar() {
+        let t = Tree::new();
+        let mut p = t.open().unwrap();
+        let m = p.map_bar(2, 0, POOL_SIZE).unwrap();
+        assert_eq!(m.byte_len() as u64, POOL_SIZE);
+        let pool = crate::pool::PoolMemory::new(m);
+        pool.store_u32(POOL_SIZE - 4, 0x0102_0304).unwrap();
+        let f = t.read("resource2");
+        assert_eq!(&f[f.len() - 4..], &0x0102_0304u32.to_le_bytes());
+        // At an offset: the mapping starts there.
+        let pg = page_size();
+        let m = p.map_bar(2, pg, 2 * pg).unwrap();
+        let pool = crate::pool::PoolMemory::new(m);
+        pool.write(0, &[0x5a; 4]).unwrap();
+        let at = pg as usize;
+        assert_eq!(&t.read("resource2")[at..at + 4], &[0x5a; 4]);
+        assert_eq!(t.read("resource2")[at - 1], 0);
+
+        let not = |r: Result<Mapping, PciError>| matches!(r, Err(PciError::NotMappable { .. }));
+        assert!(not(p.map_bar(2, pg, POOL_SIZE)), "past the end");
+        assert!(not(p.map_bar(2, POOL_SIZE, pg)), "at the end");
+        assert!(not(p.map_bar(2, pg / 2, pg)), "offset not page aligned");
+        assert!(not(p.map_bar(2, 0, 0)), "empty");
+        assert!(not(p.map_bar(2, pg, u64::MAX)), "overflow");
+        assert!(not(p.map_bar(3, 0, 0x1000)), "upper half of the 64-bit BAR");
+        assert!(not(p.map_bar(1, 0, 0x1000)), "unused");
+        assert!(not(p.map_bar(6, 0, 0x1000)), "no BAR 6");
+    }
+
+    #[test]
+    fn a_resource_file_shorter_than_its_bar_is_not_mapped() {
+        // Mapping past a file's end would fault on access; refused before mapping.
+        let t = Tree::new();
+        t.sized("resource2", POOL_SIZE / 2);
+        t.sized("resource0", 0x1000);
+        let mut p = t.open().unwrap();
+        let e = p.map_bar(2, 0, POOL_SIZE).err().unwrap();
+        assert!(matches!(e, PciError::NotMappable { bar: 2, .. }), "{e:?}");
+        assert!(p.map_bar(2, 0, POOL_SIZE / 2).is_ok());
+        let mut b = [0u8; 4];
+        assert!(matches!(
+            p.bar_read(0, 0, &mut b),
+            Err(PciError::NotMappable { bar: 0, .. })
+        ));
+        fs::remove_file(t.path("resource0")).unwrap();
+        assert!(matches!(
+            p.bar_read(0, 0, &mut b),
+            Err(PciError::Sysfs { .. })
+        ));
+    }
+
+    #[test]
+    fn the_driver_probes_through_the_back_end() {
+        let t = Tree::new();
+        let mut vp = VirtioPci::probe(t.open().unwrap()).unwrap();
+        let caps = *vp.caps();
+        let pool = caps.swiotlb.unwrap();
+        assert_eq!((pool.bar, pool.offset, pool.len), (2, 0, POOL_SIZE));
+        assert_eq!(caps.common.bar, 0);
+        // Common configuration registers are the BAR 0 file's bytes.
+        let file = OpenOptions::new()
+            .write(true)
+            .open(t.path("resource0"))
+            .unwrap();
+        file.write_all_at(&3u16.to_le_bytes(), common::NUM_QUEUES)
+            .unwrap();
+        assert_eq!(vp.num_queues().unwrap(), 3);
+        vp.set_status(0x0b).unwrap();
+        assert_eq!(t.read("resource0")[common::DEVICE_STATUS as usize], 0x0b);
+
+        // The capabilities are checked against the sizes in `resource`: a BAR 0 smaller
+        // than the device configuration's place in it is refused.
+        let t = Tree::new();
+        t.write(
+            "resource",
+            good_resource()
+                .replace("0x00000000fe007fff", "0x00000000fe001fff")
+                .as_bytes(),
+        );
+        match VirtioPci::probe(t.open().unwrap()) {
+            Err(TransportError::BadCapability { .. }) => {}
+            other => panic!("{:?}", other.map(|v| *v.caps())),
+        }
+    }
+
+    #[test]
+    fn find_devices_lists_only_modern_virtio_blk() {
+        let t = Tree::new();
+        let devs = devices_dir(t.root.path());
+        for (name, vendor, device) in [
+            ("0000:00:03.0", "0x8086\n", "0x100e\n"),
+            ("0000:00:05.0", "0x1af4\n", "0x1001\n"),
+            ("0000:00:06.0", "garbage", "\u{0}\u{1}"),
+        ] {
+            fs::create_dir_all(devs.join(name)).unwrap();
+            fs::write(devs.join(name).join("vendor"), vendor).unwrap();
+            fs::write(devs.join(name).join("device"), device).unwrap();
+        }
+        fs::create_dir_all(devs.join("0000:00:07.0")).unwrap(); // no ID files
+        assert_eq!(find_devices(t.root.path()), vec![t.dir()]);
+
+        fs::create_dir_all(devs.join("0000:00:02.0")).unwrap();
+        fs::write(devs.join("0000:00:02.0/vendor"), "0x1af4").unwrap();
+        fs::write(devs.join("0000:00:02.0/device"), "0x1042").unwrap();
+        assert_eq!(
+            find_devices(t.root.path()),
+            vec![devs.join("0000:00:02.0"), t.dir()],
+            "sorted"
+        );
+        assert!(find_devices(&t.root.path().join("nowhere")).is_empty());
+    }
+
+    #[test]
+    fn bdf_parsing() {
+        assert_eq!(parse_bdf("0000:00:04.0").unwrap(), "0000:00:04.0");
+        assert_eq!(parse_bdf("00:04.0").unwrap(), "0000:00:04.0");
+        assert_eq!(parse_bdf("0000:AF:1f.7").unwrap(), "0000:af:1f.7");
+        assert_eq!(parse_bdf("10000:00:00.0").unwrap(), "10000:00:00.0");
+        for bad in [
+            "",
+            "auto",
+            "0000:00:04",
+            "0000:00:20.0",
+            "0000:00:04.8",
+            "0000:100:04.0",
+            "0000:00:04.0.1",
+            "x:00:04.0",
+            "0:0:0:0.0",
+            "../../../etc:00:04.0",
+            "0000:00:04.0/",
+            "0000:00:+4.0",
+            "123456789:00:04.0",
+        ] {
+            assert!(parse_bdf(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+}
