@@ -280,7 +280,8 @@ impl SysfsPci {
     /// Opens the function whose sysfs directory is `dir` (`/sys/bus/pci/devices/<BDF>`):
     /// checks it is a modern virtio-blk function (1af4:1042) that no kernel driver owns,
     /// reads its BARs from `resource`, enables it (`enable`) when the kernel left it
-    /// disabled, and turns on memory decode and bus mastering when they are off.
+    /// disabled, turns on memory decode and bus mastering, and turns legacy INTx off (the
+    /// driver polls).
     pub fn open(dir: &Path) -> Result<Self, PciError> {
         let meta = fs::metadata(dir).map_err(sysfs_err(dir, "looking up the PCI function"))?;
         if !meta.is_dir() {
@@ -333,7 +334,15 @@ impl SysfsPci {
         let mut c = [0u8; 2];
         me.config_read(cfg::COMMAND, &mut c)?;
         let command = u16::from_le_bytes(c);
-        let wanted = command | cfg::COMMAND_MEMORY | cfg::COMMAND_BUS_MASTER;
+        // INTx off too: the driver polls, and nothing in the guest acknowledges a legacy
+        // interrupt. Left on (the kernel clears the bit when it enables the function), the
+        // device raises INTx on completions and a VMM without an in-kernel irqchip (QEMU
+        // under TCG) unmaps the BARs until it sees the interrupt acknowledged, so every pool
+        // access would trap.
+        let wanted = command
+            | cfg::COMMAND_MEMORY
+            | cfg::COMMAND_BUS_MASTER
+            | cfg::COMMAND_INTX_DISABLE;
         if wanted != command {
             me.config_write(cfg::COMMAND, &wanted.to_le_bytes())?;
         }
@@ -781,7 +790,7 @@ mod tests {
     }
 
     #[test]
-    fn open_enables_the_function_and_turns_on_decode_and_mastering() {
+    fn open_enables_the_function_turns_on_decode_and_mastering_and_turns_intx_off() {
         let t = Tree::new();
         let mut p = t.open().unwrap();
         assert_eq!(t.read("enable"), b"1", "enable written when it read 0");
@@ -789,7 +798,7 @@ mod tests {
         let command = u16::from_le_bytes([c[4], c[5]]);
         assert_eq!(
             command,
-            cfg::COMMAND_MEMORY | cfg::COMMAND_BUS_MASTER,
+            cfg::COMMAND_MEMORY | cfg::COMMAND_BUS_MASTER | cfg::COMMAND_INTX_DISABLE,
             "command register"
         );
         assert_eq!(p.bar_size(0).unwrap(), dl::REGS_BAR_SIZE);
