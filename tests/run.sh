@@ -39,6 +39,9 @@ cargo test --workspace --quiet
 step "tests NOT run here (ignored: they need hardware, or they are measurements)"
 cargo test --workspace --quiet -- --ignored --list 2>/dev/null | grep ': test$' || echo "(none)"
 
+step "QEMU end-to-end: a stock Linux guest drives swiotlb-host through QEMU's vfio-user client (TCG)"
+deploy/ci/qemu-e2e.sh
+
 step "fuzz every target for a bounded time (fails on any crash; needs nightly, says so loudly if it is missing)"
 FUZZ_OPTIONAL=1 tests/fuzz.sh "${FUZZ_SECONDS:-20}"
 
