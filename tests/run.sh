@@ -48,5 +48,11 @@ FUZZ_OPTIONAL=1 tests/fuzz.sh "${FUZZ_SECONDS:-20}"
 step "benchmark, short mode (figures only, never a pass/fail): audit overhead at QD32"
 cargo bench --quiet -p swiotlb-tests --bench audit_overhead -- --quick
 
+step "micro-benchmarks, short mode (figures only, never a pass/fail; BENCHMARKS.md): slot allocator and bounce copies, per-descriptor audit check, transcript hashing, evidence verification"
+cargo bench --quiet -p swiotlb-guest --bench pool -- --quick
+cargo bench --quiet -p swiotlb-host --bench audit_check -- --quick
+cargo bench --quiet -p swiotlb-shared --bench transcript -- --quick
+cargo bench --quiet -p swiotlb-attest --bench evidence -- --quick
+
 step "demo (release build)"
 ./deploy/demo.sh

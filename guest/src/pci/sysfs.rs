@@ -339,10 +339,8 @@ impl SysfsPci {
         // device raises INTx on completions and a VMM without an in-kernel irqchip (QEMU
         // under TCG) unmaps the BARs until it sees the interrupt acknowledged, so every pool
         // access would trap.
-        let wanted = command
-            | cfg::COMMAND_MEMORY
-            | cfg::COMMAND_BUS_MASTER
-            | cfg::COMMAND_INTX_DISABLE;
+        let wanted =
+            command | cfg::COMMAND_MEMORY | cfg::COMMAND_BUS_MASTER | cfg::COMMAND_INTX_DISABLE;
         if wanted != command {
             me.config_write(cfg::COMMAND, &wanted.to_le_bytes())?;
         }

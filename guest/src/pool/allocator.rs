@@ -90,6 +90,11 @@ impl SlotRun {
 }
 
 /// Allocator of slot runs for one queue's area. See the module documentation.
+// Aligned (and so padded) to 128 bytes, two cache lines: allocators of different queues
+// placed side by side (an array, a `Vec` of queues) then never share a line. Unaligned, two
+// threads each working its own allocator ran slower together than one alone (false
+// sharing; `guest/benches/pool.rs`, BENCHMARKS.md).
+#[repr(align(128))]
 #[derive(Debug, Clone)]
 pub struct SlotAllocator {
     /// Bit set: slot belongs to a live run. Bits past `capacity` are set (never free).
@@ -143,7 +148,11 @@ impl SlotAllocator {
 
     /// Allocates `slots` contiguous slots. `None` if `slots` is not in
     /// `1..=MAX_MAPPING_SLOTS` or no contiguous run of that length is free.
-    #[inline]
+    // Always inlined, as are `free` and the hint helpers: left to itself the compiler calls
+    // them out of line, and the calls (six saved registers, results through memory) cost
+    // as much as the work: an alloc + free pair ran in ~19 ns instead of ~10 ns
+    // (`guest/benches/pool.rs`, BENCHMARKS.md). The slow paths (`search`) stay out of line.
+    #[inline(always)]
     pub fn alloc(&mut self, slots: u32) -> Option<SlotRun> {
         if slots == 0 || u64::from(slots) > MAX_MAPPING_SLOTS || slots > self.free {
             return None;
@@ -168,7 +177,7 @@ impl SlotAllocator {
 
     /// Frees `run`, which must be exactly a run returned by [`alloc`](Self::alloc) and not
     /// freed since. Anything else is an error and changes nothing.
-    #[inline]
+    #[inline(always)]
     pub fn free(&mut self, run: SlotRun) -> Result<(), AllocError> {
         let SlotRun { first, count } = run;
         if count == 0 || u64::from(count) > MAX_MAPPING_SLOTS {
@@ -217,6 +226,7 @@ impl SlotAllocator {
         Ok(())
     }
 
+    #[inline(always)]
     fn push_hint(&mut self, run: SlotRun) {
         self.top = (self.top + 1) % HINTS;
         if let Some(h) = self.hints.get_mut(self.top) {
@@ -225,13 +235,14 @@ impl SlotAllocator {
         self.hint_len = (self.hint_len + 1).min(HINTS);
     }
 
+    #[inline(always)]
     fn pop_hint(&mut self) {
         self.top = (self.top + HINTS - 1) % HINTS;
         self.hint_len -= 1;
     }
 
     /// Serves `n` slots from the newest hint if it is long enough and still free.
-    #[inline]
+    #[inline(always)]
     fn take_hint(&mut self, n: u32) -> Option<u32> {
         while self.hint_len > 0 {
             let h = *self.hints.get(self.top)?;

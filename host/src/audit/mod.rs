@@ -5,8 +5,8 @@
 //! - [`AuditLog::open`] recovers or starts the log and spawns the writer thread;
 //! - [`AuditHandle`] (clone it per thread) sends records through a bounded queue: when the
 //!   queue is full the caller waits (back-pressure), nothing is dropped;
-//! - [`AuditHandle::record_chain`] is the per-chain hot path: in summary mode two relaxed
-//!   atomic adds per descriptor, summarised per interval; in full mode also one queued
+//! - [`AuditHandle::record_chain`] is the per-chain hot path: in summary mode at most four
+//!   relaxed atomic adds per chain, summarised per interval; in full mode also one queued
 //!   message per chain, which the writer coalesces with the chains queued behind it into
 //!   one record of up to [`MAX_DMA_BATCH`] descriptors;
 //! - checkpoints every `checkpoint_every_records` records and every `checkpoint_every`
@@ -218,29 +218,40 @@ impl AuditHandle {
     }
 
     /// The per-chain hot path: counts every descriptor `(addr, len, writable)` of the
-    /// chain at `head` on `queue`; in full mode also queues the chain (one message, one
-    /// allocation) for a DMA chains record. Summary mode allocates nothing.
+    /// chain at `head` on `queue` (summed here, then at most four relaxed atomic adds for the
+    /// chain); in full mode also queues the chain (one message, one allocation) for a DMA
+    /// chains record. Summary mode allocates nothing.
     #[inline]
     pub fn record_chain<I>(&self, queue: u16, head: u16, descriptors: I) -> Result<(), AuditError>
     where
         I: IntoIterator<Item = (u64, u32, bool)>,
     {
         let descriptors = descriptors.into_iter();
+        // (descriptors, bytes) per direction.
+        let mut readable = (0u64, 0u64);
+        let mut writable = (0u64, 0u64);
+        let mut count = |len: u32, w: bool| {
+            let c = if w { &mut writable } else { &mut readable };
+            c.0 = c.0.wrapping_add(1);
+            c.1 = c.1.wrapping_add(u64::from(len));
+        };
         if !self.full {
-            for (_, len, writable) in descriptors {
-                self.dma.record(queue, len, writable);
+            for (_, len, w) in descriptors {
+                count(len, w);
             }
+            self.dma.record_counts(queue, readable, writable);
             return Ok(());
         }
         let mut v = Vec::with_capacity(descriptors.size_hint().0);
-        for (addr, len, writable) in descriptors {
-            self.dma.record(queue, len, writable);
+        for (addr, len, w) in descriptors {
+            count(len, w);
             v.push(DmaDescriptor {
                 addr,
                 len,
-                writable,
+                writable: w,
             });
         }
+        self.dma.record_counts(queue, readable, writable);
         self.send(Msg::Dma(DmaChain {
             queue,
             head,
