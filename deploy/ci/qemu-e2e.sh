@@ -4,6 +4,9 @@
 # and checks both sides: the guest's result line on the console, the host's session_end
 # JSON (SWIOTLB negotiated, attestation accepted, no trapped pool access, the pool at the bus
 # address the guest kernel assigned) and the audit log (swiotlb-audit verify).
+# Then the peer comparison: a second boot of the same guest reads the same bytes from QEMU's own
+# virtio-blk-pci (iommu_platform=on) with the guest kernel's swiotlb=force (Linux's bounce
+# path); both read figures and their ratio are reported (never a pass/fail criterion).
 #
 # Runs as root on a Debian (bookworm or later) x86_64 machine that reaches Debian's mirrors.
 # QEMU >= 10.1 (the vfio-user-pci client) comes from trixie-backports and needs glibc >= 2.38,
@@ -25,6 +28,8 @@
 #   SWIOTLB_QEMU_EXTRA_ARGS  more QEMU arguments, split on blanks (e.g. "-trace vfio_region_*")
 #   SWIOTLB_QEMU_GUEST_INTX_DISABLE  1: /init enables the function and sets Interrupt Disable
 #                         before swiotlb-guest runs (a diagnostic: see the trapped-access check)
+#   SWIOTLB_QEMU_PEER     0: skip the peer comparison (the second boot)     [1]
+#   SWIOTLB_QEMU_PEER_SIZE  bytes read on each side, a multiple of 1M, <= 256M [128M]
 #
 # Exit status: 0 all checks passed; 1 a check or a step failed; 3 everything the tree allows
 # passed but swiotlb-guest has no sysfs back end (--pci) yet, so nothing ran through the device.
@@ -48,6 +53,9 @@ case $TARGET_DIR in /*) ;; *) TARGET_DIR=$REPO/$TARGET_DIR ;; esac
 LOGS=${SWIOTLB_QEMU_LOGS:-$TARGET_DIR/qemu-e2e}
 VERBOSE=${SWIOTLB_QEMU_VERBOSE:-0}
 DISK_SIZE_MIB=64
+PEER=${SWIOTLB_QEMU_PEER:-1}
+PEER_SIZE=${SWIOTLB_QEMU_PEER_SIZE:-128M}
+PEER_BS_MIB=1 # request size on both sides: swiotlb-guest's largest request (MAX_REQUEST_BYTES)
 
 # What goes into the chroot. Changing any of this (or RECIPE_VERSION) invalidates the cache.
 RECIPE_VERSION=1
@@ -82,6 +90,24 @@ phase() { # phase NAME: ends the running phase (recording its time) and starts N
     [ -n "$PHASE" ] && step "$PHASE"
     return 0
 }
+
+bytes_of() { # bytes_of SIZE: a byte count, or N with a K, M or G suffix (powers of 1024)
+    local n=${1%[KkMmGg]}
+    case $n in '' | *[!0-9]*) return 1 ;; esac
+    case ${1#"$n"} in
+        '') echo "$n" ;;
+        [Kk]) echo $((n << 10)) ;;
+        [Mm]) echo $((n << 20)) ;;
+        [Gg]) echo $((n << 30)) ;;
+    esac
+}
+case $PEER in 0 | 1) ;; *) die "SWIOTLB_QEMU_PEER must be 0 or 1" ;; esac
+PEER_BYTES=$(bytes_of "$PEER_SIZE") || die "SWIOTLB_QEMU_PEER_SIZE=$PEER_SIZE is not a size (32M, 65536K, ...)"
+PEER_MIB=$((PEER_BYTES >> 20))
+if [ "$PEER_BYTES" = 0 ] || [ $((PEER_BYTES % (PEER_BS_MIB << 20))) != 0 ] || [ "$PEER_MIB" -gt 256 ]; then
+    die "SWIOTLB_QEMU_PEER_SIZE=$PEER_SIZE must be a multiple of ${PEER_BS_MIB}M, at most 256M (the guest has 512 MiB)"
+fi
+[ "$PEER" = 0 ] || [ "$PEER_MIB" -le "$DISK_SIZE_MIB" ] || DISK_SIZE_MIB=$PEER_MIB
 
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, chroot, mknod and mount need it)"
 [ "$(uname -m)" = x86_64 ] || die "x86_64 only"
@@ -339,10 +365,11 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-phase "initramfs"
+phase "initramfs, disk images"
 mkdir -p "$LOGS" "$ROOT/tmp"
 # Only this script's own files (SWIOTLB_QEMU_LOGS may point at a directory with others).
-rm -rf "${LOGS:?}/audit" "$LOGS"/{console.log,console.txt,host.stdout,host.stderr,kvm-probe.log}
+rm -rf "${LOGS:?}/audit" "$LOGS"/{console.log,console.txt,host.stdout,host.stderr,kvm-probe.log} \
+    "$LOGS"/{peer-console.log,peer-console.txt,peer-comparison.json}
 WORK=$(mktemp -d /tmp/swiotlb-qemu-e2e.XXXXXX)
 RUNDIR=$(mktemp -d "$ROOT/tmp/e2e.XXXXXX") # QEMU sees it as /tmp/e2e.XXXXXX
 RUN_IN=/tmp/${RUNDIR##*/}
@@ -351,6 +378,23 @@ SOCK=$RUNDIR/swiotlb.sock
 [ ${#SOCK} -lt 100 ] || die "socket path too long for a Unix socket ($SOCK): set SWIOTLB_QEMU_CACHE to a shorter directory"
 
 "$ATTEST_BIN" emulated-keygen --out "$WORK/ark" >/dev/null || die "swiotlb-attest emulated-keygen failed"
+
+# The disk image swiotlb-host serves. For the peer comparison: random (non-zero) contents,
+# written and synced now (no writeback left for the guest's flush or for O_DIRECT reads to wait
+# on); the peer boot's QEMU gets a copy. Both guests read the first PEER_BYTES and compare their
+# SHA-256 with this one.
+DISK=$WORK/disk.img
+PEER_SHA=""
+PEER_IMG=""
+if [ "$PEER" = 1 ]; then
+    PEER_IMG=$RUNDIR/peer.img
+    { head -c "$((DISK_SIZE_MIB << 20))" /dev/urandom >"$DISK" && cp "$DISK" "$PEER_IMG" &&
+        sync "$DISK" "$PEER_IMG"; } || die "writing the disk images failed"
+    PEER_SHA=$(head -c "$PEER_BYTES" "$DISK" | sha256sum | cut -d' ' -f1)
+    say "disk image: ${DISK_SIZE_MIB} MiB of random data, first $PEER_MIB MiB sha256 ${PEER_SHA:0:16}...; the peer reads a copy ($RUN_IN/peer.img)"
+else
+    truncate -s "${DISK_SIZE_MIB}M" "$DISK"
+fi
 
 IR=$WORK/initramfs
 mkdir -p "$IR"/{bin,dev,proc,sys,tmp,lib/modules}
@@ -396,12 +440,18 @@ modules_for() { # modules_for LISTFILE MOD...: copies the modules, writes their 
 modules_for load-test "${MODS_TEST[@]}"
 modules_for load-peer "${MODS_PEER[@]}"
 say "modules (test): $(tr '\n' ' ' <"$IR/lib/modules/load-test")"
-say "modules (peer, not loaded in this test): $(tr '\n' ' ' <"$IR/lib/modules/load-peer")"
+say "modules (peer boot only): $(tr '\n' ' ' <"$IR/lib/modules/load-peer")"
 
 cat >"$IR/e2e.conf" <<EOF
 IO_SIZE=$IO_SIZE
 HAS_PCI=$HAS_PCI
 INTX_DISABLE=${SWIOTLB_QEMU_GUEST_INTX_DISABLE:-0}
+PEER=$PEER
+PEER_BYTES=$PEER_BYTES
+PEER_MIB=$PEER_MIB
+PEER_BS_MIB=$PEER_BS_MIB
+PEER_SHA=$PEER_SHA
+DISK_BYTES=$((DISK_SIZE_MIB << 20))
 EOF
 
 cat >"$IR/init" <<'INIT'
@@ -425,6 +475,73 @@ finish() { # finish PASS|FAIL message...
 read -r up _ </proc/uptime
 say "BOOT init at ${up}s (kernel $(uname -r))"
 if grep -q 'swiotlb_e2e=probe' /proc/cmdline; then finish "PROBE-OK"; fi
+
+# Wall clock in microseconds (busybox date has no %N; adjtimex prints tv_sec and tv_usec).
+now_us() { adjtimex | awk '/tv_sec:/ { s = $2 } /tv_usec:/ { u = $2 } END { printf "%d%06d\n", s, u }'; }
+
+if grep -q 'swiotlb_e2e=peer' /proc/cmdline; then
+    # The peer: QEMU's own virtio-blk-pci (iommu_platform=on) bound by the stock virtio_pci and
+    # virtio_blk, with swiotlb=force: every DMA bounces through Linux's software IO TLB. Two
+    # functions serve copies of one image: serial "cache-none" (QEMU reads it with O_DIRECT)
+    # and "cache-writeback" (through the host page cache, as swiotlb-host reads its image).
+    peer_fail() { finish PEER-FAIL "$@"; }
+    grep -q 'swiotlb=force' /proc/cmdline || peer_fail "swiotlb=force is not on the kernel command line"
+    for m in $(cat /lib/modules/load-peer); do
+        insmod "/lib/modules/$m.ko" || peer_fail "insmod $m failed"
+    done
+    i=0
+    while { [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; } && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    if [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; then peer_fail "no /dev/vda and /dev/vdb 10 s after loading virtio_blk"; fi
+    dmesg | grep -E 'software IO TLB|swiotlb=force' | while read -r l; do say "PEER-DMESG $l"; done
+    SW=/sys/kernel/debug/swiotlb
+    mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+    N=$((PEER_MIB / PEER_BS_MIB))
+    peer_read() { # peer_read MARKER SERIAL: a checked pass, then a timed pass of dd iflag=direct
+        local mark=$1 serial=$2 b d="" VD PD F AP Q bytes SUM r0 s0 t0 t1 base us reqs sectors HW NS
+        for b in /sys/block/vd*; do
+            [ "$(cat "$b/serial" 2>/dev/null)" = "$serial" ] && d=${b##*/}
+        done
+        [ -n "$d" ] || peer_fail "no virtio disk with serial $serial"
+        VD=$(readlink -f /sys/block/$d/device)
+        PD=${VD%/*}
+        # The virtio device's feature bits, one character per bit: 32 VERSION_1,
+        # 33 ACCESS_PLATFORM (iommu_platform=on; without it virtio bypasses the DMA API, and
+        # so swiotlb=force).
+        F=$(cat "$VD/features")
+        AP=$(echo "$F" | cut -c34)
+        Q=/sys/block/$d/queue
+        bytes=$(($(cat /sys/block/$d/size) * 512))
+        say "$mark-DEVICE $d serial=$serial ${VD##*/} on ${PD##*/} $(cat "$PD/vendor"):$(cat "$PD/device") driver $(basename "$(readlink "$PD/driver")") version_1=$(echo "$F" | cut -c33) access_platform=$AP bytes=$bytes max_sectors_kb=$(cat $Q/max_sectors_kb) max_segments=$(cat $Q/max_segments) max_segment_size=$(cat $Q/max_segment_size)"
+        [ "$bytes" = "$DISK_BYTES" ] || peer_fail "$d has $bytes bytes, the image $DISK_BYTES"
+        # The first pass warms the path, as on our side, and checks the data.
+        SUM=$(dd if=/dev/$d bs=${PEER_BS_MIB}M count=$N iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+        [ "$SUM" = "$PEER_SHA" ] || peer_fail "$d: read sha256 $SUM; the image's first $PEER_BYTES bytes have $PEER_SHA"
+        [ -w $SW/io_tlb_used_hiwater ] && echo 0 >$SW/io_tlb_used_hiwater
+        set -- $(cat /sys/block/$d/stat)
+        r0=$1 s0=$3
+        # What the timing itself costs (two clock reads, starting dd, opening the disk): subtracted.
+        t0=$(now_us)
+        dd if=/dev/$d of=/dev/null bs=${PEER_BS_MIB}M count=0 iflag=direct 2>/dev/null
+        t1=$(now_us)
+        base=$((t1 - t0))
+        t0=$(now_us)
+        dd if=/dev/$d of=/dev/null bs=${PEER_BS_MIB}M count=$N iflag=direct 2>/dev/null || peer_fail "dd if=/dev/$d iflag=direct failed"
+        t1=$(now_us)
+        set -- $(cat /sys/block/$d/stat)
+        reqs=$(($1 - r0))
+        sectors=$(($3 - s0))
+        HW=$(cat $SW/io_tlb_used_hiwater 2>/dev/null || echo n/a)
+        NS=$(cat $SW/io_tlb_nslabs 2>/dev/null || echo n/a)
+        [ "$((sectors * 512))" = "$PEER_BYTES" ] || peer_fail "$d: the device saw $((sectors * 512)) bytes read, not $PEER_BYTES"
+        us=$((t1 - t0 - base))
+        [ "$us" -gt 0 ] || us=$((t1 - t0))
+        [ "$reqs" -gt 0 ] || reqs=1
+        say "$mark read_mib_s=$(awk -v b="$PEER_BYTES" -v us="$us" 'BEGIN { printf "%.3f", b / 1048576 / (us / 1e6) }') bytes=$PEER_BYTES seconds=$(awk -v us="$us" 'BEGIN { printf "%.6f", us / 1e6 }') timing_overhead_seconds=$(awk -v us="$base" 'BEGIN { printf "%.6f", us / 1e6 }') disk=$d serial=$serial requests=$reqs avg_request_kib=$((sectors / 2 / reqs)) access_platform=$AP swiotlb_nslabs=$NS swiotlb_used_hiwater_slabs=$HW sha256=$SUM"
+    }
+    peer_read PEER cache-none
+    peer_read PEER-WRITEBACK cache-writeback
+    finish PEER-DONE
+fi
 
 for m in $(cat /lib/modules/load-test); do
     insmod "/lib/modules/$m.ko" || say "WARNING: insmod $m failed"
@@ -485,6 +602,19 @@ POOL=$(echo "$INFO" | sed -n 's/.*"pool_bus_address":\([0-9]*\).*/\1/p')
 [ -n "$POOL" ] || finish FAIL "no pool_bus_address in: $INFO"
 say "POOL driver=$(printf '0x%x' "$POOL") kernel-bar2=$BAR2"
 [ "$((POOL))" = "$((BAR2))" ] || finish FAIL "the driver's pool address $(printf '0x%x' "$POOL") is not the BAR2 the kernel assigned ($BAR2)"
+if [ "$PEER" = 1 ]; then
+    # Our side of the peer comparison, before the round trip changes the image: the bytes the
+    # peer boot reads, in requests of PEER_BS_MIB (the driver's largest), timed by the driver
+    # around the transfer alone. Two passes, as on the peer: the first warms the path (pool
+    # pages, host page cache), the second is the figure; both digests are checked.
+    for pass in READ-WARMUP READ; do
+        echo "+ $G --json read --offset 0 --length $PEER_BYTES --output /dev/null"
+        RD=$($G --json read --offset 0 --length "$PEER_BYTES" --output /dev/null) || finish FAIL "swiotlb-guest read failed: $RD"
+        say "$pass $RD"
+        case $RD in *'"ok":true'*) ;; *) finish FAIL "read: $RD" ;; esac
+        case $RD in *"\"sha256\":\"$PEER_SHA\""*) ;; *) finish FAIL "read: the sha256 is not the image's ($PEER_SHA): $RD" ;; esac
+    done
+fi
 echo "+ $G roundtrip --size $IO_SIZE"
 RT=$($G --json roundtrip --size "$IO_SIZE") || finish FAIL "swiotlb-guest roundtrip failed: $RT"
 say "ROUNDTRIP $RT"
@@ -592,8 +722,6 @@ esac
 
 # ---------------------------------------------------------------------------------------------
 phase "start swiotlb-host"
-DISK=$WORK/disk.img
-truncate -s "${DISK_SIZE_MIB}M" "$DISK"
 AUDIT_DIR=$WORK/audit
 mkdir -p "$AUDIT_DIR"
 # One vfio-user client: QEMU, for the whole life of the VM (every swiotlb-guest run inside the
@@ -621,6 +749,7 @@ T_BOOT=$(now)
 qrc=0
 run_qemu "$LOGS/console.log" "$BOOT_TIMEOUT" "$USE_ACCEL" "$CMDLINE" -device "$DEVJSON" || qrc=$?
 T_QEMU_END=$(now)
+T_INIT_TEST=${T_INIT:-}
 if [ "$qrc" = 124 ]; then
     tail -n 40 "$LOGS/console.log" >&2
     die "the guest did not power off within ${BOOT_TIMEOUT}s (console: $LOGS/console.log)"
@@ -643,6 +772,39 @@ tr -d '\r' <"$LOGS/console.log" >"$LOGS/console.txt"
 if [ "$VERBOSE" = 1 ]; then
     step "guest console"
     cat "$LOGS/console.txt"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# The peer: the same kernel and initramfs (/init in its peer mode), QEMU's own virtio-blk-pci
+# bound by the stock drivers, the guest kernel bouncing every DMA through its software IO TLB.
+# ACCESS_PLATFORM (iommu_platform=on) makes virtio use the DMA API; no vIOMMU is needed (the
+# DMA address space is plain memory), and swiotlb=force makes the DMA API bounce. virtio_pci
+# binds here (no initcall_blacklist).
+PEER_CMDLINE="console=ttyS0 panic=-1 loglevel=5 swiotlb=force swiotlb_e2e=peer"
+# Two functions on one image, both read-only (so QEMU's image locks allow it): cache=none (QEMU
+# reads with O_DIRECT) and cache=writeback (through the host page cache, as swiotlb-host reads
+# its image). queue-size=1024: seg_max is queue-size - 2, and a 1 MiB O_DIRECT buffer may be 256
+# scattered pages; at the default 256 (seg_max 254) the block layer sometimes splits it in two.
+PEER_DEV="virtio-blk-pci,iommu_platform=on,disable-legacy=on,queue-size=1024"
+PEER_QEMU_ARGS=()
+for c in none writeback; do
+    PEER_QEMU_ARGS+=(-drive "file=$RUN_IN/peer.img,if=none,id=peer-$c,format=raw,cache=$c,readonly=on"
+        -device "$PEER_DEV,drive=peer-$c,serial=cache-$c")
+done
+peer_rc=""
+if [ "$PEER" = 1 ]; then
+    phase "peer boot: virtio-blk-pci + swiotlb=force ($USE_ACCEL)"
+    say "qemu-system-x86_64 -accel $USE_ACCEL ${QEMU_ARGS[*]} -append '$PEER_CMDLINE' ${PEER_QEMU_ARGS[*]}"
+    T_PEER=$(now)
+    peer_rc=0
+    run_qemu "$LOGS/peer-console.log" "$BOOT_TIMEOUT" "$USE_ACCEL" "$PEER_CMDLINE" "${PEER_QEMU_ARGS[@]}" || peer_rc=$?
+    say "QEMU ran $(secs "$T_PEER" "$(now)") s, exit status $peer_rc"
+    tr -d '\r' <"$LOGS/peer-console.log" >"$LOGS/peer-console.txt"
+    rm -f "$PEER_IMG"
+    if [ "$VERBOSE" = 1 ]; then
+        step "peer guest console"
+        cat "$LOGS/peer-console.txt"
+    fi
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -749,11 +911,57 @@ else
     fail "swiotlb-audit verify: $(tr '\n' ' ' <"$WORK/verify.out")"
 fi
 
+PEER_FAILED=0
+declare -A P=() # P[MARKER.key]: the key=value pairs of the peer's MARKER line
+PEER_MARKERS=(PEER PEER-WRITEBACK)
+if [ "$PEER" = 1 ]; then
+    peer_fail() {
+        PEER_FAILED=1
+        fail "peer: $*"
+    }
+    say "-- peer boot (console: $LOGS/peer-console.txt)"
+    grep '^SWIOTLB-E2E:' "$LOGS/peer-console.txt" | sed 's/^/   /' || true
+    case $peer_rc in
+        0) ;;
+        124) peer_fail "the guest did not power off within ${BOOT_TIMEOUT}s" ;;
+        *) peer_fail "QEMU exited with status $peer_rc" ;;
+    esac
+    PEER_ERR=$(sed -n 's/^SWIOTLB-E2E: PEER-FAIL //p' "$LOGS/peer-console.txt" | tail -n1)
+    [ -z "$PEER_ERR" ] || peer_fail "$PEER_ERR"
+    # Evidence that the peer measured Linux's bounce path, not a direct DMA.
+    TLB=$(sed -n 's/^SWIOTLB-E2E: PEER-DMESG .*\(software IO TLB: .*\)/\1/p' "$LOGS/peer-console.txt" | head -n1)
+    if [ -n "$TLB" ]; then
+        ok "guest kernel with swiotlb=force set up its software IO TLB (dmesg: \"$TLB\")"
+    elif [ -z "$PEER_ERR" ]; then
+        peer_fail "no \"software IO TLB\" line in the guest's dmesg: swiotlb is not in force"
+    fi
+    for m in "${PEER_MARKERS[@]}"; do
+        line=$(sed -n "s/^SWIOTLB-E2E: $m \\(read_mib_s=.*\\)/\\1/p" "$LOGS/peer-console.txt" | tail -n1)
+        for kv in $line; do P[$m.${kv%%=*}]=${kv#*=}; done
+        if [ -z "${P[$m.read_mib_s]:-}" ]; then
+            [ -n "$PEER_ERR" ] || peer_fail "the guest printed no $m figure"
+            continue
+        fi
+        ok "$m: ${P[$m.disk]} (serial ${P[$m.serial]}) read $((${P[$m.bytes]} >> 20)) MiB, sha256 = the image's (${P[$m.sha256]:0:16}...); ${P[$m.requests]} requests, ${P[$m.avg_request_kib]} KiB each on average"
+        if [ "${P[$m.access_platform]}" = 1 ]; then
+            ok "$m: VIRTIO_F_ACCESS_PLATFORM negotiated (iommu_platform=on): virtio_blk maps through the DMA API"
+        else
+            peer_fail "$m: VIRTIO_F_ACCESS_PLATFORM not negotiated: virtio bypasses the DMA API, and so swiotlb"
+        fi
+        hw=${P[$m.swiotlb_used_hiwater_slabs]}
+        case $hw in
+            n/a) say "   n/a   $m: swiotlb debugfs counters (no /sys/kernel/debug/swiotlb in this kernel)" ;;
+            0) peer_fail "$m: the software IO TLB was not used during the read (high-water mark 0)" ;;
+            *) ok "$m: software IO TLB in use during the read: high-water mark $hw of ${P[$m.swiotlb_nslabs]} slabs ($((hw * 2)) KiB bounced at once)" ;;
+        esac
+    done
+fi
+
 say "-- figures"
 say "   accelerator       $USE_ACCEL ($QEMU_VERSION)"
 say "   guest kernel      $KPKG_VERSION"
 INIT_WALL="?"
-[ -n "${T_INIT:-}" ] && INIT_WALL=$(secs "$T_BOOT" "$T_INIT")
+[ -n "$T_INIT_TEST" ] && INIT_WALL=$(secs "$T_BOOT" "$T_INIT_TEST")
 say "   boot              QEMU start to /init ${INIT_WALL} s wall clock (guest uptime at /init ${BOOT_AT:-?} s); QEMU ran $(secs "$T_BOOT" "$T_QEMU_END") s in all"
 RT=$(sed -n 's/^SWIOTLB-E2E: ROUNDTRIP //p' "$LOGS/console.txt" | tail -n1)
 if [ -n "$RT" ]; then
@@ -761,9 +969,77 @@ if [ -n "$RT" ]; then
 else
     say "   guest I/O         none (no roundtrip ran)"
 fi
+COMPARISON=""
+if [ "$PEER" = 1 ]; then
+    RD=$(sed -n 's/^SWIOTLB-E2E: READ //p' "$LOGS/console.txt" | tail -n1)
+    OURS_MIBS=$(jq -r '.read_mib_s // empty' <<<"$RD" 2>/dev/null || true)
+    OURS_SECS=$(jq -r '.seconds // empty' <<<"$RD" 2>/dev/null || true)
+    PEER_MIBS=${P[PEER.read_mib_s]:-}
+    PEER_WB_MIBS=${P[PEER-WRITEBACK.read_mib_s]:-}
+    r1() { awk -v x="$1" 'BEGIN { printf "%.1f", x }'; }
+    r3() { awk -v x="$1" 'BEGIN { printf "%.3f", x }'; }
+    ratio() { [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b }'; }
+    RATIO=$(ratio "$OURS_MIBS" "$PEER_MIBS" || true)
+    RATIO_WB=$(ratio "$OURS_MIBS" "$PEER_WB_MIBS" || true)
+    say "   peer comparison   $PEER_MIB MiB read sequentially in $PEER_BS_MIB MiB requests, same image contents, second pass ($USE_ACCEL):"
+    if [ -n "$OURS_MIBS" ]; then
+        say "     ours                    $(r1 "$OURS_MIBS") MiB/s ($(r3 "$OURS_SECS") s): swiotlb-guest read; pool BAR of swiotlb-host over vfio-user"
+    else
+        say "     ours                    none (swiotlb-guest read did not run)"
+    fi
+    if [ -n "$PEER_MIBS" ]; then
+        say "     peer, cache=none        $(r1 "$PEER_MIBS") MiB/s ($(r3 "${P[PEER.seconds]}") s): dd iflag=direct; virtio-blk-pci iommu_platform=on, swiotlb=force  ratio ours/peer ${RATIO:-?}"
+    else
+        say "     peer, cache=none        none (the peer boot failed)"
+    fi
+    if [ -n "$PEER_WB_MIBS" ]; then
+        say "     peer, cache=writeback   $(r1 "$PEER_WB_MIBS") MiB/s ($(r3 "${P[PEER-WRITEBACK.seconds]}") s): the same through the host page cache, as swiotlb-host reads  ratio ours/peer ${RATIO_WB:-?}"
+    fi
+    say "     (TCG inflates both sides; the ratio is a figure, not a check)"
+    if [ -n "$RATIO" ]; then
+        COMPARISON="read $PEER_MIB MiB in $PEER_BS_MIB MiB requests ($USE_ACCEL): ours $(r1 "$OURS_MIBS") MiB/s; peer virtio-blk-pci + swiotlb=force $(r1 "$PEER_MIBS") MiB/s (cache=none), $(r1 "${PEER_WB_MIBS:-0}") MiB/s (cache=writeback); ratio ours/peer $RATIO (cache=none), ${RATIO_WB:-?} (cache=writeback)"
+    fi
+    peer_json() { # peer_json MARKER CACHE
+        local m=$1
+        jq -n --arg cache "$2" --arg mibs "${P[$m.read_mib_s]:-}" --arg secs "${P[$m.seconds]:-}" \
+            --arg disk "${P[$m.disk]:-}" --arg reqs "${P[$m.requests]:-}" --arg avg "${P[$m.avg_request_kib]:-}" \
+            --arg ap "${P[$m.access_platform]:-}" --arg hw "${P[$m.swiotlb_used_hiwater_slabs]:-}" \
+            --arg nslabs "${P[$m.swiotlb_nslabs]:-}" --arg ovh "${P[$m.timing_overhead_seconds]:-}" '
+            def num: if . == "" or . == "n/a" then null else tonumber end;
+            {drive_cache: $cache, read_mib_s: ($mibs | num), seconds: ($secs | num),
+             timing_overhead_seconds_subtracted: ($ovh | num), disk: $disk,
+             requests: ($reqs | num), avg_request_kib: ($avg | num),
+             access_platform: ($ap == "1"), swiotlb_nslabs: ($nslabs | num),
+             swiotlb_used_hiwater_slabs: ($hw | num)}'
+    }
+    {
+        jq -n --arg accel "$USE_ACCEL" --arg qemu "$QEMU_VERSION" --arg kernel "$KPKG_VERSION" \
+            --argjson bytes "$PEER_BYTES" --argjson request_bytes "$((PEER_BS_MIB << 20))" \
+            --arg ours "${OURS_MIBS:-}" --arg ours_s "${OURS_SECS:-}" \
+            --arg ratio "${RATIO:-}" --arg ratio_wb "${RATIO_WB:-}" \
+            --arg cmdline "$PEER_CMDLINE" --arg qargs "${PEER_QEMU_ARGS[*]}" --arg tlb "${TLB:-}" \
+            --argjson peer "$(peer_json PEER none)" --argjson peer_wb "$(peer_json PEER-WRITEBACK writeback)" \
+            --arg when "$(date -u +%Y-%m-%dT%H:%M:%SZ)" '
+            def num: if . == "" then null else tonumber end;
+            {when: $when, accelerator: $accel, qemu: $qemu, guest_kernel: $kernel,
+             bytes: $bytes, request_bytes: $request_bytes,
+             ours: {read_mib_s: ($ours | num), seconds: ($ours_s | num),
+                    how: "swiotlb-guest --pci sysfs:auto --json read --offset 0 --output /dev/null (second pass), vfio-user-pci served by swiotlb-host"},
+             peer: ($peer + {how: "dd of=/dev/null bs=1M iflag=direct (second pass)"}),
+             peer_writeback: ($peer_wb + {how: "dd of=/dev/null bs=1M iflag=direct (second pass)"}),
+             peer_boot: {kernel_cmdline: $cmdline, qemu_args: $qargs, dmesg: $tlb},
+             ratio_ours_over_peer: ($ratio | num),
+             ratio_ours_over_peer_writeback: ($ratio_wb | num)}'
+    } >"$LOGS/peer-comparison.json" 2>/dev/null || say "   WARNING: could not write $LOGS/peer-comparison.json"
+    say "     recorded in             $LOGS/peer-comparison.json"
+fi
 
 if [ ${#FAILS[@]} -gt 0 ] || { [ "$BACKEND_MISSING" = 0 ] && [ "${RESULT#SWIOTLB-E2E: PASS}" = "$RESULT" ]; }; then
     [ "$VERBOSE" = 1 ] || { step "guest console (last 60 lines)"; tail -n 60 "$LOGS/console.txt"; }
+    if [ "$PEER_FAILED" = 1 ] && [ "$VERBOSE" != 1 ]; then
+        step "peer guest console (last 40 lines)"
+        tail -n 40 "$LOGS/peer-console.txt"
+    fi
     step "swiotlb-host stderr (last 30 lines)"
     tail -n 30 "$LOGS/host.stderr" | sed 's/\x1b\[[0-9;]*m//g'
     die "${#FAILS[@]} check(s) failed: $(printf '%s; ' "${FAILS[@]}")"
@@ -773,3 +1049,4 @@ if [ "$BACKEND_MISSING" = 1 ]; then
     exit 3
 fi
 printf '\nqemu-e2e: PASS: swiotlb-guest in a QEMU guest (%s) drove swiotlb-host over vfio-user, pool mapped as RAM, attested, audit log verified\n' "$USE_ACCEL"
+[ -z "$COMPARISON" ] || printf 'qemu-e2e: peer comparison: %s\n' "$COMPARISON"

@@ -324,7 +324,32 @@ fn cli_writes_a_file_reads_it_back_byte_equal_and_reports_the_pool() {
     assert!(negotiated.contains(&"SWIOTLB"), "{negotiated:?}");
     assert_eq!(v["info"]["pool_size"], POOL_SIZE);
     assert_eq!(v["info"]["capacity"], 8 << 20);
-    for n in 1..=3 {
+
+    // `--json read` reports the transfer's own time and throughput beside the digest.
+    let o = guest_cli(
+        &host.socket,
+        &[
+            "--json",
+            "read",
+            "--offset",
+            "1M",
+            "--length",
+            &len,
+            "--output",
+            "/dev/null",
+        ],
+    );
+    assert!(o.status.success(), "read --json: {}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("read --json is JSON");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["read"], data.len());
+    assert_eq!(v["sha256"].as_str().map(str::len), Some(64), "{v}");
+    let secs = v["seconds"].as_f64().expect("seconds");
+    let mib_s = v["read_mib_s"].as_f64().expect("read_mib_s");
+    assert!(secs > 0.0 && mib_s > 0.0, "{v}");
+    let expect = data.len() as f64 / (1024.0 * 1024.0) / secs;
+    assert!((mib_s - expect).abs() <= 1e-6 * expect, "{v}");
+    for n in 1..=4 {
         let s = host.session(n);
         assert_eq!(s["summary"]["dma_violations"], 0, "session {n}");
         assert!(s["summary"]["status"].as_u64().unwrap() & DRIVER_OK != 0);
