@@ -16,9 +16,14 @@
 //!
 //! `cargo bench -p swiotlb-attest --bench evidence [-- --quick]`
 
+#[path = "../../shared/benches/support/measure.rs"]
+mod measure;
+
+use measure::{each, measure, median, speed_ratio, Run};
+
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ring::signature::{UnparsedPublicKey, ECDSA_P384_SHA384_FIXED, RSA_PSS_2048_8192_SHA384};
 use swiotlb_attest::emulated::{EmulatedCert, ReportOptions, Signer};
@@ -29,50 +34,6 @@ use x509_cert::der::Decode;
 
 /// 2025-07-01T00:00:00Z: inside the validity of the vectors' certificates (as in the tests).
 const NOW: u64 = 1_751_328_000;
-
-/// A case: runs `n` operations.
-type Run<'a> = Box<dyn FnMut(u64) + 'a>;
-
-/// Operations that make one measurement of `run` last about `slice`.
-fn calibrate(run: &mut Run<'_>, slice: Duration) -> u64 {
-    let mut n = 1u64;
-    loop {
-        let t = Instant::now();
-        run(n);
-        let e = t.elapsed();
-        if e >= slice / 8 || n >= 1 << 40 {
-            let per = e.as_secs_f64() / n as f64;
-            return ((slice.as_secs_f64() / per.max(1e-12)) as u64).max(1);
-        }
-        n *= 2;
-    }
-}
-
-/// Runs `cases` in interleaved rounds; returns ns per operation, per case per round.
-fn measure(cases: &mut [Run<'_>], rounds: usize, slice: Duration) -> Vec<Vec<f64>> {
-    let iters: Vec<u64> = cases.iter_mut().map(|c| calibrate(c, slice)).collect();
-    let mut out = vec![Vec::with_capacity(rounds); cases.len()];
-    for _ in 0..rounds {
-        for (i, c) in cases.iter_mut().enumerate() {
-            let t = Instant::now();
-            c(iters[i]);
-            out[i].push(t.elapsed().as_nanos() as f64 / iters[i] as f64);
-        }
-    }
-    out
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// Median over rounds of `base[r] / x[r]`: the speed of `x` relative to `base`.
-fn speed_ratio(x: &[f64], base: &[f64]) -> f64 {
-    let r: Vec<f64> = x.iter().zip(base).map(|(x, b)| b / x).collect();
-    median(&r)
-}
 
 /// Prints one limit/verifier pair and records it.
 fn print_pair(
@@ -134,7 +95,7 @@ fn emulated(rounds: usize, slice: Duration, json: &mut serde_json::Map<String, s
     assert!(vcek.verify(parsed.signed_bytes(), &report_sig).is_ok());
 
     let mut cases: Vec<Run<'_>> = vec![
-        Box::new(|n| {
+        each(|n| {
             for _ in 0..n {
                 black_box(ark.verify(black_box(cert_signed), cert_sig).is_ok());
                 black_box(
@@ -143,7 +104,7 @@ fn emulated(rounds: usize, slice: Duration, json: &mut serde_json::Map<String, s
                 );
             }
         }),
-        Box::new(|n| {
+        each(|n| {
             for _ in 0..n {
                 black_box(verifier.verify(black_box(&wire), &expect).accepted);
             }
@@ -226,7 +187,7 @@ fn snp(rounds: usize, slice: Duration, json: &mut serde_json::Map<String, serde_
     assert!(ecdsa.verify(parsed.signed_bytes(), &report_sig).is_ok());
 
     let mut cases: Vec<Run<'_>> = vec![
-        Box::new(|n| {
+        each(|n| {
             for _ in 0..n {
                 black_box(rsa.verify(black_box(vcek.tbs_der()), &vcek_sig).is_ok());
                 black_box(
@@ -236,7 +197,7 @@ fn snp(rounds: usize, slice: Duration, json: &mut serde_json::Map<String, serde_
                 );
             }
         }),
-        Box::new(|n| {
+        each(|n| {
             for _ in 0..n {
                 black_box(verifier.verify(black_box(&wire), &any).accepted);
             }

@@ -18,10 +18,15 @@
 //!
 //! `cargo bench -p swiotlb-guest --bench pool [-- --quick]`
 
+#[path = "../../shared/benches/support/measure.rs"]
+mod measure;
+
+use measure::{measure, median, speed_ratio, timed, Run};
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Barrier;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use swiotlb_guest::pool::{Mapping, PoolMemory, SlotAllocator, SlotRun};
 use swiotlb_shared::layout::MAX_MAPPING;
@@ -33,50 +38,9 @@ const DEPTH: usize = 32;
 
 // ---- measurement ------------------------------------------------------------------------
 
-/// A case: given a per-thread iteration count, runs it and returns (operations, elapsed).
-type Run<'a> = Box<dyn FnMut(u64) -> (u64, Duration) + 'a>;
-
 struct Plan {
     rounds: usize,
     slice: Duration,
-}
-
-/// Iterations that make one measurement of `run` last about `slice` (after a warm-up).
-fn calibrate(run: &mut Run<'_>, slice: Duration) -> u64 {
-    let mut n = 1u64;
-    loop {
-        let (_, e) = run(n);
-        if e >= slice / 8 || n >= 1 << 40 {
-            let per = e.as_secs_f64() / n as f64;
-            return ((slice.as_secs_f64() / per.max(1e-12)) as u64).max(1);
-        }
-        n *= 2;
-    }
-}
-
-/// Runs `cases` in interleaved rounds; returns nanoseconds per operation, per case per round.
-fn measure(cases: &mut [Run<'_>], plan: &Plan) -> Vec<Vec<f64>> {
-    let iters: Vec<u64> = cases.iter_mut().map(|c| calibrate(c, plan.slice)).collect();
-    let mut out = vec![Vec::with_capacity(plan.rounds); cases.len()];
-    for _ in 0..plan.rounds {
-        for (i, c) in cases.iter_mut().enumerate() {
-            let (ops, e) = c(iters[i]);
-            out[i].push(e.as_nanos() as f64 / ops.max(1) as f64);
-        }
-    }
-    out
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// Median over rounds of `base[r] / x[r]`: the speed of `x` relative to `base` (1.0 = as fast).
-fn speed_ratio(x: &[f64], base: &[f64]) -> f64 {
-    let r: Vec<f64> = x.iter().zip(base).map(|(x, b)| b / x).collect();
-    median(&r)
 }
 
 fn goal(met: bool) -> &'static str {
@@ -85,12 +49,6 @@ fn goal(met: bool) -> &'static str {
     } else {
         "goal MISSED"
     }
-}
-
-fn timed(f: impl FnOnce() -> u64) -> (u64, Duration) {
-    let t = Instant::now();
-    let ops = f();
-    (ops, t.elapsed())
 }
 
 // ---- allocator ----------------------------------------------------------------------------
@@ -218,7 +176,7 @@ fn allocator(plan: &Plan, fig: &mut Figures) {
             on_two_threads(&mut st, n, |(a, w), n| driver_pairs(a, w, n))
         }),
     ];
-    let r = measure(&mut cases, plan);
+    let r = measure(&mut cases, plan.rounds, plan.slice);
     drop(cases);
     let rate = |v: &[f64]| 1e3 / median(v); // M pairs/s
     let names = [
@@ -413,7 +371,7 @@ fn bounce(plan: &Plan, fig: &mut Figures) {
                 })
             }),
         ];
-        let r = measure(&mut cases, plan);
+        let r = measure(&mut cases, plan.rounds, plan.slice);
         drop(cases);
         let gbs = |v: &[f64]| size as f64 / median(v); // bytes per ns = GB/s
         let need = if size >= 64 << 10 { 0.9 } else { 0.8 };

@@ -17,8 +17,13 @@
 //!
 //! `cargo bench -p swiotlb-host --bench audit_check [-- --quick]`
 
+#[path = "../../shared/benches/support/measure.rs"]
+mod measure;
+
+use measure::{measure, median, ops, Run};
+
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use swiotlb_host::audit::{AuditConfig, AuditHandle, AuditLog, AuditMode};
 use swiotlb_host::pool::{Pool, PoolGuestMemory};
@@ -44,44 +49,6 @@ const SLOTS: u64 = BASE + 0x10_0000;
 const FLAT: usize = 3 * 1024;
 
 // ---- measurement ------------------------------------------------------------------------
-
-/// A case: runs `n` passes and returns the descriptors it went through.
-type Run<'a> = Box<dyn FnMut(u64) -> u64 + 'a>;
-
-/// Passes that make one measurement of `run` last about `slice`.
-fn calibrate(run: &mut Run<'_>, slice: Duration) -> u64 {
-    let mut n = 1u64;
-    loop {
-        let t = Instant::now();
-        run(n);
-        let e = t.elapsed();
-        if e >= slice / 8 || n >= 1 << 40 {
-            let per = e.as_secs_f64() / n as f64;
-            return ((slice.as_secs_f64() / per.max(1e-12)) as u64).max(1);
-        }
-        n *= 2;
-    }
-}
-
-/// Runs `cases` in interleaved rounds; returns ns per descriptor, per case per round.
-fn measure(cases: &mut [Run<'_>], rounds: usize, slice: Duration) -> Vec<Vec<f64>> {
-    let iters: Vec<u64> = cases.iter_mut().map(|c| calibrate(c, slice)).collect();
-    let mut out = vec![Vec::with_capacity(rounds); cases.len()];
-    for _ in 0..rounds {
-        for (i, c) in cases.iter_mut().enumerate() {
-            let t = Instant::now();
-            let descs = c(iters[i]);
-            out[i].push(t.elapsed().as_nanos() as f64 / descs.max(1) as f64);
-        }
-    }
-    out
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 // ---- the descriptors ----------------------------------------------------------------------
 
@@ -217,7 +184,7 @@ fn main() {
     let f = &flat;
     let mut cases: Vec<Run<'_>> = vec![
         // 0: the empty loop over the same descriptors.
-        Box::new(move |n| {
+        ops(move |n| {
             for _ in 0..n {
                 for x in black_box(f) {
                     black_box(x);
@@ -226,7 +193,7 @@ fn main() {
             n * f.len() as u64
         }),
         // 1: the range check alone.
-        Box::new(move |n| {
+        ops(move |n| {
             for _ in 0..n {
                 let w = black_box(window);
                 for x in black_box(f) {
@@ -236,7 +203,7 @@ fn main() {
             n * f.len() as u64
         }),
         // 2: the audit check: range check + summary-mode record_chain, a chain of three.
-        Box::new(move |n| {
+        ops(move |n| {
             for _ in 0..n {
                 let w = black_box(window);
                 for (i, c) in black_box(f).chunks_exact(3).enumerate() {
@@ -250,7 +217,7 @@ fn main() {
             n * f.len() as u64
         }),
         // 3: the audit check + the transport's DmaCounters, as process_queue counts.
-        Box::new(move |n| {
+        ops(move |n| {
             for _ in 0..n {
                 let w = black_box(window);
                 for (i, c) in black_box(f).chunks_exact(3).enumerate() {
@@ -272,11 +239,11 @@ fn main() {
             n * f.len() as u64
         }),
         // 4: the chain walker, direct chains.
-        Box::new(|n| (0..n).map(|_| walk(&direct, 3, None)).sum()),
+        ops(|n| (0..n).map(|_| walk(&direct, 3, None)).sum()),
         // 5: the chain walker, through indirect tables.
-        Box::new(|n| (0..n).map(|_| walk(&indirect, 1, None)).sum()),
+        ops(|n| (0..n).map(|_| walk(&indirect, 1, None)).sum()),
         // 6: walker (indirect) + record_chain + DmaCounters: process_queue's per-descriptor work.
-        Box::new(|n| (0..n).map(|_| walk(&indirect, 1, Some((h, d)))).sum()),
+        ops(|n| (0..n).map(|_| walk(&indirect, 1, Some((h, d)))).sum()),
     ];
     let r = measure(&mut cases, rounds, slice);
     drop(cases);

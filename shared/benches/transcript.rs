@@ -8,57 +8,18 @@
 //!
 //! `cargo bench -p swiotlb-shared --bench transcript [-- --quick]`
 
+#[path = "support/measure.rs"]
+mod measure;
+
+use measure::{each, measure, median, speed_ratio, Run};
+
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ring::digest::{digest, SHA512};
 use swiotlb_shared::transcript::{
     report_data_of, DeviceIdentity, InstanceId, PlatformKind, QueueRings, Transcript, DOMAIN,
 };
-
-/// A case: runs `n` operations.
-type Run<'a> = Box<dyn FnMut(u64) + 'a>;
-
-/// Operations that make one measurement of `run` last about `slice`.
-fn calibrate(run: &mut Run<'_>, slice: Duration) -> u64 {
-    let mut n = 1u64;
-    loop {
-        let t = Instant::now();
-        run(n);
-        let e = t.elapsed();
-        if e >= slice / 8 || n >= 1 << 40 {
-            let per = e.as_secs_f64() / n as f64;
-            return ((slice.as_secs_f64() / per.max(1e-12)) as u64).max(1);
-        }
-        n *= 2;
-    }
-}
-
-/// Runs `cases` in interleaved rounds; returns ns per operation, per case per round.
-fn measure(cases: &mut [Run<'_>], rounds: usize, slice: Duration) -> Vec<Vec<f64>> {
-    let iters: Vec<u64> = cases.iter_mut().map(|c| calibrate(c, slice)).collect();
-    let mut out = vec![Vec::with_capacity(rounds); cases.len()];
-    for _ in 0..rounds {
-        for (i, c) in cases.iter_mut().enumerate() {
-            let t = Instant::now();
-            c(iters[i]);
-            out[i].push(t.elapsed().as_nanos() as f64 / iters[i] as f64);
-        }
-    }
-    out
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// Median over rounds of `base[r] / x[r]`: the speed of `x` relative to `base`.
-fn speed_ratio(x: &[f64], base: &[f64]) -> f64 {
-    let r: Vec<f64> = x.iter().zip(base).map(|(x, b)| b / x).collect();
-    median(&r)
-}
 
 fn transcript(queues: u16) -> Transcript {
     Transcript {
@@ -109,19 +70,19 @@ fn main() {
         let (tr, enc, buf) = (&t, &encoded, &hashed);
         let mut cases: Vec<Run<'_>> = vec![
             // 0: SHA-512 alone over DOMAIN || encoding, one buffer.
-            Box::new(move |n| {
+            each(move |n| {
                 for _ in 0..n {
                     black_box(digest(&SHA512, black_box(buf)));
                 }
             }),
             // 1: report_data_of on a ready encoding (two updates).
-            Box::new(move |n| {
+            each(move |n| {
                 for _ in 0..n {
                     black_box(report_data_of(black_box(enc)));
                 }
             }),
             // 2: Transcript::report_data: encode, then hash.
-            Box::new(move |n| {
+            each(move |n| {
                 for _ in 0..n {
                     black_box(black_box(tr).report_data().expect("valid transcript"));
                 }
