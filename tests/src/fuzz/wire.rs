@@ -16,7 +16,9 @@ use swiotlb_guest::{BlockDriver, Options};
 use swiotlb_host::vfio_user::Server;
 use swiotlb_shared::vfio_user::capabilities::Version;
 use swiotlb_shared::vfio_user::socket::recv_message;
-use swiotlb_shared::vfio_user::{Command, Header, HEADER_SIZE};
+use swiotlb_shared::vfio_user::{
+    Command, Header, FLAGS_TYPE_MASK, FLAG_ERROR, HEADER_SIZE, TYPE_REPLY,
+};
 
 use super::memfd_function;
 
@@ -57,7 +59,12 @@ impl ClientSession {
         if !self.no_version {
             let v = Version::local();
             let p = v.to_bytes().expect("our VERSION encodes");
-            push(&mut out, id, Command::Version as u16, 0, None, &p);
+            push(
+                &mut out,
+                header(id, Command::Version as u16, 0, 0),
+                None,
+                &p,
+            );
         }
         for m in &self.messages {
             id = id.wrapping_add(1);
@@ -65,28 +72,31 @@ impl ClientSession {
                 .get(usize::from(m.command))
                 .copied()
                 .unwrap_or(m.command);
-            push(
-                &mut out,
-                id,
-                cmd,
-                m.flags & 0xf,
-                m.lie_about_size,
-                &m.payload,
-            );
+            let h = header(id, cmd, m.flags & FLAGS_TYPE_MASK, 0);
+            push(&mut out, h, m.lie_about_size, &m.payload);
         }
         out.extend_from_slice(&self.trailing);
         out
     }
 }
 
-fn push(out: &mut Vec<u8>, id: u16, cmd: u16, flags: u32, size: Option<u32>, payload: &[u8]) {
-    let len = size.unwrap_or((HEADER_SIZE + payload.len()) as u32);
-    out.extend_from_slice(&id.to_le_bytes());
-    out.extend_from_slice(&cmd.to_le_bytes());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&flags.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+/// Appends one message: the codec's header (with `size` when the input makes it lie), then
+/// the payload.
+fn push(out: &mut Vec<u8>, header: Header, size: Option<u32>, payload: &[u8]) {
+    let size = size.unwrap_or((HEADER_SIZE + payload.len()) as u32);
+    out.extend_from_slice(&Header { size, ..header }.encode());
     out.extend_from_slice(payload);
+}
+
+/// A header of `command` with `flags`, sized for nothing yet (see [`push`]).
+fn header(msg_id: u16, command: u16, flags: u32, error: u32) -> Header {
+    Header {
+        msg_id,
+        command,
+        size: HEADER_SIZE as u32,
+        flags,
+        error,
+    }
 }
 
 /// A hostile client against the server: it must answer or end the session, never panic,
@@ -161,17 +171,13 @@ pub fn client(data: &[u8]) {
             } else {
                 req.header.msg_id.wrapping_add(1)
             };
-            let mut out = Vec::new();
-            let flags: u32 = match err {
-                Some(_) => 0x1 | 0x20,
-                None => 0x1,
+            let flags = match err {
+                Some(_) => TYPE_REPLY | FLAG_ERROR,
+                None => TYPE_REPLY,
             };
-            out.extend_from_slice(&id.to_le_bytes());
-            out.extend_from_slice(&req.header.command.to_le_bytes());
-            out.extend_from_slice(&((HEADER_SIZE + payload.len()) as u32).to_le_bytes());
-            out.extend_from_slice(&flags.to_le_bytes());
-            out.extend_from_slice(&err.unwrap_or(0).to_le_bytes());
-            out.extend_from_slice(&payload);
+            let mut out = Vec::new();
+            let h = header(id, req.header.command, flags, err.unwrap_or(0));
+            push(&mut out, h, None, &payload);
             if (&server_end).write_all(&out).is_err() {
                 return;
             }
