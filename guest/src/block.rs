@@ -46,6 +46,11 @@ pub const MAX_REQUEST_BYTES: u64 = 4 * MAX_MAPPING;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Offsets inside a request's control slot: header, status byte, then small payloads
 /// (GET_ID answer, DISCARD/WRITE_ZEROES range).
+/// Without an interrupt, the looks at the used ring before the driver starts napping.
+pub const NAP_AFTER_SPINS: u32 = 4096;
+/// Without an interrupt, how long the driver naps between looks once it has spun
+/// [`NAP_AFTER_SPINS`] times.
+const NAP: Duration = Duration::from_micros(50);
 const CTL_HEADER: u64 = 0;
 const CTL_STATUS: u64 = 16;
 const CTL_PAYLOAD: u64 = 64;
@@ -192,6 +197,14 @@ pub struct Options {
     pub queue_size: u16,
     /// Use indirect descriptors when offered.
     pub indirect: bool,
+    /// How long to poll the used ring for a completion before asking for an interrupt and
+    /// sleeping on it (interrupts suppressed meanwhile, EVENT_IDX `used_event` left behind).
+    /// Zero: sleep at once. Without interrupts the driver always polls (and naps after
+    /// [`NAP_AFTER_SPINS`] empty looks).
+    pub poll: Duration,
+    /// Most requests in flight at once (the queue depth); 0: as many as the ring and the
+    /// pool hold.
+    pub max_in_flight: u16,
 }
 
 impl Default for Options {
@@ -201,6 +214,8 @@ impl Default for Options {
             timeout: DEFAULT_TIMEOUT,
             queue_size: MAX_QUEUE_SIZE,
             indirect: true,
+            poll: Duration::ZERO,
+            max_in_flight: 0,
         }
     }
 }
@@ -249,6 +264,8 @@ struct Pending {
     ctl: SlotRun,
     data: Vec<SlotRun>,
     sink: Sink,
+    /// When it was posted, if latencies are being recorded.
+    posted: Option<Instant>,
 }
 
 /// A request to build.
@@ -276,6 +293,10 @@ pub struct BlockDriver<P: PciAccess> {
     info: BlockInfo,
     stopped: bool,
     window: PoolWindow,
+    poll: Duration,
+    max_in_flight: u16,
+    /// Post-to-completion times, when recording ([`BlockDriver::record_latencies`]).
+    latencies: Option<Vec<Duration>>,
 }
 
 impl<P: PciAccess> BlockDriver<P> {
@@ -429,6 +450,9 @@ impl<P: PciAccess> BlockDriver<P> {
             slots: SlotAllocator::new(ql.slot_count),
             irq,
             timeout: opts.timeout,
+            poll: opts.poll,
+            max_in_flight: opts.max_in_flight,
+            latencies: None,
             pending: (0..qsize).map(|_| None).collect(),
             info,
             stopped: false,
@@ -653,6 +677,65 @@ impl<P: PciAccess> BlockDriver<P> {
         self.run(builds, buf)
     }
 
+    /// Writes several ranges at once, all in flight together (up to `max_in_flight`): range
+    /// `i` takes `lens[i]` bytes of `data` after the ranges before it, to `offsets[i]`. Each
+    /// range is one request of at most [`MAX_REQUEST_BYTES`].
+    pub fn write_scattered(
+        &mut self,
+        ranges: &[(u64, usize)],
+        data: &[u8],
+    ) -> Result<(), BlockError> {
+        let total: usize = ranges.iter().map(|r| r.1).sum();
+        if total != data.len() {
+            return Err(BlockError::OutOfRange {
+                offset: 0,
+                len: total as u64,
+                capacity: data.len() as u64,
+            });
+        }
+        if self.info.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        let mut builds = VecDeque::with_capacity(ranges.len());
+        let mut at = 0usize;
+        for &(offset, len) in ranges {
+            self.check_io(offset, len as u64)?;
+            if len as u64 > MAX_REQUEST_BYTES {
+                return Err(BlockError::PoolExhausted(len as u64));
+            }
+            builds.push_back(Build {
+                ty: T_OUT,
+                sector: offset / SECTOR_SIZE,
+                out: Some(&data[at..at + len]),
+                in_len: 0,
+                ctl_payload: None,
+                sink: Sink::None,
+            });
+            at += len;
+        }
+        self.run(builds, &mut [])
+    }
+
+    /// Sets the most requests in flight at once (0: as many as the ring and the pool hold).
+    pub fn set_max_in_flight(&mut self, n: u16) {
+        self.max_in_flight = n;
+    }
+
+    /// Starts (or stops) recording each request's time from posting to completion; see
+    /// [`take_latencies`](Self::take_latencies). Off by default: it reads the clock twice a
+    /// request.
+    pub fn record_latencies(&mut self, on: bool) {
+        self.latencies = on.then(Vec::new);
+    }
+
+    /// The latencies recorded since the last call, in completion order.
+    pub fn take_latencies(&mut self) -> Vec<Duration> {
+        self.latencies
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
     /// Writes `data` at `offset` (both multiples of 512).
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), BlockError> {
         self.check_io(offset, data.len() as u64)?;
@@ -764,7 +847,7 @@ impl<P: PciAccess> BlockDriver<P> {
         let mut first_err = None;
         loop {
             let mut posted = false;
-            while first_err.is_none() {
+            while first_err.is_none() && !self.at_depth() {
                 let Some(b) = builds.pop_front() else { break };
                 match self.submit(&b)? {
                     Some(p) => {
@@ -865,6 +948,7 @@ impl<P: PciAccess> BlockDriver<P> {
                     Sink::Id => Sink::Id,
                     Sink::Read { at, len } => Sink::Read { at, len },
                 },
+                posted: self.latencies.as_ref().map(|_| Instant::now()),
             })),
             Err(RingError::Full { .. }) => {
                 let runs: Vec<SlotRun> = data.iter().map(|(r, _)| *r).collect();
@@ -892,28 +976,49 @@ impl<P: PciAccess> BlockDriver<P> {
         }
     }
 
-    /// Waits for the next completion, up to the timeout.
+    /// Whether as many requests are in flight as `max_in_flight` allows.
+    fn at_depth(&self) -> bool {
+        self.max_in_flight != 0 && self.ring.in_flight() >= self.max_in_flight
+    }
+
+    /// Waits for the next completion, up to the timeout: polls the used ring for up to
+    /// `poll`, then (with an interrupt) arms it, looks once more and sleeps on it; without
+    /// an interrupt, keeps polling and naps between looks.
     fn wait_completion(&mut self) -> Result<Completion, BlockError> {
-        let deadline = Instant::now() + self.timeout;
+        if let Some(c) = self.ring.poll_used()? {
+            return Ok(c);
+        }
+        let start = Instant::now();
+        let deadline = start + self.timeout;
         let mut spins = 0u32;
         loop {
             if let Some(c) = self.ring.poll_used()? {
                 return Ok(c);
             }
+            spins = spins.wrapping_add(1);
+            // A clock read costs more than a look at the ring: read it every 64 looks.
+            if spins % 64 != 0 {
+                std::hint::spin_loop();
+                continue;
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Err(self.timeout_error());
             }
+            if now - start < self.poll {
+                std::hint::spin_loop();
+                continue;
+            }
             match &self.irq {
-                Some(fd) => wait_eventfd(fd, deadline - now).map_err(BlockError::Wait)?,
-                None => {
-                    spins += 1;
-                    if spins < 1000 {
-                        std::hint::spin_loop();
-                    } else {
-                        std::thread::sleep(Duration::from_micros(50));
+                Some(fd) => {
+                    self.ring.arm_interrupt()?;
+                    if let Some(c) = self.ring.poll_used()? {
+                        return Ok(c);
                     }
+                    wait_eventfd(fd, deadline - now).map_err(BlockError::Wait)?;
                 }
+                None if spins < NAP_AFTER_SPINS => std::hint::spin_loop(),
+                None => std::thread::sleep(NAP),
             }
         }
     }
@@ -950,6 +1055,9 @@ impl<P: PciAccess> BlockDriver<P> {
             }));
         };
         let ctl_off = self.layout.slots + u64::from(p.ctl.first) * SLOT_SIZE;
+        if let (Some(t), Some(v)) = (p.posted, self.latencies.as_mut()) {
+            v.push(t.elapsed());
+        }
         let result = self.finish(&p, &c, ctl_off, dst);
         self.release(p.ctl, p.data.iter().copied());
         result

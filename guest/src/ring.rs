@@ -12,7 +12,8 @@
 //! Ordering: descriptor and avail-entry writes happen before the release store of
 //! `avail.idx`; the used element is read after the acquire load of `used.idx`; a `SeqCst`
 //! fence separates publishing `avail.idx` from reading the device's suppression field, and
-//! writing `used_event` from the next read of `used.idx`.
+//! writing `used_event` (only when the driver is about to sleep:
+//! [`SplitRing::arm_interrupt`]) from the next read of `used.idx`.
 //!
 //! After an error caused by device data ([`RingError::UsedIndexJump`],
 //! [`RingError::BogusUsedId`]) the ring is *broken*: every later call fails with
@@ -587,6 +588,24 @@ impl SplitRing {
         Ok(notify)
     }
 
+    /// Asks the device for an interrupt at the next completion (with EVENT_IDX, `used_event`
+    /// = the used index consumed so far; without it the driver never suppresses interrupts).
+    /// Call before sleeping on the interrupt, then [`poll_used`](Self::poll_used) once
+    /// more: a completion that landed before this store is found by that poll, one after it
+    /// interrupts. While the driver is awake and polling, `used_event` stays behind and the
+    /// device sends no interrupts it would not wait for.
+    pub fn arm_interrupt(&mut self) -> Result<(), RingError> {
+        if self.broken {
+            return Err(RingError::Broken);
+        }
+        if self.event_idx {
+            self.mem.store_u16(self.used_event_off(), self.last_used)?;
+            // Orders the store before the next read of used.idx.
+            fence(Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
     /// Takes the next completed chain from the used ring, if any. Validates the device's
     /// used index and element; a device error breaks the ring. On success the chain's
     /// descriptors return to the free list. A used length above the posted writable bytes
@@ -646,12 +665,6 @@ impl SplitRing {
         self.stats.completed += 1;
         if used_len > posted_writable {
             self.stats.bogus_len += 1;
-        }
-        if self.event_idx {
-            // Ask for an interrupt at the next completion; the fence orders this store
-            // before the next read of used.idx.
-            self.mem.store_u16(self.used_event_off(), self.last_used)?;
-            fence(Ordering::SeqCst);
         }
         Ok(Some(Completion {
             head,
@@ -1225,7 +1238,7 @@ mod tests {
     }
 
     #[test]
-    fn used_event_tracks_last_used_with_event_idx() {
+    fn used_event_moves_only_when_the_driver_arms_the_interrupt() {
         let (mut ring, mut dev) = setup(16, false, true);
         let used_event = dev.q.avail + 4 + 2 * 16;
         let a = ring.add(&request(&dev.q, 0)).unwrap();
@@ -1233,9 +1246,24 @@ mod tests {
         dev.push_used(u32::from(a), 0);
         dev.push_used(u32::from(b), 0);
         ring.poll_used().unwrap().unwrap();
+        // Polling leaves used_event behind: the device need not interrupt a driver that is
+        // awake.
+        assert_eq!(dev.mem.load_u16(used_event).unwrap(), 0);
+        ring.arm_interrupt().unwrap();
         assert_eq!(dev.mem.load_u16(used_event).unwrap(), 1);
         ring.poll_used().unwrap().unwrap();
+        assert_eq!(dev.mem.load_u16(used_event).unwrap(), 1);
+        ring.arm_interrupt().unwrap();
         assert_eq!(dev.mem.load_u16(used_event).unwrap(), 2);
+    }
+
+    #[test]
+    fn arming_without_event_idx_writes_nothing() {
+        let (mut ring, dev) = setup(16, false, false);
+        let used_event = dev.q.avail + 4 + 2 * 16;
+        dev.mem.store_u16(used_event, 0x1234).unwrap();
+        ring.arm_interrupt().unwrap();
+        assert_eq!(dev.mem.load_u16(used_event).unwrap(), 0x1234);
     }
 
     #[test]

@@ -11,11 +11,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use swiotlb_shared::pci::cfg;
-use swiotlb_shared::vfio_user::region::{REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ};
+use swiotlb_shared::vfio_user::region::{
+    IO_FD_TYPE_IOEVENTFD, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ,
+};
 use swiotlb_shared::vfio_user::socket::{recv_message, send_message, RecvError};
 use swiotlb_shared::vfio_user::{
     check_reply, encode_request, ArgszReply, CodecError, Command, DeviceInfo, IrqAction, IrqSet,
-    IrqSetData, RegionAccess, RegionInfo, Version, DEVICE_FLAGS_PCI, MAX_DATA_XFER_SIZE,
+    IrqSetData, RegionAccess, RegionInfo, RegionIoFds, Version, DEVICE_FLAGS_PCI,
+    MAX_DATA_XFER_SIZE,
 };
 
 use super::{PciAccess, PciError};
@@ -33,6 +36,25 @@ pub const MEM64_BASE: u64 = 0x80_0000_0000;
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest region-info reply the client accepts (bounds the retry's argsz).
 const MAX_REGION_INFO_ARGSZ: u32 = 4096;
+/// Largest IO-FD reply the client accepts (the codec's 128 sub-regions of 40 bytes, plus
+/// the fixed part).
+const MAX_IO_FDS_ARGSZ: u32 = 16 + 128 * 40;
+/// Number of BAR regions.
+const NUM_BARS: u32 = 6;
+/// KVM's ioeventfd flag: only writes of exactly `datamatch` signal the fd.
+const IOEVENTFD_FLAG_DATAMATCH: u32 = 1;
+
+/// A register the server serves through an eventfd (an ioeventfd): a write of exactly
+/// `size` bytes at `offset` of BAR `bar` (and, with `datamatch`, of that value) is an
+/// eventfd signal rather than a message.
+#[derive(Debug)]
+struct Doorbell {
+    bar: u8,
+    offset: u64,
+    size: u64,
+    datamatch: Option<u64>,
+    fd: OwnedFd,
+}
 
 /// What the client knows of one region.
 #[derive(Debug, Default)]
@@ -50,6 +72,7 @@ pub struct VfioUserClient {
     next_id: u16,
     regions: Vec<Region>,
     max_xfer: usize,
+    doorbells: Vec<Doorbell>,
 }
 
 fn codec(e: CodecError) -> PciError {
@@ -79,11 +102,129 @@ impl VfioUserClient {
             next_id: 0,
             regions: Vec::new(),
             max_xfer: MAX_DATA_XFER_SIZE as usize,
+            doorbells: Vec::new(),
         };
         c.version()?;
         c.device_info()?;
+        c.io_fds()?;
         c.assign_bars(MEM32_BASE, MEM64_BASE)?;
         Ok(c)
+    }
+
+    /// How many registers the server serves through eventfds (doorbells written without a
+    /// message).
+    pub fn eventfd_doorbells(&self) -> usize {
+        self.doorbells.len()
+    }
+
+    /// Stops using the server's doorbell eventfds: every register write is a message again
+    /// (for comparisons).
+    pub fn disable_eventfd_doorbells(&mut self) {
+        self.doorbells.clear();
+    }
+
+    /// Asks for each trapped BAR's IO-FD sub-regions (DEVICE_GET_REGION_IO_FDS) and keeps
+    /// the ioeventfds. A server that refuses the command, or offers another kind of fd, is
+    /// served by messages; a malformed reply is an error like any other.
+    fn io_fds(&mut self) -> Result<(), PciError> {
+        for index in 0..NUM_BARS {
+            let Some(r) = self.regions.get(index as usize) else {
+                break;
+            };
+            if r.size == 0 || r.flags & REGION_INFO_FLAG_MMAP != 0 {
+                continue;
+            }
+            let size = r.size;
+            let (reply, fds) = match self.io_fds_of(index) {
+                Ok(Some(x)) => x,
+                Ok(None) | Err(PciError::Refused { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+            for sub in &reply.sub_regions {
+                let fits = sub
+                    .offset
+                    .checked_add(sub.size)
+                    .is_some_and(|end| end <= size);
+                let usable = sub.fd_type == IO_FD_TYPE_IOEVENTFD
+                    && matches!(sub.size, 1 | 2 | 4 | 8)
+                    && fits
+                    && sub.flags & !IOEVENTFD_FLAG_DATAMATCH == 0;
+                let fd = fds.get_mut(sub.fd_index as usize).and_then(Option::take);
+                match (usable, fd) {
+                    (true, Some(fd)) => self.doorbells.push(Doorbell {
+                        bar: index as u8,
+                        offset: sub.offset,
+                        size: sub.size,
+                        datamatch: (sub.flags & IOEVENTFD_FLAG_DATAMATCH != 0)
+                            .then_some(sub.datamatch),
+                        fd,
+                    }),
+                    _ => tracing::debug!(
+                        region = index,
+                        offset = sub.offset,
+                        "IO-FD sub-region not used: writes there stay messages"
+                    ),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One DEVICE_GET_REGION_IO_FDS exchange (with one retry at the size the server
+    /// names); `None` when the reply settles on nothing usable.
+    fn io_fds_of(&mut self, index: u32) -> Result<Option<(RegionIoFds, Vec<OwnedFd>)>, PciError> {
+        let mut argsz = RegionIoFds::FIXED_SIZE as u32;
+        for _ in 0..2 {
+            let mut req = Vec::with_capacity(16);
+            req.extend_from_slice(&argsz.to_le_bytes());
+            req.extend_from_slice(&0u32.to_le_bytes());
+            req.extend_from_slice(&index.to_le_bytes());
+            req.extend_from_slice(&0u32.to_le_bytes());
+            let (p, fds) = self.call(Command::DeviceGetRegionIoFds, &req, &[])?;
+            match RegionIoFds::parse(&p).map_err(codec)? {
+                ArgszReply::Complete(r) if r.index == index => return Ok(Some((r, fds))),
+                ArgszReply::Complete(r) => {
+                    return Err(PciError::Protocol(format!(
+                        "IO FDs for region {} when {index} was asked",
+                        r.index
+                    )))
+                }
+                ArgszReply::Retry { argsz: need } if need > argsz && need <= MAX_IO_FDS_ARGSZ => {
+                    argsz = need;
+                }
+                ArgszReply::Retry { argsz: need } => {
+                    return Err(PciError::Protocol(format!("IO FDs want argsz {need}")));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Signals the doorbell eventfd that serves a write of `data` at `offset` of BAR
+    /// `bar`; `false` when none does (the write goes as a message).
+    fn ring_doorbell(&self, bar: u8, offset: u64, data: &[u8]) -> Result<bool, PciError> {
+        let Some(d) = self.doorbells.iter().find(|d| {
+            d.bar == bar && d.offset == offset && d.size == data.len() as u64 && {
+                let mut v = [0u8; 8];
+                v[..data.len()].copy_from_slice(data);
+                d.datamatch.is_none_or(|m| m == u64::from_le_bytes(v))
+            }
+        }) else {
+            return Ok(false);
+        };
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a local buffer to an eventfd this client owns.
+        let n = unsafe { libc::write(d.fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        if n == 8 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            // The counter is at its maximum: the server has a signal pending anyway.
+            return Ok(true);
+        }
+        Err(PciError::Io(e))
     }
 
     /// Sends a command and returns the reply payload and any fds, checking that the reply
@@ -315,6 +456,9 @@ impl PciAccess for VfioUserClient {
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Result<(), PciError> {
+        if !self.doorbells.is_empty() && self.ring_doorbell(bar, offset, data)? {
+            return Ok(());
+        }
         self.region_write(u32::from(bar), offset, data)
     }
 

@@ -147,7 +147,11 @@ impl RawDriver {
     /// Connects, resets the device, negotiates `features` (as offered ∩ `features`; fails if
     /// FEATURES_OK is refused) and maps the pool BAR.
     pub fn connect_with(path: &Path, features: u64) -> Result<Self, RawError> {
-        let client = VfioUserClient::connect(path)?;
+        let mut client = VfioUserClient::connect(path)?;
+        // Doorbells as messages: the server has served the kick when its reply arrives, so a
+        // test can look at the rings right after `kick` (an eventfd doorbell is not waited
+        // for).
+        client.disable_eventfd_doorbells();
         let mut vp = VirtioPci::probe(client)?;
         let pool = vp.caps().swiotlb.ok_or(RawError::NoPool)?;
         let (_, accepted, ok) = vp.negotiate(features)?;

@@ -160,6 +160,24 @@ pub struct SessionSummary {
     pub attestation: Option<Verdict>,
 }
 
+/// Whether processing a queue asks the driver for its next doorbell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rearm {
+    /// Yes: the device is about to wait for a doorbell.
+    Yes,
+    /// No: the device goes on polling the queue, so doorbells would be wasted.
+    No,
+}
+
+/// What one pass over a queue did.
+#[derive(Clone, Copy, Debug)]
+struct Processed {
+    /// Chains were taken.
+    took: bool,
+    /// The driver asked to be interrupted for them.
+    interrupt: bool,
+}
+
 /// The function.
 pub struct VirtioPciFunction {
     template: ConfigSpace,
@@ -758,8 +776,16 @@ impl VirtioPciFunction {
         tracing::info!(target: "swiotlb::config", "driver ready");
     }
 
-    /// A doorbell for queue `q`: process every available chain.
+    /// A doorbell for queue `q`: process every available chain, then ask the driver for the
+    /// next doorbell (EVENT_IDX `avail_event`, or the used ring's NO_NOTIFY flag cleared).
     pub fn notify(&mut self, q: u16) {
+        self.notify_with(q, Rearm::Yes);
+    }
+
+    /// As [`notify`](Self::notify); with [`Rearm::No`] the driver is not asked for the next
+    /// doorbell, because the caller goes on polling the queue (see
+    /// [`poll_queues`](Self::poll_queues)).
+    pub fn notify_with(&mut self, q: u16, rearm: Rearm) {
         if !self.transport.live() {
             if self.transport.status() & swiotlb_shared::pci::status::DEVICE_NEEDS_RESET == 0 {
                 tracing::debug!(queue = q, "notification before DRIVER_OK ignored");
@@ -812,18 +838,68 @@ impl VirtioPciFunction {
                 return;
             }
         };
-        match self.process_queue(q, &view) {
-            Ok(true) => {
-                let v = self
-                    .transport
-                    .queues()
-                    .get(usize::from(q))
-                    .map_or(0, |s| s.msix_vector);
-                self.raise(v);
+        self.run_queue(q, &view, rearm);
+    }
+
+    /// Processes queue `q` and interrupts the driver if it asked to be; returns whether any
+    /// chain was taken.
+    fn run_queue(&mut self, q: u16, view: &crate::pool::PoolView, rearm: Rearm) -> bool {
+        match self.process_queue(q, view, rearm) {
+            Ok(Processed { took, interrupt }) => {
+                if interrupt {
+                    let v = self
+                        .transport
+                        .queues()
+                        .get(usize::from(q))
+                        .map_or(0, |s| s.msix_vector);
+                    self.raise(v);
+                }
+                took
             }
-            Ok(false) => {}
-            Err(f) => self.record(f),
+            Err(f) => {
+                self.record(f);
+                true
+            }
         }
+    }
+
+    /// Offset in the register BAR of queue `q`'s doorbell.
+    pub fn doorbell_offset(&self, q: u16) -> u64 {
+        u64::from(dl::NOTIFY_OFFSET) + u64::from(q) * u64::from(dl::NOTIFY_OFF_MULTIPLIER)
+    }
+
+    /// One look at every enabled queue without a doorbell, for a caller that polls: a queue
+    /// whose available index moved is processed. With [`Rearm::No`] the driver is left
+    /// believing the device is awake (no doorbell is asked for); the caller must make one
+    /// last call with [`Rearm::Yes`] before it stops polling and sleeps, which asks for the
+    /// next doorbell and processes whatever raced in. Returns whether any chain was taken.
+    /// Does nothing before DRIVER_OK, while attestation is pending, or while the pool is not
+    /// decoded (a doorbell then records what is wrong, as before).
+    pub fn poll_queues(&mut self, rearm: Rearm) -> bool {
+        if !self.transport.live() || !self.gate.open() {
+            return false;
+        }
+        let Ok(Some(view)) = self.pool.view() else {
+            return false;
+        };
+        let mut took = false;
+        for q in 0..self.transport.queues().len() {
+            let q = q as u16;
+            let Some(slot) = self.transport.queues().get(usize::from(q)) else {
+                break;
+            };
+            if !slot.queue.ready() {
+                continue;
+            }
+            let moved = slot
+                .queue
+                .avail_idx(&*view.mem, Ordering::Acquire)
+                .map_or(true, |a| a.0 != slot.queue.next_avail());
+            if moved || rearm == Rearm::Yes {
+                took |= self.run_queue(q, &view, rearm);
+            }
+        }
+        took
     }
 
     /// The driver rang the attestation doorbell: read its evidence from the pool, have it
@@ -974,16 +1050,23 @@ impl VirtioPciFunction {
         }
     }
 
-    /// Processes queue `q`; returns whether the driver must be interrupted.
-    fn process_queue(&mut self, q: u16, view: &crate::pool::PoolView) -> Result<bool, Finding> {
+    /// Processes queue `q`: what was taken and whether the driver must be interrupted.
+    fn process_queue(
+        &mut self,
+        q: u16,
+        view: &crate::pool::PoolView,
+        rearm: Rearm,
+    ) -> Result<Processed, Finding> {
         let indirect = self.transport.negotiated(VIRTIO_RING_F_INDIRECT_DESC);
-        let event_idx = self.transport.negotiated(VIRTIO_RING_F_EVENT_IDX);
         let mem = &*view.mem;
         let dma = self.dma.clone();
         let audit = self.audit.clone();
         let device = &mut self.device;
         let Some(slot) = self.transport.queue_mut(q) else {
-            return Ok(false);
+            return Ok(Processed {
+                took: false,
+                interrupt: false,
+            });
         };
         let queue = &mut slot.queue;
         VirtioPciTransport::check_rings(q, queue, Some(view.window))?;
@@ -1016,9 +1099,9 @@ impl VirtioPciFunction {
         };
         let mut used_any = false;
         loop {
-            if event_idx {
-                let _ = queue.disable_notification(mem);
-            }
+            // No doorbells while the device is taking chains (with EVENT_IDX this is the
+            // stale `avail_event`; without, the used ring's NO_NOTIFY flag).
+            let _ = queue.disable_notification(mem);
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
                 DmaCounters::add(&dma.chains, 1);
@@ -1062,11 +1145,16 @@ impl VirtioPciFunction {
                     }
                 }
             }
-            if !event_idx || !queue.enable_notification(mem).unwrap_or(false) {
+            // Ask for the next doorbell, then look again for chains that raced in. Without
+            // EVENT_IDX this clears NO_NOTIFY, and virtio-queue reports no race.
+            if rearm == Rearm::No || !queue.enable_notification(mem).unwrap_or(false) {
                 break;
             }
         }
-        Ok(used_any && queue.needs_notification(mem).unwrap_or(true))
+        Ok(Processed {
+            took: used_any,
+            interrupt: used_any && queue.needs_notification(mem).unwrap_or(true),
+        })
     }
 
     /// Applies a SET_IRQS.

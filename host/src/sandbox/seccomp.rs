@@ -180,7 +180,15 @@ fn device() -> Vec<Allow> {
             sys!(SYS_sendmsg),
             "vfio-user replies, with the pool memfd for region info",
         ),
-        any(sys!(SYS_read), "draining an eventfd"),
+        any(sys!(SYS_read), "draining a doorbell eventfd"),
+        any(
+            sys!(SYS_eventfd2),
+            "the session's doorbell eventfds (ioeventfds), on the client's request",
+        ),
+        any(
+            sys!(SYS_ppoll),
+            "waiting on the socket and the doorbell eventfds at once",
+        ),
         when(
             sys!(SYS_getsockopt),
             "the new client's credentials (SO_PEERCRED), for the log",
@@ -213,6 +221,11 @@ fn device() -> Vec<Allow> {
         any(sys!(SYS_fsync), "FLUSH"),
         any(sys!(SYS_lseek), "the image's size"),
     ];
+    #[cfg(target_arch = "x86_64")]
+    v.push(any(
+        sys!(SYS_poll),
+        "the same wait, as the C library makes it on x86_64",
+    ));
     v.extend(fd_stat());
     v
 }

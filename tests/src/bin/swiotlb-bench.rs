@@ -1,0 +1,944 @@
+//! `swiotlb-bench`: the end-to-end benchmark. The real `swiotlb-host` binary (sandboxed,
+//! attestation required, the emulated platform admitted) serves a disk image in the page
+//! cache; this process is the guest: the real driver over the vfio-user client, every byte
+//! bounced through the pool. Measured:
+//!
+//! - 4 KiB random reads and writes at queue depth 1 and 32: IOPS, median and p99 latency
+//!   (post to completion, as the driver sees it);
+//! - 128 KiB sequential reads and writes: MiB/s;
+//!
+//! in two notification modes:
+//!
+//! - **polling**: the host polls the rings for `--poll-us` after each request before it
+//!   sleeps, the driver polls the used ring as long before it sleeps, and each side asks for
+//!   a doorbell or an interrupt (EVENT_IDX) only when it goes to sleep;
+//! - **interrupt**: neither polls; every doorbell is an ioeventfd the host sleeps on
+//!   (DEVICE_GET_REGION_IO_FDS) and every completion an MSI-X eventfd the driver sleeps on:
+//!   no socket message per request.
+//!
+//! Baselines in the same run, between this process and a child of it (two processes, as
+//! host and guest are): a shared-memory ping-pong (both spin), an eventfd round trip (both
+//! sleep), and memcpy bandwidth at the request sizes. Then audit off, summary and full in
+//! polling mode at queue depth 32, a fresh host per measurement, interleaved round after
+//! round; the ratios to "off" are medians of per-round ratios.
+//!
+//! `swiotlb-bench [--quick] [--json] [--host-bin PATH] [--poll-us N]`. Figures are printed,
+//! goals are marked MET or MISSED; nothing here passes or fails on a time. The exit status is
+//! non-zero only when something does not work (the host does not start, I/O fails, data
+//! read back differs).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+use swiotlb_attest::emulated::Signer;
+use swiotlb_guest::attest::Emulated;
+use swiotlb_guest::pci::vfio_user::VfioUserClient;
+use swiotlb_guest::{BlockDriver, Options};
+
+/// Request size of the random workloads.
+const SMALL: usize = 4096;
+/// Request size of the sequential workloads.
+const LARGE: usize = 128 << 10;
+/// Queue depth of the sequential workloads (4 MiB in flight at 32 would crowd a 16 MiB
+/// pool's queue area for no gain: 8 keeps the device busy).
+const LARGE_QD: u16 = 8;
+/// Requests per driver call at queue depth 32: long enough that draining the tail of a call
+/// (the depth falls from 32 to 0) is a small part of it.
+const BATCH: usize = 1024;
+/// Host polling budget in polling mode, microseconds.
+const DEFAULT_POLL_US: u64 = 50;
+
+/// Goals of the issue, as ratios or figures measured in the same run.
+const GOAL_QD1_POLLING_MEDIAN_US: f64 = 2.0;
+const GOAL_QD32_POLLING_IOPS: f64 = 1_000_000.0;
+const GOAL_INTERRUPT_VS_EVENTFD: f64 = 1.5;
+const GOAL_AUDIT_FULL_VS_OFF: f64 = 0.90;
+
+struct Config {
+    quick: bool,
+    json: bool,
+    host_bin: PathBuf,
+    poll: Duration,
+    /// How long each workload runs per round.
+    slice: Duration,
+    /// Rounds of every workload (the figure is the median).
+    rounds: usize,
+    /// Rounds of the audit comparison.
+    audit_rounds: usize,
+    disk_bytes: u64,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        return child(&args[1..]);
+    }
+    match parse(&args).and_then(|c| run(&c)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("swiotlb-bench: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse(args: &[String]) -> Result<Config, String> {
+    let mut quick = false;
+    let mut json = false;
+    let mut host_bin = None;
+    let mut poll_us = DEFAULT_POLL_US;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--json" => json = true,
+            "--host-bin" => host_bin = Some(PathBuf::from(it.next().ok_or("--host-bin PATH")?)),
+            "--poll-us" => {
+                poll_us = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|v| (1..=1_000_000).contains(v))
+                    .ok_or("--poll-us takes 1 to 1000000")?;
+            }
+            "-h" | "--help" => {
+                println!(
+                    "usage: swiotlb-bench [--quick] [--json] [--host-bin PATH] [--poll-us N]\n\
+                     end-to-end benchmark of swiotlb-host and the guest driver; see BENCHMARKS.md"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    let host_bin = match host_bin {
+        Some(p) => p,
+        None => sibling("swiotlb-host")?,
+    };
+    Ok(Config {
+        quick,
+        json,
+        host_bin,
+        poll: Duration::from_micros(poll_us),
+        slice: Duration::from_millis(if quick { 250 } else { 1000 }),
+        rounds: if quick { 1 } else { 3 },
+        audit_rounds: if quick { 3 } else { 7 },
+        disk_bytes: if quick { 64 << 20 } else { 256 << 20 },
+    })
+}
+
+/// A workspace binary beside this one.
+fn sibling(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("locating swiotlb-bench: {e}"))?;
+    let p = exe.with_file_name(name);
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} not found beside swiotlb-bench: build both with `cargo build --release -p swiotlb-host -p swiotlb-tests --bins`, or name it with --host-bin",
+            p.display()
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The `p`-quantile (0..1) of sorted samples, nearest rank.
+fn quantile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Baselines
+
+/// The baselines' child: `--child shm FD` answers each ping in the shared page with a
+/// pong; `--child eventfd A B` answers each signal on A with one on B. Ends when the parent
+/// writes the stop value or goes away.
+fn child(args: &[String]) -> ExitCode {
+    let fd = |i: usize| -> Option<RawFd> { args.get(i)?.parse().ok() };
+    match (args.first().map(String::as_str), fd(1), fd(2)) {
+        (Some("shm"), Some(f), _) => {
+            // SAFETY: the parent passed this memfd to us; we own it from here.
+            let file = unsafe { File::from_raw_fd(f) };
+            let Ok(page) = SharedPage::map(&file) else {
+                return ExitCode::FAILURE;
+            };
+            let (ping, pong) = (page.cell(0), page.cell(64));
+            let mut last = 0;
+            loop {
+                let v = ping.load(Ordering::Acquire);
+                if v == u64::MAX {
+                    return ExitCode::SUCCESS;
+                }
+                if v != last {
+                    last = v;
+                    pong.store(v, Ordering::Release);
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        (Some("eventfd"), Some(a), Some(b)) => {
+            // SAFETY: the parent passed these eventfds to us; we own them from here.
+            let (a, b) = unsafe { (OwnedFd::from_raw_fd(a), OwnedFd::from_raw_fd(b)) };
+            loop {
+                match efd_read(&a) {
+                    Some(v) if v < u64::MAX - 1 => efd_write(&b, 1),
+                    _ => return ExitCode::SUCCESS,
+                }
+            }
+        }
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// One shared page (a memfd) mapped in this process.
+struct SharedPage {
+    ptr: *mut u8,
+}
+
+impl SharedPage {
+    const LEN: usize = 4096;
+
+    fn map(file: &File) -> std::io::Result<Self> {
+        // SAFETY: maps one page of a file we hold, shared; checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Self::LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { ptr: p.cast() })
+    }
+
+    /// The 8-byte atomic at `offset` (a multiple of 8 inside the page).
+    fn cell(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset % 8 == 0 && offset + 8 <= Self::LEN);
+        // SAFETY: in bounds and aligned (the page is page-aligned); AtomicU64 has the layout
+        // of u64, and the other process only touches it atomically too.
+        unsafe { &*self.ptr.add(offset).cast::<AtomicU64>() }
+    }
+}
+
+impl Drop for SharedPage {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `map` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), Self::LEN) };
+    }
+}
+
+fn efd(flags: libc::c_int) -> Result<OwnedFd, String> {
+    // SAFETY: eventfd with constant flags, checked.
+    let fd = unsafe { libc::eventfd(0, flags) };
+    if fd < 0 {
+        return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn efd_read(fd: &OwnedFd) -> Option<u64> {
+    let mut v = [0u8; 8];
+    // SAFETY: reads 8 bytes into a local buffer.
+    let n = unsafe { libc::read(fd.as_raw_fd(), v.as_mut_ptr().cast(), 8) };
+    (n == 8).then(|| u64::from_ne_bytes(v))
+}
+
+fn efd_write(fd: &OwnedFd, v: u64) {
+    let b = v.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a local buffer.
+    unsafe { libc::write(fd.as_raw_fd(), b.as_ptr().cast(), 8) };
+}
+
+/// Starts this binary as the baselines' child with `fds` inherited (and no others).
+fn spawn_child(mode: &str, fds: &[RawFd]) -> Result<Child, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("locating swiotlb-bench: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--child").arg(mode);
+    for f in fds {
+        cmd.arg(f.to_string());
+    }
+    let keep: Vec<RawFd> = fds.to_vec();
+    // SAFETY: between fork and exec only async-signal-safe calls (fcntl) are made.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &f in &keep {
+                if libc::fcntl(f, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| format!("starting the baseline child: {e}"))
+}
+
+/// Round trips through a shared page, both processes spinning: median of batches, in µs.
+fn shm_pingpong(total: Duration) -> Result<f64, String> {
+    // SAFETY: memfd_create with a constant name; checked.
+    let fd = unsafe { libc::memfd_create(c"swiotlb-bench-pingpong".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh descriptor.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(SharedPage::LEN as u64)
+        .map_err(|e| format!("sizing the ping-pong page: {e}"))?;
+    let page = SharedPage::map(&file).map_err(|e| format!("mapping the ping-pong page: {e}"))?;
+    let mut kid = spawn_child("shm", &[file.as_raw_fd()])?;
+    let (ping, pong) = (page.cell(0), page.cell(64));
+    let mut v = 0u64;
+    let round_trip = |v: &mut u64| -> Result<(), String> {
+        *v += 1;
+        ping.store(*v, Ordering::Release);
+        let t = Instant::now();
+        while pong.load(Ordering::Acquire) != *v {
+            std::hint::spin_loop();
+            if t.elapsed() > Duration::from_secs(5) {
+                return Err("the ping-pong child stopped answering".into());
+            }
+        }
+        Ok(())
+    };
+    round_trip(&mut v)?; // the child is up
+    let mut per = Vec::new();
+    let end = Instant::now() + total;
+    while Instant::now() < end {
+        let t = Instant::now();
+        for _ in 0..1000 {
+            round_trip(&mut v)?;
+        }
+        per.push(t.elapsed().as_secs_f64() * 1e6 / 1000.0);
+    }
+    ping.store(u64::MAX, Ordering::Release);
+    let _ = kid.wait();
+    Ok(median(&mut per))
+}
+
+/// Round trips through two eventfds, both processes sleeping in read: (median, p99) in µs.
+fn eventfd_rtt(total: Duration) -> Result<(f64, f64), String> {
+    let (a, b) = (efd(libc::EFD_CLOEXEC)?, efd(libc::EFD_CLOEXEC)?);
+    let mut kid = spawn_child("eventfd", &[a.as_raw_fd(), b.as_raw_fd()])?;
+    efd_write(&a, 1);
+    efd_read(&b).ok_or("the eventfd child did not answer")?;
+    let mut samples = Vec::new();
+    let end = Instant::now() + total;
+    while Instant::now() < end {
+        let t = Instant::now();
+        efd_write(&a, 1);
+        efd_read(&b).ok_or("the eventfd child did not answer")?;
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    efd_write(&a, u64::MAX - 1);
+    let _ = kid.wait();
+    samples.sort_by(f64::total_cmp);
+    Ok((quantile(&samples, 0.5), quantile(&samples, 0.99)))
+}
+
+/// memcpy bandwidth at `size` between two page-aligned buffers, warm: GB/s (median of 5).
+fn memcpy_gbs(size: usize) -> f64 {
+    let mut src = AlignedBuf::new(size);
+    let mut dst = AlignedBuf::new(size);
+    src.as_mut().fill(0x5a);
+    let iters = (256 << 20) / size;
+    let mut v = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..iters {
+            dst.as_mut()
+                .copy_from_slice(std::hint::black_box(src.as_mut()));
+            std::hint::black_box(dst.as_mut());
+        }
+        v.push((iters * size) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    median(&mut v)
+}
+
+/// A page-aligned heap buffer.
+struct AlignedBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn layout(len: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(len.max(1), 4096).expect("page-aligned layout")
+    }
+
+    fn new(len: usize) -> Self {
+        // SAFETY: a non-zero-sized layout; null is handled.
+        let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout(len)) };
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(Self::layout(len));
+        }
+        Self { ptr, len }
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `len` initialised bytes owned by this buffer.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with the same layout.
+        unsafe { std::alloc::dealloc(self.ptr, Self::layout(self.len)) };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pair
+
+/// How the two sides learn of each other's work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Polling,
+    Interrupt,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Polling => "polling",
+            Self::Interrupt => "interrupt",
+        }
+    }
+}
+
+/// Files every host of the run shares: the disk image and the emulated ARK.
+struct Fixture {
+    dir: tempfile::TempDir,
+    disk: PathBuf,
+    ark: PathBuf,
+    signer_pk8: Vec<u8>,
+}
+
+impl Fixture {
+    fn new(disk_bytes: u64) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+        let disk = dir.path().join("disk.img");
+        // Written (not sparse), so reads come from the page cache rather than a hole.
+        let mut f = File::create(&disk).map_err(|e| format!("creating the disk image: {e}"))?;
+        let chunk: Vec<u8> = (0..1 << 20)
+            .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        for _ in 0..disk_bytes >> 20 {
+            f.write_all(&chunk)
+                .map_err(|e| format!("writing the disk image: {e}"))?;
+        }
+        let signer_pk8 = Signer::generate_ark_pkcs8().map_err(|e| format!("emulated ARK: {e}"))?;
+        let public =
+            Signer::public_key_of(&signer_pk8).map_err(|e| format!("emulated ARK: {e}"))?;
+        let ark = dir.path().join("emulated-ark.pub");
+        std::fs::write(&ark, public).map_err(|e| format!("writing the emulated ARK: {e}"))?;
+        Ok(Self {
+            dir,
+            disk,
+            ark,
+            signer_pk8,
+        })
+    }
+}
+
+/// Audit settings of a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Audit {
+    Off,
+    Summary,
+    Full,
+}
+
+impl Audit {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Summary => "summary",
+            Self::Full => "full",
+        }
+    }
+}
+
+/// One `swiotlb-host` process and the driver connected to it.
+struct Pair {
+    host: Child,
+    drv: BlockDriver<VfioUserClient>,
+    doorbell_eventfds: usize,
+}
+
+impl Pair {
+    fn start(
+        cfg: &Config,
+        fx: &Fixture,
+        mode: Mode,
+        audit: Audit,
+        tag: &str,
+    ) -> Result<Self, String> {
+        let socket = fx.dir.path().join(format!("{tag}.sock"));
+        let _ = std::fs::remove_file(&socket);
+        let mut cmd = Command::new(&cfg.host_bin);
+        cmd.arg("--socket")
+            .arg(&socket)
+            .arg("--disk")
+            .arg(&fx.disk)
+            .args(["--sessions", "1", "--log", "error"])
+            .args([
+                "--attestation",
+                "required",
+                "--allow-emulated",
+                "--emulated-ark",
+            ])
+            .arg(&fx.ark);
+        if mode == Mode::Polling {
+            cmd.arg("--poll-us").arg(cfg.poll.as_micros().to_string());
+        }
+        if audit != Audit::Off {
+            let dir = fx.dir.path().join(format!("audit-{tag}"));
+            cmd.arg("--audit-log")
+                .arg(dir.join("device.jsonl"))
+                .arg("--audit-mode")
+                .arg(audit.name());
+        }
+        let mut host = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", cfg.host_bin.display()))?;
+        let t = Instant::now();
+        while !socket.exists() {
+            if let Ok(Some(s)) = host.try_wait() {
+                return Err(format!("swiotlb-host exited before listening: {s}"));
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                let _ = host.kill();
+                return Err("swiotlb-host did not start listening in 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let fail = |host: &mut Child, e: String| {
+            let _ = host.kill();
+            let _ = host.wait();
+            e
+        };
+        let client = match VfioUserClient::connect(&socket) {
+            Ok(c) => c,
+            Err(e) => return Err(fail(&mut host, format!("connecting: {e}"))),
+        };
+        let doorbell_eventfds = client.eventfd_doorbells();
+        let signer =
+            Signer::from_pkcs8(&fx.signer_pk8).map_err(|e| format!("emulated ARK: {e}"))?;
+        let attester = Emulated::with_signer(signer);
+        let opts = Options {
+            poll: match mode {
+                Mode::Polling => cfg.poll,
+                Mode::Interrupt => Duration::ZERO,
+            },
+            ..Options::default()
+        };
+        let drv = match BlockDriver::open_attested(client, &opts, Some(&attester)) {
+            Ok(d) => d,
+            Err(e) => return Err(fail(&mut host, format!("opening the device: {e}"))),
+        };
+        if !drv.info().attestation.starts_with("accepted") {
+            return Err(fail(
+                &mut host,
+                format!("attestation not accepted: {}", drv.info().attestation),
+            ));
+        }
+        Ok(Self {
+            host,
+            drv,
+            doorbell_eventfds,
+        })
+    }
+
+    fn stop(mut self) -> Result<(), String> {
+        drop(self.drv);
+        let t = Instant::now();
+        loop {
+            match self.host.try_wait() {
+                Ok(Some(s)) if s.success() => return Ok(()),
+                Ok(Some(s)) => return Err(format!("swiotlb-host ended with {s}")),
+                Ok(None) if t.elapsed() > Duration::from_secs(10) => {
+                    let _ = self.host.kill();
+                    return Err("swiotlb-host did not exit after its session".into());
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+                Err(e) => return Err(format!("waiting for swiotlb-host: {e}")),
+            }
+        }
+    }
+}
+
+/// A workload: request size, queue depth, direction, pattern.
+#[derive(Clone, Copy, Debug)]
+struct Workload {
+    name: &'static str,
+    size: usize,
+    qd: u16,
+    write: bool,
+    random: bool,
+}
+
+const WORKLOADS: [Workload; 6] = [
+    Workload {
+        name: "randread_4k_qd1",
+        size: SMALL,
+        qd: 1,
+        write: false,
+        random: true,
+    },
+    Workload {
+        name: "randwrite_4k_qd1",
+        size: SMALL,
+        qd: 1,
+        write: true,
+        random: true,
+    },
+    Workload {
+        name: "randread_4k_qd32",
+        size: SMALL,
+        qd: 32,
+        write: false,
+        random: true,
+    },
+    Workload {
+        name: "randwrite_4k_qd32",
+        size: SMALL,
+        qd: 32,
+        write: true,
+        random: true,
+    },
+    Workload {
+        name: "seqread_128k_qd8",
+        size: LARGE,
+        qd: LARGE_QD,
+        write: false,
+        random: false,
+    },
+    Workload {
+        name: "seqwrite_128k_qd8",
+        size: LARGE,
+        qd: LARGE_QD,
+        write: true,
+        random: false,
+    },
+];
+
+/// What one run of a workload measured.
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    iops: f64,
+    mib_s: f64,
+    median_us: f64,
+    p99_us: f64,
+}
+
+/// Offsets of a workload: random request-aligned ones (xorshift) or sequential, wrapping.
+struct Offsets {
+    x: u64,
+    next: u64,
+    size: u64,
+    span: u64,
+    random: bool,
+}
+
+impl Offsets {
+    fn new(w: &Workload, disk: u64, seed: u64) -> Self {
+        Self {
+            x: seed | 1,
+            next: 0,
+            size: w.size as u64,
+            span: disk / w.size as u64,
+            random: w.random,
+        }
+    }
+
+    fn take(&mut self) -> u64 {
+        let i = if self.random {
+            self.x ^= self.x << 13;
+            self.x ^= self.x >> 7;
+            self.x ^= self.x << 17;
+            self.x % self.span
+        } else {
+            let i = self.next;
+            self.next = (self.next + 1) % self.span;
+            i
+        };
+        i * self.size
+    }
+}
+
+/// Runs `w` on `drv` for `d`: IOPS, MiB/s and the latency distribution.
+fn measure(
+    drv: &mut BlockDriver<VfioUserClient>,
+    w: &Workload,
+    disk: u64,
+    d: Duration,
+    seed: u64,
+) -> Result<Figures, String> {
+    drv.set_max_in_flight(w.qd);
+    let per_call = if w.qd == 1 {
+        1
+    } else {
+        (BATCH * SMALL / w.size).max(usize::from(w.qd) * 4)
+    };
+    let mut buf = vec![0x3cu8; per_call * w.size];
+    let mut offs = Offsets::new(w, disk, seed);
+    let mut ranges = vec![(0u64, w.size); per_call];
+    let mut run =
+        |drv: &mut BlockDriver<VfioUserClient>, ranges: &mut [(u64, usize)], buf: &mut [u8]| {
+            for r in ranges.iter_mut() {
+                r.0 = offs.take();
+            }
+            if w.write {
+                drv.write_scattered(ranges, buf)
+            } else {
+                drv.read_scattered(ranges, buf)
+            }
+            .map_err(|e| format!("{}: {e}", w.name))
+        };
+    // Warm-up: the slots, the page cache, both sides' code.
+    let warm = Instant::now();
+    while warm.elapsed() < d / 5 {
+        run(drv, &mut ranges, &mut buf)?;
+    }
+    drv.record_latencies(true);
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < d {
+        run(drv, &mut ranges, &mut buf)?;
+        n += per_call as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut lat: Vec<f64> = drv
+        .take_latencies()
+        .iter()
+        .map(|t| t.as_secs_f64() * 1e6)
+        .collect();
+    drv.record_latencies(false);
+    lat.sort_by(f64::total_cmp);
+    Ok(Figures {
+        iops: n as f64 / secs,
+        mib_s: n as f64 * w.size as f64 / secs / f64::from(1u32 << 20),
+        median_us: quantile(&lat, 0.5),
+        p99_us: quantile(&lat, 0.99),
+    })
+}
+
+/// Reads back what a write put there: the bench must not measure a broken path.
+fn check_data(drv: &mut BlockDriver<VfioUserClient>) -> Result<(), String> {
+    let data: Vec<u8> = (0..LARGE).map(|i| (i * 7 + 3) as u8).collect();
+    drv.set_max_in_flight(0);
+    drv.write_at(0, &data)
+        .map_err(|e| format!("check write: {e}"))?;
+    let mut back = vec![0u8; LARGE];
+    drv.read_at(0, &mut back)
+        .map_err(|e| format!("check read: {e}"))?;
+    if back != data {
+        return Err("data read back differs from what was written".into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn run(cfg: &Config) -> Result<(), String> {
+    let say = |s: String| {
+        if !cfg.json {
+            println!("{s}");
+        } else {
+            eprintln!("{s}");
+        }
+    };
+    let mut out = Map::new();
+    say(format!(
+        "swiotlb-bench: {} mode, {} round(s) of {:?} per workload, host polling budget {:?}",
+        if cfg.quick { "quick" } else { "full" },
+        cfg.rounds,
+        cfg.slice,
+        cfg.poll
+    ));
+
+    // Baselines.
+    let base_t = if cfg.quick {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_secs(1)
+    };
+    let shm = shm_pingpong(base_t)?;
+    let (efd_med, efd_p99) = eventfd_rtt(base_t)?;
+    let mc_small = memcpy_gbs(SMALL);
+    let mc_large = memcpy_gbs(LARGE);
+    say(format!("baselines (two processes): shared-memory ping-pong {shm:.3} us, eventfd round trip median {efd_med:.2} us (p99 {efd_p99:.2}); memcpy 4 KiB {mc_small:.1} GB/s, 128 KiB {mc_large:.1} GB/s"));
+    out.insert("shm_pingpong_us".into(), json!(shm));
+    out.insert("eventfd_rtt_us".into(), json!(efd_med));
+    out.insert("eventfd_rtt_p99_us".into(), json!(efd_p99));
+    out.insert("memcpy_4k_gbs".into(), json!(mc_small));
+    out.insert("memcpy_128k_gbs".into(), json!(mc_large));
+
+    let fx = Fixture::new(cfg.disk_bytes)?;
+    for mode in [Mode::Polling, Mode::Interrupt] {
+        let mut pair = Pair::start(cfg, &fx, mode, Audit::Off, mode.name())?;
+        check_data(&mut pair.drv)?;
+        say(format!(
+            "{} mode: {} doorbell eventfd(s) from the host; audit off",
+            mode.name(),
+            pair.doorbell_eventfds
+        ));
+        if pair.doorbell_eventfds == 0 {
+            return Err("the host offered no doorbell eventfd".into());
+        }
+        for (wi, w) in WORKLOADS.iter().enumerate() {
+            let mut rounds = Vec::new();
+            for r in 0..cfg.rounds {
+                rounds.push(measure(
+                    &mut pair.drv,
+                    w,
+                    cfg.disk_bytes,
+                    cfg.slice,
+                    (wi * 100 + r + 1) as u64,
+                )?);
+            }
+            let pick =
+                |f: fn(&Figures) -> f64| median(&mut rounds.iter().map(f).collect::<Vec<_>>());
+            let fig = Figures {
+                iops: pick(|f| f.iops),
+                mib_s: pick(|f| f.mib_s),
+                median_us: pick(|f| f.median_us),
+                p99_us: pick(|f| f.p99_us),
+            };
+            say(format!(
+                "  {:<20} {:>10.0} IOPS {:>9.1} MiB/s   latency median {:>8.2} us  p99 {:>8.2} us",
+                w.name, fig.iops, fig.mib_s, fig.median_us, fig.p99_us
+            ));
+            let key = format!("{}_{}", mode.name(), w.name);
+            out.insert(
+                key,
+                json!({"iops": fig.iops, "mib_s": fig.mib_s, "median_us": fig.median_us, "p99_us": fig.p99_us}),
+            );
+            match (mode, w.name) {
+                (Mode::Polling, "randread_4k_qd1") => {
+                    out.insert("qd1_polling_median_us".into(), json!(fig.median_us));
+                    out.insert("qd1_polling_iops".into(), json!(fig.iops));
+                }
+                (Mode::Polling, "randread_4k_qd32") => {
+                    out.insert("qd32_polling_iops".into(), json!(fig.iops));
+                }
+                (Mode::Interrupt, "randread_4k_qd1") => {
+                    out.insert("qd1_interrupt_median_us".into(), json!(fig.median_us));
+                }
+                (Mode::Interrupt, "randread_4k_qd32") => {
+                    out.insert("qd32_interrupt_iops".into(), json!(fig.iops));
+                }
+                _ => {}
+            }
+        }
+        pair.stop()?;
+    }
+
+    // Audit modes: polling, 4 KiB random reads at QD32, a fresh host each time, interleaved.
+    let w = WORKLOADS[2];
+    let modes = [Audit::Off, Audit::Summary, Audit::Full];
+    let mut iops: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    for r in 0..cfg.audit_rounds {
+        let mut this = Vec::new();
+        for (i, a) in modes.iter().enumerate() {
+            let mut pair = Pair::start(
+                cfg,
+                &fx,
+                Mode::Polling,
+                *a,
+                &format!("audit-{}-{r}", a.name()),
+            )?;
+            let f = measure(
+                &mut pair.drv,
+                &w,
+                cfg.disk_bytes,
+                cfg.slice,
+                (r * 10 + i + 1) as u64,
+            )?;
+            pair.stop()?;
+            this.push(f.iops);
+            iops[i].push(f.iops);
+        }
+        for (i, v) in this.iter().enumerate() {
+            ratios[i].push(v / this[0]);
+        }
+    }
+    say(format!(
+        "audit (polling, {} at QD32, {} interleaved rounds, a fresh host each):",
+        w.name, cfg.audit_rounds
+    ));
+    for (i, a) in modes.iter().enumerate() {
+        let m = median(&mut iops[i]);
+        let ratio = median(&mut ratios[i]);
+        say(format!(
+            "  audit {:<8} {:>10.0} IOPS  ratio to off {:.3}",
+            a.name(),
+            m,
+            ratio
+        ));
+        out.insert(format!("audit_{}_iops", a.name()), json!(m));
+        if *a != Audit::Off {
+            out.insert(format!("audit_{}_vs_off", a.name()), json!(ratio));
+        }
+    }
+
+    // Goals, judged on this run's figures.
+    let get = |k: &str| out.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let qd1p = get("qd1_polling_median_us");
+    let qd32p = get("qd32_polling_iops");
+    let qd1i = get("qd1_interrupt_median_us");
+    let full = get("audit_full_vs_off");
+    let vs_efd = qd1i / efd_med;
+    out.insert("qd1_interrupt_vs_eventfd".into(), json!(vs_efd));
+    out.insert("qd1_polling_vs_shm_pingpong".into(), json!(qd1p / shm));
+    let mark = |ok: bool| if ok { "MET" } else { "MISSED" };
+    let goals = [
+        ("qd1_polling_median_le_2us", qd1p <= GOAL_QD1_POLLING_MEDIAN_US, format!("polling QD1 median {qd1p:.2} us (goal <= {GOAL_QD1_POLLING_MEDIAN_US} us)")),
+        ("qd32_polling_ge_1m_iops", qd32p >= GOAL_QD32_POLLING_IOPS, format!("polling QD32 {qd32p:.0} IOPS (goal >= 1 M)")),
+        ("qd1_interrupt_le_1_5x_eventfd", vs_efd <= GOAL_INTERRUPT_VS_EVENTFD, format!("interrupt QD1 median {qd1i:.2} us = {vs_efd:.2} x the eventfd round trip (goal <= {GOAL_INTERRUPT_VS_EVENTFD} x)")),
+        ("audit_full_ge_0_9_of_off", full >= GOAL_AUDIT_FULL_VS_OFF, format!("audit full at {full:.3} of off (goal >= {GOAL_AUDIT_FULL_VS_OFF})")),
+    ];
+    say("goals:".into());
+    let mut g = Map::new();
+    for (k, ok, text) in goals {
+        say(format!("  {:<6} {text}", mark(ok)));
+        g.insert(k.into(), json!(ok));
+    }
+    out.insert("goals_met".into(), Value::Object(g));
+    out.insert("quick".into(), json!(cfg.quick));
+    out.insert("poll_us".into(), json!(cfg.poll.as_micros() as u64));
+    // One JSON object on stdout, last, in both output modes.
+    println!("{}", Value::Object(out));
+    Ok(())
+}
