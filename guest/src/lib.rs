@@ -2,7 +2,7 @@
 //! tables and every I/O buffer live in the device-provided SWIOTLB pool.
 //!
 //! - [`pci`]: how the driver reaches the function ([`pci::PciAccess`]; a vfio-user client,
-//!   and sysfs for a PCI function of a Linux guest);
+//!   and sysfs or kernel VFIO for a PCI function of a Linux guest);
 //! - [`virtio_pci`]: capability discovery (the SWIOTLB capability validated before use)
 //!   and the initialization sequence;
 //! - [`pool`]: the mapped pool and its 2 KiB bounce-slot allocator;

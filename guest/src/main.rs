@@ -1,6 +1,6 @@
 //! `swiotlb-guest`: drives a SWIOTLB virtio-blk device, over vfio-user (`--socket`) or as a
-//! PCI function of this Linux machine through sysfs (`--pci`). Every buffer the device sees
-//! is a bounce slot in its pool.
+//! PCI function of this Linux machine through sysfs or kernel VFIO (`--pci`). Every buffer the
+//! device sees is a bounce slot in its pool.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use clap::{ArgGroup, Parser, Subcommand};
 use serde_json::json;
 use swiotlb_guest::attest::{self, AttesterChoice};
 use swiotlb_guest::pci::sysfs::{self, SysfsPci};
+use swiotlb_guest::pci::vfio::{VfioPci, VFIO_PCI_DRIVER};
 use swiotlb_guest::pci::vfio_user::VfioUserClient;
 use swiotlb_guest::pci::PciAccess;
 use swiotlb_guest::{BlockDriver, Options};
@@ -25,10 +26,12 @@ struct Args {
     /// vfio-user socket of the device.
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// The device as a PCI function of this machine, through sysfs (root; no kernel driver
+    /// The device as a PCI function of this machine (root). Through sysfs (no kernel driver
     /// bound; no interrupts, completions are polled): `sysfs:auto` (the one 1af4:1042
     /// function under /sys/bus/pci/devices; among several, the one no kernel driver owns)
-    /// or `sysfs:DDDD:BB:DD.F`.
+    /// or `sysfs:DDDD:BB:DD.F`. Through kernel VFIO (the function bound to vfio-pci, an
+    /// IOMMU group, so a vIOMMU; MSI-X interrupts): `vfio:auto` (the one 1af4:1042 function
+    /// bound to vfio-pci; failing that, the one bound to no driver) or `vfio:DDDD:BB:DD.F`.
     #[arg(long, value_name = "SPEC", value_parser = parse_pci_spec)]
     pci: Option<PciSpec>,
     /// Print results as JSON.
@@ -66,32 +69,93 @@ enum AttesterArg {
     None,
 }
 
+/// The PCI back end `--pci` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    /// sysfs `config` and `resourceN`.
+    Sysfs,
+    /// Kernel VFIO (`vfio-pci`).
+    Vfio,
+}
+
 /// Which PCI function `--pci` names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum PciSpec {
-    /// `sysfs:auto`: the only modern virtio-blk function.
-    SysfsAuto,
-    /// `sysfs:<BDF>`: that function (normalized as sysfs names it).
-    SysfsBdf(String),
+    /// `<backend>:auto`: the only modern virtio-blk function the back end can drive.
+    Auto(Backend),
+    /// `<backend>:<BDF>`: that function (normalized as sysfs names it).
+    Bdf(Backend, String),
 }
 
 fn parse_pci_spec(s: &str) -> Result<PciSpec, String> {
-    let usage = "expected sysfs:auto or sysfs:DDDD:BB:DD.F (e.g. sysfs:0000:00:04.0)";
-    match s.split_once(':') {
-        Some(("sysfs", "auto")) => Ok(PciSpec::SysfsAuto),
-        Some(("sysfs", bdf)) => sysfs::parse_bdf(bdf)
-            .map(PciSpec::SysfsBdf)
-            .map_err(|e| format!("{e}; {usage}")),
-        _ => Err(format!("unknown PCI back end in {s:?}; {usage}")),
+    let usage = "expected sysfs:auto, sysfs:DDDD:BB:DD.F, vfio:auto or vfio:DDDD:BB:DD.F (e.g. vfio:0000:00:04.0)";
+    let (backend, rest) = match s.split_once(':') {
+        Some(("sysfs", rest)) => (Backend::Sysfs, rest),
+        Some(("vfio", rest)) => (Backend::Vfio, rest),
+        _ => return Err(format!("unknown PCI back end in {s:?}; {usage}")),
+    };
+    if rest == "auto" {
+        return Ok(PciSpec::Auto(backend));
     }
+    sysfs::parse_bdf(rest)
+        .map(|bdf| PciSpec::Bdf(backend, bdf))
+        .map_err(|e| format!("{e}; {usage}"))
+}
+
+/// The name of the function in `p` (its BDF), for messages.
+fn name_of(p: &Path) -> String {
+    p.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Lists `found` with the driver each is bound to, for messages.
+fn describe(found: &[PathBuf]) -> String {
+    found
+        .iter()
+        .map(|p| match sysfs::bound_driver(p) {
+            Some(d) => format!("{} (bound to {d})", name_of(p)),
+            None => name_of(p),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The sysfs directory of the function `spec` names, under `sysfs_root`.
 fn resolve_pci(spec: &PciSpec, sysfs_root: &Path) -> Result<PathBuf, String> {
     let dir = sysfs::devices_dir(sysfs_root);
     match spec {
-        PciSpec::SysfsBdf(bdf) => Ok(dir.join(bdf)),
-        PciSpec::SysfsAuto => {
+        PciSpec::Bdf(_, bdf) => Ok(dir.join(bdf)),
+        PciSpec::Auto(Backend::Vfio) => {
+            let found = sysfs::find_devices(sysfs_root);
+            if found.is_empty() {
+                return Err(format!(
+                    "no virtio-blk function (1af4:1042) under {}",
+                    dir.display()
+                ));
+            }
+            // The one vfio-pci owns; failing that, the one no driver owns (opening it then
+            // says how to bind it to vfio-pci).
+            let with = |want: Option<&str>| -> Vec<&PathBuf> {
+                found
+                    .iter()
+                    .filter(|p| sysfs::bound_driver(p).as_deref() == want)
+                    .collect()
+            };
+            match (
+                with(Some(VFIO_PCI_DRIVER)).as_slice(),
+                with(None).as_slice(),
+            ) {
+                ([one], _) | ([], [one]) => Ok((*one).clone()),
+                _ => Err(format!(
+                    "not exactly one virtio-blk function (1af4:1042) under {} bound to vfio-pci (or, failing that, free of a driver): {}; choose one with --pci vfio:<BDF>",
+                    dir.display(),
+                    describe(&found)
+                )),
+            }
+        }
+        PciSpec::Auto(Backend::Sysfs) => {
             let found = sysfs::find_devices(sysfs_root);
             match found.as_slice() {
                 [] => {
@@ -112,20 +176,10 @@ fn resolve_pci(spec: &PciSpec, sysfs_root: &Path) -> Result<PathBuf, String> {
             if let [one] = free.as_slice() {
                 return Ok((*one).clone());
             }
-            let list = found
-                .iter()
-                .map(|p| {
-                    let name = p.file_name().unwrap_or_default().to_string_lossy();
-                    match sysfs::bound_driver(p) {
-                        Some(d) => format!("{name} (bound to {d})"),
-                        None => name.into_owned(),
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
             Err(format!(
-                "several virtio-blk functions (1af4:1042) under {} and not exactly one free of a kernel driver: {list}; choose one with --pci sysfs:<BDF>",
-                dir.display()
+                "several virtio-blk functions (1af4:1042) under {} and not exactly one free of a kernel driver: {}; choose one with --pci sysfs:<BDF>",
+                dir.display(),
+                describe(&found)
             ))
         }
     }
@@ -224,9 +278,15 @@ fn run(args: &Args) -> Result<(), String> {
         }
         (None, Some(spec)) => {
             let dir = resolve_pci(spec, Path::new(sysfs::SYSFS_ROOT))?;
-            // Every error of opening names the file it concerns.
-            let pci = SysfsPci::open(&dir).map_err(|e| error_chain(&e))?;
-            drive(args, pci)
+            // Every error of opening names the file or ioctl it concerns.
+            match spec {
+                PciSpec::Auto(Backend::Sysfs) | PciSpec::Bdf(Backend::Sysfs, _) => {
+                    drive(args, SysfsPci::open(&dir).map_err(|e| error_chain(&e))?)
+                }
+                PciSpec::Auto(Backend::Vfio) | PciSpec::Bdf(Backend::Vfio, _) => {
+                    drive(args, VfioPci::open(&dir).map_err(|e| error_chain(&e))?)
+                }
+            }
         }
         _ => Err("exactly one of --socket and --pci names the device".into()),
     }
@@ -413,10 +473,19 @@ mod tests {
         assert_eq!(a.socket, Some(PathBuf::from("/run/s.sock")));
         assert_eq!(a.pci, None);
         let a = parse(&["--pci", "sysfs:auto", "--json", "info"]).unwrap();
-        assert_eq!(a.pci, Some(PciSpec::SysfsAuto));
+        assert_eq!(a.pci, Some(PciSpec::Auto(Backend::Sysfs)));
         assert!(a.socket.is_none() && a.json);
         let a = parse(&["--pci", "sysfs:00:04.0", "roundtrip", "--size", "1M"]).unwrap();
-        assert_eq!(a.pci, Some(PciSpec::SysfsBdf("0000:00:04.0".into())));
+        assert_eq!(
+            a.pci,
+            Some(PciSpec::Bdf(Backend::Sysfs, "0000:00:04.0".into()))
+        );
+        let a = parse(&["--pci", "vfio:auto", "info"]).unwrap();
+        assert_eq!(a.pci, Some(PciSpec::Auto(Backend::Vfio)));
+        assert!(
+            parse(&["--socket", "/s", "--pci", "vfio:auto", "info"]).is_err(),
+            "both"
+        );
         assert!(parse(&["info"]).is_err(), "neither");
         assert!(
             parse(&["--socket", "/s", "--pci", "sysfs:auto", "info"]).is_err(),
@@ -426,20 +495,42 @@ mod tests {
 
     #[test]
     fn pci_specs() {
-        assert_eq!(parse_pci_spec("sysfs:auto"), Ok(PciSpec::SysfsAuto));
+        assert_eq!(
+            parse_pci_spec("sysfs:auto"),
+            Ok(PciSpec::Auto(Backend::Sysfs))
+        );
         assert_eq!(
             parse_pci_spec("sysfs:0000:00:04.0"),
-            Ok(PciSpec::SysfsBdf("0000:00:04.0".into()))
+            Ok(PciSpec::Bdf(Backend::Sysfs, "0000:00:04.0".into()))
+        );
+        assert_eq!(
+            parse_pci_spec("vfio:auto"),
+            Ok(PciSpec::Auto(Backend::Vfio))
+        );
+        assert_eq!(
+            parse_pci_spec("vfio:0000:00:04.0"),
+            Ok(PciSpec::Bdf(Backend::Vfio, "0000:00:04.0".into()))
+        );
+        assert_eq!(
+            parse_pci_spec("vfio:00:1F.7"),
+            Ok(PciSpec::Bdf(Backend::Vfio, "0000:00:1f.7".into()))
         );
         for bad in [
             "",
             "sysfs",
             "sysfs:",
             "auto",
-            "vfio:0000:00:04.0",
+            "vfio",
+            "vfio:",
+            "vfio:AUTO",
+            "vfio:0000:00:04",
+            "vfio:../../x",
+            "vfio-pci:0000:00:04.0",
+            "uio:auto",
             "sysfs:0000:00:04",
             "sysfs:../../x",
             "SYSFS:auto",
+            "VFIO:auto",
         ] {
             assert!(parse_pci_spec(bad).is_err(), "accepted {bad:?}");
         }
@@ -456,16 +547,16 @@ mod tests {
     fn auto_needs_exactly_one_match() {
         let t = tempfile::tempdir().unwrap();
         let root = t.path();
-        let e = resolve_pci(&PciSpec::SysfsAuto, root).unwrap_err();
+        let e = resolve_pci(&PciSpec::Auto(Backend::Sysfs), root).unwrap_err();
         assert!(e.contains("no virtio-blk function"), "{e}");
         function(root, "0000:00:03.0", "0x8086\n", "0x100e\n");
         function(root, "0000:00:04.0", "0x1af4\n", "0x1042\n");
         assert_eq!(
-            resolve_pci(&PciSpec::SysfsAuto, root).unwrap(),
+            resolve_pci(&PciSpec::Auto(Backend::Sysfs), root).unwrap(),
             sysfs::devices_dir(root).join("0000:00:04.0")
         );
         function(root, "0000:00:05.0", "0x1af4\n", "0x1042\n");
-        let e = resolve_pci(&PciSpec::SysfsAuto, root).unwrap_err();
+        let e = resolve_pci(&PciSpec::Auto(Backend::Sysfs), root).unwrap_err();
         assert!(
             e.contains("several") && e.contains("0000:00:04.0, 0000:00:05.0"),
             "{e}"
@@ -476,12 +567,12 @@ mod tests {
         std::fs::create_dir_all(&drv).unwrap();
         std::os::unix::fs::symlink(&drv, devs.join("0000:00:04.0/driver")).unwrap();
         assert_eq!(
-            resolve_pci(&PciSpec::SysfsAuto, root).unwrap(),
+            resolve_pci(&PciSpec::Auto(Backend::Sysfs), root).unwrap(),
             devs.join("0000:00:05.0")
         );
         // Both owned: refused, saying so.
         std::os::unix::fs::symlink(&drv, devs.join("0000:00:05.0/driver")).unwrap();
-        let e = resolve_pci(&PciSpec::SysfsAuto, root).unwrap_err();
+        let e = resolve_pci(&PciSpec::Auto(Backend::Sysfs), root).unwrap_err();
         assert!(
             e.contains("0000:00:04.0 (bound to virtio-pci), 0000:00:05.0 (bound to virtio-pci)"),
             "{e}"
@@ -489,12 +580,63 @@ mod tests {
         // A single match is used even when bound: opening it then says how to unbind.
         std::fs::remove_dir_all(devs.join("0000:00:05.0")).unwrap();
         assert_eq!(
-            resolve_pci(&PciSpec::SysfsAuto, root).unwrap(),
+            resolve_pci(&PciSpec::Auto(Backend::Sysfs), root).unwrap(),
             devs.join("0000:00:04.0")
         );
         assert_eq!(
-            resolve_pci(&PciSpec::SysfsBdf("0000:00:09.0".into()), root).unwrap(),
+            resolve_pci(&PciSpec::Bdf(Backend::Sysfs, "0000:00:09.0".into()), root).unwrap(),
             sysfs::devices_dir(root).join("0000:00:09.0")
+        );
+    }
+
+    #[test]
+    fn vfio_auto_takes_the_function_vfio_pci_owns_or_else_the_free_one() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let auto = PciSpec::Auto(Backend::Vfio);
+        let devs = sysfs::devices_dir(root);
+        let bind = |bdf: &str, driver: &str| {
+            let drv = root.join("bus/pci/drivers").join(driver);
+            std::fs::create_dir_all(&drv).unwrap();
+            let link = devs.join(bdf).join("driver");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&drv, link).unwrap();
+        };
+        let e = resolve_pci(&auto, root).unwrap_err();
+        assert!(e.contains("no virtio-blk function"), "{e}");
+        function(root, "0000:00:03.0", "0x8086\n", "0x100e\n");
+        bind("0000:00:03.0", "vfio-pci"); // vfio-pci, but not virtio-blk: never chosen
+        function(root, "0000:00:04.0", "0x1af4\n", "0x1042\n");
+        // One, free: chosen (opening it says how to bind it).
+        assert_eq!(resolve_pci(&auto, root).unwrap(), devs.join("0000:00:04.0"));
+        // One, bound to another driver: refused, naming it.
+        bind("0000:00:04.0", "virtio-pci");
+        let e = resolve_pci(&auto, root).unwrap_err();
+        assert!(e.contains("0000:00:04.0 (bound to virtio-pci)"), "{e}");
+        // A second one bound to vfio-pci: that one.
+        function(root, "0000:00:05.0", "0x1af4\n", "0x1042\n");
+        bind("0000:00:05.0", "vfio-pci");
+        assert_eq!(resolve_pci(&auto, root).unwrap(), devs.join("0000:00:05.0"));
+        // vfio-pci wins over a free one.
+        std::fs::remove_file(devs.join("0000:00:04.0/driver")).unwrap();
+        assert_eq!(resolve_pci(&auto, root).unwrap(), devs.join("0000:00:05.0"));
+        // Two bound to vfio-pci: refused, listing both.
+        bind("0000:00:04.0", "vfio-pci");
+        let e = resolve_pci(&auto, root).unwrap_err();
+        assert!(
+            e.contains("0000:00:04.0 (bound to vfio-pci), 0000:00:05.0 (bound to vfio-pci)")
+                && e.contains("--pci vfio:<BDF>"),
+            "{e}"
+        );
+        // Two free, none bound: refused.
+        std::fs::remove_file(devs.join("0000:00:04.0/driver")).unwrap();
+        std::fs::remove_file(devs.join("0000:00:05.0/driver")).unwrap();
+        let e = resolve_pci(&auto, root).unwrap_err();
+        assert!(e.contains("0000:00:04.0, 0000:00:05.0"), "{e}");
+        // A BDF is taken as given.
+        assert_eq!(
+            resolve_pci(&PciSpec::Bdf(Backend::Vfio, "0000:00:09.0".into()), root).unwrap(),
+            devs.join("0000:00:09.0")
         );
     }
 }

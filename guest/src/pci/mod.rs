@@ -4,9 +4,20 @@
 //! - [`vfio_user`]: a vfio-user client, the function in another process (it also plays the
 //!   firmware's part and assigns BAR addresses);
 //! - [`sysfs`]: a real PCI function of a Linux guest, through `/sys/bus/pci/devices/<BDF>/`
-//!   (the kernel assigned the BARs; no interrupts, the driver polls).
+//!   (the kernel assigned the BARs; no interrupts, the driver polls);
+//! - [`vfio`]: a real PCI function bound to the kernel's `vfio-pci`, through a VFIO container
+//!   (type1 IOMMU, so the guest needs a vIOMMU), its group and the device fd: configuration
+//!   space through the device's config region, BARs mmapped from the device fd, MSI-X
+//!   vectors as eventfds. No DMA mapping is ever made: every address the device is given
+//!   lies in its own pool BAR.
+//!
+//! The two back ends of a real function never program a BAR: the kernel (or firmware)
+//! assigned them, and the pool's bus address the driver puts on the ring is the address the
+//! function's BAR registers hold, which each back end checks against the kernel's own record
+//! (sysfs `resource`).
 
 pub mod sysfs;
+pub mod vfio;
 pub mod vfio_user;
 
 use std::os::fd::OwnedFd;
@@ -83,6 +94,61 @@ pub enum PciError {
         /// The driver's name.
         driver: String,
     },
+    /// The function has no IOMMU group, so VFIO cannot have it.
+    #[error("{}: no IOMMU group: boot with a vIOMMU (intel_iommu=on in the guest, and a QEMU -device intel-iommu) or use the sysfs back end", .path.display())]
+    NoIommuGroup {
+        /// The function's directory.
+        path: PathBuf,
+    },
+    /// The function is not bound to `vfio-pci`, so there is no VFIO device to open.
+    #[error("{} is {}; bind it to vfio-pci first: {}echo vfio-pci > /sys/bus/pci/devices/{bdf}/driver_override; echo {bdf} > /sys/bus/pci/drivers_probe", .path.display(), .driver.as_deref().map_or("bound to no driver".to_string(), |d| format!("bound to the kernel driver `{d}`")), .driver.as_deref().map_or(String::new(), |d| format!("echo {bdf} > /sys/bus/pci/drivers/{d}/unbind; ")))]
+    NotVfioBound {
+        /// The function's directory.
+        path: PathBuf,
+        /// Its name (the BDF).
+        bdf: String,
+        /// The driver bound instead, if any.
+        driver: Option<String>,
+    },
+    /// A VFIO call (ioctl or device-fd access) failed.
+    #[error("{what}")]
+    Vfio {
+        /// What was being done, naming the ioctl or the region and the function.
+        what: String,
+        /// What the kernel said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Opening the VFIO container, group or device failed.
+    #[error("{what}")]
+    VfioOpen {
+        /// What was being done.
+        what: String,
+        /// What the VFIO wrapper said.
+        #[source]
+        source: vfio_ioctls::VfioError,
+    },
+    /// A VFIO answer the back end refuses (region sizes, offsets, capability chains).
+    #[error("{what}: {why}")]
+    VfioInvalid {
+        /// The ioctl or region concerned.
+        what: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The BAR address the function's configuration space gives is not the one the kernel
+    /// assigned: the pool's bus address would be wrong.
+    #[error("BAR {bar}: configuration space says {config:#x}, the kernel assigned {kernel:#x} ({}); refusing a pool address the kernel does not know", .resource.display())]
+    BarMismatch {
+        /// BAR index.
+        bar: u8,
+        /// Address decoded from the BAR registers.
+        config: u64,
+        /// Address in the kernel's `resource` file.
+        kernel: u64,
+        /// That file.
+        resource: PathBuf,
+    },
     /// An access the back end refuses: width, alignment or range.
     #[error("{what} of {len} bytes at offset {offset:#x} refused: {why}")]
     BadAccess {
@@ -95,6 +161,68 @@ pub enum PciError {
         /// Why it was refused.
         why: String,
     },
+}
+
+/// One volatile load of exactly `buf.len()` bytes (1, 2, 4 or 8) at `offset` of a register
+/// mapping, as device registers want. Refuses other widths, unaligned offsets and ranges
+/// past the mapping's end.
+pub(crate) fn mmio_read(map: &Mapping, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+    let at = mmio_check(map, offset, buf.len())?;
+    // SAFETY: `mmio_check` proved `[offset, offset + len)` lies inside the mapping and
+    // `offset` is a multiple of the width; the mapping is page aligned, so each access below
+    // is naturally aligned and wholly inside it. The mapping is device memory that no Rust
+    // object aliases.
+    unsafe {
+        let p = map.as_mut_ptr().add(at);
+        match buf.len() {
+            1 => buf[0] = p.read_volatile(),
+            2 => buf.copy_from_slice(&p.cast::<u16>().read_volatile().to_ne_bytes()),
+            4 => buf.copy_from_slice(&p.cast::<u32>().read_volatile().to_ne_bytes()),
+            _ => buf.copy_from_slice(&p.cast::<u64>().read_volatile().to_ne_bytes()),
+        }
+    }
+    Ok(())
+}
+
+/// One volatile store of exactly `data.len()` bytes (1, 2, 4 or 8); see [`mmio_read`].
+pub(crate) fn mmio_write(map: &Mapping, offset: u64, data: &[u8]) -> Result<(), String> {
+    let at = mmio_check(map, offset, data.len())?;
+    let mut b = [0u8; 8];
+    b[..data.len()].copy_from_slice(data);
+    // SAFETY: as in `mmio_read`: in bounds, naturally aligned, device memory.
+    unsafe {
+        let p = map.as_mut_ptr().add(at);
+        match data.len() {
+            1 => p.write_volatile(b[0]),
+            2 => p
+                .cast::<u16>()
+                .write_volatile(u16::from_ne_bytes([b[0], b[1]])),
+            4 => p
+                .cast::<u32>()
+                .write_volatile(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+            _ => p.cast::<u64>().write_volatile(u64::from_ne_bytes(b)),
+        }
+    }
+    Ok(())
+}
+
+/// Checks a register access of `len` bytes at `offset` of `map`; returns the offset as an
+/// index.
+fn mmio_check(map: &Mapping, offset: u64, len: usize) -> Result<usize, String> {
+    if !matches!(len, 1 | 2 | 4 | 8) {
+        return Err("registers are 1, 2, 4 or 8 bytes wide".into());
+    }
+    if offset % len as u64 != 0 {
+        return Err(format!("not aligned to its width of {len}"));
+    }
+    let end = offset.checked_add(len as u64);
+    match (end, usize::try_from(offset)) {
+        (Some(end), Ok(at)) if end <= map.byte_len() as u64 => Ok(at),
+        _ => Err(format!(
+            "outside the {:#x}-byte register mapping",
+            map.byte_len()
+        )),
+    }
 }
 
 /// Access to one PCI function.

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use swiotlb_shared::pci::{cfg, VIRTIO_PCI_DEVICE_ID_BLOCK, VIRTIO_PCI_VENDOR_ID};
 
-use super::{PciAccess, PciError};
+use super::{mmio_read, mmio_write, PciAccess, PciError};
 use crate::pool::{Mapping, PoolAccessError};
 
 /// Where sysfs is mounted.
@@ -39,7 +39,7 @@ pub const NUM_BARS: usize = 6;
 const MAX_CONFIG_SIZE: u64 = 4096;
 /// Most bytes read from the `resource` file (a function has at most a few dozen lines of
 /// 57 bytes).
-const MAX_RESOURCE_BYTES: u64 = 64 * 1024;
+pub(super) const MAX_RESOURCE_BYTES: u64 = 64 * 1024;
 /// Most bytes read from a small attribute (`vendor`, `device`, `enable`).
 const MAX_ATTR_BYTES: u64 = 64;
 /// `IORESOURCE_IO`: an I/O port BAR.
@@ -80,7 +80,7 @@ impl BarResource {
 }
 
 /// At most the first 40 characters of `s`, for error messages about file contents.
-fn excerpt(s: &str) -> String {
+pub(super) fn excerpt(s: &str) -> String {
     let mut e: String = s.chars().take(40).collect();
     if s.chars().nth(40).is_some() {
         e.push('…');
@@ -196,7 +196,7 @@ pub fn devices_dir(sysfs_root: &Path) -> PathBuf {
 }
 
 /// Reads a small attribute file (at most [`MAX_ATTR_BYTES`]).
-fn read_attr(path: &Path) -> std::io::Result<String> {
+pub(super) fn read_attr(path: &Path) -> std::io::Result<String> {
     let mut s = String::new();
     File::open(path)?
         .take(MAX_ATTR_BYTES)
@@ -249,7 +249,7 @@ fn sysfs_err(path: &Path, what: impl Into<String>) -> impl FnOnce(std::io::Error
 }
 
 /// The system's page size.
-fn page_size() -> u64 {
+pub(super) fn page_size() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u64::try_from(n).ok().filter(|n| *n > 0).unwrap_or(4096)
@@ -542,44 +542,22 @@ impl PciAccess for SysfsPci {
 
     fn bar_read(&mut self, bar: u8, offset: u64, buf: &mut [u8]) -> Result<(), PciError> {
         let map = self.register(false, bar, offset, buf.len())?;
-        // `register` checked `offset + len <= size`, and the mapping is `size` bytes.
-        debug_assert!(offset as usize + buf.len() <= map.byte_len());
-        // SAFETY: `offset` is inside the mapping (checked above), so the pointer stays in
-        // it; the mapping is page aligned and `offset` a multiple of the width, so each
-        // access below is naturally aligned and wholly inside the mapping. The mapping is
-        // device memory that no Rust object aliases.
-        unsafe {
-            let p = map.as_mut_ptr().add(offset as usize);
-            match buf.len() {
-                1 => buf[0] = p.read_volatile(),
-                2 => buf.copy_from_slice(&p.cast::<u16>().read_volatile().to_ne_bytes()),
-                4 => buf.copy_from_slice(&p.cast::<u32>().read_volatile().to_ne_bytes()),
-                _ => buf.copy_from_slice(&p.cast::<u64>().read_volatile().to_ne_bytes()),
-            }
-        }
-        Ok(())
+        mmio_read(map, offset, buf).map_err(|why| PciError::BadAccess {
+            what: format!("BAR {bar} read"),
+            offset,
+            len: buf.len() as u64,
+            why,
+        })
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Result<(), PciError> {
         let map = self.register(true, bar, offset, data.len())?;
-        debug_assert!(offset as usize + data.len() <= map.byte_len());
-        let mut b = [0u8; 8];
-        b[..data.len()].copy_from_slice(data);
-        // SAFETY: as in `bar_read`: in bounds, naturally aligned, device memory.
-        unsafe {
-            let p = map.as_mut_ptr().add(offset as usize);
-            match data.len() {
-                1 => p.write_volatile(b[0]),
-                2 => p
-                    .cast::<u16>()
-                    .write_volatile(u16::from_ne_bytes([b[0], b[1]])),
-                4 => p
-                    .cast::<u32>()
-                    .write_volatile(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
-                _ => p.cast::<u64>().write_volatile(u64::from_ne_bytes(b)),
-            }
-        }
-        Ok(())
+        mmio_write(map, offset, data).map_err(|why| PciError::BadAccess {
+            what: format!("BAR {bar} write"),
+            offset,
+            len: data.len() as u64,
+            why,
+        })
     }
 
     fn bar_size(&mut self, bar: u8) -> Result<u64, PciError> {
