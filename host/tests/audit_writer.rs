@@ -248,6 +248,67 @@ fn full_mode_coalesces_queued_chains_into_records_of_bounded_size() {
 }
 
 #[test]
+fn full_mode_batches_are_split_into_bounded_records_in_order() {
+    let s = Scratch::new("full-batches");
+    let mut cfg = config(&s.base());
+    cfg.mode = AuditMode::Full;
+    let (log, h) = AuditLog::open(cfg, device()).unwrap();
+    let pause = h.pause().unwrap();
+    let chain =
+        |i: u32, n: u32| (0..n).map(move |d| (u64::from(i * 1000 + d) << 12, 512, d % 2 == 1));
+    {
+        // 64 chains of 10: the batch sends itself when full.
+        let mut b = h.dma_batch();
+        for i in 0..64 {
+            b.record_chain(0, i as u16, chain(i, 10)).unwrap();
+        }
+        // One chain longer than a record may hold, then 5 chains left for the drop to send.
+        b.record_chain(1, 7, chain(64, 600)).unwrap();
+        for i in 65..70 {
+            b.record_chain(0, i as u16, chain(i, 2)).unwrap();
+        }
+    }
+    h.finding(&finding(0)).unwrap();
+    drop(pause);
+    let key = log.verifier_key().clone();
+    log.close().unwrap();
+    let f = files(&s.base());
+    assert!(verify_paths(&f, &key, false).ok);
+    let recs = records(&f[0]);
+    let sizes: Vec<u64> = recs
+        .iter()
+        .filter_map(|r| match r.event() {
+            Some(Event::Dma(d)) => Some(d.descriptors()),
+            _ => None,
+        })
+        .collect();
+    // 51 chains of 10 fill a record (a 52nd would pass 512); the other 13 cannot share one
+    // with the 600-descriptor chain, which is a record of its own; then the last 5.
+    assert_eq!(sizes, [510, 130, 600, 10]);
+    let heads: Vec<u16> = recs
+        .iter()
+        .filter_map(|r| match r.event() {
+            Some(Event::Dma(d)) => Some(d.chains.iter().map(|c| c.head).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let mut expected: Vec<u16> = (0..64).collect();
+    expected.push(7);
+    expected.extend(65..70);
+    assert_eq!(heads, expected, "every chain once, in the device's order");
+    let kinds: Vec<&str> = recs
+        .iter()
+        .filter_map(|r| match r.event() {
+            Some(Event::Dma(_)) => Some("dma"),
+            Some(Event::Finding(_)) => Some("finding"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, ["dma", "dma", "dma", "dma", "finding"]);
+}
+
+#[test]
 fn records_carry_the_transcript_hash_once_it_is_set() {
     let s = Scratch::new("transcript");
     let (log, h) = AuditLog::open(config(&s.base()), device()).unwrap();

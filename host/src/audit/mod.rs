@@ -5,10 +5,11 @@
 //! - [`AuditLog::open`] recovers or starts the log and spawns the writer thread;
 //! - [`AuditHandle`] (clone it per thread) sends records through a bounded queue: when the
 //!   queue is full the caller waits (back-pressure), nothing is dropped;
-//! - [`AuditHandle::record_chain`] is the per-chain hot path: in summary mode at most four
-//!   relaxed atomic adds per chain, summarised per interval; in full mode also one queued
-//!   message per chain, which the writer coalesces with the chains queued behind it into
-//!   one record of up to [`MAX_DMA_BATCH`] descriptors;
+//! - [`DmaBatch::record_chain`] (a batch per pass over a queue, [`AuditHandle::dma_batch`])
+//!   is the per-chain hot path: in summary mode at most four relaxed atomic adds per chain,
+//!   summarised per interval; in full mode the pass's chains also go to the writer as one
+//!   queued message, which the writer coalesces with the chains queued behind it into
+//!   records of up to [`MAX_DMA_BATCH`] descriptors;
 //! - checkpoints every `checkpoint_every_records` records and every `checkpoint_every`
 //!   (also when nothing happened), each fsynced; rotation by size or age, each new file
 //!   naming the previous file's final checkpoint;
@@ -150,7 +151,7 @@ pub const MAX_DMA_BATCH: usize = 512;
 
 pub(crate) enum Msg {
     Event(u64, Box<Event>),
-    Dma(DmaChain),
+    Dma(Vec<DmaChain>),
     Transcript([u8; 32]),
     Checkpoint(SyncSender<Checkpoint>),
     Pause(SyncSender<()>, Receiver<()>),
@@ -170,6 +171,62 @@ pub struct AuditHandle {
     tx: SyncSender<Msg>,
     dma: Arc<DmaAccumulator>,
     full: bool,
+}
+
+/// Chains a full-mode batch holds before it sends them on its own.
+pub const DMA_BATCH_CHAINS: usize = 64;
+
+/// The chains of one pass over a queue, on their way to the writer (see
+/// [`AuditHandle::dma_batch`]). Whatever is left is sent when the batch is dropped, so a
+/// finding the device records after the pass lands after the chains that preceded it.
+pub struct DmaBatch<'a> {
+    handle: &'a AuditHandle,
+    chains: Vec<DmaChain>,
+}
+
+impl DmaBatch<'_> {
+    /// The per-chain hot path: counts every descriptor `(addr, len, writable)` of the
+    /// chain at `head` on `queue` (summed here, then at most four relaxed atomic adds for the
+    /// chain); in full mode also keeps the chain for a DMA chains record, sending the batch
+    /// when it holds [`DMA_BATCH_CHAINS`]. Summary mode allocates nothing.
+    #[inline]
+    pub fn record_chain<I>(
+        &mut self,
+        queue: u16,
+        head: u16,
+        descriptors: I,
+    ) -> Result<(), AuditError>
+    where
+        I: IntoIterator<Item = (u64, u32, bool)>,
+    {
+        let Some(chain) = self.handle.count_chain(queue, head, descriptors) else {
+            return Ok(());
+        };
+        if self.chains.capacity() == 0 {
+            self.chains.reserve_exact(DMA_BATCH_CHAINS);
+        }
+        self.chains.push(chain);
+        if self.chains.len() >= DMA_BATCH_CHAINS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Sends the chains held so far (blocks while the writer's queue is full).
+    pub fn flush(&mut self) -> Result<(), AuditError> {
+        if self.chains.is_empty() {
+            return Ok(());
+        }
+        self.handle.send(Msg::Dma(std::mem::take(&mut self.chains)))
+    }
+}
+
+impl Drop for DmaBatch<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::error!(error = %e, "audit log DMA records lost");
+        }
+    }
 }
 
 /// Holds the writer paused; dropping it resumes the writer.
@@ -217,12 +274,24 @@ impl AuditHandle {
         self.send(Msg::Transcript(h))
     }
 
-    /// The per-chain hot path: counts every descriptor `(addr, len, writable)` of the
-    /// chain at `head` on `queue` (summed here, then at most four relaxed atomic adds for the
-    /// chain); in full mode also queues the chain (one message, one allocation) for a DMA
-    /// chains record. Summary mode allocates nothing.
+    /// One chain, on its own: see [`DmaBatch::record_chain`]. The device batches a whole
+    /// pass over a queue with [`dma_batch`](Self::dma_batch).
     #[inline]
     pub fn record_chain<I>(&self, queue: u16, head: u16, descriptors: I) -> Result<(), AuditError>
+    where
+        I: IntoIterator<Item = (u64, u32, bool)>,
+    {
+        match self.count_chain(queue, head, descriptors) {
+            None => Ok(()),
+            Some(chain) => self.send(Msg::Dma(vec![chain])),
+        }
+    }
+
+    /// Counts every descriptor `(addr, len, writable)` of the chain at `head` on `queue`
+    /// (summed here, then at most four relaxed atomic adds for the chain); in full mode
+    /// returns the chain for a DMA chains record. Summary mode allocates nothing.
+    #[inline]
+    fn count_chain<I>(&self, queue: u16, head: u16, descriptors: I) -> Option<DmaChain>
     where
         I: IntoIterator<Item = (u64, u32, bool)>,
     {
@@ -240,7 +309,7 @@ impl AuditHandle {
                 count(len, w);
             }
             self.dma.record_counts(queue, readable, writable);
-            return Ok(());
+            return None;
         }
         let mut v = Vec::with_capacity(descriptors.size_hint().0);
         for (addr, len, w) in descriptors {
@@ -252,11 +321,21 @@ impl AuditHandle {
             });
         }
         self.dma.record_counts(queue, readable, writable);
-        self.send(Msg::Dma(DmaChain {
+        Some(DmaChain {
             queue,
             head,
             descriptors: v,
-        }))
+        })
+    }
+
+    /// A batch for the chains of one pass over a queue: in full mode they reach the writer
+    /// as one message (up to [`DMA_BATCH_CHAINS`] at a time) when the batch is flushed or
+    /// dropped, so the device pays one queue operation per pass rather than per chain.
+    pub fn dma_batch(&self) -> DmaBatch<'_> {
+        DmaBatch {
+            handle: self,
+            chains: Vec::new(),
+        }
     }
 
     /// Writes a checkpoint of everything sent before this call, fsyncs it, and returns it.

@@ -527,33 +527,49 @@ impl Writer {
         self.checkpoint().map(drop)
     }
 
-    /// Writes `first` and the chains queued right behind it (up to [`MAX_DMA_BATCH`]
-    /// descriptors, or until the queue is empty or holds something else) as one record.
-    /// Returns the message that ended the batch, to be handled next.
+    /// Writes the chains of `first` and those queued right behind it as records of up to
+    /// [`MAX_DMA_BATCH`] descriptors each (a longer chain is a record of its own, never
+    /// split), until the queue is empty or holds something else. Returns the message that
+    /// ended the run, to be handled next.
     fn dma_chains(
         &mut self,
-        first: DmaChain,
+        first: Vec<DmaChain>,
         rx: &Receiver<Msg>,
     ) -> Result<Option<Msg>, AuditError> {
-        let mut n = first.descriptors.len().max(1);
-        let mut chains = vec![first];
+        let weight = |c: &DmaChain| c.descriptors.len().max(1);
+        let mut held: std::collections::VecDeque<DmaChain> = first.into();
+        let mut n: usize = held.iter().map(weight).sum();
         let mut next = None;
-        while n < MAX_DMA_BATCH {
-            match rx.try_recv() {
-                Ok(Msg::Dma(c)) => {
-                    n += c.descriptors.len().max(1);
-                    chains.push(c);
+        loop {
+            while n < MAX_DMA_BATCH && next.is_none() {
+                match rx.try_recv() {
+                    Ok(Msg::Dma(cs)) => {
+                        n += cs.iter().map(weight).sum::<usize>();
+                        held.extend(cs);
+                    }
+                    Ok(other) => next = Some(other),
+                    Err(_) => break,
                 }
-                Ok(other) => {
-                    next = Some(other);
+            }
+            let mut chains = Vec::new();
+            let mut m = 0;
+            while let Some(c) = held.front() {
+                let w = weight(c);
+                if !chains.is_empty() && m + w > MAX_DMA_BATCH {
                     break;
                 }
-                Err(_) => break,
+                m += w;
+                chains.extend(held.pop_front());
+            }
+            n -= m;
+            if !chains.is_empty() {
+                self.record(now_ms(), Event::Dma(DmaChains { chains }))?;
+                self.after_record()?;
+            }
+            if held.is_empty() {
+                return Ok(next);
             }
         }
-        self.record(now_ms(), Event::Dma(DmaChains { chains }))?;
-        self.after_record()?;
-        Ok(next)
     }
 
     /// Handles one message; returns whether to go on and the message to handle next.

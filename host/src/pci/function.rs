@@ -1061,6 +1061,9 @@ impl VirtioPciFunction {
         let mem = &*view.mem;
         let dma = self.dma.clone();
         let audit = self.audit.clone();
+        // Sent when dropped: on every way out of this pass, before the caller records a
+        // finding, so the log keeps the device's order.
+        let mut audit_batch = audit.as_ref().map(|h| h.dma_batch());
         let device = &mut self.device;
         let Some(slot) = self.transport.queue_mut(q) else {
             return Ok(Processed {
@@ -1107,11 +1110,12 @@ impl VirtioPciFunction {
                 DmaCounters::add(&dma.chains, 1);
                 match ctx_base.check(head) {
                     Ok(c) => {
-                        if let Some(h) = &audit {
-                            // Every descriptor of the chain, in one message. Blocks when the
-                            // log queue is full: back-pressure, never a dropped record.
+                        if let Some(b) = &mut audit_batch {
+                            // Every descriptor of the chain; the pass's chains go to the log
+                            // in one message. Blocks when the log queue is full:
+                            // back-pressure, never a dropped record.
                             let descs = c.descs.iter().map(|d| (d.addr, d.len, d.writable));
-                            if let Err(e) = h.record_chain(q, head, descs) {
+                            if let Err(e) = b.record_chain(q, head, descs) {
                                 tracing::error!(error = %e, "audit log DMA record lost");
                             }
                         }

@@ -103,11 +103,29 @@ pub fn parse_hex_u64(s: &str) -> Option<u64> {
     u64::from_str_radix(d, 16).ok()
 }
 
+/// `v` as `0x`-prefixed lowercase hex without leading zeros (`0x0` for zero), the form
+/// `{:#x}` gives, written into `buf`.
+fn hex_u64_str(v: u64, buf: &mut [u8; 18]) -> &str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let digits = (64 - v.leading_zeros()).div_ceil(4).max(1) as usize;
+    buf[0] = b'0';
+    buf[1] = b'x';
+    for i in 0..digits {
+        let nibble = (v >> (4 * (digits - 1 - i))) & 0xf;
+        buf[2 + i] = DIGITS[nibble as usize];
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buf[..2 + digits]).unwrap_or("0x0")
+}
+
 mod hex_u64 {
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
+    /// `format!("{v:#x}")` without the allocation (this runs for every descriptor of a
+    /// full-mode log).
     pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{v:#x}"))
+        let mut buf = [0u8; 18];
+        s.serialize_str(super::hex_u64_str(*v, &mut buf))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -1053,6 +1071,22 @@ pub fn base64(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_addresses_are_written_as_format_writes_them() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut values = vec![0, 1, 0xf, 0x10, 0xfd00_0000, u64::MAX, 1 << 63];
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            values.push(x >> (x % 64));
+        }
+        for v in values {
+            let mut buf = [0u8; 18];
+            assert_eq!(hex_u64_str(v, &mut buf), format!("{v:#x}"));
+        }
+    }
 
     fn env(seq: u64) -> Envelope {
         Envelope {
