@@ -45,9 +45,6 @@ deploy/ci/qemu-e2e.sh
 step "fuzz every target for a bounded time (fails on any crash; needs nightly, says so loudly if it is missing)"
 FUZZ_OPTIONAL=1 tests/fuzz.sh "${FUZZ_SECONDS:-20}"
 
-step "benchmark, short mode (figures only, never a pass/fail): audit overhead at QD32"
-cargo bench --quiet -p swiotlb-tests --bench audit_overhead -- --quick
-
 step "micro-benchmarks, short mode (figures only, never a pass/fail; BENCHMARKS.md): slot allocator and bounce copies, per-descriptor audit check, transcript hashing, evidence verification"
 cargo bench --quiet -p swiotlb-guest --bench pool -- --quick
 cargo bench --quiet -p swiotlb-host --bench audit_check -- --quick
@@ -56,3 +53,6 @@ cargo bench --quiet -p swiotlb-attest --bench evidence -- --quick
 
 step "demo (release build)"
 ./deploy/demo.sh
+
+step "end-to-end benchmark, short mode (figures only, never a pass/fail; BENCHMARKS.md): host and guest processes, polling and interrupt notification, audit off/summary/full, against a shared-memory ping-pong, an eventfd round trip, memcpy and the image's pread in the same run"
+"${CARGO_TARGET_DIR:-target}/release/swiotlb-bench" --quick

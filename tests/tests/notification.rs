@@ -165,3 +165,52 @@ fn doorbell_eventfd_storm_before_driver_ok_changes_nothing() {
     assert!(host.is_alive());
     assert!(std::fs::read(&disk).unwrap() == content, "image untouched");
 }
+
+#[test]
+fn the_command_line_driver_takes_a_polling_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, content) = patterned(dir.path());
+    let host = HostProcess::spawn(dir.path(), &disk, &["--poll-us", "5000", "--sessions", "2"]);
+    let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let input = dir.path().join("in.bin");
+    std::fs::write(&input, &data).unwrap();
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(swiotlb_tests::bin("swiotlb-guest"))
+            .arg("--socket")
+            .arg(&host.socket)
+            .args(["--attester", "none", "--poll-us", "5000"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "swiotlb-guest {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run(&[
+        "write",
+        "--offset",
+        "4096",
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    let output = dir.path().join("out.bin");
+    let out = output.to_str().unwrap();
+    run(&[
+        "read", "--offset", "4096", "--length", "1048576", "--output", out,
+    ]);
+    assert!(
+        std::fs::read(&output).unwrap() == data,
+        "read back what was written"
+    );
+    let now = std::fs::read(&disk).unwrap();
+    assert!(now[4096..4096 + data.len()] == data[..]);
+    assert!(
+        now[..4096] == content[..4096] && now[4096 + data.len()..] == content[4096 + data.len()..]
+    );
+    for n in [1, 2] {
+        let s = host.session(n);
+        assert_eq!(summary(&s, "findings"), 0, "{s}");
+    }
+}

@@ -389,11 +389,20 @@ fn eventfd_rtt(total: Duration) -> Result<(f64, f64), String> {
     Ok((quantile(&samples, 0.5), quantile(&samples, 0.99)))
 }
 
-/// A 4 KiB `pread` at random 4 KiB-aligned offsets of the image (in the page cache, as the
-/// device reads it): median of batches of 1000, in µs.
-fn pread_4k_us(disk: &std::path::Path, size: u64, total: Duration) -> Result<f64, String> {
+/// A 4 KiB `pread` (or `pwrite`) at random 4 KiB-aligned offsets of the image (in the
+/// page cache, as the device reads and writes it): median of batches of 1000, in µs.
+fn disk_4k_us(
+    disk: &std::path::Path,
+    size: u64,
+    total: Duration,
+    write: bool,
+) -> Result<f64, String> {
     use std::os::unix::fs::FileExt;
-    let f = File::open(disk).map_err(|e| format!("opening the image: {e}"))?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(disk)
+        .map_err(|e| format!("opening the image: {e}"))?;
     let mut buf = AlignedBuf::new(SMALL);
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let blocks = size / SMALL as u64;
@@ -405,8 +414,13 @@ fn pread_4k_us(disk: &std::path::Path, size: u64, total: Duration) -> Result<f64
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            f.read_exact_at(buf.as_mut(), x % blocks * SMALL as u64)
-                .map_err(|e| format!("reading the image: {e}"))?;
+            let at = x % blocks * SMALL as u64;
+            if write {
+                f.write_all_at(buf.as_mut(), at)
+            } else {
+                f.read_exact_at(buf.as_mut(), at)
+            }
+            .map_err(|e| format!("reading or writing the image: {e}"))?;
         }
         per.push(t.elapsed().as_secs_f64() * 1e6 / 1000.0);
     }
@@ -873,7 +887,8 @@ fn run(cfg: &Config) -> Result<(), String> {
     let mc_small = memcpy_gbs(SMALL);
     let mc_large = memcpy_gbs(LARGE);
     let fx = Fixture::new(cfg.disk_bytes)?;
-    let pread = pread_4k_us(&fx.disk, cfg.disk_bytes, base_t)?;
+    let pread = disk_4k_us(&fx.disk, cfg.disk_bytes, base_t, false)?;
+    let pwrite = disk_4k_us(&fx.disk, cfg.disk_bytes, base_t, true)?;
     say(format!("baselines (two processes): shared-memory ping-pong {shm:.3} us, eventfd round trip median {efd_med:.2} us (p99 {efd_p99:.2}); memcpy 4 KiB {mc_small:.1} GB/s, 128 KiB {mc_large:.1} GB/s"));
     out.insert("shm_pingpong_us".into(), json!(shm));
     out.insert("eventfd_rtt_us".into(), json!(efd_med));
@@ -881,10 +896,12 @@ fn run(cfg: &Config) -> Result<(), String> {
     out.insert("memcpy_4k_gbs".into(), json!(mc_small));
     out.insert("memcpy_128k_gbs".into(), json!(mc_large));
     say(format!(
-        "  the device's own disk read: pread of 4 KiB at random offsets of the image (page cache) {pread:.3} us, at most {:.0} k reads/s on one thread",
-        1e3 / pread
+        "  the device's own disk access, 4 KiB at random offsets of the image (page cache): pread {pread:.3} us (at most {:.0} k/s on one thread), pwrite {pwrite:.3} us (at most {:.0} k/s)",
+        1e3 / pread,
+        1e3 / pwrite
     ));
     out.insert("pread_4k_us".into(), json!(pread));
+    out.insert("pwrite_4k_us".into(), json!(pwrite));
     for mode in [Mode::Polling, Mode::Interrupt] {
         if cfg.audit_only {
             break;
