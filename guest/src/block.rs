@@ -646,34 +646,7 @@ impl<P: PciAccess> BlockDriver<P> {
         ranges: &[(u64, usize)],
         buf: &mut [u8],
     ) -> Result<(), BlockError> {
-        let total: usize = ranges.iter().map(|r| r.1).sum();
-        if total != buf.len() {
-            return Err(BlockError::OutOfRange {
-                offset: 0,
-                len: total as u64,
-                capacity: buf.len() as u64,
-            });
-        }
-        let mut builds = VecDeque::with_capacity(ranges.len());
-        let mut at = 0usize;
-        for &(offset, len) in ranges {
-            self.check_io(offset, len as u64)?;
-            if len as u64 > MAX_REQUEST_BYTES {
-                return Err(BlockError::PoolExhausted(len as u64));
-            }
-            builds.push_back(Build {
-                ty: T_IN,
-                sector: offset / SECTOR_SIZE,
-                out: None,
-                in_len: len as u32,
-                ctl_payload: None,
-                sink: Sink::Read {
-                    at,
-                    len: len as u32,
-                },
-            });
-            at += len;
-        }
+        let builds = self.scattered(ranges, buf.len(), None)?;
         self.run(builds, buf)
     }
 
@@ -685,16 +658,28 @@ impl<P: PciAccess> BlockDriver<P> {
         ranges: &[(u64, usize)],
         data: &[u8],
     ) -> Result<(), BlockError> {
-        let total: usize = ranges.iter().map(|r| r.1).sum();
-        if total != data.len() {
-            return Err(BlockError::OutOfRange {
-                offset: 0,
-                len: total as u64,
-                capacity: data.len() as u64,
-            });
-        }
         if self.info.read_only {
             return Err(BlockError::ReadOnly);
+        }
+        let builds = self.scattered(ranges, data.len(), Some(data))?;
+        self.run(builds, &mut [])
+    }
+
+    /// One request per range of `ranges`, which must add up to `total` bytes: reads into
+    /// the caller's buffer when `data` is `None`, else writes of `data`, range after range.
+    fn scattered<'a>(
+        &self,
+        ranges: &[(u64, usize)],
+        total: usize,
+        data: Option<&'a [u8]>,
+    ) -> Result<VecDeque<Build<'a>>, BlockError> {
+        let sum: usize = ranges.iter().map(|r| r.1).sum();
+        if sum != total {
+            return Err(BlockError::OutOfRange {
+                offset: 0,
+                len: sum as u64,
+                capacity: total as u64,
+            });
         }
         let mut builds = VecDeque::with_capacity(ranges.len());
         let mut at = 0usize;
@@ -703,17 +688,31 @@ impl<P: PciAccess> BlockDriver<P> {
             if len as u64 > MAX_REQUEST_BYTES {
                 return Err(BlockError::PoolExhausted(len as u64));
             }
-            builds.push_back(Build {
-                ty: T_OUT,
-                sector: offset / SECTOR_SIZE,
-                out: Some(&data[at..at + len]),
-                in_len: 0,
-                ctl_payload: None,
-                sink: Sink::None,
+            let sector = offset / SECTOR_SIZE;
+            builds.push_back(match data {
+                Some(d) => Build {
+                    ty: T_OUT,
+                    sector,
+                    out: Some(&d[at..at + len]),
+                    in_len: 0,
+                    ctl_payload: None,
+                    sink: Sink::None,
+                },
+                None => Build {
+                    ty: T_IN,
+                    sector,
+                    out: None,
+                    in_len: len as u32,
+                    ctl_payload: None,
+                    sink: Sink::Read {
+                        at,
+                        len: len as u32,
+                    },
+                },
             });
             at += len;
         }
-        self.run(builds, &mut [])
+        Ok(builds)
     }
 
     /// Sets the most requests in flight at once (0: as many as the ring and the pool hold).

@@ -163,6 +163,87 @@ pub enum PciError {
     },
 }
 
+/// Refuses a configuration-space access of `len` bytes at `offset` that passes the end of
+/// a `size`-byte configuration space.
+pub(crate) fn check_config_range(
+    what: &str,
+    offset: u16,
+    len: usize,
+    size: u64,
+) -> Result<(), PciError> {
+    if u64::from(offset) + len as u64 > size {
+        return Err(PciError::BadAccess {
+            what: what.into(),
+            offset: u64::from(offset),
+            len: len as u64,
+            why: format!("past the end of the {size}-byte configuration space"),
+        });
+    }
+    Ok(())
+}
+
+/// A register access to a BAR that back ends reach through a mapping, checked the same way
+/// by each of them.
+pub(crate) struct RegisterAccess {
+    /// Which BAR.
+    pub bar: u8,
+    /// Offset in the BAR.
+    pub offset: u64,
+    /// Width in bytes.
+    pub len: usize,
+    /// A write (else a read).
+    pub write: bool,
+}
+
+impl RegisterAccess {
+    /// The error refusing this access for `why`.
+    pub fn refuse(&self, why: impl Into<String>) -> PciError {
+        PciError::BadAccess {
+            what: format!(
+                "BAR {} {}",
+                self.bar,
+                if self.write { "write" } else { "read" }
+            ),
+            offset: self.offset,
+            len: self.len as u64,
+            why: why.into(),
+        }
+    }
+
+    /// Registers are 1, 2, 4 or 8 bytes wide and naturally aligned.
+    pub fn check_width(&self) -> Result<(), PciError> {
+        if !matches!(self.len, 1 | 2 | 4 | 8) {
+            return Err(self.refuse("registers are 1, 2, 4 or 8 bytes wide"));
+        }
+        if self.offset % self.len as u64 != 0 {
+            return Err(self.refuse(format!("not aligned to its width of {}", self.len)));
+        }
+        Ok(())
+    }
+
+    /// The BAR the kernel describes in `r`, of `size` bytes as the back end knows it, is a
+    /// used memory BAR with an address, and holds the access.
+    pub fn check_bar(&self, r: &sysfs::BarResource, size: u64) -> Result<(), PciError> {
+        if size == 0 {
+            return Err(self.refuse("the BAR is unused"));
+        }
+        if !r.is_memory() {
+            return Err(self.refuse("not a memory BAR"));
+        }
+        if !r.is_assigned() {
+            return Err(self.refuse("the kernel did not assign the BAR an address"));
+        }
+        if self
+            .offset
+            .checked_add(self.len as u64)
+            .is_none_or(|end| end > size)
+        {
+            return Err(self.refuse(format!("outside the BAR's {size:#x} bytes")));
+        }
+        Ok(())
+    }
+}
+
 /// One volatile load of exactly `buf.len()` bytes (1, 2, 4 or 8) at `offset` of a register
 /// mapping, as device registers want. Refuses other widths, unaligned offsets and ranges
 /// past the mapping's end.

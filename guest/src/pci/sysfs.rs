@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use swiotlb_shared::pci::{cfg, VIRTIO_PCI_DEVICE_ID_BLOCK, VIRTIO_PCI_VENDOR_ID};
 
-use super::{mmio_read, mmio_write, PciAccess, PciError};
+use super::{check_config_range, mmio_read, mmio_write, PciAccess, PciError, RegisterAccess};
 use crate::pool::{Mapping, PoolAccessError};
 
 /// Where sysfs is mounted.
@@ -400,19 +400,7 @@ impl SysfsPci {
     }
 
     fn config_range(&self, what: &str, offset: u16, len: usize) -> Result<(), PciError> {
-        let end = u64::from(offset) + len as u64;
-        if end > self.config_size {
-            return Err(PciError::BadAccess {
-                what: what.into(),
-                offset: u64::from(offset),
-                len: len as u64,
-                why: format!(
-                    "past the end of the {}-byte configuration space",
-                    self.config_size
-                ),
-            });
-        }
-        Ok(())
+        check_config_range(what, offset, len, self.config_size)
     }
 
     /// Checks a register access of `len` bytes at `offset` of BAR `bar` and returns the
@@ -424,40 +412,17 @@ impl SysfsPci {
         offset: u64,
         len: usize,
     ) -> Result<&Mapping, PciError> {
-        let refuse = |why: String| PciError::BadAccess {
-            what: format!("BAR {bar} {}", if write { "write" } else { "read" }),
+        let access = RegisterAccess {
+            bar,
             offset,
-            len: len as u64,
-            why,
+            len,
+            write,
         };
-        if !matches!(len, 1 | 2 | 4 | 8) {
-            return Err(refuse("registers are 1, 2, 4 or 8 bytes wide".into()));
-        }
-        if offset % len as u64 != 0 {
-            return Err(refuse(format!("not aligned to its width of {len}")));
-        }
+        access.check_width()?;
         let r = self
             .resource(bar)
-            .ok_or_else(|| refuse("there are only BARs 0 to 5".into()))?;
-        if r.size == 0 {
-            return Err(refuse("the BAR is unused".into()));
-        }
-        if !r.is_memory() {
-            return Err(refuse(
-                "an I/O port BAR cannot be reached through sysfs mmap".into(),
-            ));
-        }
-        if !r.is_assigned() {
-            return Err(refuse(
-                "the kernel did not assign the BAR an address".into(),
-            ));
-        }
-        if offset
-            .checked_add(len as u64)
-            .is_none_or(|end| end > r.size)
-        {
-            return Err(refuse(format!("outside the BAR's {:#x} bytes", r.size)));
-        }
+            .ok_or_else(|| access.refuse("there are only BARs 0 to 5"))?;
+        access.check_bar(&r, r.size)?;
         let i = usize::from(bar);
         if self.maps[i].is_none() {
             let map = self.map_resource(bar, 0, r.size)?;
@@ -465,7 +430,7 @@ impl SysfsPci {
         }
         self.maps[i]
             .as_ref()
-            .ok_or_else(|| refuse("not mapped".into()))
+            .ok_or_else(|| access.refuse("not mapped"))
     }
 
     /// Maps `[offset, offset + len)` of `resourceN`, after checking the file holds it (a

@@ -51,7 +51,7 @@ use vmm_sys_util::ioctl::ioctl_with_mut_ptr;
 use vmm_sys_util::ioctl_io_nr;
 
 use super::sysfs::{self, BarResource, NUM_BARS};
-use super::{mmio_read, mmio_write, PciAccess, PciError};
+use super::{check_config_range, mmio_read, mmio_write, PciAccess, PciError, RegisterAccess};
 use crate::pool::{Mapping, PoolAccessError};
 
 /// The kernel driver a function must be bound to for this back end.
@@ -562,19 +562,7 @@ impl VfioPci {
     }
 
     fn config_range(&self, what: &str, offset: u16, len: usize) -> Result<(), PciError> {
-        let end = u64::from(offset) + len as u64;
-        if end > self.config_size {
-            return Err(PciError::BadAccess {
-                what: what.into(),
-                offset: u64::from(offset),
-                len: len as u64,
-                why: format!(
-                    "past the end of the {}-byte configuration space",
-                    self.config_size
-                ),
-            });
-        }
-        Ok(())
+        check_config_range(what, offset, len, self.config_size)
     }
 
     /// Checks a register access of `len` bytes at `offset` of BAR `bar`; returns the BAR's
@@ -587,46 +575,28 @@ impl VfioPci {
         offset: u64,
         len: usize,
     ) -> Result<Option<&Mapping>, PciError> {
-        let refuse = |why: String| PciError::BadAccess {
-            what: format!("BAR {bar} {}", if write { "write" } else { "read" }),
+        let access = RegisterAccess {
+            bar,
             offset,
-            len: len as u64,
-            why,
+            len,
+            write,
         };
-        if !matches!(len, 1 | 2 | 4 | 8) {
-            return Err(refuse("registers are 1, 2, 4 or 8 bytes wide".into()));
-        }
-        if offset % len as u64 != 0 {
-            return Err(refuse(format!("not aligned to its width of {len}")));
-        }
+        access.check_width()?;
         let i = usize::from(bar);
         // Plain values, no clone: this runs for every register access (doorbells included).
         let (size, flags, region_offset, whole, r) = match (self.bars.get(i), self.resources.get(i))
         {
             (Some(g), Some(r)) => (g.size, g.flags, g.offset, g.can_map(0, g.size), *r),
-            _ => return Err(refuse("there are only BARs 0 to 5".into())),
+            _ => return Err(access.refuse("there are only BARs 0 to 5")),
         };
-        if size == 0 {
-            return Err(refuse("the BAR is unused".into()));
-        }
-        if !r.is_memory() {
-            return Err(refuse("not a memory BAR".into()));
-        }
-        if !r.is_assigned() {
-            return Err(refuse(
-                "the kernel did not assign the BAR an address".into(),
-            ));
-        }
+        access.check_bar(&r, size)?;
         let rw = if write {
             VFIO_REGION_INFO_FLAG_WRITE
         } else {
             VFIO_REGION_INFO_FLAG_READ
         };
         if flags & rw == 0 {
-            return Err(refuse("VFIO does not allow it on this region".into()));
-        }
-        if offset.checked_add(len as u64).is_none_or(|end| end > size) {
-            return Err(refuse(format!("outside the BAR's {size:#x} bytes")));
+            return Err(access.refuse("VFIO does not allow it on this region"));
         }
         if !whole {
             return Ok(None);

@@ -207,14 +207,7 @@ impl Server {
         if !self.poll.is_zero() && self.spin(stream)? {
             return Ok(true);
         }
-        let mut fds: Vec<libc::pollfd> = std::iter::once(stream.as_raw_fd())
-            .chain(self.doorbells.iter().map(AsRawFd::as_raw_fd))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
+        let mut fds = self.pollfds(stream);
         if !wait_readable(&mut fds, -1)? {
             return Ok(false);
         }
@@ -233,14 +226,7 @@ impl Server {
             }
             looks = looks.wrapping_add(1);
             if looks % POLL_SOCKET_EVERY == 0 {
-                let mut fds: Vec<libc::pollfd> = std::iter::once(stream.as_raw_fd())
-                    .chain(self.doorbells.iter().map(AsRawFd::as_raw_fd))
-                    .map(|fd| libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    })
-                    .collect();
+                let mut fds = self.pollfds(stream);
                 if wait_readable(&mut fds, 0)? {
                     self.serve_doorbells(&fds);
                     if fds[0].revents != 0 {
@@ -255,6 +241,19 @@ impl Server {
         }
         self.function.poll_queues(Rearm::Yes);
         Ok(false)
+    }
+
+    /// What the device thread waits on: the socket first, then each doorbell eventfd in
+    /// queue order.
+    fn pollfds(&self, stream: &UnixStream) -> Vec<libc::pollfd> {
+        std::iter::once(stream.as_raw_fd())
+            .chain(self.doorbells.iter().map(AsRawFd::as_raw_fd))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect()
     }
 
     /// Drains every doorbell eventfd `fds` (socket first) found readable and serves its
