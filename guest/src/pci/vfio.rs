@@ -336,50 +336,25 @@ fn open_err(what: impl Into<String>) -> impl FnOnce(VfioError) -> PciError {
     move |source| PciError::VfioOpen { what, source }
 }
 
-/// `pread` of exactly `buf.len()` bytes at `offset` of `fd`.
-fn pread_exact(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        let off = libc::off_t::try_from(offset + done as u64)
-            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-        let rest = &mut buf[done..];
-        // SAFETY: `rest` is a valid writable buffer of `rest.len()` bytes for the call.
-        let n = unsafe { libc::pread(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), off) };
-        match n {
-            n if n > 0 => done += n as usize,
-            0 => return Err(std::io::Error::from(ErrorKind::UnexpectedEof)),
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Ok(())
+/// Runs `f` on `fd` seen as a `File`, without ever closing it.
+fn as_file<R>(fd: BorrowedFd<'_>, f: impl FnOnce(&File) -> R) -> R {
+    // SAFETY: `fd` is open for the whole call (it is borrowed), and the `File` is never
+    // dropped, so it never closes a descriptor it does not own.
+    let file = ManuallyDrop::new(unsafe { File::from_raw_fd(fd.as_raw_fd()) });
+    f(&file)
 }
 
-/// `pwrite` of all of `data` at `offset` of `fd`.
+/// `pread` of exactly `buf.len()` bytes at `offset` of `fd` (std's `read_exact_at`: retried
+/// on EINTR, a short file is `UnexpectedEof`).
+fn pread_exact(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    as_file(fd, |f| f.read_exact_at(buf, offset))
+}
+
+/// `pwrite` of all of `data` at `offset` of `fd` (std's `write_all_at`).
 fn pwrite_all(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> std::io::Result<()> {
-    let mut done = 0;
-    while done < data.len() {
-        let off = libc::off_t::try_from(offset + done as u64)
-            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-        let rest = &data[done..];
-        // SAFETY: `rest` is a valid readable buffer of `rest.len()` bytes for the call.
-        let n = unsafe { libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), off) };
-        match n {
-            n if n > 0 => done += n as usize,
-            0 => return Err(std::io::Error::from(ErrorKind::WriteZero)),
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Ok(())
+    use std::os::unix::fs::FileExt;
+    as_file(fd, |f| f.write_all_at(data, offset))
 }
 
 /// Asks the kernel about region `index` of the device `fd`.
