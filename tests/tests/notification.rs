@@ -8,12 +8,16 @@
 //!
 //! Every run checks the data against the image file.
 
-use std::path::Path;
-use std::time::Duration;
+mod hostile_support;
 
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hostile_support::{arm, assert_rejected_on_the_wire, findings_by_kind, fixture_with, kinds};
 use serde_json::Value;
 use swiotlb_guest::pci::vfio_user::VfioUserClient;
 use swiotlb_guest::pci::PciAccess;
+use swiotlb_guest::testing::raw_driver::{Desc, RawDriver};
 use swiotlb_guest::{BlockDriver, Options};
 use swiotlb_shared::pci::device_layout as dl;
 use swiotlb_tests::{disk_image, HostProcess};
@@ -213,4 +217,65 @@ fn the_command_line_driver_takes_a_polling_budget() {
         let s = host.session(n);
         assert_eq!(summary(&s, "findings"), 0, "{s}");
     }
+}
+
+/// Waits up to 5 s for the used index to reach `n`, with no doorbell rung.
+fn used_without_doorbell(d: &RawDriver, n: u16) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if d.used_idx().unwrap() == n {
+            return true;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    false
+}
+
+#[test]
+fn a_polling_host_takes_and_checks_chains_without_a_doorbell() {
+    // A budget far longer than the test: the host is still polling when the chains appear.
+    let mut f = fixture_with(&["--poll-us", "1000000"]);
+    {
+        let mut d = f.connect();
+        let req = arm(&mut d);
+        // Nudge the host into polling with one doorbell for an empty ring...
+        d.kick(0).unwrap();
+        // ...then a well-formed request is taken with no doorbell at all.
+        d.write_chain(0, &req.descs).unwrap();
+        d.publish(0).unwrap();
+        assert!(
+            used_without_doorbell(&d, 1),
+            "the polling host took the chain"
+        );
+        assert_eq!(d.blk_status(&req).unwrap(), 0, "VIRTIO_BLK_S_OK");
+    }
+    f.assert_image_written(0, 4096, 0xa5);
+    f.restore_image();
+    {
+        // A descriptor outside the pool, likewise unannounced: refused, counted, and the
+        // device needs a reset.
+        let mut d = f.connect();
+        let req = arm(&mut d);
+        d.kick(0).unwrap();
+        let mut descs = req.descs;
+        descs[1] = Desc {
+            addr: 0x1000,
+            ..descs[1]
+        };
+        d.write_chain(0, &descs).unwrap();
+        d.publish(0).unwrap();
+        assert!(
+            used_without_doorbell(&d, 1),
+            "the polling host returned the chain"
+        );
+        assert_rejected_on_the_wire(&mut d, &req);
+    }
+    let s = f.summary(2);
+    assert_eq!(
+        findings_by_kind(&s),
+        kinds(&[("descriptor_outside_pool", 1)]),
+        "{s}"
+    );
+    f.assert_image_untouched();
+    f.assert_still_serves(3);
 }

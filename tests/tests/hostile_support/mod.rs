@@ -1,4 +1,5 @@
-//! Shared by the hostile-driver tests (`hostile_driver.rs`, `hostile_driver_more.rs`): a
+//! Shared by the hostile-driver tests (`hostile_driver.rs`, `hostile_driver_more.rs`,
+//! `notification.rs`): a
 //! real `swiotlb-host` serving a disk image filled with a known pattern, a raw driver
 //! connected to it, and the checks every case makes (rejected on the wire, counted in the
 //! session summary, image untouched, host still serving).
@@ -35,10 +36,16 @@ pub struct Fixture {
 }
 
 pub fn fixture() -> Fixture {
+    fixture_with(&[])
+}
+
+/// As [`fixture`], the host started with `extra` arguments too.
+pub fn fixture_with(extra: &[&str]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.img");
     std::fs::write(&disk, pattern()).unwrap();
-    let host = HostProcess::spawn(dir.path(), &disk, &["--log", "warn"]);
+    let args: Vec<&str> = ["--log", "warn"].iter().chain(extra).copied().collect();
+    let host = HostProcess::spawn(dir.path(), &disk, &args);
     Fixture {
         _dir: dir,
         disk,
