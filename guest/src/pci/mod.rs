@@ -183,7 +183,8 @@ pub(crate) fn check_config_range(
 }
 
 /// A register access to a BAR that back ends reach through a mapping, checked the same way
-/// by each of them.
+/// by each of them, and the error any failure of it is reported as.
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct RegisterAccess {
     /// Which BAR.
     pub bar: u8,
@@ -196,6 +197,26 @@ pub(crate) struct RegisterAccess {
 }
 
 impl RegisterAccess {
+    /// A read of `len` bytes at `offset` of BAR `bar`.
+    pub fn read(bar: u8, offset: u64, len: usize) -> Self {
+        Self {
+            bar,
+            offset,
+            len,
+            write: false,
+        }
+    }
+
+    /// A write of `len` bytes at `offset` of BAR `bar`.
+    pub fn write(bar: u8, offset: u64, len: usize) -> Self {
+        Self {
+            bar,
+            offset,
+            len,
+            write: true,
+        }
+    }
+
     /// The error refusing this access for `why`.
     pub fn refuse(&self, why: impl Into<String>) -> PciError {
         PciError::BadAccess {

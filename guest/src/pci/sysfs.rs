@@ -405,19 +405,8 @@ impl SysfsPci {
 
     /// Checks a register access of `len` bytes at `offset` of BAR `bar` and returns the
     /// BAR's mapping (made now if this is its first access).
-    fn register(
-        &mut self,
-        write: bool,
-        bar: u8,
-        offset: u64,
-        len: usize,
-    ) -> Result<&Mapping, PciError> {
-        let access = RegisterAccess {
-            bar,
-            offset,
-            len,
-            write,
-        };
+    fn register(&mut self, access: RegisterAccess) -> Result<&Mapping, PciError> {
+        let bar = access.bar;
         access.check_width()?;
         let r = self
             .resource(bar)
@@ -506,23 +495,15 @@ impl PciAccess for SysfsPci {
     }
 
     fn bar_read(&mut self, bar: u8, offset: u64, buf: &mut [u8]) -> Result<(), PciError> {
-        let map = self.register(false, bar, offset, buf.len())?;
-        mmio_read(map, offset, buf).map_err(|why| PciError::BadAccess {
-            what: format!("BAR {bar} read"),
-            offset,
-            len: buf.len() as u64,
-            why,
-        })
+        let access = RegisterAccess::read(bar, offset, buf.len());
+        let map = self.register(access)?;
+        mmio_read(map, offset, buf).map_err(|why| access.refuse(why))
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Result<(), PciError> {
-        let map = self.register(true, bar, offset, data.len())?;
-        mmio_write(map, offset, data).map_err(|why| PciError::BadAccess {
-            what: format!("BAR {bar} write"),
-            offset,
-            len: data.len() as u64,
-            why,
-        })
+        let access = RegisterAccess::write(bar, offset, data.len());
+        let map = self.register(access)?;
+        mmio_write(map, offset, data).map_err(|why| access.refuse(why))
     }
 
     fn bar_size(&mut self, bar: u8) -> Result<u64, PciError> {

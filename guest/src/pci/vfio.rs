@@ -543,19 +543,8 @@ impl VfioPci {
     /// Checks a register access of `len` bytes at `offset` of BAR `bar`; returns the BAR's
     /// mapping (made now if this is its first access), or `None` when the BAR cannot be
     /// mapped and the access goes through the device fd.
-    fn register(
-        &mut self,
-        write: bool,
-        bar: u8,
-        offset: u64,
-        len: usize,
-    ) -> Result<Option<&Mapping>, PciError> {
-        let access = RegisterAccess {
-            bar,
-            offset,
-            len,
-            write,
-        };
+    fn register(&mut self, access: RegisterAccess) -> Result<Option<&Mapping>, PciError> {
+        let RegisterAccess { bar, write, .. } = access;
         access.check_width()?;
         let i = usize::from(bar);
         // Plain values, no clone: this runs for every register access (doorbells included).
@@ -707,15 +696,9 @@ impl PciAccess for VfioPci {
     }
 
     fn bar_read(&mut self, bar: u8, offset: u64, buf: &mut [u8]) -> Result<(), PciError> {
-        let len = buf.len() as u64;
-        let bad = |why: String| PciError::BadAccess {
-            what: format!("BAR {bar} read"),
-            offset,
-            len,
-            why,
-        };
-        if let Some(map) = self.register(false, bar, offset, buf.len())? {
-            return mmio_read(map, offset, buf).map_err(bad);
+        let access = RegisterAccess::read(bar, offset, buf.len());
+        if let Some(map) = self.register(access)? {
+            return mmio_read(map, offset, buf).map_err(|why| access.refuse(why));
         }
         // `register` checked the range inside the region, which fits a file offset.
         let at = self.bars[usize::from(bar)].offset + offset;
@@ -727,14 +710,9 @@ impl PciAccess for VfioPci {
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Result<(), PciError> {
-        let bad = |why: String| PciError::BadAccess {
-            what: format!("BAR {bar} write"),
-            offset,
-            len: data.len() as u64,
-            why,
-        };
-        if let Some(map) = self.register(true, bar, offset, data.len())? {
-            return mmio_write(map, offset, data).map_err(bad);
+        let access = RegisterAccess::write(bar, offset, data.len());
+        if let Some(map) = self.register(access)? {
+            return mmio_write(map, offset, data).map_err(|why| access.refuse(why));
         }
         let at = self.bars[usize::from(bar)].offset + offset;
         pwrite_all(self.fd(), data, at).map_err(vfio_err(format!(
