@@ -14,8 +14,8 @@ use audit_support::*;
 use swiotlb_host::audit::{AuditConfig, AuditError, AuditLog, AuditMode, MAX_DMA_BATCH};
 use swiotlb_shared::audit::schema::NO_TRANSCRIPT;
 use swiotlb_shared::audit::{
-    AttestationVerdict, ConfigChange, DmaDescriptor, Event, PeripheralAction, PeripheralEvent,
-    Record, VerifierKey,
+    AttestationVerdict, ConfigChange, DmaChains, DmaDescriptor, Event, PeripheralAction,
+    PeripheralEvent, Record, VerifierKey,
 };
 
 #[test]
@@ -109,13 +109,39 @@ fn dmas(h: &swiotlb_host::audit::AuditHandle) -> (u64, u64) {
 /// Every descriptor of the DMA chains records of `recs`, in order, with its chain's queue
 /// and head.
 fn dma_descriptors(recs: &[Record]) -> Vec<(u16, u16, DmaDescriptor)> {
+    dma_records(recs)
+        .into_iter()
+        .flat_map(|d| d.chains)
+        .flat_map(|c| c.descriptors.into_iter().map(move |x| (c.queue, c.head, x)))
+        .collect()
+}
+
+/// The DMA chains records of `recs`, in log order.
+fn dma_records(recs: &[Record]) -> Vec<DmaChains> {
     recs.iter()
         .filter_map(|r| match r.event() {
             Some(Event::Dma(d)) => Some(d),
             _ => None,
         })
-        .flat_map(|d| d.chains)
-        .flat_map(|c| c.descriptors.into_iter().map(move |x| (c.queue, c.head, x)))
+        .collect()
+}
+
+/// Descriptors in each DMA chains record, in log order.
+fn dma_record_sizes(recs: &[Record]) -> Vec<u64> {
+    dma_records(recs)
+        .iter()
+        .map(DmaChains::descriptors)
+        .collect()
+}
+
+/// "dma" or "finding" for each record of those kinds, in log order.
+fn dma_and_finding_kinds(recs: &[Record]) -> Vec<&'static str> {
+    recs.iter()
+        .filter_map(|r| match r.event() {
+            Some(Event::Dma(_)) => Some("dma"),
+            Some(Event::Finding(_)) => Some("finding"),
+            _ => None,
+        })
         .collect()
 }
 
@@ -224,26 +250,13 @@ fn full_mode_coalesces_queued_chains_into_records_of_bounded_size() {
     let f = files(&s.base());
     assert!(verify_paths(&f, &key, false).ok);
     let recs = records(&f[0]);
-    let sizes: Vec<u64> = recs
-        .iter()
-        .filter_map(|r| match r.event() {
-            Some(Event::Dma(d)) => Some(d.descriptors()),
-            _ => None,
-        })
-        .collect();
+    let sizes = dma_record_sizes(&recs);
     // Whole chains, up to MAX_DMA_BATCH descriptors a record; the finding queued behind
     // them ends the batch and comes after it.
     assert_eq!(MAX_DMA_BATCH, 512);
     assert_eq!(sizes, [512, 488]);
     assert_eq!(dma_descriptors(&recs).len() as u64, n);
-    let kinds: Vec<&str> = recs
-        .iter()
-        .filter_map(|r| match r.event() {
-            Some(Event::Dma(_)) => Some("dma"),
-            Some(Event::Finding(_)) => Some("finding"),
-            _ => None,
-        })
-        .collect();
+    let kinds = dma_and_finding_kinds(&recs);
     assert_eq!(kinds, ["dma", "dma", "finding"]);
 }
 
@@ -275,36 +288,19 @@ fn full_mode_batches_are_split_into_bounded_records_in_order() {
     let f = files(&s.base());
     assert!(verify_paths(&f, &key, false).ok);
     let recs = records(&f[0]);
-    let sizes: Vec<u64> = recs
-        .iter()
-        .filter_map(|r| match r.event() {
-            Some(Event::Dma(d)) => Some(d.descriptors()),
-            _ => None,
-        })
-        .collect();
+    let sizes = dma_record_sizes(&recs);
     // 51 chains of 10 fill a record (a 52nd would pass 512); the other 13 cannot share one
     // with the 600-descriptor chain, which is a record of its own; then the last 5.
     assert_eq!(sizes, [510, 130, 600, 10]);
-    let heads: Vec<u16> = recs
+    let heads: Vec<u16> = dma_records(&recs)
         .iter()
-        .filter_map(|r| match r.event() {
-            Some(Event::Dma(d)) => Some(d.chains.iter().map(|c| c.head).collect::<Vec<_>>()),
-            _ => None,
-        })
-        .flatten()
+        .flat_map(|d| d.chains.iter().map(|c| c.head))
         .collect();
     let mut expected: Vec<u16> = (0..64).collect();
     expected.push(7);
     expected.extend(65..70);
     assert_eq!(heads, expected, "every chain once, in the device's order");
-    let kinds: Vec<&str> = recs
-        .iter()
-        .filter_map(|r| match r.event() {
-            Some(Event::Dma(_)) => Some("dma"),
-            Some(Event::Finding(_)) => Some("finding"),
-            _ => None,
-        })
-        .collect();
+    let kinds = dma_and_finding_kinds(&recs);
     assert_eq!(kinds, ["dma", "dma", "dma", "dma", "finding"]);
 }
 
