@@ -210,12 +210,7 @@ fn snp(rounds: usize, slice: Duration, json: &mut serde_json::Map<String, serde_
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let (rounds, slice) = if quick {
-        (5, Duration::from_millis(60))
-    } else {
-        (11, Duration::from_millis(300))
-    };
+    let (rounds, slice) = measure::plan(Duration::from_millis(60), Duration::from_millis(300));
     println!("evidence verification: {rounds} interleaved rounds of ~{slice:?} (median)");
     let mut json = serde_json::Map::new();
     emulated(rounds, slice, &mut json);

@@ -409,18 +409,8 @@ fn bounce(plan: &Plan, fig: &mut Figures) {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let plan = if quick {
-        Plan {
-            rounds: 5,
-            slice: Duration::from_millis(40),
-        }
-    } else {
-        Plan {
-            rounds: 11,
-            slice: Duration::from_millis(200),
-        }
-    };
+    let (rounds, slice) = measure::plan(Duration::from_millis(40), Duration::from_millis(200));
+    let plan = Plan { rounds, slice };
     let mut fig = Figures {
         json: serde_json::Map::new(),
     };

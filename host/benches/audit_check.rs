@@ -23,6 +23,7 @@ mod measure;
 use measure::{measure, median, ops, Run};
 
 use std::hint::black_box;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use swiotlb_host::audit::{AuditConfig, AuditHandle, AuditLog, AuditMode};
@@ -142,23 +143,9 @@ fn walk(ctx: &ChainContext<'_>, step: u16, audit: Option<(&AuditHandle, &DmaCoun
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let (rounds, slice) = if quick {
-        (5, Duration::from_millis(40))
-    } else {
-        (11, Duration::from_millis(200))
-    };
+    let (rounds, slice) = measure::plan(Duration::from_millis(40), Duration::from_millis(200));
 
-    let dir = std::env::temp_dir().join(format!("swiotlb-bench-audit-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut cfg = AuditConfig::new(dir.join("audit.jsonl"));
-    cfg.mode = AuditMode::Summary;
-    let id = DeviceIdentity {
-        uid: "bench".into(),
-        name: "audit-check".into(),
-    };
-    // Cannot fail short of a full or read-only temporary directory.
-    let (log, handle) = AuditLog::open(cfg, id).expect("audit log in the temporary directory");
+    let (dir, log, handle) = open_log("audit-check", AuditMode::Summary);
     let dma = DmaCounters::default();
 
     let window = PoolWindow::new(BASE, POOL).expect("window fits");
@@ -305,7 +292,7 @@ fn main() {
     drop(handle);
     let _ = log.close();
     let _ = std::fs::remove_dir_all(&dir);
-    let chains = if quick { 200_000 } else { 2_000_000 };
+    let chains = if measure::quick() { 200_000 } else { 2_000_000 };
     let rate = full_writer_rate(chains);
     println!(
         "full-mode writer: {chains} chains of 3 descriptors, queued 32 a pass, drained at {:.0} chains/s ({:.0} ns of writer time per chain: JSON, hashing, writes)",
@@ -316,19 +303,27 @@ fn main() {
     println!("{}", serde_json::Value::Object(json));
 }
 
+/// A fresh audit log in `mode` in a temporary directory of its own (`name` in the path and
+/// the device identity); the caller removes the directory.
+fn open_log(name: &str, mode: AuditMode) -> (PathBuf, AuditLog, AuditHandle) {
+    let dir = std::env::temp_dir().join(format!("swiotlb-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cfg = AuditConfig::new(dir.join("audit.jsonl"));
+    cfg.mode = mode;
+    let id = DeviceIdentity {
+        uid: "bench".into(),
+        name: name.into(),
+    };
+    // Cannot fail short of a full or read-only temporary directory.
+    let (log, handle) = AuditLog::open(cfg, id).expect("audit log in the temporary directory");
+    (dir, log, handle)
+}
+
 /// How fast the writer thread drains full-mode chains: `chains` of 3 descriptors sent in
 /// passes of 32 (as the device sends a queue's pass), timed from the first send until the
 /// log is closed (everything written and checkpointed), in chains per second.
 fn full_writer_rate(chains: u32) -> f64 {
-    let dir = std::env::temp_dir().join(format!("swiotlb-bench-audit-full-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut cfg = AuditConfig::new(dir.join("audit.jsonl"));
-    cfg.mode = AuditMode::Full;
-    let id = DeviceIdentity {
-        uid: "bench".into(),
-        name: "audit-full".into(),
-    };
-    let (log, handle) = AuditLog::open(cfg, id).expect("audit log in the temporary directory");
+    let (dir, log, handle) = open_log("audit-full", AuditMode::Full);
     let start = Instant::now();
     let mut i = 0;
     while i < chains {

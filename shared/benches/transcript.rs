@@ -49,12 +49,7 @@ fn transcript(queues: u16) -> Transcript {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let (rounds, slice) = if quick {
-        (5, Duration::from_millis(40))
-    } else {
-        (11, Duration::from_millis(200))
-    };
+    let (rounds, slice) = measure::plan(Duration::from_millis(40), Duration::from_millis(200));
     println!("transcript hashing: {rounds} interleaved rounds of ~{slice:?} (median)");
     let mut json = serde_json::Map::new();
     for queues in [1u16, 16] {

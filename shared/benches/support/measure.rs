@@ -6,6 +6,25 @@
 
 use std::time::{Duration, Instant};
 
+/// Rounds in the short mode (`--quick`) and in the full mode.
+const QUICK_ROUNDS: usize = 5;
+const FULL_ROUNDS: usize = 11;
+
+/// Whether the command line asks for the short mode (`--quick`).
+pub fn quick() -> bool {
+    std::env::args().any(|a| a == "--quick")
+}
+
+/// Rounds and time slice for this run: the short mode's 5 rounds of `quick_slice`, or 11
+/// rounds of `full_slice`.
+pub fn plan(quick_slice: Duration, full_slice: Duration) -> (usize, Duration) {
+    if quick() {
+        (QUICK_ROUNDS, quick_slice)
+    } else {
+        (FULL_ROUNDS, full_slice)
+    }
+}
+
 /// A case: given an iteration count, runs it and returns (operations done, time taken).
 pub type Run<'a> = Box<dyn FnMut(u64) -> (u64, Duration) + 'a>;
 
