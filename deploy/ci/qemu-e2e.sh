@@ -606,18 +606,27 @@ if [ "$INTX_DISABLE" = 1 ]; then
     say "INTX-DISABLE command $(printf 0x%04x "$cmd") -> $(od -An -tx2 -j4 -N2 "$DEV/config" | tr -d ' ')"
 fi
 
+# check_info TAG COMMAND...: `info` through the back end COMMAND names (TAG prefixes its
+# console lines: "" for sysfs, "VFIO-" for VFIO), then its JSON: ok, SWIOTLB negotiated, and
+# the driver's pool at the BAR2 the kernel assigned.
+check_info() {
+    tag=$1
+    shift
+    echo "+ $* info"
+    "$@" info || finish FAIL "${tag}swiotlb-guest info failed (exit $?)"
+    echo "+ $* --json info"
+    info=$("$@" --json info) || finish FAIL "${tag}swiotlb-guest --json info failed: $info"
+    say "${tag}INFO $info"
+    case $info in *'"ok":true'*) ;; *) finish FAIL "${tag}info: $info" ;; esac
+    case $info in *VIRTIO_F_SWIOTLB*|*'"SWIOTLB"'*) ;; *) finish FAIL "${tag}VIRTIO_F_SWIOTLB not negotiated: $info" ;; esac
+    pool=$(echo "$info" | sed -n 's/.*"pool_bus_address":\([0-9]*\).*/\1/p')
+    [ -n "$pool" ] || finish FAIL "${tag}no pool_bus_address in: $info"
+    say "${tag}POOL driver=$(printf '0x%x' "$pool") kernel-bar2=$BAR2"
+    [ "$((pool))" = "$((BAR2))" ] || finish FAIL "${tag}the driver's pool address $(printf '0x%x' "$pool") is not the BAR2 the kernel assigned ($BAR2)"
+}
+
 G="/swiotlb-guest --pci sysfs:auto --attester emulated --emulated-key /key.pk8"
-echo "+ $G info"
-$G info || finish FAIL "swiotlb-guest info failed (exit $?)"
-echo "+ $G --json info"
-INFO=$($G --json info) || finish FAIL "swiotlb-guest --json info failed: $INFO"
-say "INFO $INFO"
-case $INFO in *'"ok":true'*) ;; *) finish FAIL "info: $INFO" ;; esac
-case $INFO in *VIRTIO_F_SWIOTLB*|*'"SWIOTLB"'*) ;; *) finish FAIL "VIRTIO_F_SWIOTLB not negotiated: $INFO" ;; esac
-POOL=$(echo "$INFO" | sed -n 's/.*"pool_bus_address":\([0-9]*\).*/\1/p')
-[ -n "$POOL" ] || finish FAIL "no pool_bus_address in: $INFO"
-say "POOL driver=$(printf '0x%x' "$POOL") kernel-bar2=$BAR2"
-[ "$((POOL))" = "$((BAR2))" ] || finish FAIL "the driver's pool address $(printf '0x%x' "$POOL") is not the BAR2 the kernel assigned ($BAR2)"
+check_info "" $G
 if [ "$PEER" = 1 ]; then
     # Our side of the peer comparison, before the round trip changes the image: the bytes the
     # peer boot reads, in requests of PEER_BS_MIB (the driver's largest), timed by the driver
@@ -666,16 +675,7 @@ set -- $(sed -n 3p "$DEV/resource")
 VBAR2=$(printf '0x%x' "$(($1))")
 [ "$VBAR2" = "$BAR2" ] || finish FAIL "BAR2 moved when vfio-pci bound the function: $BAR2 -> $VBAR2"
 GV="/swiotlb-guest --pci vfio:auto --attester emulated --emulated-key /key.pk8"
-echo "+ $GV info"
-$GV info || finish FAIL "swiotlb-guest (VFIO) info failed (exit $?)"
-VINFO=$($GV --json info) || finish FAIL "swiotlb-guest (VFIO) --json info failed: $VINFO"
-say "VFIO-INFO $VINFO"
-case $VINFO in *'"ok":true'*) ;; *) finish FAIL "VFIO info: $VINFO" ;; esac
-case $VINFO in *VIRTIO_F_SWIOTLB*|*'"SWIOTLB"'*) ;; *) finish FAIL "VFIO: VIRTIO_F_SWIOTLB not negotiated: $VINFO" ;; esac
-VPOOL=$(echo "$VINFO" | sed -n 's/.*"pool_bus_address":\([0-9]*\).*/\1/p')
-[ -n "$VPOOL" ] || finish FAIL "no pool_bus_address in: $VINFO"
-say "VFIO-POOL driver=$(printf '0x%x' "$VPOOL") kernel-bar2=$BAR2"
-[ "$((VPOOL))" = "$((BAR2))" ] || finish FAIL "VFIO: the driver's pool address $(printf '0x%x' "$VPOOL") is not the BAR2 the kernel assigned ($BAR2)"
+check_info VFIO- $GV
 # What the sysfs run wrote, read back through VFIO: the two back ends agree on the data.
 echo "+ $GV --json read --offset 0 --length $IO_SIZE --output /dev/null"
 VRD=$($GV --json read --offset 0 --length "$IO_SIZE" --output /dev/null) || finish FAIL "swiotlb-guest (VFIO) read failed: $VRD"
