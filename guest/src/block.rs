@@ -32,6 +32,9 @@ use crate::pool::{PoolAccessError, PoolMemory, SlotAllocator, SlotRun};
 use crate::ring::{Completion, RingError, Segment, SplitRing};
 use crate::virtio_pci::{TransportError, VirtioPci};
 
+mod pipeline;
+
+use swiotlb_shared::blk::{config as blk_config, BlkConfig, BlkConfigError};
 pub use swiotlb_shared::blk::{ID_BYTES, SECTOR_SIZE};
 use swiotlb_shared::blk::{
     VIRTIO_BLK_S_IOERR as S_IOERR, VIRTIO_BLK_S_OK as S_OK, VIRTIO_BLK_S_UNSUPP as S_UNSUPP,
@@ -180,6 +183,9 @@ pub enum BlockError {
     /// The mailbox does not behave as the protocol says.
     #[error("attestation mailbox: {0}")]
     Mailbox(String),
+    /// The virtio-blk configuration is unusable.
+    #[error("the device's virtio-blk configuration")]
+    Config(#[from] BlkConfigError),
     /// The transcript cannot be built.
     #[error("attestation transcript: {0}")]
     Transcript(String),
@@ -266,6 +272,49 @@ struct Pending {
     sink: Sink,
     /// When it was posted, if latencies are being recorded.
     posted: Option<Instant>,
+    /// The caller's name for it ([`BlockDriver::try_submit`]); 0 for the driver's own.
+    token: u64,
+}
+
+/// One virtio-blk request, as a caller that keeps several in flight describes it
+/// ([`BlockDriver::try_submit`]). Sectors are 512 bytes.
+#[derive(Debug, Clone, Copy)]
+pub enum Request<'a> {
+    /// Read `len` bytes at `sector`; they land at `at` in the buffer given to
+    /// [`BlockDriver::poll_completion`].
+    Read {
+        /// First sector.
+        sector: u64,
+        /// Bytes (a multiple of 512, at most [`BlockDriver::max_part_bytes`]).
+        len: u32,
+        /// Where in the completion buffer.
+        at: usize,
+    },
+    /// Write `data` at `sector` (copied into the pool when posted).
+    Write {
+        /// First sector.
+        sector: u64,
+        /// The data (a multiple of 512 bytes, at most [`BlockDriver::max_part_bytes`]).
+        data: &'a [u8],
+    },
+    /// Flush the device's write cache.
+    Flush,
+    /// Discard `sectors` at `sector`.
+    Discard {
+        /// First sector.
+        sector: u64,
+        /// Sectors.
+        sectors: u32,
+    },
+    /// Write zeroes to `sectors` at `sector`; `unmap` lets the device deallocate.
+    WriteZeroes {
+        /// First sector.
+        sector: u64,
+        /// Sectors.
+        sectors: u32,
+        /// May deallocate.
+        unmap: bool,
+    },
 }
 
 /// A request to build.
@@ -297,6 +346,8 @@ pub struct BlockDriver<P: PciAccess> {
     max_in_flight: u16,
     /// Post-to-completion times, when recording ([`BlockDriver::record_latencies`]).
     latencies: Option<Vec<Duration>>,
+    /// The device's virtio-blk configuration, read once at open.
+    config: BlkConfig,
 }
 
 impl<P: PciAccess> BlockDriver<P> {
@@ -421,15 +472,13 @@ impl<P: PciAccess> BlockDriver<P> {
         if st & status::DEVICE_NEEDS_RESET != 0 || st & status::DRIVER_OK == 0 {
             return Err(BlockError::NeedsReset);
         }
-        let mut cap_bytes = [0u8; 8];
-        vp.read_device_config(0, &mut cap_bytes)?;
-        let sectors = u64::from_le_bytes(cap_bytes);
-        let capacity = sectors
-            .checked_mul(SECTOR_SIZE)
-            .ok_or(TransportError::BadRegister {
-                what: "capacity",
-                value: sectors,
-            })?;
+        // The whole virtio-blk configuration the device presents (up to what this driver
+        // knows), read once and checked for the negotiated features.
+        let cfg_len = (vp.caps().device.len as usize).min(blk_config::LEN);
+        let mut cfg_bytes = vec![0u8; cfg_len];
+        vp.read_device_config(0, &mut cfg_bytes)?;
+        let config = BlkConfig::parse(accepted, &cfg_bytes)?;
+        let capacity = config.capacity;
         let info = BlockInfo {
             device_features: offered,
             driver_features: accepted,
@@ -457,6 +506,7 @@ impl<P: PciAccess> BlockDriver<P> {
             info,
             stopped: false,
             window,
+            config,
         };
         match me.attest(attester) {
             Ok(outcome) => {
@@ -794,10 +844,7 @@ impl<P: PciAccess> BlockDriver<P> {
             len,
             capacity: self.info.capacity,
         })?;
-        let mut r = [0u8; 16];
-        r[0..8].copy_from_slice(&(offset / SECTOR_SIZE).to_le_bytes());
-        r[8..12].copy_from_slice(&sectors.to_le_bytes());
-        r[12..16].copy_from_slice(&u32::from(unmap).to_le_bytes());
+        let r = range_payload(offset / SECTOR_SIZE, sectors, unmap);
         self.single(ty, Some(r), Sink::None, &mut [])
     }
 
@@ -948,6 +995,7 @@ impl<P: PciAccess> BlockDriver<P> {
                     Sink::Read { at, len } => Sink::Read { at, len },
                 },
                 posted: self.latencies.as_ref().map(|_| Instant::now()),
+                token: 0,
             })),
             Err(RingError::Full { .. }) => {
                 let runs: Vec<SlotRun> = data.iter().map(|(r, _)| *r).collect();
@@ -1115,6 +1163,15 @@ impl<P: PciAccess> BlockDriver<P> {
     fn status_error(&self) -> BlockError {
         BlockError::NeedsReset
     }
+}
+
+/// One `struct virtio_blk_discard_write_zeroes`: `sectors` at `sector`, the unmap flag.
+fn range_payload(sector: u64, sectors: u32, unmap: bool) -> [u8; 16] {
+    let mut r = [0u8; 16];
+    r[0..8].copy_from_slice(&sector.to_le_bytes());
+    r[8..12].copy_from_slice(&sectors.to_le_bytes());
+    r[12..16].copy_from_slice(&u32::from(unmap).to_le_bytes());
+    r
 }
 
 /// Waits until `fd` (an eventfd) is readable or `timeout` passes, then drains it.

@@ -7,7 +7,8 @@
 //!   and the initialization sequence;
 //! - [`pool`]: the mapped pool and its 2 KiB bounce-slot allocator;
 //! - [`ring`]: the split virtqueue, in the pool;
-//! - [`block`]: the block API: read, write, flush, discard, write zeroes, get id.
+//! - [`block`]: the block API: read, write, flush, discard, write zeroes, get id;
+//! - [`ublk`]: the guest disk, a ublk server that serves `/dev/ublkbN` through the block API.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod attest;
@@ -17,6 +18,8 @@ pub mod pool;
 pub mod ring;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
+#[cfg(target_os = "linux")]
+pub mod ublk;
 pub mod virtio_pci;
 
 pub use block::{BlockDriver, BlockError, BlockInfo, Options};

@@ -14,6 +14,7 @@ use swiotlb_guest::pci::sysfs::{self, SysfsPci};
 use swiotlb_guest::pci::vfio::{VfioPci, VFIO_PCI_DRIVER};
 use swiotlb_guest::pci::vfio_user::VfioUserClient;
 use swiotlb_guest::pci::PciAccess;
+use swiotlb_guest::ublk::{serve, ServeOptions};
 use swiotlb_guest::{BlockDriver, Options};
 use swiotlb_shared::error_chain;
 use swiotlb_shared::units::parse_size;
@@ -241,6 +242,23 @@ enum Cmd {
         #[arg(long)]
         unmap: bool,
     },
+    /// Serve the device as a block device of this machine (/dev/ublkbN, through the kernel's
+    /// ublk driver) until SIGTERM or SIGINT or until the ublk device is deleted; then remove
+    /// it. Prints the device's path (a JSON line with --json) once it exists, and what was
+    /// served when it stops.
+    Ublk {
+        /// ublk device id to ask for (default: the kernel picks).
+        #[arg(long)]
+        id: Option<u32>,
+        /// Requests in flight per queue (default: what the ring and the pool hold, at most
+        /// 128).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4096))]
+        depth: Option<u16>,
+        /// Largest request (a multiple of 4K, at most 16M); larger transfers are split by
+        /// the kernel, and each request is split to fit the pool.
+        #[arg(long, value_parser = parse_size, default_value = "1M")]
+        max_io: u64,
+    },
     /// Write SIZE bytes of pseudo-random data at OFFSET, read them back, compare SHA-256
     /// digests, and report throughput.
     Roundtrip {
@@ -265,6 +283,64 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `swiotlb-guest ublk`: serves the device as /dev/ublkbN until stopped.
+fn ublk<P: PciAccess>(
+    dev: &mut BlockDriver<P>,
+    id: Option<u32>,
+    depth: Option<u16>,
+    max_io: u64,
+    json_out: bool,
+) -> Result<serde_json::Value, String> {
+    let max_io_bytes = u32::try_from(max_io)
+        .ok()
+        .filter(|m| *m >= 4096 && *m <= 16 << 20 && m % 4096 == 0)
+        .ok_or_else(|| format!("--max-io {max_io}: a multiple of 4K between 4K and 16M"))?;
+    let opts = ServeOptions {
+        dev_id: id,
+        depth,
+        max_io_bytes,
+        json: json_out,
+    };
+    let info = dev.info().clone();
+    let summary = serve(dev, &opts, |path, dev_info| {
+        if json_out {
+            let line = json!({
+                "ok": true, "event": "ublk_ready", "device": path, "dev_id": dev_info.dev_id,
+                "queues": dev_info.nr_hw_queues, "depth": dev_info.queue_depth,
+                "max_io_bytes": dev_info.max_io_buf_bytes, "capacity": info.capacity,
+                "read_only": info.read_only, "attestation": info.attestation,
+                "pool_bus_address": info.pool_bus_address, "pool_size": info.pool_size,
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "{path}: {} bytes, {} queue(s) of depth {}, requests up to {} bytes; SWIOTLB pool of {} bytes at {:#x}; attestation {}",
+                info.capacity,
+                dev_info.nr_hw_queues,
+                dev_info.queue_depth,
+                dev_info.max_io_buf_bytes,
+                info.pool_size,
+                info.pool_bus_address,
+                info.attestation
+            );
+        }
+        let _ = std::io::stdout().flush();
+    })
+    .map_err(|e| error_chain(&e))?;
+    let failed = summary.queues.iter().any(|q| q.failure.is_some());
+    let out = json!({ "ok": !failed, "event": "ublk_stopped", "summary": summary });
+    if !json_out {
+        eprintln!(
+            "swiotlb-guest ublk: stopped ({}): {out}",
+            summary.stopped_by
+        );
+    }
+    if failed {
+        return Err(format!("the device failed: {out}"));
+    }
+    Ok(out)
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -413,6 +489,7 @@ fn drive<P: PciAccess>(args: &Args, pci: P) -> Result<(), String> {
             json!({ "ok": true })
         }
         Cmd::Roundtrip { offset, size } => roundtrip(&mut dev, *offset, *size, args.json)?,
+        Cmd::Ublk { id, depth, max_io } => ublk(&mut dev, *id, *depth, *max_io, args.json)?,
     };
     if args.json {
         println!("{out}");

@@ -624,6 +624,15 @@ impl SplitRing {
         }
     }
 
+    /// Whether the device has completed a chain the driver has not taken yet: one read of
+    /// `used.idx`; [`poll_used`](Self::poll_used) validates whatever it finds.
+    pub fn has_used(&self) -> Result<bool, RingError> {
+        if self.broken {
+            return Err(RingError::Broken);
+        }
+        Ok(self.mem.load_u16(self.layout.used + 2)? != self.last_used)
+    }
+
     fn poll_inner(&mut self) -> Result<Option<Completion>, RingError> {
         // Acquire: the element below is read after the index.
         let used_idx = self.mem.load_u16(self.layout.used + 2)?;

@@ -71,6 +71,45 @@ impl Mapping {
         Self::from_mmap(p, len)
     }
 
+    /// Maps `len` bytes of `fd` from `offset`, shared and read-only (memory the kernel
+    /// writes and this process only reads).
+    pub fn shared_read_only(
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+    ) -> Result<Self, PoolAccessError> {
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| PoolAccessError::Map(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+        // SAFETY: as in `shared`, read-only.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                off,
+            )
+        };
+        Self::from_mmap(p, len)
+    }
+
+    /// Private anonymous memory of `len` bytes (buffers of this process alone).
+    pub fn private_anonymous(len: usize) -> Result<Self, PoolAccessError> {
+        // SAFETY: as in `shared`, with no file behind it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        Self::from_mmap(p, len)
+    }
+
     /// Anonymous shared memory of `len` bytes: a pool for tests and fake devices.
     pub fn anonymous(len: usize) -> Result<Self, PoolAccessError> {
         // SAFETY: as in `shared`, with no file behind it.

@@ -1,0 +1,266 @@
+//! The guest disk: a ublk server on the SWIOTLB driver. The guest kernel's ublk driver
+//! (`ublk_drv`) turns `/dev/ublkbN` requests into commands this process serves; each is
+//! bounced through the pool by the virtio-blk driver, so the guest OS can partition, format
+//! and mount a disk whose every byte the device sees lies in its pool.
+//!
+//! - [`uapi`]: the ublk UAPI subset (command numbers, wire structs);
+//! - [`control`]: `/dev/ublk-control` (add, set parameters, start, stop, delete);
+//! - [`queue`]: one queue's char device, request descriptors, tag buffers and io_uring;
+//! - [`params`]: the ublk device's shape from the virtio-blk configuration;
+//! - [`engine`]: the loop that serves one queue through one virtqueue.
+//!
+//! Why not libublk: the server needs the virtqueue's interrupt eventfd in the same io_uring
+//! as the ublk commands, rings restricted to exactly those operations, and no files or
+//! threads beyond its own before its seccomp filter goes on; and a build that needs only
+//! cargo (libublk runs bindgen, which needs libclang, on every build). The UAPI it uses
+//! is seven control and two I/O commands, on the `io-uring` crate.
+
+pub mod control;
+pub mod engine;
+pub mod params;
+pub mod queue;
+pub mod uapi;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::block::BlockError;
+use crate::pci::PciAccess;
+use crate::pool::PoolAccessError;
+use crate::BlockDriver;
+use control::Control;
+use engine::{Engine, EngineStats};
+use params::Shape;
+use queue::UblkQueue;
+use uapi::DevInfo;
+
+/// Errors of the ublk server.
+#[derive(Debug, Error)]
+pub enum UblkError {
+    /// No `/dev/ublk-control`.
+    #[error("/dev/ublk-control is missing: load the ublk driver (modprobe ublk_drv)")]
+    NoControlDevice,
+    /// A device node could not be opened.
+    #[error("opening {path}")]
+    Open {
+        /// The node.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An io_uring call failed.
+    #[error("io_uring")]
+    Ring(#[source] std::io::Error),
+    /// The submission queue had no room (a server bug: it is sized for every tag).
+    #[error("the io_uring submission queue is full")]
+    RingFull,
+    /// The kernel refused a control command.
+    #[error("ublk {op} failed: errno {errno} ({})", std::io::Error::from_raw_os_error(*errno))]
+    Command {
+        /// The command.
+        op: &'static str,
+        /// The errno.
+        errno: i32,
+    },
+    /// A queue ended before the device started.
+    #[error("a queue ended before the device started")]
+    StartAbandoned,
+    /// Mapping the descriptors or buffers failed.
+    #[error("mapping ublk memory")]
+    Map(#[source] PoolAccessError),
+    /// The buffers asked for do not fit the address space.
+    #[error("queue depth times request size overflows")]
+    TooLarge,
+    /// The device's configuration is unusable.
+    #[error("the device's virtio-blk configuration")]
+    Config(#[source] swiotlb_shared::blk::BlkConfigError),
+    /// The driver failed while setting up.
+    #[error("the driver")]
+    Driver(#[from] BlockError),
+    /// The queue thread panicked or could not start.
+    #[error("the queue thread {0}")]
+    Thread(&'static str),
+    /// Signal handling could not be set up.
+    #[error("signal handling")]
+    Signals(#[source] std::io::Error),
+}
+
+/// How to serve.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Device id to ask for (`None`: the kernel picks).
+    pub dev_id: Option<u32>,
+    /// Tags per queue (`None`: what the ring and the pool hold, at most [`DEFAULT_MAX_DEPTH`]).
+    pub depth: Option<u16>,
+    /// Largest request, in bytes (a multiple of 4096).
+    pub max_io_bytes: u32,
+    /// Print the device line as JSON.
+    pub json: bool,
+}
+
+/// Default most tags per queue: the tag buffers are `depth * max_io_bytes` of memory.
+pub const DEFAULT_MAX_DEPTH: u16 = 128;
+/// Default largest request (1 MiB, as Linux's virtio-blk allows with its default limits).
+pub const DEFAULT_MAX_IO_BYTES: u32 = 1 << 20;
+
+/// What the server did, printed when it stops.
+#[derive(Debug, Serialize)]
+pub struct ServeSummary {
+    /// The block device.
+    pub device: String,
+    /// Queue depth used.
+    pub depth: u16,
+    /// Largest request.
+    pub max_io_bytes: u32,
+    /// Per queue.
+    pub queues: Vec<EngineStats>,
+    /// Why it stopped: "signal", or "deleted" (the device went away).
+    pub stopped_by: &'static str,
+}
+
+/// Adds a ublk device backed by `driver`, serves it until SIGTERM or SIGINT or until the
+/// device is deleted, then removes it. `on_ready` gets the block device's path once it
+/// exists.
+pub fn serve<P: PciAccess + Send>(
+    driver: &mut BlockDriver<P>,
+    opts: &ServeOptions,
+    on_ready: impl FnOnce(&str, &DevInfo),
+) -> Result<ServeSummary, UblkError> {
+    let signals = block_stop_signals()?;
+    let config = driver.blk_config();
+    let shape = Shape {
+        config,
+        read_only: driver.info().read_only,
+        volatile_cache: driver.has_volatile_cache(),
+        max_io_bytes: opts.max_io_bytes,
+    };
+    let depth = opts
+        .depth
+        .unwrap_or_else(|| driver.natural_depth().min(DEFAULT_MAX_DEPTH))
+        .clamp(1, uapi::MAX_QUEUE_DEPTH);
+    let mut ctl = Control::open()?;
+    let mut info = DevInfo {
+        nr_hw_queues: 1,
+        queue_depth: depth,
+        max_io_buf_bytes: opts.max_io_bytes,
+        dev_id: opts.dev_id.unwrap_or(u32::MAX),
+        flags: uapi::flags::CMD_IOCTL_ENCODE,
+        ..DevInfo::default()
+    };
+    ctl.add(&mut info)?;
+    let dev_id = info.dev_id;
+    let result = run_device(driver, &mut ctl, &info, &shape, signals, on_ready);
+    // Whatever happened, take the device away: stop (its queues then end) and delete.
+    let _ = ctl.stop(dev_id);
+    let deleted = ctl.delete(dev_id);
+    let summary = result?;
+    match deleted {
+        Ok(())
+        | Err(UblkError::Command {
+            errno: libc::ENODEV,
+            ..
+        }) => Ok(summary),
+        Err(e) => Err(e),
+    }
+}
+
+fn run_device<P: PciAccess + Send>(
+    driver: &mut BlockDriver<P>,
+    ctl: &mut Control,
+    info: &DevInfo,
+    shape: &Shape,
+    signals: libc::sigset_t,
+    on_ready: impl FnOnce(&str, &DevInfo),
+) -> Result<ServeSummary, UblkError> {
+    let dev_id = info.dev_id;
+    ctl.set_params(dev_id, &params::params(shape))?;
+    let kq = UblkQueue::open(
+        dev_id,
+        0,
+        info.queue_depth,
+        info.max_io_buf_bytes as usize,
+        driver.interrupt_fd(),
+    )?;
+    let finished = Arc::new(AtomicBool::new(false));
+    let device = format!("/dev/ublkb{dev_id}");
+    let (stats, stopped_by) = std::thread::scope(|s| {
+        let done = finished.clone();
+        let worker = std::thread::Builder::new()
+            .name("ublk-q0".into())
+            .spawn_scoped(s, move || {
+                let r = Engine::new(driver, kq).run();
+                done.store(true, Ordering::SeqCst);
+                r
+            })
+            .map_err(|_| UblkError::Thread("could not start"))?;
+        let started = ctl.start(
+            dev_id,
+            std::process::id() as i32,
+            Duration::from_millis(100),
+            || finished.load(Ordering::SeqCst),
+        );
+        let stopped_by = match started {
+            Ok(()) => {
+                on_ready(&device, info);
+                wait_for_stop(&signals, &finished)
+            }
+            Err(e) => {
+                let _ = ctl.stop(dev_id);
+                let _ = worker.join();
+                return Err(e);
+            }
+        };
+        // Stopping the device aborts every fetch, which ends the queue's loop.
+        let _ = ctl.stop(dev_id);
+        let stats = worker.join().map_err(|_| UblkError::Thread("panicked"))??;
+        Ok((stats, stopped_by))
+    })?;
+    Ok(ServeSummary {
+        device,
+        depth: info.queue_depth,
+        max_io_bytes: info.max_io_buf_bytes,
+        queues: vec![stats],
+        stopped_by,
+    })
+}
+
+/// Blocks SIGTERM and SIGINT in this thread (and the threads it starts), so that they are
+/// taken only by [`wait_for_stop`].
+fn block_stop_signals() -> Result<libc::sigset_t, UblkError> {
+    // SAFETY: sigset_t is plain data, initialized by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; the calls only write it and the signal mask.
+    let rc = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(UblkError::Signals(std::io::Error::from_raw_os_error(rc)));
+    }
+    Ok(set)
+}
+
+/// Waits for SIGTERM or SIGINT, or for the queue to end on its own (the device deleted).
+fn wait_for_stop(set: &libc::sigset_t, finished: &AtomicBool) -> &'static str {
+    let tick = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 100_000_000,
+    };
+    loop {
+        if finished.load(Ordering::SeqCst) {
+            return "deleted";
+        }
+        // SAFETY: `set` and `tick` are valid for the call; no siginfo is asked for.
+        let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &tick) };
+        if sig == libc::SIGTERM || sig == libc::SIGINT {
+            return "signal";
+        }
+    }
+}
