@@ -22,10 +22,11 @@ use swiotlb_shared::layout::{
     slots_for, LayoutError, PoolLayout, PoolWindow, QueueLayout, MAX_MAPPING, MAX_QUEUE_SIZE,
     SLOT_SIZE,
 };
-use swiotlb_shared::pci::{attest_mailbox as mb, cfg, common, status};
-use swiotlb_shared::transcript::{DeviceIdentity, InstanceId, QueueRings, Transcript};
+use swiotlb_shared::pci::{common, status};
+use swiotlb_shared::transcript::{QueueRings, TranscriptError};
 use thiserror::Error;
 
+use crate::attest::mailbox::{self, MailboxError, Session};
 use crate::attest::{AttestError, Attester};
 use crate::pci::PciAccess;
 use crate::pool::{PoolAccessError, PoolMemory, SlotAllocator, SlotRun};
@@ -181,14 +182,14 @@ pub enum BlockError {
     )]
     AttestationRejected(u32),
     /// The mailbox does not behave as the protocol says.
-    #[error("attestation mailbox: {0}")]
-    Mailbox(String),
+    #[error("attestation mailbox")]
+    Mailbox(#[from] MailboxError),
     /// The virtio-blk configuration is unusable.
     #[error("the device's virtio-blk configuration")]
     Config(#[from] BlkConfigError),
     /// The transcript cannot be built.
-    #[error("attestation transcript: {0}")]
-    Transcript(String),
+    #[error("attestation transcript")]
+    Transcript(#[source] TranscriptError),
 }
 
 /// How to open the device.
@@ -520,59 +521,14 @@ impl<P: PciAccess> BlockDriver<P> {
         }
     }
 
-    /// The attestation step: read the device's nonce, build the transcript of this session,
-    /// have the platform sign its hash, place the evidence in the pool and ring the mailbox.
+    /// Proves this session to the device through its attestation mailbox
+    /// ([`mailbox::prove`]), lending bounce slots for the evidence and zeroing and freeing
+    /// them once the device has answered.
     fn attest(&mut self, attester: Option<&dyn Attester>) -> Result<String, BlockError> {
-        if self.vp.caps().attest.is_none() {
-            return Ok("device has no attestation mailbox".into());
-        }
-        let mut w = [0u8; 8];
-        self.vp.mailbox_read(mb::MAGIC, &mut w)?;
-        if w[..4] != mb::MAGIC_VALUE.to_le_bytes() || w[4..] != mb::VERSION_VALUE.to_le_bytes() {
-            return Err(BlockError::Mailbox(format!(
-                "unknown magic/version {w:02x?}"
-            )));
-        }
-        let state = self.mailbox_u32(mb::STATE)?;
-        match state {
-            mb::STATE_NOT_REQUIRED => return Ok("not required by the device".into()),
-            mb::STATE_AWAITING => {}
-            other => {
-                return Err(BlockError::Mailbox(format!(
-                    "gate in state {other} before any evidence"
-                )))
-            }
-        }
-        let attester = attester.ok_or(BlockError::AttestationRequired)?;
-        let mut nonce = [0u8; mb::NONCE_LEN];
-        self.vp.mailbox_read(mb::NONCE, &mut nonce)?;
-        let mut instance = [0u8; mb::INSTANCE_ID_LEN];
-        self.vp.mailbox_read(mb::INSTANCE_ID, &mut instance)?;
-        let max = self.mailbox_u32(mb::MAX_EVIDENCE_LEN)?;
-        let mut ids = [0u8; 4];
-        let mut sub = [0u8; 4];
-        self.vp
-            .pci()
-            .config_read(cfg::VENDOR_ID, &mut ids)
-            .map_err(TransportError::from)?;
-        self.vp
-            .pci()
-            .config_read(cfg::SUBSYSTEM_VENDOR_ID, &mut sub)
-            .map_err(TransportError::from)?;
-        let transcript = Transcript {
-            platform: attester.platform(),
-            nonce,
-            identity: DeviceIdentity {
-                vendor_id: u16::from_le_bytes([ids[0], ids[1]]),
-                device_id: u16::from_le_bytes([ids[2], ids[3]]),
-                subsystem_vendor_id: u16::from_le_bytes([sub[0], sub[1]]),
-                subsystem_id: u16::from_le_bytes([sub[2], sub[3]]),
-                instance_id: InstanceId::Short(instance),
-            },
+        let session = Session {
             device_features: self.info.device_features,
             driver_features: self.info.driver_features,
-            pool_base: self.window.base(),
-            pool_size: self.window.size(),
+            pool: self.window,
             queues: vec![QueueRings {
                 index: 0,
                 desc: self.ring.desc_bus(),
@@ -581,64 +537,32 @@ impl<P: PciAccess> BlockDriver<P> {
                 size: self.ring.size(),
             }],
         };
-        let rd = transcript
-            .report_data()
-            .map_err(|e| BlockError::Transcript(e.to_string()))?;
-        let evidence = attester.evidence(&rd)?;
-        let len = evidence.len() as u64;
-        if len > u64::from(max) || len > MAX_MAPPING {
-            return Err(BlockError::Mailbox(format!(
-                "evidence of {len} bytes exceeds the device's {max} or one mapping"
-            )));
-        }
-        let run = self
-            .slots
-            .alloc(slots_for(len) as u32)
-            .ok_or(BlockError::PoolExhausted(len))?;
-        let off = self.layout.slots + u64::from(run.first) * SLOT_SIZE;
-        let result = (|| {
-            self.mem.write(off, &evidence)?;
-            let bus = self
-                .window
+        let mut lent = None;
+        let Self {
+            vp,
+            mem,
+            layout,
+            slots,
+            window,
+            timeout,
+            ..
+        } = self;
+        let outcome = mailbox::prove(vp, session, attester, *timeout, |evidence| {
+            let len = evidence.len() as u64;
+            let run = slots
+                .alloc(slots_for(len) as u32)
+                .ok_or(BlockError::PoolExhausted(len))?;
+            lent = Some(run);
+            let off = layout.slots + u64::from(run.first) * SLOT_SIZE;
+            mem.write(off, evidence)?;
+            window
                 .bus_of(off, len)
-                .ok_or(BlockError::Mailbox("evidence slot outside the pool".into()))?;
-            self.vp
-                .mailbox_write(mb::EVIDENCE_ADDR, &bus.to_le_bytes())?;
-            self.vp
-                .mailbox_write(mb::EVIDENCE_LEN, &(len as u32).to_le_bytes())?;
-            self.vp
-                .mailbox_write(mb::DOORBELL, &mb::SUBMIT.to_le_bytes())?;
-            let deadline = Instant::now() + self.timeout;
-            loop {
-                match self.mailbox_u32(mb::STATE)? {
-                    mb::STATE_ACCEPTED => {
-                        return Ok(format!("accepted ({})", attester.platform().as_str()))
-                    }
-                    mb::STATE_REJECTED => {
-                        return Err(BlockError::AttestationRejected(
-                            self.mailbox_u32(mb::REASONS)?,
-                        ))
-                    }
-                    mb::STATE_AWAITING if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(1))
-                    }
-                    mb::STATE_AWAITING => return Err(BlockError::Timeout(self.timeout)),
-                    other => {
-                        return Err(BlockError::Mailbox(format!(
-                            "gate in unknown state {other}"
-                        )))
-                    }
-                }
-            }
-        })();
-        self.release(run, std::iter::empty());
-        result
-    }
-
-    fn mailbox_u32(&mut self, off: u64) -> Result<u32, BlockError> {
-        let mut b = [0u8; 4];
-        self.vp.mailbox_read(off, &mut b)?;
-        Ok(u32::from_le_bytes(b))
+                .ok_or(MailboxError::EvidenceOutsidePool.into())
+        });
+        if let Some(run) = lent {
+            self.release(run, std::iter::empty());
+        }
+        outcome
     }
 
     /// What was negotiated.

@@ -1,21 +1,15 @@
-//! Attesters: what produces the evidence that binds this driver's session.
-//!
-//! - [`ConfigfsTsm`]: Linux configfs-tsm (`/sys/kernel/config/tsm/report`), one interface
-//!   for SEV-SNP (`sev_guest`) and TDX (`tdx_guest`); `generation` is read before and after
-//!   the report so a racing writer is detected. This is the project's own code (the
-//!   `configfs-tsm` crate is AGPL).
-//! - [`Emulated`]: the emulated platform for CI, signed by a test-only key; every verdict
-//!   on it says EMULATED, and a device accepts it only when its policy says so.
-//!
-//! The device's side of the protocol (mailbox, nonce, verdict) is in `block.rs`.
+//! The configfs-tsm attester: Linux's `/sys/kernel/config/tsm/report`, one interface for
+//! SEV-SNP (`sev_guest`) and TDX (`tdx_guest`); `generation` is read before and after the
+//! report so a racing writer is detected. This is the project's own code (the
+//! `configfs-tsm` crate is AGPL).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use swiotlb_attest::emulated::{ReportOptions, Signer};
 use swiotlb_attest::Evidence;
 use swiotlb_shared::transcript::PlatformKind;
-use thiserror::Error;
+
+use super::{io, AttestError, Attester};
 
 /// Where configfs-tsm lives.
 pub const TSM_REPORT_DIR: &str = "/sys/kernel/config/tsm/report";
@@ -32,87 +26,6 @@ const VCEK_GUID: [u8; 16] = [
 const VLEK_GUID: [u8; 16] = [
     0xc2, 0x4b, 0x07, 0xa8, 0x5a, 0xa2, 0x3e, 0x48, 0xaa, 0xe6, 0x39, 0xc0, 0x45, 0xa0, 0xb8, 0xa1,
 ];
-
-/// Errors producing evidence.
-#[derive(Debug, Error)]
-pub enum AttestError {
-    /// No attester can run here.
-    #[error("no attestation platform: {0}")]
-    Unavailable(String),
-    /// The platform interface failed.
-    #[error("{what} failed")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The platform returned something unusable.
-    #[error("platform returned unusable evidence: {0}")]
-    Bad(String),
-}
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AttestError {
-    let what = what.into();
-    move |source| AttestError::Io { what, source }
-}
-
-/// Produces evidence over a REPORT_DATA.
-pub trait Attester: Send + Sync {
-    /// The platform that signs.
-    fn platform(&self) -> PlatformKind;
-    /// Evidence (encoded [`Evidence`]) whose REPORT_DATA is `report_data`.
-    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, AttestError>;
-}
-
-/// The emulated platform.
-pub struct Emulated {
-    signer: Signer,
-    measurement: [u8; 48],
-}
-
-impl Emulated {
-    /// An emulated attester signing with the emulated ARK in `key` (PKCS#8, as
-    /// `swiotlb-attest emulated-keygen` writes it).
-    pub fn from_key_file(key: &Path) -> Result<Self, AttestError> {
-        let pk8 = fs::read(key).map_err(io(format!("reading emulated key {}", key.display())))?;
-        let signer = Signer::from_pkcs8(&pk8).map_err(|e| AttestError::Bad(e.to_string()))?;
-        Ok(Self::with_signer(signer))
-    }
-
-    /// An emulated attester with an existing signer.
-    pub fn with_signer(signer: Signer) -> Self {
-        // The "launch measurement" of an emulated guest: the hash of this driver's name and
-        // version, so policies can pin it like a real one.
-        let d = ring::digest::digest(
-            &ring::digest::SHA384,
-            concat!("swiotlb-guest ", env!("CARGO_PKG_VERSION")).as_bytes(),
-        );
-        let mut measurement = [0u8; 48];
-        measurement.copy_from_slice(d.as_ref());
-        Self {
-            signer,
-            measurement,
-        }
-    }
-}
-
-impl Attester for Emulated {
-    fn platform(&self) -> PlatformKind {
-        PlatformKind::Emulated
-    }
-
-    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, AttestError> {
-        self.signer
-            .sign_report(report_data, &self.measurement, &ReportOptions::default())
-            .and_then(|e| {
-                e.encode()
-                    .map_err(|e| swiotlb_attest::emulated::EmulatedError::Key(e.to_string()))
-            })
-            .map_err(|e| AttestError::Bad(e.to_string()))
-    }
-}
 
 /// Linux configfs-tsm.
 pub struct ConfigfsTsm {
@@ -236,35 +149,6 @@ impl Attester for ConfigfsTsm {
     }
 }
 
-/// Which attester to use.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AttesterChoice {
-    /// configfs-tsm if present; otherwise none.
-    Auto,
-    /// SEV-SNP through configfs-tsm.
-    Snp,
-    /// TDX through configfs-tsm.
-    Tdx,
-    /// The emulated platform with this ARK key.
-    Emulated(PathBuf),
-}
-
-/// Builds the attester asked for. `Auto` without a platform returns `Ok(None)`: the device
-/// then decides (a device that requires attestation will refuse I/O).
-pub fn choose(choice: &AttesterChoice) -> Result<Option<Box<dyn Attester>>, AttestError> {
-    let root = Path::new(TSM_REPORT_DIR);
-    Ok(match choice {
-        AttesterChoice::Auto => match ConfigfsTsm::open(root, None) {
-            Ok(t) => Some(Box::new(t)),
-            Err(AttestError::Unavailable(_)) => None,
-            Err(e) => return Err(e),
-        },
-        AttesterChoice::Snp => Some(Box::new(ConfigfsTsm::open(root, Some(PlatformKind::Snp))?)),
-        AttesterChoice::Tdx => Some(Box::new(ConfigfsTsm::open(root, Some(PlatformKind::Tdx))?)),
-        AttesterChoice::Emulated(key) => Some(Box::new(Emulated::from_key_file(key)?)),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,22 +196,6 @@ mod tests {
         );
         t[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(endorsement_from_cert_table(&t), None);
-    }
-
-    #[test]
-    fn emulated_attester_produces_evidence_the_verifier_accepts() {
-        let signer = Signer::generate().unwrap();
-        let v = signer.verifier();
-        let a = Emulated::with_signer(signer);
-        let rd = [7u8; 64];
-        let ev = a.evidence(&rd).unwrap();
-        let policy = swiotlb_attest::Policy {
-            allow_emulated: true,
-            ..Default::default()
-        };
-        let verifier = swiotlb_attest::Verifier::new(policy).with_emulated(v);
-        assert!(verifier.verify(&ev, &|_| Some(rd)).accepted);
-        assert!(!verifier.verify(&ev, &|_| Some([8u8; 64])).accepted);
     }
 }
 
