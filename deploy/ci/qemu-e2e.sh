@@ -32,6 +32,8 @@
 #                         before swiotlb-guest runs (a diagnostic: see the trapped-access check)
 #   SWIOTLB_QEMU_PEER     0: skip the peer comparison (the second boot)     [1]
 #   SWIOTLB_QEMU_PEER_SIZE  bytes read on each side, a multiple of 1M, <= 256M [128M]
+#   SWIOTLB_QEMU_GUEST_DISK 0: skip the guest disk stage (ublk, ext4, fio)       [1]
+#   SWIOTLB_QEMU_FIO_RUNTIME  seconds per fio job, on every disk compared     [3]
 #
 # Exit status: 0 all checks passed; 1 a check or a step failed; 3 everything the tree allows
 # passed but swiotlb-guest has no sysfs back end (--pci) yet, so nothing ran through the device.
@@ -46,7 +48,7 @@ ROOT=$CACHE/$SUITE-root
 STAMP=$ROOT/.swiotlb-e2e-stamp
 KDIR=/opt/swiotlb-kernel            # inside the chroot: the extracted guest kernel
 ACCEL=${SWIOTLB_QEMU_ACCEL:-auto}
-BOOT_TIMEOUT=${SWIOTLB_QEMU_TIMEOUT:-300}
+BOOT_TIMEOUT=${SWIOTLB_QEMU_TIMEOUT:-600}
 KVM_PROBE_TIMEOUT=${SWIOTLB_QEMU_KVM_PROBE_TIMEOUT:-10}
 IO_SIZE=${SWIOTLB_QEMU_IO_SIZE:-4M}
 POOL_SIZE=${SWIOTLB_QEMU_POOL_SIZE:-16M}
@@ -58,10 +60,12 @@ DISK_SIZE_MIB=64
 PEER=${SWIOTLB_QEMU_PEER:-1}
 PEER_SIZE=${SWIOTLB_QEMU_PEER_SIZE:-128M}
 PEER_BS_MIB=1 # request size on both sides: swiotlb-guest's largest request (MAX_REQUEST_BYTES)
+GUEST_DISK=${SWIOTLB_QEMU_GUEST_DISK:-1}
+FIO_RUNTIME=${SWIOTLB_QEMU_FIO_RUNTIME:-3}
 
 # What goes into the chroot. Changing any of this (or RECIPE_VERSION) invalidates the cache.
 RECIPE_VERSION=1
-CHROOT_PKGS=(kmod busybox-static xz-utils)
+CHROOT_PKGS=(kmod busybox-static xz-utils e2fsprogs fio)
 QEMU_PKG=qemu-system-x86
 QEMU_SUITE=$SUITE-backports
 KERNEL_META=linux-image-amd64
@@ -75,6 +79,11 @@ MODS_PEER=(virtio_pci virtio_blk) # virtio_pci is built in (the test keeps it of
 # which vfio only requests at run time. The whole kernel's modules are in the cache already,
 # so this list is not part of the recipe: changing it needs no new chroot.
 MODS_VFIO=(vfio_iommu_type1 vfio_pci)
+# The guest disk stage: the kernel's ublk driver (with io_uring, built in).
+MODS_UBLK=(ublk_drv)
+# What a user of the disk runs, with their libraries from the chroot (dynamically linked,
+# unlike busybox): mke2fs (mkfs.ext4), e2fsck, fio.
+DISK_TOOLS=(/usr/sbin/mke2fs /usr/sbin/e2fsck /usr/bin/fio)
 
 # ---------------------------------------------------------------------------------------------
 say() { printf '%s\n' "$*"; }
@@ -209,6 +218,7 @@ in_root() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LA
 phase "build machine tools"
 need=()
 for pair in debootstrap:debootstrap cpio:cpio gzip:gzip xz:xz-utils file:file jq:jq \
+    e2fsck:e2fsprogs debugfs:e2fsprogs \
     flock:util-linux mountpoint:util-linux realpath:coreutils; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
@@ -381,6 +391,7 @@ phase "initramfs, disk images"
 mkdir -p "$LOGS" "$ROOT/tmp"
 # Only this script's own files (SWIOTLB_QEMU_LOGS may point at a directory with others).
 rm -rf "${LOGS:?}/audit" "$LOGS"/{console.log,console.txt,host.stdout,host.stderr,kvm-probe.log} \
+    "$LOGS"/{guest-disk.img,guest-disk.json,fio.json} \
     "$LOGS"/{peer-console.log,peer-console.txt,peer-comparison.json}
 WORK=$(mktemp -d /tmp/swiotlb-qemu-e2e.XXXXXX)
 RUNDIR=$(mktemp -d "$ROOT/tmp/e2e.XXXXXX") # QEMU sees it as /tmp/e2e.XXXXXX
@@ -452,6 +463,22 @@ modules_for() { # modules_for LISTFILE MOD...: copies the modules, writes their 
 modules_for load-test "${MODS_TEST[@]}"
 modules_for load-peer "${MODS_PEER[@]}"
 modules_for load-vfio "${MODS_VFIO[@]}"
+modules_for load-ublk "${MODS_UBLK[@]}"
+# The disk tools and every library they load, at the paths ldd names.
+for b in "${DISK_TOOLS[@]}"; do
+    mkdir -p "$IR$(dirname "$b")"
+    cp -L "$ROOT$b" "$IR$b" || die "copying $b from the chroot failed"
+    in_root ldd "$b" >"$WORK/ldd" 2>&1 || die "ldd $b: $(cat "$WORK/ldd")"
+    for lib in $(awk '/=> \// { print $3 } /^\t\// { print $1 }' "$WORK/ldd"); do
+        [ -e "$IR$lib" ] && continue
+        mkdir -p "$IR$(dirname "$lib")"
+        cp -L "$ROOT$lib" "$IR$lib" || die "copying $lib (for $b) failed"
+    done
+done
+mkdir -p "$IR/etc"
+cp "$ROOT/etc/mke2fs.conf" "$IR/etc/mke2fs.conf" || die "no /etc/mke2fs.conf in the chroot"
+install -m 644 "$REPO/deploy/ci/guest-disk.sh" "$IR/guest-disk.sh"
+install -m 644 "$REPO/deploy/ci/fio-jobs.sh" "$IR/fio-jobs.sh"
 say "modules (test): $(tr '\n' ' ' <"$IR/lib/modules/load-test")"
 say "modules (VFIO run): $(tr '\n' ' ' <"$IR/lib/modules/load-vfio")"
 say "modules (peer boot only): $(tr '\n' ' ' <"$IR/lib/modules/load-peer")"
@@ -467,6 +494,8 @@ PEER_MIB=$PEER_MIB
 PEER_BS_MIB=$PEER_BS_MIB
 PEER_SHA=$PEER_SHA
 DISK_BYTES=$((DISK_SIZE_MIB << 20))
+GUEST_DISK=$GUEST_DISK
+FIO_RUNTIME=$FIO_RUNTIME
 EOF
 
 cat >"$IR/init" <<'INIT'
@@ -556,6 +585,27 @@ if grep -q 'swiotlb_e2e=peer' /proc/cmdline; then
     }
     peer_read PEER cache-none
     peer_read PEER-WRITEBACK cache-writeback
+    if [ "$GUEST_DISK" = 1 ]; then
+        # The fio comparison: the same jobs as on our disk, on a disk that bounces through
+        # Linux's software IO TLB (iommu_platform=on) and on one that does not (no
+        # ACCESS_PLATFORM: virtio hands the device guest-physical addresses). The high-water
+        # mark of the IO TLB, reset before each disk, shows which one bounced.
+        export PATH=/bin:/usr/bin:/usr/sbin
+        . /fio-jobs.sh
+        for pair in FIO-PEER:fio-peer FIO-PLAIN:fio-plain; do
+            label=${pair%%:*}
+            serial=${pair#*:}
+            d=""
+            for b in /sys/block/vd*; do
+                [ "$(cat "$b/serial" 2>/dev/null)" = "$serial" ] && d=${b##*/}
+            done
+            [ -n "$d" ] || peer_fail "no virtio disk with serial $serial"
+            F=$(cat "$(readlink -f /sys/block/$d/device)/features")
+            [ -w $SW/io_tlb_used_hiwater ] && echo 0 >$SW/io_tlb_used_hiwater
+            run_fio_jobs /dev/$d "$label"
+            say "$label-BOUNCE disk=$d access_platform=$(echo "$F" | cut -c34) swiotlb_used_hiwater_slabs=$(cat $SW/io_tlb_used_hiwater 2>/dev/null || echo n/a)"
+        done
+    fi
     finish PEER-DONE
 fi
 
@@ -688,6 +738,10 @@ say "VFIO-ROUNDTRIP $VRT"
 case $VRT in *'"ok":true'*) ;; *) finish FAIL "VFIO roundtrip: $VRT" ;; esac
 VW=$(echo "$VRT" | sed -n 's/.*"write_mib_s":\([0-9.e+-]*\).*/\1/p')
 VR=$(echo "$VRT" | sed -n 's/.*"read_mib_s":\([0-9.e+-]*\).*/\1/p')
+if [ "$GUEST_DISK" = 1 ]; then
+    export PATH=/bin:/usr/bin:/usr/sbin
+    . /guest-disk.sh
+fi
 read -r up _ </proc/uptime
 finish PASS "bytes=$IO_SIZE sysfs write_mib_s=$W read_mib_s=$R; vfio write_mib_s=$VW read_mib_s=$VR; uptime=${up}s"
 INIT
@@ -866,6 +920,18 @@ for c in none writeback; do
     PEER_QEMU_ARGS+=(-drive "file=$RUN_IN/peer.img,if=none,id=peer-$c,format=raw,cache=$c,readonly=on"
         -device "$PEER_DEV,drive=peer-$c,serial=cache-$c")
 done
+if [ "$GUEST_DISK" = 1 ]; then
+    # Writable copies for the fio comparison, cached on the host as swiotlb-host's image is
+    # (through the page cache): one disk that bounces (iommu_platform=on with swiotlb=force),
+    # one that does not (no ACCESS_PLATFORM).
+    for c in peer plain; do
+        cp --sparse=always "$DISK" "$RUNDIR/fio-$c.img" || die "copying the image for the fio $c disk failed"
+    done
+    PEER_QEMU_ARGS+=(-drive "file=$RUN_IN/fio-peer.img,if=none,id=fio-peer,format=raw,cache=writeback"
+        -device "$PEER_DEV,drive=fio-peer,serial=fio-peer"
+        -drive "file=$RUN_IN/fio-plain.img,if=none,id=fio-plain,format=raw,cache=writeback"
+        -device "virtio-blk-pci,disable-legacy=on,queue-size=1024,drive=fio-plain,serial=fio-plain")
+fi
 peer_rc=""
 if [ "$PEER" = 1 ]; then
     phase "peer boot: virtio-blk-pci + swiotlb=force ($USE_ACCEL)"
@@ -1023,6 +1089,48 @@ else
     fail "swiotlb-audit verify: $(tr '\n' ' ' <"$WORK/verify.out")"
 fi
 
+if [ "$GUEST_DISK" = 1 ]; then
+    say "-- guest disk (ublk server on the device; image kept at $LOGS/guest-disk.img)"
+    for m in UBLK-READY UBLK-QUEUE PAT UBLK-FS UBLK-STOPPED; do
+        l=$(line_of "$m")
+        if [ -n "$l" ]; then say "   $m ${l:0:400}"; else fail "guest disk: no $m line"; fi
+    done
+    if [ -n "$(line_of DISK-DONE)" ]; then
+        ok "guest disk: /dev/ublkb0 served through the pool; ext4 made, $(line_of UBLK-FS | sed -n 's/.*files=\([0-9]*\).*/\1/p') files written, e2fsck -fn clean, every digest verified after a remount; the server stopped on SIGTERM and removed the device"
+    fi
+    # The image as the host left it, checked with e2fsprogs on this machine: the filesystem
+    # is clean and every file of the manifest has its digest.
+    cp --sparse=always "$DISK" "$LOGS/guest-disk.img" || fail "copying the guest disk image failed"
+    if FS=$(e2fsck -fn "$LOGS/guest-disk.img" 2>&1); then
+        ok "host-side e2fsck -fn on the image: clean ($(echo "$FS" | tail -n1))"
+    else
+        fail "host-side e2fsck -fn on the image: $(echo "$FS" | tail -n 3 | tr '\n' ' ')"
+    fi
+    debugfs -R "cat /manifest.sha256" "$LOGS/guest-disk.img" 2>/dev/null >"$WORK/manifest" || true
+    good=0
+    total=$(wc -l <"$WORK/manifest")
+    while read -r sum f; do
+        got=$(debugfs -R "cat /tree/${f#./}" "$LOGS/guest-disk.img" 2>/dev/null | sha256sum | cut -d' ' -f1)
+        [ "$got" = "$sum" ] && good=$((good + 1))
+    done <"$WORK/manifest"
+    if [ "$total" -gt 0 ] && [ "$good" = "$total" ]; then
+        ok "host-side debugfs: all $total files of the manifest read back from the image with their digests"
+    else
+        fail "host-side debugfs: $good of $total files of the manifest intact"
+    fi
+    READY_JSON=$(line_of UBLK-READY)
+    {
+        jq -n --argjson ready "${READY_JSON:-null}" --arg queue "$(line_of UBLK-QUEUE)" \
+            --arg pat "$(line_of PAT)" --arg fs "$(line_of UBLK-FS)" \
+            --arg stopped "$(line_of UBLK-STOPPED)" --arg fsck "$(echo "${FS:-}" | tail -n1)" \
+            --argjson files "$total" --argjson intact "$good" \
+            --arg dumpe2fs "$(dumpe2fs -h "$LOGS/guest-disk.img" 2>/dev/null | grep -E '^(Filesystem volume name|Block count|Block size|Inode count|Filesystem features|Filesystem state):' | tr -s ' ' | tr '\n' ';')" '
+            {device: $ready, queue: $queue, pool_memory_type: $pat, guest_fs: $fs,
+             server_stop: $stopped, host_e2fsck: $fsck, host_manifest_files: $files,
+             host_manifest_intact: $intact, filesystem: $dumpe2fs}'
+    } >"$LOGS/guest-disk.json" 2>/dev/null || say "   WARNING: could not write $LOGS/guest-disk.json"
+fi
+
 PEER_FAILED=0
 declare -A P=() # P[MARKER.key]: the key=value pairs of the peer's MARKER line
 PEER_MARKERS=(PEER PEER-WRITEBACK)
@@ -1067,6 +1175,51 @@ if [ "$PEER" = 1 ]; then
             *) ok "$m: software IO TLB in use during the read: high-water mark $hw of ${P[$m.swiotlb_nslabs]} slabs ($((hw * 2)) KiB bounced at once)" ;;
         esac
     done
+fi
+
+fio_json() { # fio_json CONSOLE LABEL: {job: fio's JSON} from the FIO-BEGIN/END blocks
+    awk -v l="$2" '$1 == "SWIOTLB-E2E:" && $2 == "FIO-BEGIN" && $3 == l { name = $4; getline; print name "\t" $0 }' "$1" |
+        jq -Rn '[inputs | split("\t") | {key: .[0], value: (.[1] | fromjson? // null)}] | from_entries'
+}
+if [ "$GUEST_DISK" = 1 ]; then
+    say "-- fio (same jobs on each disk, $FIO_RUNTIME s each, O_DIRECT, io_uring; figures, never checks)"
+    OURS_FIO=$(fio_json "$LOGS/console.txt" OURS 2>/dev/null || echo '{}')
+    PEER_FIO=$(fio_json "$LOGS/peer-console.txt" FIO-PEER 2>/dev/null || echo '{}')
+    PLAIN_FIO=$(fio_json "$LOGS/peer-console.txt" FIO-PLAIN 2>/dev/null || echo '{}')
+    [ "$(jq 'length' <<<"$OURS_FIO")" = 5 ] || fail "fio: $(jq 'length' <<<"$OURS_FIO") of 5 jobs reported on our disk"
+    if [ "$PEER" = 1 ]; then
+        [ "$(jq 'length' <<<"$PEER_FIO")" = 5 ] || fail "fio: $(jq 'length' <<<"$PEER_FIO") of 5 jobs reported on the swiotlb=force peer"
+        [ "$(jq 'length' <<<"$PLAIN_FIO")" = 5 ] || fail "fio: $(jq 'length' <<<"$PLAIN_FIO") of 5 jobs reported on the no-bounce disk"
+        for m in FIO-PEER FIO-PLAIN; do
+            l=$(sed -n "s/^SWIOTLB-E2E: $m-BOUNCE //p" "$LOGS/peer-console.txt" | tail -n1)
+            hw=$(sed -n 's/.*swiotlb_used_hiwater_slabs=\([0-9n/a]*\).*/\1/p' <<<"$l")
+            case $m:$hw in
+                *:n/a | *:) say "   n/a   $m: no swiotlb high-water mark ($l)" ;;
+                FIO-PEER:0) fail "fio: the swiotlb=force peer did not bounce (high-water mark 0: $l)" ;;
+                FIO-PEER:*) ok "fio: the peer bounced through Linux's IO TLB (high-water mark $hw slabs)" ;;
+                FIO-PLAIN:0) ok "fio: the no-bounce disk did not touch the IO TLB (high-water mark 0)" ;;
+                FIO-PLAIN:*) fail "fio: the no-bounce disk went through the IO TLB (high-water mark $hw: $l)" ;;
+            esac
+        done
+    fi
+    FIO_TABLE=$(jq -n --argjson ours "$OURS_FIO" --argjson peer "$PEER_FIO" --argjson plain "$PLAIN_FIO" '
+        def fig(j): if j == null then null else
+            (if (j.jobs[0]["job options"].rw // "") | test("write") then j.jobs[0].write else j.jobs[0].read end) as $s
+            | {iops: $s.iops, bw_kib_s: $s.bw, clat_p50_us: (($s.clat_ns.percentile["50.000000"] // 0) / 1000),
+               clat_p99_us: (($s.clat_ns.percentile["99.000000"] // 0) / 1000)} end;
+        def ratio(a; b): if a == null or b == null or b.iops == 0 then null else ((a.iops / b.iops) * 100 | round / 100) end;
+        [($ours | keys[]) as $k | {job: $k, ours: fig($ours[$k]), peer: fig($peer[$k]), no_bounce: fig($plain[$k])}
+         | . + {ours_over_peer: ratio(.ours; .peer), ours_over_no_bounce: ratio(.ours; .no_bounce)}]')
+    jq -r '.[] | "   \(.job | .[0:18] | . + " " * (18 - length)) ours \(.ours.iops // "-" | tostring | .[0:9]) IOPS  peer \(.peer.iops // "-" | tostring | .[0:9])  no-bounce \(.no_bounce.iops // "-" | tostring | .[0:9])  ours/peer \(.ours_over_peer // "-")  ours/no-bounce \(.ours_over_no_bounce // "-")"' <<<"$FIO_TABLE"
+    jq -n --argjson t "$FIO_TABLE" --arg accel "$USE_ACCEL" --arg qemu "$QEMU_VERSION" --arg kernel "$KPKG_VERSION" \
+        --argjson runtime "$FIO_RUNTIME" --arg when "$(date -u +%Y-%m-%dT%H:%M:%SZ)" '
+        {when: $when, accelerator: $accel, qemu: $qemu, guest_kernel: $kernel, runtime_s_per_job: $runtime,
+         disks: {ours: "/dev/ublkb0: swiotlb-guest ublk (kernel VFIO back end) on swiotlb-host over vfio-user, image through the host page cache",
+                 peer: "virtio-blk-pci iommu_platform=on, guest swiotlb=force (Linux bounce path), cache=writeback",
+                 no_bounce: "virtio-blk-pci without ACCESS_PLATFORM (no bounce), cache=writeback"},
+         note: "TCG inflates every figure; the ratios are figures, not checks. Ours and the peers ran in two boots of the same kernel and initramfs.",
+         jobs: $t}' >"$LOGS/fio.json" || say "   WARNING: could not write $LOGS/fio.json"
+    say "   recorded in $LOGS/fio.json"
 fi
 
 say "-- figures"

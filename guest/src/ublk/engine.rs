@@ -443,3 +443,279 @@ impl<'d, P: PciAccess, K: KernelQueue> Engine<'d, P, K> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::testing::fake_device::{Behavior, FakeConfig, FakeDevice};
+    use crate::Options;
+
+    /// A request the fake kernel delivers: its tag, descriptor, and the data a write
+    /// carries (placed in the tag's buffer before delivery).
+    type Delivery = (u16, IoDesc, Option<Vec<u8>>);
+
+    /// The kernel side, scripted: delivers batches of requests once their tags are free,
+    /// records every commit (and what a read left in the tag's buffer), and aborts every
+    /// tag once the script is done and nothing is outstanding.
+    struct FakeKernel {
+        depth: u16,
+        buf_bytes: usize,
+        descs: Vec<IoDesc>,
+        bufs: Vec<u8>,
+        script: VecDeque<Vec<Delivery>>,
+        busy: Vec<bool>,
+        queued: Vec<(u16, i32)>,
+        commits: Vec<(u16, i32)>,
+        read_back: Vec<(u16, Vec<u8>)>,
+        waits: u32,
+        aborted: bool,
+    }
+
+    impl FakeKernel {
+        fn new(depth: u16, buf_bytes: usize, script: Vec<Vec<Delivery>>) -> Self {
+            Self {
+                depth,
+                buf_bytes,
+                descs: vec![IoDesc::default(); usize::from(depth)],
+                bufs: vec![0u8; usize::from(depth) * buf_bytes],
+                script: script.into(),
+                busy: vec![false; usize::from(depth)],
+                queued: Vec::new(),
+                commits: Vec::new(),
+                read_back: Vec::new(),
+                waits: 0,
+                aborted: false,
+            }
+        }
+    }
+
+    impl KernelQueue for FakeKernel {
+        fn depth(&self) -> u16 {
+            self.depth
+        }
+        fn buf_bytes(&self) -> usize {
+            self.buf_bytes
+        }
+        fn desc(&self, tag: u16) -> Option<IoDesc> {
+            self.descs.get(usize::from(tag)).copied()
+        }
+        fn buffers(&mut self) -> &mut [u8] {
+            &mut self.bufs
+        }
+        fn fetch_all(&mut self) -> Result<(), UblkError> {
+            Ok(())
+        }
+        fn commit(&mut self, tag: u16, result: i32) -> Result<(), UblkError> {
+            self.queued.push((tag, result));
+            Ok(())
+        }
+        fn arm_irq(&mut self) -> Result<(), UblkError> {
+            Ok(())
+        }
+        fn wait(
+            &mut self,
+            _timeout: Option<Duration>,
+            on: &mut dyn FnMut(Event),
+        ) -> Result<(), UblkError> {
+            self.waits += 1;
+            assert!(self.waits < 1_000_000, "the engine spins without progress");
+            for (tag, result) in std::mem::take(&mut self.queued) {
+                let d = self.descs[usize::from(tag)];
+                if d.op() == op::READ && result > 0 {
+                    let at = usize::from(tag) * self.buf_bytes;
+                    self.read_back
+                        .push((tag, self.bufs[at..at + result as usize].to_vec()));
+                }
+                self.busy[usize::from(tag)] = false;
+                self.commits.push((tag, result));
+            }
+            let free = |k: &Self, b: &[Delivery]| b.iter().all(|(t, ..)| !k.busy[usize::from(*t)]);
+            if let Some(batch) = self.script.front() {
+                if free(self, batch) {
+                    let batch = self.script.pop_front().unwrap_or_default();
+                    for (tag, desc, data) in batch {
+                        self.descs[usize::from(tag)] = desc;
+                        if let Some(d) = data {
+                            let at = usize::from(tag) * self.buf_bytes;
+                            self.bufs[at..at + d.len()].copy_from_slice(&d);
+                        }
+                        self.busy[usize::from(tag)] = true;
+                        on(Event::Request(tag));
+                    }
+                }
+            } else if !self.aborted && self.busy.iter().all(|b| !b) {
+                self.aborted = true;
+                for tag in 0..self.depth {
+                    on(Event::Aborted(tag));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn desc(op: u8, sector: u64, sectors: u32) -> IoDesc {
+        IoDesc {
+            op_flags: u32::from(op),
+            nr_sectors: sectors,
+            start_sector: sector,
+            addr: 0,
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    fn open(fake: &FakeDevice, timeout: Duration) -> BlockDriver<FakeDevice> {
+        let opts = Options {
+            timeout,
+            ..Options::default()
+        };
+        BlockDriver::open(fake.clone(), &opts).unwrap()
+    }
+
+    #[test]
+    fn block_requests_of_every_kind_are_served_through_the_pool() {
+        let fake = FakeDevice::with_disk(pattern(4 << 20, 1)).unwrap();
+        let mut drv = open(&fake, Duration::from_secs(5));
+        let w = pattern(64 << 10, 9);
+        let script = vec![
+            vec![
+                (0, desc(op::READ, 8, 16), None),
+                (1, desc(op::WRITE, 100, 128), Some(w.clone())),
+                (2, desc(op::FLUSH, 0, 0), None),
+            ],
+            vec![
+                (0, desc(op::DISCARD, 1000, 8), None),
+                (1, desc(op::WRITE_ZEROES, 2000, 4), None),
+                (2, desc(9, 0, 1), None),
+                (3, desc(op::READ, (4 << 20) / 512 - 1, 2), None),
+            ],
+        ];
+        let (stats, kq) = run_to_end(&mut drv, FakeKernel::new(4, 1 << 20, script));
+        let of = |tag: u16| -> Vec<i32> {
+            kq.commits
+                .iter()
+                .filter(|c| c.0 == tag)
+                .map(|c| c.1)
+                .collect()
+        };
+        // READ 16 sectors at sector 8 reads what the disk holds there.
+        let disk = fake.disk();
+        assert_eq!(kq.read_back[0], (0, disk[8 * 512..24 * 512].to_vec()));
+        // READ, then DISCARD on tag 0; WRITE, then WRITE_ZEROES on tag 1; FLUSH, then an
+        // unknown operation (refused) on tag 2; a read past the end (an I/O error) on tag 3.
+        assert_eq!(of(0), [8192, 0]);
+        assert_eq!(of(1), [65536, 0]);
+        assert_eq!(of(2), [0, -libc::EOPNOTSUPP]);
+        assert_eq!(of(3), [-libc::EIO]);
+        assert_eq!(&disk[100 * 512..100 * 512 + w.len()], &w[..]);
+        assert!(
+            disk[2000 * 512..2004 * 512].iter().all(|&b| b == 0),
+            "write zeroes"
+        );
+        assert_eq!((stats.reads, stats.writes, stats.flushes), (1, 1, 1));
+        assert!(stats.failure.is_none());
+        assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+    }
+
+    /// Runs the engine over `kq` to the end and returns the fake kernel.
+    fn run_to_end(drv: &mut BlockDriver<FakeDevice>, kq: FakeKernel) -> (EngineStats, FakeKernel) {
+        let mut e = Engine::new(drv, kq);
+        let mut events = Vec::new();
+        let mut timeout = None;
+        loop {
+            events.clear();
+            e.kq.wait(timeout, &mut |ev| events.push(ev)).unwrap();
+            for ev in events.drain(..) {
+                match ev {
+                    Event::Request(t) => e.accept(t).unwrap(),
+                    Event::Aborted(_) => e.aborted += 1,
+                    _ => {}
+                }
+            }
+            if e.aborted >= e.kq.depth() {
+                return (e.stats, e.kq);
+            }
+            timeout = e.pump().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_request_larger_than_the_pool_is_split_and_a_full_pool_only_holds_requests_back() {
+        let disk = pattern(8 << 20, 3);
+        let fake = FakeDevice::new(FakeConfig::new(disk).with_pool_size(1 << 20)).unwrap();
+        let mut drv = open(&fake, Duration::from_secs(5));
+        assert!(drv.max_part_bytes() < 1 << 20);
+        // 16 writes of 1 MiB at once, on a 1 MiB pool: each is split, most wait for room.
+        let batch: Vec<Delivery> = (0..8u16)
+            .map(|t| {
+                let data = pattern(1 << 20, t as u8 + 40);
+                (t, desc(op::WRITE, u64::from(t) * 2048, 2048), Some(data))
+            })
+            .collect();
+        let reads: Vec<Delivery> = (0..8u16)
+            .map(|t| (t, desc(op::READ, u64::from(t) * 2048, 2048), None))
+            .collect();
+        let kq = FakeKernel::new(8, 1 << 20, vec![batch, reads]);
+        let (stats, kq) = run_to_end(&mut drv, kq);
+        assert!(
+            kq.commits.iter().all(|c| c.1 == 1 << 20),
+            "{:?}",
+            kq.commits
+        );
+        assert_eq!(kq.commits.len(), 16);
+        assert!(stats.parts > 16, "each 1 MiB request is split: {stats:?}");
+        assert!(
+            stats.waits_for_room > 0,
+            "the pool held requests back: {stats:?}"
+        );
+        let disk = fake.disk();
+        for t in 0..8usize {
+            let want = pattern(1 << 20, t as u8 + 40);
+            assert_eq!(&disk[t << 20..(t + 1) << 20], &want[..], "write {t}");
+            let got = kq.read_back.iter().find(|r| r.0 == t as u16).map(|r| &r.1);
+            assert_eq!(got, Some(&want), "read {t}");
+        }
+    }
+
+    #[test]
+    fn a_device_that_stops_answering_fails_every_request_within_the_timeout() {
+        let fake = FakeDevice::with_disk(pattern(1 << 20, 5)).unwrap();
+        let mut drv = open(&fake, Duration::from_millis(200));
+        fake.set_behavior(Behavior {
+            never_complete: true,
+            ..Behavior::default()
+        });
+        let script = vec![
+            vec![
+                (0, desc(op::READ, 0, 8), None),
+                (1, desc(op::WRITE, 8, 8), Some(vec![1; 4096])),
+            ],
+            vec![(2, desc(op::READ, 16, 8), None)],
+        ];
+        let t0 = Instant::now();
+        let (stats, kq) = run_to_end(&mut drv, FakeKernel::new(3, 1 << 20, script));
+        let took = t0.elapsed();
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+        assert_eq!(kq.commits.len(), 3);
+        assert!(
+            kq.commits.iter().all(|c| c.1 == -libc::EIO),
+            "{:?}",
+            kq.commits
+        );
+        assert!(
+            stats
+                .failure
+                .as_deref()
+                .is_some_and(|f| f.contains("did not complete")),
+            "{stats:?}"
+        );
+        // Nothing of a failed read reached the kernel's buffer.
+        assert!(kq.read_back.is_empty());
+    }
+}
