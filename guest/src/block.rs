@@ -6,36 +6,32 @@
 //!   zero every slot before it goes back to the allocator so nothing stale is ever exposed.
 //! - Any nonsense from the device (unknown used id, index jump, short OK read, a device that
 //!   never answers) is a clear error; the driver then refuses further I/O until reopened.
+//!
+//! Bringing the device up (negotiation, pool layout, queue setup, attestation) is in
+//! `block/open.rs`, the driver's errors in `block/error.rs`.
 
+mod error;
+mod open;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use swiotlb_shared::features::{
-    bit, feature_names, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
-    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_F_SWIOTLB,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
-};
-use swiotlb_shared::layout::{
-    slots_for, LayoutError, PoolLayout, PoolWindow, QueueLayout, MAX_MAPPING, MAX_QUEUE_SIZE,
-    SLOT_SIZE,
-};
-use swiotlb_shared::pci::{common, status};
-use swiotlb_shared::transcript::{QueueRings, TranscriptError};
-use thiserror::Error;
+use swiotlb_shared::features::{bit, VIRTIO_RING_F_INDIRECT_DESC};
+use swiotlb_shared::layout::{slots_for, PoolWindow, QueueLayout, MAX_MAPPING, SLOT_SIZE};
+use swiotlb_shared::pci::status;
 
-use crate::attest::mailbox::{self, MailboxError, Session};
-use crate::attest::{AttestError, Attester};
 use crate::pci::PciAccess;
-use crate::pool::{PoolAccessError, PoolMemory, SlotAllocator, SlotRun};
+use crate::pool::{PoolMemory, SlotAllocator, SlotRun};
 use crate::ring::{Completion, RingError, Segment, SplitRing};
-use crate::virtio_pci::{TransportError, VirtioPci};
+use crate::virtio_pci::VirtioPci;
+
+pub use error::BlockError;
+pub use open::{BlockInfo, Options, DEFAULT_TIMEOUT};
 
 mod pipeline;
 
-use swiotlb_shared::blk::{config as blk_config, BlkConfig, BlkConfigError};
+use swiotlb_shared::blk::BlkConfig;
 pub use swiotlb_shared::blk::{ID_BYTES, SECTOR_SIZE};
 use swiotlb_shared::blk::{
     VIRTIO_BLK_S_IOERR as S_IOERR, VIRTIO_BLK_S_OK as S_OK, VIRTIO_BLK_S_UNSUPP as S_UNSUPP,
@@ -46,212 +42,16 @@ use swiotlb_shared::blk::{
 /// Largest data payload of one request the driver builds (1 MiB = four maximal mappings).
 /// Larger transfers are split into several requests in flight together.
 pub const MAX_REQUEST_BYTES: u64 = 4 * MAX_MAPPING;
-/// Default time to wait for the device before declaring it dead.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Offsets inside a request's control slot: header, status byte, then small payloads
-/// (GET_ID answer, DISCARD/WRITE_ZEROES range).
 /// Without an interrupt, the looks at the used ring before the driver starts napping.
 pub const NAP_AFTER_SPINS: u32 = 4096;
 /// Without an interrupt, how long the driver naps between looks once it has spun
 /// [`NAP_AFTER_SPINS`] times.
 const NAP: Duration = Duration::from_micros(50);
+/// Offsets inside a request's control slot: header, status byte, then small payloads
+/// (GET_ID answer, DISCARD/WRITE_ZEROES range).
 const CTL_HEADER: u64 = 0;
 const CTL_STATUS: u64 = 16;
 const CTL_PAYLOAD: u64 = 64;
-/// MSI-X vector used for the request queue, and for configuration changes.
-const QUEUE_VECTOR: u16 = 0;
-const CONFIG_VECTOR: u16 = 1;
-
-/// Errors of the block driver.
-#[derive(Debug, Error)]
-pub enum BlockError {
-    /// Transport-level failure.
-    #[error("virtio-pci transport")]
-    Transport(#[from] TransportError),
-    /// The device does not offer VIRTIO_F_SWIOTLB: the driver will not hand it any memory.
-    #[error("the device does not offer VIRTIO_F_SWIOTLB (bit 27); refusing to drive it")]
-    NoSwiotlbOffered,
-    /// The device offers SWIOTLB but describes no pool.
-    #[error("the device offers VIRTIO_F_SWIOTLB but has no SWIOTLB capability")]
-    NoPoolCapability,
-    /// The device lacks VERSION_1.
-    #[error("the device does not offer VIRTIO_F_VERSION_1")]
-    NotModern,
-    /// The device refused FEATURES_OK.
-    #[error("the device refused FEATURES_OK for features {accepted:#x} ({names})")]
-    FeaturesRefused {
-        /// What the driver accepted.
-        accepted: u64,
-        /// Their names.
-        names: String,
-    },
-    /// Declining SWIOTLB was asked for and the device refused FEATURES_OK: it requires the
-    /// feature (strict policy).
-    #[error("the device refused FEATURES_OK without VIRTIO_F_SWIOTLB: it requires the pool (strict policy); the driver never reached DRIVER_OK")]
-    SwiotlbRequired,
-    /// Declining SWIOTLB was asked for; the device accepted, but this driver never runs
-    /// without the pool.
-    #[error("the device accepted a driver without VIRTIO_F_SWIOTLB (relaxed policy); stopping before DRIVER_OK: this driver never hands the device its own memory")]
-    DeclinedButAccepted,
-    /// The pool cannot be laid out.
-    #[error("pool layout")]
-    Layout(#[from] LayoutError),
-    /// The pool cannot be accessed.
-    #[error("pool access")]
-    Pool(#[from] PoolAccessError),
-    /// Ring error (bad device data breaks the ring).
-    #[error("virtqueue")]
-    Ring(#[from] RingError),
-    /// Offset or length not a multiple of 512.
-    #[error("offset {offset} and length {len} must be multiples of 512")]
-    Unaligned {
-        /// Offset.
-        offset: u64,
-        /// Length.
-        len: u64,
-    },
-    /// Beyond the disk's end.
-    #[error("[{offset}, +{len}) is beyond the disk's {capacity} bytes")]
-    OutOfRange {
-        /// Offset.
-        offset: u64,
-        /// Length.
-        len: u64,
-        /// Capacity.
-        capacity: u64,
-    },
-    /// The device answered IOERR.
-    #[error("the device reported an I/O error")]
-    DeviceIoError,
-    /// The device answered UNSUPP.
-    #[error("the device does not support this request")]
-    Unsupported,
-    /// The device wrote a status byte that means nothing.
-    #[error("the device wrote invalid status {0:#x}")]
-    BadStatus(u8),
-    /// The device claimed success but wrote fewer bytes than asked.
-    #[error("the device completed a read with {used} bytes, expected {expected}")]
-    ShortCompletion {
-        /// Bytes it said it wrote.
-        used: u32,
-        /// Bytes expected.
-        expected: u32,
-    },
-    /// The device did not complete within the timeout.
-    #[error("the device did not complete a request within {0:?}")]
-    Timeout(Duration),
-    /// The device set DEVICE_NEEDS_RESET.
-    #[error("the device needs a reset (DEVICE_NEEDS_RESET)")]
-    NeedsReset,
-    /// Requests went unanswered and the device has reset itself: its status lost DRIVER_OK
-    /// or queue 0 is no longer enabled.
-    #[error("the device reset itself with requests in flight (status {status:#x}, queue 0 enabled: {queue_enabled}); reopen the device")]
-    DeviceReset {
-        /// Device status read back.
-        status: u8,
-        /// Whether `queue_enable` of queue 0 read back non-zero.
-        queue_enabled: bool,
-    },
-    /// An earlier device error made the driver stop.
-    #[error("the driver stopped after an earlier device error; reopen the device")]
-    Stopped,
-    /// Waiting for an interrupt failed.
-    #[error("waiting for an interrupt failed")]
-    Wait(#[source] std::io::Error),
-    /// The pool is too small for the request, even with nothing else in flight.
-    #[error("the pool cannot hold a request of {0} bytes")]
-    PoolExhausted(u64),
-    /// The queue cannot hold one request (header, data, status) without indirect
-    /// descriptors.
-    #[error("queue of {0} descriptors cannot hold a request without indirect descriptors")]
-    QueueTooSmall(u16),
-    /// The disk is read-only.
-    #[error("the disk is read-only")]
-    ReadOnly,
-    /// The device requires attestation and no attester is available.
-    #[error(
-        "the device requires attestation and no attester is available (choose one with --attester)"
-    )]
-    AttestationRequired,
-    /// The attester failed.
-    #[error("producing attestation evidence failed")]
-    Attester(#[from] AttestError),
-    /// The device rejected the evidence.
-    #[error(
-        "the device rejected the attestation evidence ({0} reasons; see the device's findings)"
-    )]
-    AttestationRejected(u32),
-    /// The mailbox does not behave as the protocol says.
-    #[error("attestation mailbox")]
-    Mailbox(#[from] MailboxError),
-    /// The virtio-blk configuration is unusable.
-    #[error("the device's virtio-blk configuration")]
-    Config(#[from] BlkConfigError),
-    /// The transcript cannot be built.
-    #[error("attestation transcript")]
-    Transcript(#[source] TranscriptError),
-}
-
-/// How to open the device.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Decline VIRTIO_F_SWIOTLB (for testing the device's policy). The driver then reports
-    /// what the device did and never reaches DRIVER_OK.
-    pub decline_swiotlb: bool,
-    /// How long to wait for a completion.
-    pub timeout: Duration,
-    /// Largest queue size to use.
-    pub queue_size: u16,
-    /// Use indirect descriptors when offered.
-    pub indirect: bool,
-    /// How long to poll the used ring for a completion before asking for an interrupt and
-    /// sleeping on it (interrupts suppressed meanwhile, EVENT_IDX `used_event` left behind).
-    /// Zero: sleep at once. Without interrupts the driver always polls (and naps after
-    /// [`NAP_AFTER_SPINS`] empty looks).
-    pub poll: Duration,
-    /// Most requests in flight at once (the queue depth); 0: as many as the ring and the
-    /// pool hold.
-    pub max_in_flight: u16,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            decline_swiotlb: false,
-            timeout: DEFAULT_TIMEOUT,
-            queue_size: MAX_QUEUE_SIZE,
-            indirect: true,
-            poll: Duration::ZERO,
-            max_in_flight: 0,
-        }
-    }
-}
-
-/// What was negotiated and where the pool is.
-#[derive(Debug, Clone, Serialize)]
-pub struct BlockInfo {
-    /// Features the device offered.
-    pub device_features: u64,
-    /// Features negotiated.
-    pub driver_features: u64,
-    /// Names of the negotiated features.
-    pub negotiated: Vec<String>,
-    /// Pool bus address.
-    pub pool_bus_address: u64,
-    /// Pool size in bytes.
-    pub pool_size: u64,
-    /// Disk capacity in bytes.
-    pub capacity: u64,
-    /// Read-only disk.
-    pub read_only: bool,
-    /// Queue size in use.
-    pub queue_size: u16,
-    /// Bounce slots per queue area.
-    pub slots: u64,
-    /// What came of attestation: "accepted (snp|tdx|emulated)", "not required by the
-    /// device", or "device has no attestation mailbox".
-    pub attestation: String,
-}
 
 /// Where a request's data goes when it completes.
 #[derive(Debug)]
@@ -352,219 +152,6 @@ pub struct BlockDriver<P: PciAccess> {
 }
 
 impl<P: PciAccess> BlockDriver<P> {
-    /// Probes, negotiates VIRTIO_F_SWIOTLB, lays out the pool, sets up the queue and
-    /// reaches DRIVER_OK.
-    pub fn open(pci: P, opts: &Options) -> Result<Self, BlockError> {
-        Self::open_attested(pci, opts, None)
-    }
-
-    /// As [`open`](Self::open), then proves the session to the device with evidence from
-    /// `attester` when the device asks for it.
-    pub fn open_attested(
-        pci: P,
-        opts: &Options,
-        attester: Option<&dyn Attester>,
-    ) -> Result<Self, BlockError> {
-        let mut vp = VirtioPci::probe(pci)?;
-        let mut wanted = bit(VIRTIO_F_VERSION_1)
-            | bit(VIRTIO_F_SWIOTLB)
-            | bit(VIRTIO_RING_F_EVENT_IDX)
-            | bit(VIRTIO_BLK_F_SEG_MAX)
-            | bit(VIRTIO_BLK_F_BLK_SIZE)
-            | bit(VIRTIO_BLK_F_FLUSH)
-            | bit(VIRTIO_BLK_F_RO)
-            | bit(VIRTIO_BLK_F_DISCARD)
-            | bit(VIRTIO_BLK_F_WRITE_ZEROES);
-        if opts.indirect {
-            wanted |= bit(VIRTIO_RING_F_INDIRECT_DESC);
-        }
-        if opts.decline_swiotlb {
-            wanted &= !bit(VIRTIO_F_SWIOTLB);
-        }
-        let offered = {
-            vp.reset()?;
-            vp.device_features()?
-        };
-        if offered & bit(VIRTIO_F_VERSION_1) == 0 {
-            return Err(BlockError::NotModern);
-        }
-        if !opts.decline_swiotlb && offered & bit(VIRTIO_F_SWIOTLB) == 0 {
-            return Err(BlockError::NoSwiotlbOffered);
-        }
-        let pool_region = vp.caps().swiotlb;
-        if !opts.decline_swiotlb && pool_region.is_none() {
-            return Err(BlockError::NoPoolCapability);
-        }
-        let (_, accepted, ok) = vp.negotiate(wanted)?;
-        let failed = status::ACKNOWLEDGE | status::DRIVER | status::FAILED;
-        if !ok {
-            let _ = vp.set_status(failed);
-            if opts.decline_swiotlb {
-                return Err(BlockError::SwiotlbRequired);
-            }
-            return Err(BlockError::FeaturesRefused {
-                accepted,
-                names: feature_names(accepted).join(","),
-            });
-        }
-        if opts.decline_swiotlb {
-            let _ = vp.set_status(failed | status::FEATURES_OK);
-            return Err(BlockError::DeclinedButAccepted);
-        }
-        let pool = pool_region.ok_or(BlockError::NoPoolCapability)?;
-        let bar_addr = vp.bar_address(pool.bar)?;
-        let base = bar_addr
-            .checked_add(pool.offset)
-            .ok_or(TransportError::BadRegister {
-                what: "pool BAR address",
-                value: bar_addr,
-            })?;
-        let window = PoolWindow::new(base, pool.len)?;
-        let mapping = vp
-            .pci()
-            .map_bar(pool.bar, pool.offset, pool.len)
-            .map_err(TransportError::from)?;
-        let mem = Arc::new(PoolMemory::new(mapping));
-        // Whatever the device left in the pool is not ours to trust or to leak: start clean.
-        mem.zero(0, pool.len as usize)?;
-
-        let max = vp.queue_max_size(0)?;
-        if max == 0 {
-            return Err(TransportError::BadRegister {
-                what: "queue 0 size",
-                value: 0,
-            }
-            .into());
-        }
-        // Largest power of two not above the device's maximum, ours, or the layout's.
-        let cap = max.min(opts.queue_size).min(MAX_QUEUE_SIZE);
-        let qsize = 1u16 << (15 - cap.leading_zeros().min(15));
-        let layout = PoolLayout::new(pool.len, 1, qsize)?;
-        let ql = layout.queues[0];
-        let indirect = accepted & bit(VIRTIO_RING_F_INDIRECT_DESC) != 0;
-        if !indirect && qsize < 3 {
-            let _ = vp.set_status(failed | status::FEATURES_OK);
-            return Err(BlockError::QueueTooSmall(qsize));
-        }
-        let event_idx = accepted & bit(VIRTIO_RING_F_EVENT_IDX) != 0;
-        let ring = SplitRing::new(mem.clone(), window, ql, indirect, event_idx)?;
-        let irq = match vp.pci().enable_msix(2).map_err(TransportError::from)? {
-            Some(mut fds) if fds.len() == 2 => {
-                vp.set_config_vector(CONFIG_VECTOR)?;
-                fds.truncate(1);
-                fds.pop()
-            }
-            _ => None,
-        };
-        let vector = if irq.is_some() {
-            QUEUE_VECTOR
-        } else {
-            common::NO_VECTOR
-        };
-        vp.setup_queue(
-            0,
-            qsize,
-            (ring.desc_bus(), ring.avail_bus(), ring.used_bus()),
-            vector,
-        )?;
-        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-        vp.set_status(s | status::DRIVER_OK)?;
-        let st = vp.status()?;
-        if st & status::DEVICE_NEEDS_RESET != 0 || st & status::DRIVER_OK == 0 {
-            return Err(BlockError::NeedsReset);
-        }
-        // The whole virtio-blk configuration the device presents (up to what this driver
-        // knows), read once and checked for the negotiated features.
-        let cfg_len = (vp.caps().device.len as usize).min(blk_config::LEN);
-        let mut cfg_bytes = vec![0u8; cfg_len];
-        vp.read_device_config(0, &mut cfg_bytes)?;
-        let config = BlkConfig::parse(accepted, &cfg_bytes)?;
-        let capacity = config.capacity;
-        let info = BlockInfo {
-            device_features: offered,
-            driver_features: accepted,
-            negotiated: feature_names(accepted),
-            pool_bus_address: base,
-            pool_size: pool.len,
-            capacity,
-            read_only: accepted & bit(VIRTIO_BLK_F_RO) != 0,
-            queue_size: qsize,
-            slots: ql.slot_count,
-            attestation: String::new(),
-        };
-        let mut me = Self {
-            vp,
-            mem,
-            layout: ql,
-            ring,
-            slots: SlotAllocator::new(ql.slot_count),
-            irq,
-            timeout: opts.timeout,
-            poll: opts.poll,
-            max_in_flight: opts.max_in_flight,
-            latencies: None,
-            pending: (0..qsize).map(|_| None).collect(),
-            info,
-            stopped: false,
-            window,
-            config,
-        };
-        match me.attest(attester) {
-            Ok(outcome) => {
-                me.info.attestation = outcome;
-                Ok(me)
-            }
-            Err(e) => {
-                let _ = me.vp.set_status(s | status::DRIVER_OK | status::FAILED);
-                Err(e)
-            }
-        }
-    }
-
-    /// Proves this session to the device through its attestation mailbox
-    /// ([`mailbox::prove`]), lending bounce slots for the evidence and zeroing and freeing
-    /// them once the device has answered.
-    fn attest(&mut self, attester: Option<&dyn Attester>) -> Result<String, BlockError> {
-        let session = Session {
-            device_features: self.info.device_features,
-            driver_features: self.info.driver_features,
-            pool: self.window,
-            queues: vec![QueueRings {
-                index: 0,
-                desc: self.ring.desc_bus(),
-                avail: self.ring.avail_bus(),
-                used: self.ring.used_bus(),
-                size: self.ring.size(),
-            }],
-        };
-        let mut lent = None;
-        let Self {
-            vp,
-            mem,
-            layout,
-            slots,
-            window,
-            timeout,
-            ..
-        } = self;
-        let outcome = mailbox::prove(vp, session, attester, *timeout, |evidence| {
-            let len = evidence.len() as u64;
-            let run = slots
-                .alloc(slots_for(len) as u32)
-                .ok_or(BlockError::PoolExhausted(len))?;
-            lent = Some(run);
-            let off = layout.slots + u64::from(run.first) * SLOT_SIZE;
-            mem.write(off, evidence)?;
-            window
-                .bus_of(off, len)
-                .ok_or(MailboxError::EvidenceOutsidePool.into())
-        });
-        if let Some(run) = lent {
-            self.release(run, std::iter::empty());
-        }
-        outcome
-    }
-
     /// What was negotiated.
     pub fn info(&self) -> &BlockInfo {
         &self.info
