@@ -181,27 +181,14 @@ impl<P: PciAccess> BlockDriver<P> {
 
     /// Reads `buf.len()` bytes at `offset` (both multiples of 512).
     pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        self.check_io(offset, buf.len() as u64)?;
-        let mut builds = VecDeque::new();
-        let mut at = 0usize;
-        while at < buf.len() {
-            let n = (buf.len() - at).min(MAX_REQUEST_BYTES as usize);
-            builds.push_back(Build {
-                ty: T_IN,
-                sector: (offset + at as u64) / SECTOR_SIZE,
-                out: None,
-                in_len: n as u32,
-                ctl_payload: None,
-                sink: Sink::Read { at, len: n as u32 },
-            });
-            at += n;
-        }
+        let builds = self.scattered(&[(offset, buf.len())], buf.len(), None)?;
         self.run(builds, buf)
     }
 
     /// Reads several ranges at once, all in flight together (as many as the ring and the
     /// pool hold): range `i` of `lens[i]` bytes at `offsets[i]` lands in `buf` after the
-    /// ranges before it. Each range is one request of at most [`MAX_REQUEST_BYTES`].
+    /// ranges before it. A range larger than [`max_part_bytes`](Self::max_part_bytes) goes as
+    /// several requests.
     pub fn read_scattered(
         &mut self,
         ranges: &[(u64, usize)],
@@ -213,7 +200,7 @@ impl<P: PciAccess> BlockDriver<P> {
 
     /// Writes several ranges at once, all in flight together (up to `max_in_flight`): range
     /// `i` takes `lens[i]` bytes of `data` after the ranges before it, to `offsets[i]`. Each
-    /// range is one request of at most [`MAX_REQUEST_BYTES`].
+    /// range larger than [`max_part_bytes`](Self::max_part_bytes) goes as several requests.
     pub fn write_scattered(
         &mut self,
         ranges: &[(u64, usize)],
@@ -242,35 +229,40 @@ impl<P: PciAccess> BlockDriver<P> {
                 capacity: total as u64,
             });
         }
+        let part = self.max_part_bytes() as usize;
         let mut builds = VecDeque::with_capacity(ranges.len());
         let mut at = 0usize;
         for &(offset, len) in ranges {
             self.check_io(offset, len as u64)?;
-            if len as u64 > MAX_REQUEST_BYTES {
-                return Err(BlockError::PoolExhausted(len as u64));
-            }
-            let sector = offset / SECTOR_SIZE;
-            builds.push_back(match data {
-                Some(d) => Build {
-                    ty: T_OUT,
-                    sector,
-                    out: Some(&d[at..at + len]),
-                    in_len: 0,
-                    ctl_payload: None,
-                    sink: Sink::None,
-                },
-                None => Build {
-                    ty: T_IN,
-                    sector,
-                    out: None,
-                    in_len: len as u32,
-                    ctl_payload: None,
-                    sink: Sink::Read {
-                        at,
-                        len: len as u32,
+            // A range larger than the pool holds at once goes as several requests.
+            let mut done = 0usize;
+            while done < len {
+                let n = (len - done).min(part);
+                let sector = (offset + done as u64) / SECTOR_SIZE;
+                let here = at + done;
+                builds.push_back(match data {
+                    Some(d) => Build {
+                        ty: T_OUT,
+                        sector,
+                        out: Some(&d[here..here + n]),
+                        in_len: 0,
+                        ctl_payload: None,
+                        sink: Sink::None,
                     },
-                },
-            });
+                    None => Build {
+                        ty: T_IN,
+                        sector,
+                        out: None,
+                        in_len: n as u32,
+                        ctl_payload: None,
+                        sink: Sink::Read {
+                            at: here,
+                            len: n as u32,
+                        },
+                    },
+                });
+                done += n;
+            }
             at += len;
         }
         Ok(builds)
@@ -302,18 +294,7 @@ impl<P: PciAccess> BlockDriver<P> {
         if self.info.read_only {
             return Err(BlockError::ReadOnly);
         }
-        let builds = data
-            .chunks(MAX_REQUEST_BYTES as usize)
-            .enumerate()
-            .map(|(i, chunk)| Build {
-                ty: T_OUT,
-                sector: (offset + i as u64 * MAX_REQUEST_BYTES) / SECTOR_SIZE,
-                out: Some(chunk),
-                in_len: 0,
-                ctl_payload: None,
-                sink: Sink::None,
-            })
-            .collect();
+        let builds = self.scattered(&[(offset, data.len())], data.len(), Some(data))?;
         self.run(builds, &mut [])
     }
 

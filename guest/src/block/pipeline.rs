@@ -244,6 +244,23 @@ const _: () = assert!(MAX_MAPPING_SLOTS * SLOT_SIZE == MAX_MAPPING);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::fake_device::{FakeConfig, FakeDevice};
+    use crate::Options;
+
+    #[test]
+    fn a_transfer_larger_than_the_smallest_pool_is_split_not_refused() {
+        let disk: Vec<u8> = (0..4usize << 20).map(|i| (i % 253) as u8).collect();
+        let fake = FakeDevice::new(FakeConfig::new(disk.clone()).with_pool_size(1 << 20)).unwrap();
+        let mut drv = BlockDriver::open(fake.clone(), &Options::default()).unwrap();
+        assert!(drv.max_part_bytes() < 1 << 20);
+        let mut buf = vec![0u8; 3 << 20];
+        drv.read_at(512, &mut buf).unwrap();
+        assert!(buf == disk[512..512 + (3 << 20)]);
+        let data = vec![0x5a; 2 << 20];
+        drv.write_at(1 << 20, &data).unwrap();
+        assert!(fake.disk()[1 << 20..3 << 20] == data[..]);
+        assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+    }
 
     #[test]
     fn parts_fit_the_pool_and_never_exceed_one_request() {
