@@ -491,6 +491,16 @@ fn drive<P: PciAccess>(args: &Args, pci: P) -> Result<(), String> {
         Cmd::Roundtrip { offset, size } => roundtrip(&mut dev, *offset, *size, args.json)?,
         Cmd::Ublk { id, depth, max_io } => ublk(&mut dev, *id, *depth, *max_io, args.json)?,
     };
+    // A device that reports more bytes written than were posted is lying: the driver clamps
+    // the length, and says so here rather than silently.
+    let lies = dev.ring_stats().bogus_len;
+    let mut out = out;
+    if lies > 0 {
+        eprintln!("swiotlb-guest: the device reported a used length above what was posted {lies} time(s) (clamped)");
+        if let Some(o) = out.as_object_mut() {
+            o.insert("used_len_above_posted".into(), lies.into());
+        }
+    }
     if args.json {
         println!("{out}");
     }

@@ -172,6 +172,12 @@ impl<P: PciAccess> BlockDriver<P> {
         Ok(self.ring.has_used()?)
     }
 
+    /// The request ring's counters; `bogus_len` counts completions whose used length
+    /// exceeded what was posted (clamped, never trusted: a device lying).
+    pub fn ring_stats(&self) -> crate::ring::RingStats {
+        self.ring.stats()
+    }
+
     /// Requests in flight.
     pub fn in_flight(&self) -> u16 {
         self.ring.in_flight()

@@ -101,6 +101,9 @@ pub struct EngineStats {
     pub waits_for_room: u64,
     /// Block requests completed with an error.
     pub errors: u64,
+    /// Completions whose used length exceeded what was posted: clamped, and the device
+    /// lying about them (virtio-blk does not rely on the used length).
+    pub used_len_above_posted: u64,
     /// Why the device was given up, when it was.
     pub failure: Option<String>,
 }
@@ -359,6 +362,13 @@ impl<'d, P: PciAccess, K: KernelQueue> Engine<'d, P, K> {
             self.last_progress = Instant::now();
             self.part_done(token as u16, r.map_err(|e| e.errno()))
                 .map_err(|_| BlockError::Stopped)?;
+        }
+        let lies = self.driver.ring_stats().bogus_len;
+        if lies > self.stats.used_len_above_posted {
+            if self.stats.used_len_above_posted == 0 {
+                eprintln!("swiotlb-guest ublk: the device reported a used length above what was posted (clamped; counted in used_len_above_posted)");
+            }
+            self.stats.used_len_above_posted = lies;
         }
         let mut posted = false;
         while let Some(p) = self.backlog.front().copied() {
@@ -681,6 +691,23 @@ mod tests {
             let got = kq.read_back.iter().find(|r| r.0 == t as u16).map(|r| &r.1);
             assert_eq!(got, Some(&want), "read {t}");
         }
+    }
+
+    #[test]
+    fn a_used_length_above_what_was_posted_is_clamped_and_counted() {
+        let disk = pattern(1 << 20, 7);
+        let fake = FakeDevice::with_disk(disk.clone()).unwrap();
+        let mut drv = open(&fake, Duration::from_secs(5));
+        fake.set_behavior(Behavior {
+            used_len_extra: 4096,
+            ..Behavior::default()
+        });
+        let script = vec![vec![(0, desc(op::READ, 8, 8), None)]];
+        let (stats, kq) = run_to_end(&mut drv, FakeKernel::new(1, 1 << 20, script));
+        assert_eq!(kq.commits, [(0, 4096)]);
+        assert_eq!(kq.read_back, [(0, disk[4096..8192].to_vec())]);
+        assert_eq!(stats.used_len_above_posted, 1);
+        assert!(stats.failure.is_none());
     }
 
     #[test]
