@@ -221,7 +221,8 @@ impl<P: PciAccess> VirtioPci<P> {
             let (cap, mult) = c.ok_or(TransportError::MissingCapability(what))?;
             Self::check_region(pci, what, &cap, min).map(|r| (r, mult))
         };
-        let (common, _) = region("common", common, common::LEN)?;
+        // The virtio 1.0 size suffices: this driver never touches the fields 1.2 added.
+        let (common, _) = region("common", common, common::LEN_1_0)?;
         let (notify, mult) = region("notify", notify, 2)?;
         let (isr, _) = region("ISR", isr, 1)?;
         let (device, _) = region("device", device, 1)?;
@@ -570,5 +571,39 @@ impl<P: PciAccess> VirtioPci<P> {
     /// Whether feature bit `f` is in `features`.
     pub fn has(features: u64, f: u32) -> bool {
         features & bit(f) != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use swiotlb_shared::pci::device_layout as dl;
+
+    use crate::testing::fake_device::{FakeConfig, FakeDevice};
+    use crate::{BlockDriver, Options};
+
+    /// A device whose common-configuration capability says `len` bytes.
+    fn with_common_len(len: u32) -> FakeDevice {
+        let mut c = FakeConfig::new(vec![0u8; 1 << 20]);
+        // struct virtio_pci_cap: `length` is the le32 at byte 12.
+        c.config_patches
+            .push((u16::from(dl::CAP_COMMON) + 12, len.to_le_bytes().to_vec()));
+        FakeDevice::new(c).unwrap()
+    }
+
+    #[test]
+    fn a_virtio_1_0_common_configuration_of_56_bytes_is_accepted() {
+        let fake = with_common_len(56);
+        let mut drv = BlockDriver::open(fake.clone(), &Options::default()).unwrap();
+        drv.write_at(0, &[7u8; 4096]).unwrap();
+        assert!(fake.disk()[..4096].iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn a_common_configuration_shorter_than_virtio_1_0_is_refused() {
+        let err = BlockDriver::open(with_common_len(52), &Options::default())
+            .err()
+            .map(|e| swiotlb_shared::error_chain(&e))
+            .unwrap_or_default();
+        assert!(err.contains("below the minimum 56"), "{err}");
     }
 }

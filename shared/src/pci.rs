@@ -288,6 +288,9 @@ pub mod common {
     pub const QUEUE_RESET: u64 = 0x3a;
     /// Bytes of the structure actually defined (the Rust struct pads to 64).
     pub const LEN: u64 = 0x3c;
+    /// Bytes of the virtio 1.0/1.1 structure (up to `queue_device`), the least a driver
+    /// that uses neither `queue_notify_data` nor `queue_reset` needs (Linux maps 56 too).
+    pub const LEN_1_0: u64 = 0x38;
     /// "No vector" value for MSI-X vector registers.
     pub const NO_VECTOR: u16 = 0xffff;
 }
