@@ -57,7 +57,7 @@ run_fio_jobs "$B" OURS
 
 # The filesystem.
 echo "+ mkfs.ext4 $B"
-mke2fs -q -t ext4 -F -L swiotlb-e2e $B || disk_fail "mkfs.ext4 $B failed"
+/usr/sbin/mke2fs -q -t ext4 -F -L swiotlb-e2e $B || disk_fail "mkfs.ext4 $B failed"
 mkdir -p /mnt/disk
 mount -t ext4 $B /mnt/disk || disk_fail "mounting $B failed"
 mkdir -p /mnt/disk/tree/a/b /mnt/disk/tree/c
@@ -72,7 +72,7 @@ done
 sync
 umount /mnt/disk || disk_fail "unmounting failed"
 echo "+ e2fsck -fn $B"
-FSCK=$(e2fsck -fn $B 2>&1)
+FSCK=$(/usr/sbin/e2fsck -fn $B 2>&1)
 frc=$?
 echo "$FSCK"
 [ $frc = 0 ] || disk_fail "e2fsck -fn found problems (exit $frc): $(echo "$FSCK" | tail -n 3 | tr '\n' ' ')"

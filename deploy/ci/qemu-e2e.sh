@@ -590,7 +590,7 @@ if grep -q 'swiotlb_e2e=peer' /proc/cmdline; then
         # Linux's software IO TLB (iommu_platform=on) and on one that does not (no
         # ACCESS_PLATFORM: virtio hands the device guest-physical addresses). The high-water
         # mark of the IO TLB, reset before each disk, shows which one bounced.
-        export PATH=/bin:/usr/bin:/usr/sbin
+        export PATH=/usr/sbin:/usr/bin:/bin  # e2fsprogs and fio before busybox's own mke2fs
         . /fio-jobs.sh
         for pair in FIO-PEER:fio-peer FIO-PLAIN:fio-plain; do
             label=${pair%%:*}
@@ -739,7 +739,7 @@ case $VRT in *'"ok":true'*) ;; *) finish FAIL "VFIO roundtrip: $VRT" ;; esac
 VW=$(echo "$VRT" | sed -n 's/.*"write_mib_s":\([0-9.e+-]*\).*/\1/p')
 VR=$(echo "$VRT" | sed -n 's/.*"read_mib_s":\([0-9.e+-]*\).*/\1/p')
 if [ "$GUEST_DISK" = 1 ]; then
-    export PATH=/bin:/usr/bin:/usr/sbin
+    export PATH=/usr/sbin:/usr/bin:/bin  # e2fsprogs and fio before busybox's own mke2fs
     . /guest-disk.sh
 fi
 read -r up _ </proc/uptime
