@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use clap::{ArgGroup, Parser, Subcommand};
 use serde_json::json;
 use swiotlb_guest::attest::{self, AttesterChoice};
-use swiotlb_guest::pci::sysfs::{self, SysfsPci};
+use swiotlb_guest::pci::discovery::{self, bdf_of};
+use swiotlb_guest::pci::sysfs::SysfsPci;
 use swiotlb_guest::pci::vfio::{VfioPci, VFIO_PCI_DRIVER};
 use swiotlb_guest::pci::vfio_user::VfioUserClient;
 use swiotlb_guest::pci::PciAccess;
@@ -104,26 +105,18 @@ fn parse_pci_spec(s: &str) -> Result<PciSpec, String> {
     if rest == "auto" {
         return Ok(PciSpec::Auto(backend));
     }
-    sysfs::parse_bdf(rest)
+    discovery::parse_bdf(rest)
         .map(|bdf| PciSpec::Bdf(backend, bdf))
         .map_err(|e| format!("{e}; {usage}"))
-}
-
-/// The name of the function in `p` (its BDF), for messages.
-fn name_of(p: &Path) -> String {
-    p.file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// Lists `found` with the driver each is bound to, for messages.
 fn describe(found: &[PathBuf]) -> String {
     found
         .iter()
-        .map(|p| match sysfs::bound_driver(p) {
-            Some(d) => format!("{} (bound to {d})", name_of(p)),
-            None => name_of(p),
+        .map(|p| match discovery::bound_driver(p) {
+            Some(d) => format!("{} (bound to {d})", bdf_of(p)),
+            None => bdf_of(p),
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -131,11 +124,11 @@ fn describe(found: &[PathBuf]) -> String {
 
 /// The sysfs directory of the function `spec` names, under `sysfs_root`.
 fn resolve_pci(spec: &PciSpec, sysfs_root: &Path) -> Result<PathBuf, String> {
-    let dir = sysfs::devices_dir(sysfs_root);
+    let dir = discovery::devices_dir(sysfs_root);
     match spec {
         PciSpec::Bdf(_, bdf) => Ok(dir.join(bdf)),
         PciSpec::Auto(Backend::Vfio) => {
-            let found = sysfs::find_devices(sysfs_root);
+            let found = discovery::find_devices(sysfs_root);
             if found.is_empty() {
                 return Err(format!(
                     "no virtio-blk function (1af4:1042) under {}",
@@ -147,7 +140,7 @@ fn resolve_pci(spec: &PciSpec, sysfs_root: &Path) -> Result<PathBuf, String> {
             let with = |want: Option<&str>| -> Vec<&PathBuf> {
                 found
                     .iter()
-                    .filter(|p| sysfs::bound_driver(p).as_deref() == want)
+                    .filter(|p| discovery::bound_driver(p).as_deref() == want)
                     .collect()
             };
             match (
@@ -163,7 +156,7 @@ fn resolve_pci(spec: &PciSpec, sysfs_root: &Path) -> Result<PathBuf, String> {
             }
         }
         PciSpec::Auto(Backend::Sysfs) => {
-            let found = sysfs::find_devices(sysfs_root);
+            let found = discovery::find_devices(sysfs_root);
             match found.as_slice() {
                 [] => {
                     return Err(format!(
@@ -178,7 +171,7 @@ fn resolve_pci(spec: &PciSpec, sysfs_root: &Path) -> Result<PathBuf, String> {
             // be driven from here, so the one that no driver owns is meant.
             let free: Vec<&PathBuf> = found
                 .iter()
-                .filter(|p| sysfs::bound_driver(p).is_none())
+                .filter(|p| discovery::bound_driver(p).is_none())
                 .collect();
             if let [one] = free.as_slice() {
                 return Ok((*one).clone());
@@ -359,7 +352,7 @@ fn run(args: &Args) -> Result<(), String> {
             drive(args, client)
         }
         (None, Some(spec)) => {
-            let dir = resolve_pci(spec, Path::new(sysfs::SYSFS_ROOT))?;
+            let dir = resolve_pci(spec, Path::new(discovery::SYSFS_ROOT))?;
             // Every error of opening names the file or ioctl it concerns.
             match spec {
                 PciSpec::Auto(Backend::Sysfs) | PciSpec::Bdf(Backend::Sysfs, _) => {
@@ -631,7 +624,7 @@ mod tests {
     }
 
     fn function(root: &Path, bdf: &str, vendor: &str, device: &str) {
-        let d = sysfs::devices_dir(root).join(bdf);
+        let d = discovery::devices_dir(root).join(bdf);
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("vendor"), vendor).unwrap();
         std::fs::write(d.join("device"), device).unwrap();
@@ -647,7 +640,7 @@ mod tests {
         function(root, "0000:00:04.0", "0x1af4\n", "0x1042\n");
         assert_eq!(
             resolve_pci(&PciSpec::Auto(Backend::Sysfs), root).unwrap(),
-            sysfs::devices_dir(root).join("0000:00:04.0")
+            discovery::devices_dir(root).join("0000:00:04.0")
         );
         function(root, "0000:00:05.0", "0x1af4\n", "0x1042\n");
         let e = resolve_pci(&PciSpec::Auto(Backend::Sysfs), root).unwrap_err();
@@ -656,7 +649,7 @@ mod tests {
             "{e}"
         );
         // One of the two owned by a kernel driver (a boot disk): the other is meant.
-        let devs = sysfs::devices_dir(root);
+        let devs = discovery::devices_dir(root);
         let drv = root.join("bus/pci/drivers/virtio-pci");
         std::fs::create_dir_all(&drv).unwrap();
         std::os::unix::fs::symlink(&drv, devs.join("0000:00:04.0/driver")).unwrap();
@@ -679,7 +672,7 @@ mod tests {
         );
         assert_eq!(
             resolve_pci(&PciSpec::Bdf(Backend::Sysfs, "0000:00:09.0".into()), root).unwrap(),
-            sysfs::devices_dir(root).join("0000:00:09.0")
+            discovery::devices_dir(root).join("0000:00:09.0")
         );
     }
 
@@ -688,7 +681,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = t.path();
         let auto = PciSpec::Auto(Backend::Vfio);
-        let devs = sysfs::devices_dir(root);
+        let devs = discovery::devices_dir(root);
         let bind = |bdf: &str, driver: &str| {
             let drv = root.join("bus/pci/drivers").join(driver);
             std::fs::create_dir_all(&drv).unwrap();

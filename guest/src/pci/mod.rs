@@ -3,6 +3,8 @@
 //! all:
 //! - [`vfio_user`]: a vfio-user client, the function in another process (it also plays the
 //!   firmware's part and assigns BAR addresses);
+//! - [`discovery`]: finding a real function in sysfs and reading the BARs the kernel
+//!   assigned it (its `resource` file), for the two back ends below;
 //! - [`sysfs`]: a real PCI function of a Linux guest, through `/sys/bus/pci/devices/<BDF>/`
 //!   (the kernel assigned the BARs; no interrupts, the driver polls);
 //! - [`vfio`]: a real PCI function bound to the kernel's `vfio-pci`, through a VFIO container
@@ -16,13 +18,17 @@
 //! function's BAR registers hold, which each back end checks against the kernel's own record
 //! (sysfs `resource`).
 
+pub mod discovery;
+#[cfg(test)]
+mod fake_sysfs;
 pub mod sysfs;
 pub mod vfio;
 pub mod vfio_user;
 
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use swiotlb_shared::pci::{cfg, VIRTIO_PCI_DEVICE_ID_BLOCK, VIRTIO_PCI_VENDOR_ID};
 use thiserror::Error;
 
 use crate::pool::{Mapping, PoolAccessError};
@@ -163,6 +169,9 @@ pub enum PciError {
     },
 }
 
+/// Configuration space beyond this (PCIe extended space ends here) is never addressed.
+pub(crate) const MAX_CONFIG_SIZE: u64 = 4096;
+
 /// Refuses a configuration-space access of `len` bytes at `offset` that passes the end of
 /// a `size`-byte configuration space.
 pub(crate) fn check_config_range(
@@ -180,6 +189,30 @@ pub(crate) fn check_config_range(
         });
     }
     Ok(())
+}
+
+/// Refuses a function whose configuration space (read through `pci`) does not say modern
+/// virtio-blk (1af4:1042); `dir` names it in the error.
+pub(crate) fn check_virtio_blk(pci: &mut impl PciAccess, dir: &Path) -> Result<(), PciError> {
+    let mut id = [0u8; 4];
+    pci.config_read(cfg::VENDOR_ID, &mut id)?;
+    let vendor = u16::from_le_bytes([id[0], id[1]]);
+    let device = u16::from_le_bytes([id[2], id[3]]);
+    if vendor != VIRTIO_PCI_VENDOR_ID || device != VIRTIO_PCI_DEVICE_ID_BLOCK {
+        return Err(PciError::WrongFunction {
+            path: dir.to_path_buf(),
+            vendor,
+            device,
+        });
+    }
+    Ok(())
+}
+
+/// The system's page size.
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).ok().filter(|n| *n > 0).unwrap_or(4096)
 }
 
 /// A register access to a BAR that back ends reach through a mapping, checked the same way
@@ -244,7 +277,7 @@ impl RegisterAccess {
 
     /// The BAR the kernel describes in `r`, of `size` bytes as the back end knows it, is a
     /// used memory BAR with an address, and holds the access.
-    pub fn check_bar(&self, r: &sysfs::BarResource, size: u64) -> Result<(), PciError> {
+    pub fn check_bar(&self, r: &discovery::BarResource, size: u64) -> Result<(), PciError> {
         if size == 0 {
             return Err(self.refuse("the BAR is unused"));
         }

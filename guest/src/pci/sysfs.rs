@@ -17,243 +17,25 @@
 //! The host is hostile, and what these files say comes from it (the BAR sizes the kernel
 //! found, configuration bytes): every value is checked before use and every failure is a
 //! [`PciError`] naming the file and what failed. Nothing here panics on file contents.
+//! Finding the function and reading its `resource` file is [`super::discovery`]'s.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use swiotlb_shared::pci::{cfg, VIRTIO_PCI_DEVICE_ID_BLOCK, VIRTIO_PCI_VENDOR_ID};
+use swiotlb_shared::pci::cfg;
 
-use super::{check_config_range, mmio_read, mmio_write, PciAccess, PciError, RegisterAccess};
+use super::discovery::{
+    bdf_of, bound_driver, check_function_dir, excerpt, read_attr, read_resources, sysfs_err,
+    BarResource, NUM_BARS,
+};
+use super::{
+    check_config_range, check_virtio_blk, mmio_read, mmio_write, page_size, PciAccess, PciError,
+    RegisterAccess, MAX_CONFIG_SIZE,
+};
 use crate::pool::{Mapping, PoolAccessError};
-
-/// Where sysfs is mounted.
-pub const SYSFS_ROOT: &str = "/sys";
-/// The directory of PCI functions, relative to the sysfs root.
-pub const DEVICES_DIR: &str = "bus/pci/devices";
-/// Number of BARs of a type-0 header.
-pub const NUM_BARS: usize = 6;
-/// Configuration space beyond this (PCIe extended space ends here) is never addressed.
-const MAX_CONFIG_SIZE: u64 = 4096;
-/// Most bytes read from the `resource` file (a function has at most a few dozen lines of
-/// 57 bytes).
-pub(super) const MAX_RESOURCE_BYTES: u64 = 64 * 1024;
-/// Most bytes read from a small attribute (`vendor`, `device`, `enable`).
-const MAX_ATTR_BYTES: u64 = 64;
-/// `IORESOURCE_IO`: an I/O port BAR.
-pub const IORESOURCE_IO: u64 = 0x0000_0100;
-/// `IORESOURCE_MEM`: a memory BAR.
-pub const IORESOURCE_MEM: u64 = 0x0000_0200;
-/// `IORESOURCE_DISABLED`: the resource is not in use.
-pub const IORESOURCE_DISABLED: u64 = 0x1000_0000;
-/// `IORESOURCE_UNSET`: the kernel sized the BAR but could not give it an address.
-pub const IORESOURCE_UNSET: u64 = 0x2000_0000;
-
-/// One BAR as the `resource` file describes it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BarResource {
-    /// Address the BAR decodes at, as the kernel reports it.
-    pub start: u64,
-    /// Size in bytes (0: the BAR is unused).
-    pub size: u64,
-    /// The kernel's `IORESOURCE_*` flags.
-    pub flags: u64,
-}
-
-impl BarResource {
-    /// Whether the BAR is a memory BAR.
-    pub fn is_memory(&self) -> bool {
-        self.size != 0 && self.flags & IORESOURCE_MEM != 0
-    }
-
-    /// Whether the BAR is an I/O port BAR.
-    pub fn is_io(&self) -> bool {
-        self.size != 0 && self.flags & IORESOURCE_IO != 0
-    }
-
-    /// Whether the kernel gave the BAR an address.
-    pub fn is_assigned(&self) -> bool {
-        self.size != 0 && self.flags & (IORESOURCE_UNSET | IORESOURCE_DISABLED) == 0
-    }
-}
-
-/// At most the first 40 characters of `s`, for error messages about file contents.
-pub(super) fn excerpt(s: &str) -> String {
-    let mut e: String = s.chars().take(40).collect();
-    if s.chars().nth(40).is_some() {
-        e.push('…');
-    }
-    e
-}
-
-/// A hexadecimal number of at most 64 bits, with or without `0x`.
-fn parse_hex(s: &str) -> Result<u64, String> {
-    let digits = s
-        .strip_prefix("0x")
-        .or_else(|| s.strip_prefix("0X"))
-        .unwrap_or(s);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("{:?} is not a hexadecimal number", excerpt(s)));
-    }
-    u64::from_str_radix(digits, 16).map_err(|_| format!("{:?} does not fit 64 bits", excerpt(s)))
-}
-
-/// Checks one BAR line (`start end flags`) of the `resource` file.
-fn parse_bar(bar: usize, line: &str) -> Result<BarResource, String> {
-    let mut words = line.split_ascii_whitespace();
-    let (Some(a), Some(b), Some(c), None) =
-        (words.next(), words.next(), words.next(), words.next())
-    else {
-        return Err(format!(
-            "BAR {bar}: expected `start end flags`, found {:?}",
-            excerpt(line)
-        ));
-    };
-    let field = |what: &str, s: &str| parse_hex(s).map_err(|e| format!("BAR {bar} {what}: {e}"));
-    let (start, end, flags) = (field("start", a)?, field("end", b)?, field("flags", c)?);
-    if start == 0 && end == 0 {
-        // Unused (or the upper half of a 64-bit BAR).
-        return Ok(BarResource::default());
-    }
-    if end < start {
-        return Err(format!(
-            "BAR {bar}: end {end:#x} lies below start {start:#x}"
-        ));
-    }
-    let size = (end - start)
-        .checked_add(1)
-        .ok_or_else(|| format!("BAR {bar}: [{start:#x}, {end:#x}] overflows 64 bits"))?;
-    match (flags & IORESOURCE_IO != 0, flags & IORESOURCE_MEM != 0) {
-        (true, false) | (false, true) => {}
-        _ => {
-            return Err(format!(
-                "BAR {bar}: flags {flags:#x} say neither or both of I/O and memory"
-            ))
-        }
-    }
-    if !size.is_power_of_two() {
-        return Err(format!("BAR {bar}: size {size:#x} is not a power of two"));
-    }
-    // The smallest BARs PCI allows: 16 bytes of memory, 4 of I/O ports.
-    let min = if flags & IORESOURCE_MEM != 0 { 16 } else { 4 };
-    if size < min {
-        return Err(format!(
-            "BAR {bar}: size {size:#x} is below the {min} bytes PCI allows"
-        ));
-    }
-    if start % size != 0 {
-        return Err(format!(
-            "BAR {bar}: address {start:#x} is not aligned to its size {size:#x}"
-        ));
-    }
-    Ok(BarResource { start, size, flags })
-}
-
-/// Parses the `resource` file: its first six lines are BARs 0 to 5 (later lines, the ROM
-/// and bridge or SR-IOV windows, are not used and not looked at).
-pub fn parse_resource(text: &str) -> Result<[BarResource; NUM_BARS], String> {
-    let mut bars = [BarResource::default(); NUM_BARS];
-    let mut lines = text.lines();
-    for (i, bar) in bars.iter_mut().enumerate() {
-        let line = lines
-            .next()
-            .ok_or_else(|| format!("{i} lines, expected at least {NUM_BARS} (one per BAR)"))?;
-        *bar = parse_bar(i, line)?;
-    }
-    Ok(bars)
-}
-
-/// Parses a PCI address: `DDDD:BB:DD.F`, or `BB:DD.F` in domain 0. Returns it as sysfs
-/// names the function (lower-case, zero-padded), so it can only ever name an entry of the
-/// devices directory.
-pub fn parse_bdf(s: &str) -> Result<String, String> {
-    let bad = || format!("{:?} is not a PCI address (DDDD:BB:DD.F)", excerpt(s));
-    let num = |t: &str, max_digits: usize, max: u32| -> Result<u32, String> {
-        if t.is_empty() || t.len() > max_digits || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        u32::from_str_radix(t, 16)
-            .ok()
-            .filter(|v| *v <= max)
-            .ok_or_else(bad)
-    };
-    let (rest, func) = s.rsplit_once('.').ok_or_else(bad)?;
-    let parts: Vec<&str> = rest.split(':').collect();
-    let (domain, bus, dev) = match parts.as_slice() {
-        [d, b, v] => (num(d, 8, u32::MAX)?, *b, *v),
-        [b, v] => (0, *b, *v),
-        _ => return Err(bad()),
-    };
-    let (bus, dev, func) = (num(bus, 2, 0xff)?, num(dev, 2, 0x1f)?, num(func, 1, 7)?);
-    Ok(format!("{domain:04x}:{bus:02x}:{dev:02x}.{func}"))
-}
-
-/// The directory of PCI functions under `sysfs_root`.
-pub fn devices_dir(sysfs_root: &Path) -> PathBuf {
-    sysfs_root.join(DEVICES_DIR)
-}
-
-/// Reads a small attribute file (at most [`MAX_ATTR_BYTES`]).
-pub(super) fn read_attr(path: &Path) -> std::io::Result<String> {
-    let mut s = String::new();
-    File::open(path)?
-        .take(MAX_ATTR_BYTES)
-        .read_to_string(&mut s)?;
-    Ok(s)
-}
-
-/// A 16-bit ID file (`vendor`, `device`: "0x1af4\n").
-fn read_id(path: &Path) -> Option<u16> {
-    let s = read_attr(path).ok()?;
-    let v = parse_hex(s.trim()).ok()?;
-    u16::try_from(v).ok()
-}
-
-/// Lists the modern virtio-blk functions (vendor 0x1af4, device 0x1042 by their `vendor`
-/// and `device` files) under `<sysfs_root>/bus/pci/devices`, sorted. An unreadable
-/// directory or entry is simply not listed.
-pub fn find_devices(sysfs_root: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(devices_dir(sysfs_root)) else {
-        return Vec::new();
-    };
-    let mut found: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            read_id(&p.join("vendor")) == Some(VIRTIO_PCI_VENDOR_ID)
-                && read_id(&p.join("device")) == Some(VIRTIO_PCI_DEVICE_ID_BLOCK)
-        })
-        .collect();
-    found.sort();
-    found
-}
-
-/// The kernel driver bound to the function in `dir` (its `driver` link), if any; `Some("?")`
-/// when the link exists but cannot be read.
-pub fn bound_driver(dir: &Path) -> Option<String> {
-    let link = dir.join("driver");
-    fs::symlink_metadata(&link).ok()?;
-    Some(
-        fs::read_link(&link)
-            .ok()
-            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "?".into()),
-    )
-}
-
-fn sysfs_err(path: &Path, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PciError {
-    let (path, what) = (path.to_path_buf(), what.into());
-    move |source| PciError::Sysfs { path, what, source }
-}
-
-/// The system's page size.
-pub(super) fn page_size() -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(n).ok().filter(|n| *n > 0).unwrap_or(4096)
-}
 
 /// A PCI function driven through sysfs.
 pub struct SysfsPci {
@@ -283,13 +65,7 @@ impl SysfsPci {
     /// disabled, turns on memory decode and bus mastering, and turns legacy INTx off (the
     /// driver polls).
     pub fn open(dir: &Path) -> Result<Self, PciError> {
-        let meta = fs::metadata(dir).map_err(sysfs_err(dir, "looking up the PCI function"))?;
-        if !meta.is_dir() {
-            return Err(PciError::SysfsInvalid {
-                path: dir.to_path_buf(),
-                why: "not a directory (expected /sys/bus/pci/devices/<BDF>)".into(),
-            });
-        }
+        check_function_dir(dir)?;
         let config_path = dir.join("config");
         let config = OpenOptions::new()
             .read(true)
@@ -317,19 +93,10 @@ impl SysfsPci {
             bars: [BarResource::default(); NUM_BARS],
             maps: std::array::from_fn(|_| None),
         };
-        let mut id = [0u8; 4];
-        me.config_read(cfg::VENDOR_ID, &mut id)?;
-        let vendor = u16::from_le_bytes([id[0], id[1]]);
-        let device = u16::from_le_bytes([id[2], id[3]]);
-        if vendor != VIRTIO_PCI_VENDOR_ID || device != VIRTIO_PCI_DEVICE_ID_BLOCK {
-            return Err(PciError::WrongFunction {
-                path: me.dir,
-                vendor,
-                device,
-            });
-        }
+        let dir = me.dir.clone();
+        check_virtio_blk(&mut me, &dir)?;
         me.check_unbound()?;
-        me.bars = me.read_resources()?;
+        me.bars = read_resources(&me.dir)?;
         me.enable()?;
         let mut c = [0u8; 2];
         me.config_read(cfg::COMMAND, &mut c)?;
@@ -363,26 +130,12 @@ impl SysfsPci {
         match fs::symlink_metadata(&link) {
             Ok(_) => Err(PciError::Bound {
                 path: self.dir.clone(),
-                bdf: self
-                    .dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+                bdf: bdf_of(&self.dir),
                 driver: bound_driver(&self.dir).unwrap_or_else(|| "?".into()),
             }),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(sysfs_err(&link, "looking up")(e)),
         }
-    }
-
-    fn read_resources(&self) -> Result<[BarResource; NUM_BARS], PciError> {
-        let path = self.dir.join("resource");
-        let mut raw = Vec::new();
-        File::open(&path)
-            .and_then(|f| f.take(MAX_RESOURCE_BYTES).read_to_end(&mut raw))
-            .map_err(sysfs_err(&path, "reading"))?;
-        let text = String::from_utf8_lossy(&raw);
-        parse_resource(&text).map_err(|why| PciError::SysfsInvalid { path, why })
     }
 
     /// Writes `1` to `enable` when it reads `0` (the kernel's count of enables).
@@ -551,165 +304,12 @@ impl PciAccess for SysfsPci {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio_pci::{TransportError, VirtioPci};
-    use proptest::prelude::*;
-    use swiotlb_shared::pci::{
-        common, device_layout as dl, VirtioPciCap, VirtioPciNotifyCap, VIRTIO_PCI_CAP_COMMON_CFG,
-        VIRTIO_PCI_CAP_DEVICE_CFG, VIRTIO_PCI_CAP_ISR_CFG, VIRTIO_PCI_CAP_NOTIFY_CFG,
-        VIRTIO_PCI_CAP_SWIOTLB,
+    use crate::pci::discovery::{IORESOURCE_IO, IORESOURCE_MEM, IORESOURCE_UNSET};
+    use crate::pci::fake_sysfs::{
+        config_bytes, good_resource, line, Tree, POOL_ADDR, POOL_SIZE, REGS_ADDR,
     };
-
-    const REGS_ADDR: u64 = 0xfe00_0000;
-    const POOL_ADDR: u64 = 0x8_0000_0000;
-    const POOL_SIZE: u64 = 4 << 20;
-    const MEM32_FLAGS: u64 = 0x0004_0200;
-    const MEM64_PREF_FLAGS: u64 = 0x0014_220c;
-
-    fn line(start: u64, size: u64, flags: u64) -> String {
-        let end = if size == 0 { 0 } else { start + size - 1 };
-        format!("0x{start:016x} 0x{end:016x} 0x{flags:016x}\n")
-    }
-
-    fn good_resource() -> String {
-        let zero = line(0, 0, 0);
-        [
-            line(REGS_ADDR, dl::REGS_BAR_SIZE, MEM32_FLAGS),
-            zero.clone(),
-            line(POOL_ADDR, POOL_SIZE, MEM64_PREF_FLAGS),
-            zero.clone(),
-            zero.clone(),
-            zero.clone(),
-            zero, // ROM
-        ]
-        .concat()
-    }
-
-    fn cap(next: u8, cfg_type: u8, bar: u8, offset: u32, length: u32) -> [u8; 16] {
-        VirtioPciCap {
-            cap_vndr: cfg::CAP_ID_VENDOR,
-            cap_next: next,
-            cap_len: VirtioPciCap::SIZE as u8,
-            cfg_type,
-            bar,
-            id: 0,
-            padding: [0; 2],
-            offset,
-            length,
-        }
-        .to_bytes()
-    }
-
-    /// A virtio-blk configuration header with its capabilities, 4 KiB as a PCIe function's,
-    /// with memory decode and bus mastering off.
-    fn config_bytes(vendor: u16, device: u16) -> Vec<u8> {
-        let mut b = vec![0u8; 4096];
-        let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
-        put(0, &vendor.to_le_bytes());
-        put(2, &device.to_le_bytes());
-        put(6, &cfg::STATUS_CAP_LIST.to_le_bytes());
-        put(0x10, &(REGS_ADDR as u32).to_le_bytes());
-        let lo = POOL_ADDR as u32 | cfg::BAR_MEM_TYPE_64 | cfg::BAR_PREFETCHABLE;
-        put(0x18, &lo.to_le_bytes());
-        put(0x1c, &((POOL_ADDR >> 32) as u32).to_le_bytes());
-        put(0x34, &[dl::CAP_COMMON]);
-        put(
-            dl::CAP_COMMON.into(),
-            &cap(
-                dl::CAP_NOTIFY,
-                VIRTIO_PCI_CAP_COMMON_CFG,
-                0,
-                dl::COMMON_OFFSET,
-                dl::COMMON_LEN,
-            ),
-        );
-        let mut n = VirtioPciNotifyCap {
-            cap: VirtioPciCap::from_bytes(&cap(
-                dl::CAP_ISR,
-                VIRTIO_PCI_CAP_NOTIFY_CFG,
-                0,
-                dl::NOTIFY_OFFSET,
-                dl::NOTIFY_LEN,
-            ))
-            .unwrap(),
-            notify_off_multiplier: dl::NOTIFY_OFF_MULTIPLIER,
-        };
-        n.cap.cap_len = VirtioPciNotifyCap::SIZE as u8;
-        put(dl::CAP_NOTIFY.into(), &n.to_bytes());
-        put(
-            dl::CAP_ISR.into(),
-            &cap(
-                dl::CAP_DEVICE,
-                VIRTIO_PCI_CAP_ISR_CFG,
-                0,
-                dl::ISR_OFFSET,
-                dl::ISR_LEN,
-            ),
-        );
-        put(
-            dl::CAP_DEVICE.into(),
-            &cap(
-                dl::CAP_SWIOTLB,
-                VIRTIO_PCI_CAP_DEVICE_CFG,
-                0,
-                dl::DEVICE_OFFSET,
-                dl::DEVICE_LEN,
-            ),
-        );
-        put(
-            dl::CAP_SWIOTLB.into(),
-            &cap(0, VIRTIO_PCI_CAP_SWIOTLB, 2, 0, POOL_SIZE as u32),
-        );
-        b
-    }
-
-    /// A fake `/sys` with one function directory, `0000:00:04.0`.
-    struct Tree {
-        root: tempfile::TempDir,
-    }
-
-    impl Tree {
-        fn new() -> Self {
-            let t = Self {
-                root: tempfile::tempdir().unwrap(),
-            };
-            fs::create_dir_all(t.dir()).unwrap();
-            t.write("config", &config_bytes(0x1af4, 0x1042));
-            t.write("resource", good_resource().as_bytes());
-            t.write("vendor", b"0x1af4\n");
-            t.write("device", b"0x1042\n");
-            t.write("enable", b"0\n");
-            t.sized("resource0", dl::REGS_BAR_SIZE);
-            t.sized("resource2", POOL_SIZE);
-            t
-        }
-
-        fn dir(&self) -> PathBuf {
-            devices_dir(self.root.path()).join("0000:00:04.0")
-        }
-
-        fn path(&self, name: &str) -> PathBuf {
-            self.dir().join(name)
-        }
-
-        fn write(&self, name: &str, data: &[u8]) {
-            fs::write(self.path(name), data).unwrap();
-        }
-
-        fn sized(&self, name: &str, size: u64) {
-            File::create(self.path(name))
-                .unwrap()
-                .set_len(size)
-                .unwrap();
-        }
-
-        fn read(&self, name: &str) -> Vec<u8> {
-            fs::read(self.path(name)).unwrap()
-        }
-
-        fn open(&self) -> Result<SysfsPci, PciError> {
-            SysfsPci::open(&self.dir())
-        }
-    }
+    use crate::virtio_pci::{TransportError, VirtioPci};
+    use swiotlb_shared::pci::{common, device_layout as dl};
 
     #[test]
     fn open_enables_the_function_turns_on_decode_and_mastering_and_turns_intx_off() {
@@ -809,100 +409,6 @@ mod tests {
     }
 
     #[test]
-    fn resource_parsing() {
-        let bars = parse_resource(&good_resource()).unwrap();
-        assert_eq!(
-            bars[0],
-            BarResource {
-                start: REGS_ADDR,
-                size: dl::REGS_BAR_SIZE,
-                flags: MEM32_FLAGS
-            }
-        );
-        assert!(bars[0].is_memory() && bars[0].is_assigned() && !bars[0].is_io());
-        assert_eq!(bars[2].size, POOL_SIZE);
-        for i in [1, 3, 4, 5] {
-            assert_eq!(bars[i], BarResource::default(), "BAR {i} unused");
-            assert!(!bars[i].is_memory() && !bars[i].is_assigned());
-        }
-        // Exactly six lines is enough; without the 0x prefix too; trailing lines ignored.
-        let six: String = good_resource()
-            .lines()
-            .take(6)
-            .map(|l| l.to_string() + "\n")
-            .collect();
-        assert_eq!(parse_resource(&six).unwrap(), bars);
-        let bare = six.replace("0x", "");
-        assert_eq!(parse_resource(&bare).unwrap(), bars);
-        assert!(parse_resource(&(six.clone() + "garbage\n")).is_ok());
-
-        // An I/O BAR, and a BAR the kernel could not place.
-        let io = line(0xc000, 0x40, IORESOURCE_IO | 0x4_0000);
-        let unset = line(0, 0x1000, IORESOURCE_MEM | IORESOURCE_UNSET);
-        let text = [
-            io,
-            unset,
-            six.lines().skip(2).map(|l| l.to_string() + "\n").collect(),
-        ]
-        .concat();
-        let b = parse_resource(&text).unwrap();
-        assert!(b[0].is_io() && !b[0].is_memory() && b[0].size == 0x40);
-        assert!(b[1].is_memory() && !b[1].is_assigned() && b[1].size == 0x1000);
-    }
-
-    #[test]
-    fn resource_parsing_refuses_nonsense() {
-        let with_bar0 = |l: &str| {
-            let mut lines: Vec<String> = good_resource().lines().map(str::to_string).collect();
-            lines[0] = l.to_string();
-            lines.join("\n")
-        };
-        let max = u64::MAX;
-        for bad in [
-            // Malformed.
-            String::new(),
-            "0x0 0x0".into(),
-            "0x0 0x0 0x0 0x0".into(),
-            "0xfe000000 0xfe007fff zz".into(),
-            "0x 0x0 0x0".into(),
-            "+1 0x0 0x0".into(),
-            "-0x1 0x0 0x0".into(),
-            "0xfe000000,0xfe007fff,0x200".into(),
-            // Addresses that overflow.
-            "0x1fe000000000000000 0x1fe000000000007fff 0x200".into(),
-            format!("0x0 {max:#x} 0x200"),
-            "0xfe008000 0xfe007fff 0x200".into(),
-            // Sizes that are not powers of two.
-            "0xfe000000 0xfe002fff 0x200".into(),
-            "0xfe000000 0xfe000002 0x200".into(),
-            // Smaller than PCI allows.
-            "0xfe000000 0xfe000000 0x200".into(),
-            "0xfe000000 0xfe000007 0x200".into(),
-            "0xc000 0xc001 0x100".into(),
-            // Not aligned to its size.
-            "0xfe004000 0xfe00bfff 0x200".into(),
-            // Neither or both kinds.
-            "0xfe000000 0xfe007fff 0x0".into(),
-            "0xfe000000 0xfe007fff 0x300".into(),
-        ] {
-            let text = with_bar0(&bad);
-            assert!(
-                parse_resource(&text).is_err(),
-                "accepted BAR 0 line {bad:?}"
-            );
-        }
-        // 2^63 bytes at 2^63 is a power of two, aligned, and ends exactly at the top.
-        assert!(parse_resource(&with_bar0(&format!("0x8000000000000000 {max:#x} 0x200"))).is_ok());
-        // Fewer than six lines.
-        let five: String = good_resource()
-            .lines()
-            .take(5)
-            .collect::<Vec<_>>()
-            .join("\n");
-        assert!(parse_resource(&five).unwrap_err().contains("at least 6"));
-    }
-
-    #[test]
     fn open_reports_a_bad_resource_file_with_its_path() {
         let t = Tree::new();
         t.write(
@@ -923,23 +429,6 @@ mod tests {
         let t = Tree::new();
         t.write("resource", &[0xff, 0xfe, 0, 0x80, b'\n'].repeat(10));
         assert!(matches!(t.open(), Err(PciError::SysfsInvalid { .. })));
-    }
-
-    proptest! {
-        #[test]
-        fn resource_parsing_never_panics(text in "[0-9a-fxX \\n\\t,+-]{0,400}") {
-            let _ = parse_resource(&text);
-        }
-
-        #[test]
-        fn accepted_bars_are_aligned_powers_of_two(start: u64, end: u64, flags: u64) {
-            let text = format!("{start:#x} {end:#x} {flags:#x}\n").repeat(6);
-            if let Ok(bars) = parse_resource(&text) {
-                let b = bars[0];
-                prop_assert!(b.size == 0 || (b.size.is_power_of_two() && b.start % b.size == 0));
-                prop_assert!(b.size == 0 || b.start.checked_add(b.size - 1) == Some(end));
-            }
-        }
     }
 
     #[test]
@@ -1173,58 +662,6 @@ mod tests {
         match VirtioPci::probe(t.open().unwrap()) {
             Err(TransportError::BadCapability { .. }) => {}
             other => panic!("{:?}", other.map(|v| *v.caps())),
-        }
-    }
-
-    #[test]
-    fn find_devices_lists_only_modern_virtio_blk() {
-        let t = Tree::new();
-        let devs = devices_dir(t.root.path());
-        for (name, vendor, device) in [
-            ("0000:00:03.0", "0x8086\n", "0x100e\n"),
-            ("0000:00:05.0", "0x1af4\n", "0x1001\n"),
-            ("0000:00:06.0", "garbage", "\u{0}\u{1}"),
-        ] {
-            fs::create_dir_all(devs.join(name)).unwrap();
-            fs::write(devs.join(name).join("vendor"), vendor).unwrap();
-            fs::write(devs.join(name).join("device"), device).unwrap();
-        }
-        fs::create_dir_all(devs.join("0000:00:07.0")).unwrap(); // no ID files
-        assert_eq!(find_devices(t.root.path()), vec![t.dir()]);
-
-        fs::create_dir_all(devs.join("0000:00:02.0")).unwrap();
-        fs::write(devs.join("0000:00:02.0/vendor"), "0x1af4").unwrap();
-        fs::write(devs.join("0000:00:02.0/device"), "0x1042").unwrap();
-        assert_eq!(
-            find_devices(t.root.path()),
-            vec![devs.join("0000:00:02.0"), t.dir()],
-            "sorted"
-        );
-        assert!(find_devices(&t.root.path().join("nowhere")).is_empty());
-    }
-
-    #[test]
-    fn bdf_parsing() {
-        assert_eq!(parse_bdf("0000:00:04.0").unwrap(), "0000:00:04.0");
-        assert_eq!(parse_bdf("00:04.0").unwrap(), "0000:00:04.0");
-        assert_eq!(parse_bdf("0000:AF:1f.7").unwrap(), "0000:af:1f.7");
-        assert_eq!(parse_bdf("10000:00:00.0").unwrap(), "10000:00:00.0");
-        for bad in [
-            "",
-            "auto",
-            "0000:00:04",
-            "0000:00:20.0",
-            "0000:00:04.8",
-            "0000:100:04.0",
-            "0000:00:04.0.1",
-            "x:00:04.0",
-            "0:0:0:0.0",
-            "../../../etc:00:04.0",
-            "0000:00:04.0/",
-            "0000:00:+4.0",
-            "123456789:00:04.0",
-        ] {
-            assert!(parse_bdf(bad).is_err(), "accepted {bad:?}");
         }
     }
 }

@@ -33,13 +33,13 @@
 //! failure is a [`PciError`] naming the ioctl, region or file. Nothing here panics on them.
 
 use std::fs::{self, File};
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use swiotlb_shared::pci::{cfg, VIRTIO_PCI_DEVICE_ID_BLOCK, VIRTIO_PCI_VENDOR_ID};
+use swiotlb_shared::pci::cfg;
 use vfio_bindings::bindings::vfio::{
     VFIO_BASE, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
     VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE,
@@ -50,16 +50,17 @@ use vfio_ioctls::{VfioContainer, VfioDevice, VfioError};
 use vmm_sys_util::ioctl::ioctl_with_mut_ptr;
 use vmm_sys_util::ioctl_io_nr;
 
-use super::sysfs::{self, BarResource, NUM_BARS};
-use super::{check_config_range, mmio_read, mmio_write, PciAccess, PciError, RegisterAccess};
+use super::discovery::{self, bdf_of, check_function_dir, BarResource, NUM_BARS};
+use super::{
+    check_config_range, check_virtio_blk, mmio_read, mmio_write, page_size, PciAccess, PciError,
+    RegisterAccess, MAX_CONFIG_SIZE,
+};
 use crate::pool::{Mapping, PoolAccessError};
 
 /// The kernel driver a function must be bound to for this back end.
 pub const VFIO_PCI_DRIVER: &str = "vfio-pci";
 /// Where the VFIO container device lives.
 const CONTAINER_PATH: &str = "/dev/vfio/vfio";
-/// Configuration space beyond this (PCIe extended space ends here) is never addressed.
-const MAX_CONFIG_SIZE: u64 = 4096;
 /// Bytes offered to `VFIO_DEVICE_GET_REGION_INFO`: a BAR's info with its capabilities is a
 /// few dozen bytes (header 32, a sparse-mmap capability 16 + 16 per area).
 const REGION_INFO_BYTES: usize = 4096;
@@ -254,7 +255,7 @@ pub fn iommu_group(dir: &Path) -> Result<u32, PciError> {
             path: link,
             why: format!(
                 "points at {:?}, not an IOMMU group number",
-                sysfs::excerpt(&target.to_string_lossy())
+                discovery::excerpt(&target.to_string_lossy())
             ),
         })
 }
@@ -262,19 +263,9 @@ pub fn iommu_group(dir: &Path) -> Result<u32, PciError> {
 /// Checks what must hold before VFIO is asked for the function in `dir`, so each failure
 /// says what to do: a directory, an IOMMU group, bound to `vfio-pci`. Returns the group.
 pub fn check_function(dir: &Path) -> Result<u32, PciError> {
-    let meta = fs::metadata(dir).map_err(|source| PciError::Sysfs {
-        path: dir.to_path_buf(),
-        what: "looking up the PCI function".into(),
-        source,
-    })?;
-    if !meta.is_dir() {
-        return Err(PciError::SysfsInvalid {
-            path: dir.to_path_buf(),
-            why: "not a directory (expected /sys/bus/pci/devices/<BDF>)".into(),
-        });
-    }
+    check_function_dir(dir)?;
     let group = iommu_group(dir)?;
-    match sysfs::bound_driver(dir) {
+    match discovery::bound_driver(dir) {
         Some(d) if d == VFIO_PCI_DRIVER => Ok(group),
         driver => Err(PciError::NotVfioBound {
             path: dir.to_path_buf(),
@@ -282,12 +273,6 @@ pub fn check_function(dir: &Path) -> Result<u32, PciError> {
             driver,
         }),
     }
-}
-
-fn bdf_of(dir: &Path) -> String {
-    dir.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 /// A PCI function driven through kernel VFIO.
@@ -428,18 +413,9 @@ impl VfioPci {
             });
         }
         me.config_size = me.config.size.min(MAX_CONFIG_SIZE);
-        let mut id = [0u8; 4];
-        me.config_read(cfg::VENDOR_ID, &mut id)?;
-        let vendor = u16::from_le_bytes([id[0], id[1]]);
-        let device = u16::from_le_bytes([id[2], id[3]]);
-        if vendor != VIRTIO_PCI_VENDOR_ID || device != VIRTIO_PCI_DEVICE_ID_BLOCK {
-            return Err(PciError::WrongFunction {
-                path: me.dir.clone(),
-                vendor,
-                device,
-            });
-        }
-        me.resources = read_resources(&me.dir)?;
+        let dir = me.dir.clone();
+        check_virtio_blk(&mut me, &dir)?;
+        me.resources = discovery::read_resources(&me.dir)?;
         for i in 0..NUM_BARS as u32 {
             me.bars[i as usize] = region_info(me.fd(), i, &me.bdf)?;
         }
@@ -657,21 +633,6 @@ impl Drop for VfioPci {
     }
 }
 
-/// Reads and parses the function's `resource` file.
-fn read_resources(dir: &Path) -> Result<[BarResource; NUM_BARS], PciError> {
-    let path = dir.join("resource");
-    let mut raw = Vec::new();
-    File::open(&path)
-        .and_then(|f| f.take(sysfs::MAX_RESOURCE_BYTES).read_to_end(&mut raw))
-        .map_err(|source| PciError::Sysfs {
-            path: path.clone(),
-            what: "reading".into(),
-            source,
-        })?;
-    let text = String::from_utf8_lossy(&raw);
-    sysfs::parse_resource(&text).map_err(|why| PciError::SysfsInvalid { path, why })
-}
-
 impl PciAccess for VfioPci {
     fn config_read(&mut self, offset: u16, buf: &mut [u8]) -> Result<(), PciError> {
         self.config_range("config read", offset, buf.len())?;
@@ -745,7 +706,7 @@ impl PciAccess for VfioPci {
         if len == 0 {
             return Err(not("empty range".into()));
         }
-        let page = sysfs::page_size();
+        let page = page_size();
         if offset % page != 0 || region.offset % page != 0 {
             return Err(not(format!(
                 "offset {offset:#x} (region at fd offset {:#x}) is not a multiple of the {page}-byte page",
@@ -826,6 +787,7 @@ impl PciAccess for VfioPci {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pci::fake_sysfs::function;
 
     /// A region info as the kernel writes it: header, then `caps` (each `(id, body)`,
     /// chained in order, 8-byte aligned).
@@ -996,23 +958,6 @@ mod tests {
         }
     }
 
-    /// A fake `/sys/bus/pci/devices/0000:00:04.0` with an IOMMU group and a driver.
-    fn function(root: &Path, group: Option<&str>, driver: Option<&str>) -> PathBuf {
-        let dir = sysfs::devices_dir(root).join("0000:00:04.0");
-        fs::create_dir_all(&dir).unwrap();
-        if let Some(g) = group {
-            let gdir = root.join("kernel/iommu_groups").join(g);
-            fs::create_dir_all(&gdir).unwrap();
-            std::os::unix::fs::symlink(&gdir, dir.join("iommu_group")).unwrap();
-        }
-        if let Some(d) = driver {
-            let ddir = root.join("bus/pci/drivers").join(d);
-            fs::create_dir_all(&ddir).unwrap();
-            std::os::unix::fs::symlink(&ddir, dir.join("driver")).unwrap();
-        }
-        dir
-    }
-
     #[test]
     fn a_function_without_an_iommu_group_says_to_boot_with_a_viommu() {
         let t = tempfile::tempdir().unwrap();
@@ -1085,38 +1030,6 @@ mod tests {
         fs::write(&f, "").unwrap();
         let e = check_function(&f).unwrap_err();
         assert!(matches!(e, PciError::SysfsInvalid { .. }), "{e:?}");
-    }
-
-    #[test]
-    fn resources_are_read_and_checked() {
-        let t = tempfile::tempdir().unwrap();
-        let dir = function(t.path(), Some("1"), Some("vfio-pci"));
-        let e = read_resources(&dir).unwrap_err();
-        assert!(matches!(e, PciError::Sysfs { .. }), "{e:?}");
-        let line = |s: u64, n: u64, f: u64| {
-            if n == 0 {
-                "0x0 0x0 0x0\n".to_string()
-            } else {
-                format!("{s:#x} {:#x} {f:#x}\n", s + n - 1)
-            }
-        };
-        let text = [
-            line(0xfe00_0000, 0x8000, 0x40200),
-            line(0, 0, 0),
-            line(0x8_0000_0000, 16 << 20, 0x14220c),
-            line(0, 0, 0),
-            line(0, 0, 0),
-            line(0, 0, 0),
-        ]
-        .concat();
-        fs::write(dir.join("resource"), &text).unwrap();
-        let r = read_resources(&dir).unwrap();
-        assert_eq!((r[2].start, r[2].size), (0x8_0000_0000, 16 << 20));
-        fs::write(dir.join("resource"), "0x1 0x0 0x200\n").unwrap();
-        assert!(matches!(
-            read_resources(&dir),
-            Err(PciError::SysfsInvalid { .. })
-        ));
     }
 
     #[test]
