@@ -10,16 +10,16 @@
 
 disk_fail() { finish FAIL "guest disk: $*"; }
 
-# The pool's memory type as the kernel's PAT tracking records it.
+# The pool's memory type as the kernel's PAT tracking records it: pat_line MARKER
 pat_line() {
     mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
     p=/sys/kernel/debug/x86/pat_memtype_list
     if [ -r $p ]; then
         hex=$(printf '%016x' "$((BAR2))")
         l=$(grep -i "$hex" $p | head -n 3 | tr '\n' ';')
-        say "PAT pool=$BAR2 ${l:-no entry for the pool in pat_memtype_list}"
+        say "$1 pool=$BAR2 ${l:-no entry for the pool in pat_memtype_list}"
     else
-        say "PAT pool=$BAR2 no $p"
+        say "$1 pool=$BAR2 no $p"
     fi
 }
 
@@ -49,7 +49,7 @@ while [ ! -b $B ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 [ -b $B ] || disk_fail "no $B"
 Q=/sys/block/ublkb0/queue
 say "UBLK-QUEUE size=$(($(cat /sys/block/ublkb0/size) * 512)) logical_block_size=$(cat $Q/logical_block_size) max_sectors_kb=$(cat $Q/max_sectors_kb) discard_max_bytes=$(cat $Q/discard_max_bytes) write_zeroes_max_bytes=$(cat $Q/write_zeroes_max_bytes) write_cache=$(cat $Q/write_cache) ro=$(cat /sys/block/ublkb0/ro)"
-pat_line
+pat_line PAT
 
 # fio on the raw disk first (the filesystem comes after and stays on the image).
 . /fio-jobs.sh
@@ -92,4 +92,18 @@ STOPPED=$(grep '"ublk_stopped"' /tmp/ublk.out | tail -n1)
 say "UBLK-STOPPED exit=$urc $STOPPED"
 [ $urc = 0 ] || disk_fail "the ublk server exited with $urc: $(tail -n 3 /tmp/ublk.err | tr '\n' ' ')"
 [ ! -e $B ] || disk_fail "$B still exists after the server stopped"
+# The same pool mapped the BAR's own way (no /dev/mem): its memory type for comparison.
+$GV --pool-map bar --json ublk >/tmp/ublk-bar.out 2>/tmp/ublk-bar.err &
+BAR_PID=$!
+i=0
+while ! grep -q '"ublk_ready"' /tmp/ublk-bar.out 2>/dev/null && [ $i -lt 300 ]; do
+    kill -0 $BAR_PID 2>/dev/null || break
+    sleep 0.1
+    i=$((i + 1))
+done
+grep -q '"ublk_ready"' /tmp/ublk-bar.out || disk_fail "the ublk server with --pool-map bar did not start: $(tail -n 3 /tmp/ublk-bar.err | tr '\n' ' ')"
+say "UBLK-BAR-READY $(grep '"ublk_ready"' /tmp/ublk-bar.out | head -n1)"
+pat_line PAT-BAR
+kill -TERM $BAR_PID
+wait $BAR_PID || disk_fail "the ublk server with --pool-map bar exited with $?"
 say "DISK-DONE files=$n"

@@ -79,8 +79,8 @@ MODS_PEER=(virtio_pci virtio_blk) # virtio_pci is built in (the test keeps it of
 # which vfio only requests at run time. The whole kernel's modules are in the cache already,
 # so this list is not part of the recipe: changing it needs no new chroot.
 MODS_VFIO=(vfio_iommu_type1 vfio_pci)
-# The guest disk stage: the kernel's ublk driver (with io_uring, built in).
-MODS_UBLK=(ublk_drv)
+# The guest disk stage: the kernel's ublk driver (with io_uring, built in) and ext4.
+MODS_UBLK=(ublk_drv ext4)
 # What a user of the disk runs, with their libraries from the chroot (dynamically linked,
 # unlike busybox): mke2fs (mkfs.ext4), e2fsck, fio.
 DISK_TOOLS=(/usr/sbin/mke2fs /usr/sbin/e2fsck /usr/bin/fio)
@@ -1091,7 +1091,7 @@ fi
 
 if [ "$GUEST_DISK" = 1 ]; then
     say "-- guest disk (ublk server on the device; image kept at $LOGS/guest-disk.img)"
-    for m in UBLK-READY UBLK-QUEUE PAT UBLK-FS UBLK-STOPPED; do
+    for m in UBLK-READY UBLK-QUEUE PAT UBLK-FS UBLK-STOPPED PAT-BAR; do
         l=$(line_of "$m")
         if [ -n "$l" ]; then say "   $m ${l:0:400}"; else fail "guest disk: no $m line"; fi
     done
@@ -1121,11 +1121,11 @@ if [ "$GUEST_DISK" = 1 ]; then
     READY_JSON=$(line_of UBLK-READY)
     {
         jq -n --argjson ready "${READY_JSON:-null}" --arg queue "$(line_of UBLK-QUEUE)" \
-            --arg pat "$(line_of PAT)" --arg fs "$(line_of UBLK-FS)" \
+            --arg pat "$(line_of PAT)" --arg pat_bar "$(line_of PAT-BAR)" --arg fs "$(line_of UBLK-FS)" \
             --arg stopped "$(line_of UBLK-STOPPED)" --arg fsck "$(echo "${FS:-}" | tail -n1)" \
             --argjson files "$total" --argjson intact "$good" \
             --arg dumpe2fs "$(dumpe2fs -h "$LOGS/guest-disk.img" 2>/dev/null | grep -E '^(Filesystem volume name|Block count|Block size|Inode count|Filesystem features|Filesystem state):' | tr -s ' ' | tr '\n' ';')" '
-            {device: $ready, queue: $queue, pool_memory_type: $pat, guest_fs: $fs,
+            {device: $ready, queue: $queue, pool_memory_type: $pat, pool_memory_type_bar_mapping: $pat_bar, guest_fs: $fs,
              server_stop: $stopped, host_e2fsck: $fsck, host_manifest_files: $files,
              host_manifest_intact: $intact, filesystem: $dumpe2fs}'
     } >"$LOGS/guest-disk.json" 2>/dev/null || say "   WARNING: could not write $LOGS/guest-disk.json"

@@ -11,6 +11,7 @@ use clap::{ArgGroup, Parser, Subcommand};
 use serde_json::json;
 use swiotlb_guest::attest::{self, AttesterChoice};
 use swiotlb_guest::pci::discovery::{self, bdf_of};
+use swiotlb_guest::pci::pool_map::PoolMapMode;
 use swiotlb_guest::pci::sysfs::SysfsPci;
 use swiotlb_guest::pci::vfio::{VfioPci, VFIO_PCI_DRIVER};
 use swiotlb_guest::pci::vfio_user::VfioUserClient;
@@ -39,6 +40,11 @@ struct Args {
     /// Print results as JSON.
     #[arg(long)]
     json: bool,
+    /// How to map the pool of a --pci function: `auto` (write-back through /dev/mem where
+    /// the kernel allows it, else write-combining, else the BAR's own uncached mapping, with
+    /// a warning), `write-back` (or fail), `bar` (the BAR's own mapping).
+    #[arg(long, value_enum, default_value_t = PoolMapArg::Auto)]
+    pool_map: PoolMapArg,
     /// Decline VIRTIO_F_SWIOTLB and report what the device does (testing the device's policy).
     #[arg(long)]
     decline_swiotlb: bool,
@@ -60,6 +66,27 @@ struct Args {
     poll_us: u64,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// `--pool-map` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PoolMapArg {
+    /// Write-back if allowed, else the best the back end has.
+    Auto,
+    /// Write-back or fail.
+    WriteBack,
+    /// The BAR's own mapping.
+    Bar,
+}
+
+impl From<PoolMapArg> for PoolMapMode {
+    fn from(a: PoolMapArg) -> Self {
+        match a {
+            PoolMapArg::Auto => Self::Auto,
+            PoolMapArg::WriteBack => Self::WriteBack,
+            PoolMapArg::Bar => Self::Bar,
+        }
+    }
 }
 
 /// Attester choices on the command line.
@@ -305,6 +332,7 @@ fn ublk<P: PciAccess>(
                 "max_io_bytes": dev_info.max_io_buf_bytes, "capacity": info.capacity,
                 "read_only": info.read_only, "attestation": info.attestation,
                 "pool_bus_address": info.pool_bus_address, "pool_size": info.pool_size,
+                "pool_memory": info.pool_memory,
             });
             println!("{line}");
         } else {
@@ -356,10 +384,12 @@ fn run(args: &Args) -> Result<(), String> {
             // Every error of opening names the file or ioctl it concerns.
             match spec {
                 PciSpec::Auto(Backend::Sysfs) | PciSpec::Bdf(Backend::Sysfs, _) => {
-                    drive(args, SysfsPci::open(&dir).map_err(|e| error_chain(&e))?)
+                    let pci = SysfsPci::open(&dir).map_err(|e| error_chain(&e))?;
+                    drive(args, pci.with_pool_map(args.pool_map.into()))
                 }
                 PciSpec::Auto(Backend::Vfio) | PciSpec::Bdf(Backend::Vfio, _) => {
-                    drive(args, VfioPci::open(&dir).map_err(|e| error_chain(&e))?)
+                    let pci = VfioPci::open(&dir).map_err(|e| error_chain(&e))?;
+                    drive(args, pci.with_pool_map(args.pool_map.into()))
                 }
             }
         }
@@ -417,6 +447,9 @@ fn drive<P: PciAccess>(args: &Args, pci: P) -> Result<(), String> {
                     info.queue_size, info.slots
                 );
                 println!("attestation:         {}", info.attestation);
+                if let Some(m) = &info.pool_memory {
+                    println!("pool memory type:    {m}");
+                }
             }
             json!({ "ok": true, "info": info })
         }

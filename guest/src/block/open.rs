@@ -89,6 +89,9 @@ pub struct BlockInfo {
     /// What came of attestation: "accepted (snp|tdx|emulated)", "not required by the
     /// device", or "device has no attestation mailbox".
     pub attestation: String,
+    /// The memory type of the driver's pool mapping on a real PCI function
+    /// ("write-back (/dev/mem)", ...); `None` over vfio-user (shared RAM on both sides).
+    pub pool_memory: Option<String>,
 }
 
 impl<P: PciAccess> BlockDriver<P> {
@@ -231,6 +234,10 @@ impl<P: PciAccess> BlockDriver<P> {
             queue_size: qsize,
             slots: ql.slot_count,
             attestation: String::new(),
+            pool_memory: vp
+                .pci()
+                .pool_memory_type()
+                .map(|t| t.describe().to_string()),
         };
         let mut me = Self {
             vp,

@@ -29,6 +29,8 @@ const MAX_ATTR_BYTES: u64 = 64;
 pub const IORESOURCE_IO: u64 = 0x0000_0100;
 /// `IORESOURCE_MEM`: a memory BAR.
 pub const IORESOURCE_MEM: u64 = 0x0000_0200;
+/// `IORESOURCE_PREFETCH`: a prefetchable memory BAR (sysfs then offers `resourceN_wc`).
+pub const IORESOURCE_PREFETCH: u64 = 0x0000_2000;
 /// `IORESOURCE_DISABLED`: the resource is not in use.
 pub const IORESOURCE_DISABLED: u64 = 0x1000_0000;
 /// `IORESOURCE_UNSET`: the kernel sized the BAR but could not give it an address.
@@ -49,6 +51,11 @@ impl BarResource {
     /// Whether the BAR is a memory BAR.
     pub fn is_memory(&self) -> bool {
         self.size != 0 && self.flags & IORESOURCE_MEM != 0
+    }
+
+    /// Whether the BAR is prefetchable memory.
+    pub fn is_prefetchable(&self) -> bool {
+        self.is_memory() && self.flags & IORESOURCE_PREFETCH != 0
     }
 
     /// Whether the BAR is an I/O port BAR.

@@ -21,6 +21,7 @@
 pub mod discovery;
 #[cfg(test)]
 mod fake_sysfs;
+pub mod pool_map;
 pub mod sysfs;
 pub mod vfio;
 pub mod vfio_user;
@@ -374,6 +375,11 @@ pub trait PciAccess: Send {
     fn bar_size(&mut self, bar: u8) -> Result<u64, PciError>;
     /// Maps `len` bytes of BAR `bar` from `offset`, shared with the device.
     fn map_bar(&mut self, bar: u8, offset: u64, len: u64) -> Result<Mapping, PciError>;
+    /// The memory type the pool mapping was made with, for a real PCI function (`None`:
+    /// not mapped yet, or shared memory that is RAM on both sides, as over vfio-user).
+    fn pool_memory_type(&self) -> Option<pool_map::PoolMemoryType> {
+        None
+    }
     /// Sets up `count` MSI-X vectors and returns an eventfd per vector, or `None` when the
     /// back end has no interrupts (the driver then polls).
     fn enable_msix(&mut self, count: u16) -> Result<Option<Vec<OwnedFd>>, PciError>;

@@ -35,6 +35,7 @@ use super::{
     check_config_range, check_virtio_blk, mmio_read, mmio_write, page_size, PciAccess, PciError,
     RegisterAccess, MAX_CONFIG_SIZE,
 };
+use super::pool_map::{self, PoolMapMode, PoolMemoryType};
 use crate::pool::{Mapping, PoolAccessError};
 
 /// A PCI function driven through sysfs.
@@ -46,6 +47,10 @@ pub struct SysfsPci {
     bars: [BarResource; NUM_BARS],
     /// Each BAR's register mapping, made at its first register access.
     maps: [Option<Mapping>; NUM_BARS],
+    /// How the pool is to be mapped ([`with_pool_map`](Self::with_pool_map)).
+    pool_map: PoolMapMode,
+    /// How it was.
+    pool_memory: Option<PoolMemoryType>,
 }
 
 impl std::fmt::Debug for SysfsPci {
@@ -92,6 +97,8 @@ impl SysfsPci {
             config_size: len.min(MAX_CONFIG_SIZE),
             bars: [BarResource::default(); NUM_BARS],
             maps: std::array::from_fn(|_| None),
+            pool_map: PoolMapMode::Bar,
+            pool_memory: None,
         };
         let dir = me.dir.clone();
         check_virtio_blk(&mut me, &dir)?;
@@ -177,8 +184,26 @@ impl SysfsPci {
 
     /// Maps `[offset, offset + len)` of `resourceN`, after checking the file holds it (a
     /// mapping past a file's end faults on access instead of failing here).
+    /// Asks for the pool to be mapped as `mode` says (the default is the BAR's own
+    /// mapping: `/dev/mem` only when asked, since a wrong physical address there is real
+    /// memory).
+    pub fn with_pool_map(mut self, mode: PoolMapMode) -> Self {
+        self.pool_map = mode;
+        self
+    }
+
     fn map_resource(&self, bar: u8, offset: u64, len: u64) -> Result<Mapping, PciError> {
-        let path = self.dir.join(format!("resource{bar}"));
+        self.map_resource_file(bar, &format!("resource{bar}"), offset, len)
+    }
+
+    fn map_resource_file(
+        &self,
+        bar: u8,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Mapping, PciError> {
+        let path = self.dir.join(name);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -292,7 +317,31 @@ impl PciAccess for SysfsPci {
                 r.size
             )));
         }
-        self.map_resource(bar, offset, len)
+        let phys = r.start.checked_add(offset).ok_or_else(|| not("address overflows".into()))?;
+        let wc_name = format!("resource{bar}_wc");
+        let (m, kind) = pool_map::map_pool(
+            self.pool_map,
+            phys,
+            len,
+            &mut [
+                (PoolMemoryType::WriteCombining, &mut || {
+                    if r.is_prefetchable() {
+                        self.map_resource_file(bar, &wc_name, offset, len)
+                    } else {
+                        Err(not("not prefetchable: no write-combining mapping".into()))
+                    }
+                }),
+                (PoolMemoryType::Uncached, &mut || {
+                    self.map_resource(bar, offset, len)
+                }),
+            ],
+        )?;
+        self.pool_memory = Some(kind);
+        Ok(m)
+    }
+
+    fn pool_memory_type(&self) -> Option<PoolMemoryType> {
+        self.pool_memory
     }
 
     fn enable_msix(&mut self, _count: u16) -> Result<Option<Vec<OwnedFd>>, PciError> {

@@ -55,6 +55,7 @@ use super::{
     check_config_range, check_virtio_blk, mmio_read, mmio_write, page_size, PciAccess, PciError,
     RegisterAccess, MAX_CONFIG_SIZE,
 };
+use super::pool_map::{self, PoolMapMode, PoolMemoryType};
 use crate::pool::{Mapping, PoolAccessError};
 
 /// The kernel driver a function must be bound to for this back end.
@@ -291,6 +292,10 @@ pub struct VfioPci {
     /// the BAR cannot be mapped: its registers then go through pread/pwrite).
     maps: [Option<Mapping>; NUM_BARS],
     msix_enabled: bool,
+    /// How the pool is to be mapped ([`with_pool_map`](Self::with_pool_map)).
+    pool_map: PoolMapMode,
+    /// How it was.
+    pool_memory: Option<PoolMemoryType>,
     /// Dropped by hand (see `Drop`): the wrapper's own drop panics if the function's
     /// `iommu_group` link has gone (hot unplug), which is the host's to cause.
     device: ManuallyDrop<VfioDevice>,
@@ -371,6 +376,15 @@ impl VfioPci {
     /// group and device, checks it is a modern virtio-blk function (1af4:1042), reads its
     /// regions, checks each BAR region's size and each BAR register's address against the
     /// kernel's `resource` file, and turns on memory decode and bus mastering.
+    /// Asks for the pool to be mapped as `mode` says (the default is the BAR's own
+    /// mapping: `/dev/mem` only when asked). With `/dev/mem`, the pool BAR is never touched
+    /// through VFIO, so vfio-pci never claims its range (which `IO_STRICT_DEVMEM` would make
+    /// revoke the mapping).
+    pub fn with_pool_map(mut self, mode: PoolMapMode) -> Self {
+        self.pool_map = mode;
+        self
+    }
+
     pub fn open(dir: &Path) -> Result<Self, PciError> {
         let group = check_function(dir)?;
         let bdf = bdf_of(dir);
@@ -397,6 +411,8 @@ impl VfioPci {
             bars: Default::default(),
             resources: [BarResource::default(); NUM_BARS],
             maps: std::array::from_fn(|_| None),
+            pool_map: PoolMapMode::Bar,
+            pool_memory: None,
             msix_enabled: false,
             device: ManuallyDrop::new(device),
             _container: container,
@@ -725,7 +741,21 @@ impl PciAccess for VfioPci {
                 region.flags, region.sparse
             )));
         }
-        self.map_region(bar, region.offset, offset, len)
+        let phys = r.start.checked_add(offset).ok_or_else(|| not("address overflows".into()))?;
+        let (m, kind) = pool_map::map_pool(
+            self.pool_map,
+            phys,
+            len,
+            &mut [(PoolMemoryType::Uncached, &mut || {
+                self.map_region(bar, region.offset, offset, len)
+            })],
+        )?;
+        self.pool_memory = Some(kind);
+        Ok(m)
+    }
+
+    fn pool_memory_type(&self) -> Option<PoolMemoryType> {
+        self.pool_memory
     }
 
     fn enable_msix(&mut self, count: u16) -> Result<Option<Vec<OwnedFd>>, PciError> {
