@@ -68,6 +68,15 @@ struct Args {
     cmd: Cmd,
 }
 
+/// On or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
 /// `--pool-map` choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum PoolMapArg {
@@ -278,6 +287,11 @@ enum Cmd {
         /// the kernel, and each request is split to fit the pool.
         #[arg(long, value_parser = parse_size, default_value = "1M")]
         max_io: u64,
+        /// Confine the server once the device runs: every capability dropped but
+        /// CAP_SYS_ADMIN (ublk's control commands need it), a seccomp allow-list on every
+        /// thread (no open, no socket, no new ring, no exec).
+        #[arg(long, value_enum, default_value_t = OnOff::On)]
+        sandbox: OnOff,
     },
     /// Write SIZE bytes of pseudo-random data at OFFSET, read them back, compare SHA-256
     /// digests, and report throughput.
@@ -311,6 +325,7 @@ fn ublk<P: PciAccess>(
     id: Option<u32>,
     depth: Option<u16>,
     max_io: u64,
+    sandbox: bool,
     json_out: bool,
 ) -> Result<serde_json::Value, String> {
     let max_io_bytes = u32::try_from(max_io)
@@ -322,6 +337,7 @@ fn ublk<P: PciAccess>(
         depth,
         max_io_bytes,
         json: json_out,
+        sandbox,
     };
     let info = dev.info().clone();
     let summary = serve(dev, &opts, |path, dev_info| {
@@ -515,7 +531,19 @@ fn drive<P: PciAccess>(args: &Args, pci: P) -> Result<(), String> {
             json!({ "ok": true })
         }
         Cmd::Roundtrip { offset, size } => roundtrip(&mut dev, *offset, *size, args.json)?,
-        Cmd::Ublk { id, depth, max_io } => ublk(&mut dev, *id, *depth, *max_io, args.json)?,
+        Cmd::Ublk {
+            id,
+            depth,
+            max_io,
+            sandbox,
+        } => ublk(
+            &mut dev,
+            *id,
+            *depth,
+            *max_io,
+            *sandbox == OnOff::On,
+            args.json,
+        )?,
     };
     // A device that reports more bytes written than were posted is lying: the driver clamps
     // the length, and says so here rather than silently.

@@ -15,6 +15,8 @@ pub mod blk;
 pub mod features;
 pub mod layout;
 pub mod pci;
+#[cfg(feature = "seccomp")]
+pub mod seccomp;
 pub mod time;
 pub mod transcript;
 pub mod units;

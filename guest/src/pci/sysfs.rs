@@ -31,11 +31,11 @@ use super::discovery::{
     bdf_of, bound_driver, check_function_dir, excerpt, read_attr, read_resources, sysfs_err,
     BarResource, NUM_BARS,
 };
+use super::pool_map::{self, PoolMapMode, PoolMemoryType};
 use super::{
     check_config_range, check_virtio_blk, mmio_read, mmio_write, page_size, PciAccess, PciError,
     RegisterAccess, MAX_CONFIG_SIZE,
 };
-use super::pool_map::{self, PoolMapMode, PoolMemoryType};
 use crate::pool::{Mapping, PoolAccessError};
 
 /// A PCI function driven through sysfs.
@@ -317,7 +317,10 @@ impl PciAccess for SysfsPci {
                 r.size
             )));
         }
-        let phys = r.start.checked_add(offset).ok_or_else(|| not("address overflows".into()))?;
+        let phys = r
+            .start
+            .checked_add(offset)
+            .ok_or_else(|| not("address overflows".into()))?;
         let wc_name = format!("resource{bar}_wc");
         let (m, kind) = pool_map::map_pool(
             self.pool_map,

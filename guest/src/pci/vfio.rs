@@ -51,11 +51,11 @@ use vmm_sys_util::ioctl::ioctl_with_mut_ptr;
 use vmm_sys_util::ioctl_io_nr;
 
 use super::discovery::{self, bdf_of, check_function_dir, BarResource, NUM_BARS};
+use super::pool_map::{self, PoolMapMode, PoolMemoryType};
 use super::{
     check_config_range, check_virtio_blk, mmio_read, mmio_write, page_size, PciAccess, PciError,
     RegisterAccess, MAX_CONFIG_SIZE,
 };
-use super::pool_map::{self, PoolMapMode, PoolMemoryType};
 use crate::pool::{Mapping, PoolAccessError};
 
 /// The kernel driver a function must be bound to for this back end.
@@ -741,7 +741,10 @@ impl PciAccess for VfioPci {
                 region.flags, region.sparse
             )));
         }
-        let phys = r.start.checked_add(offset).ok_or_else(|| not("address overflows".into()))?;
+        let phys = r
+            .start
+            .checked_add(offset)
+            .ok_or_else(|| not("address overflows".into()))?;
         let (m, kind) = pool_map::map_pool(
             self.pool_map,
             phys,

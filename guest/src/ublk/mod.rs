@@ -19,6 +19,7 @@ pub mod control;
 pub mod engine;
 pub mod params;
 pub mod queue;
+pub mod sandbox;
 pub mod uapi;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,6 +80,9 @@ pub enum UblkError {
     /// The device's configuration is unusable.
     #[error("the device's virtio-blk configuration")]
     Config(#[source] swiotlb_shared::blk::BlkConfigError),
+    /// The server could not be confined.
+    #[error("confining the server")]
+    Sandbox(#[from] sandbox::SandboxError),
     /// The driver failed while setting up.
     #[error("the driver")]
     Driver(#[from] BlockError),
@@ -101,6 +105,8 @@ pub struct ServeOptions {
     pub max_io_bytes: u32,
     /// Print the device line as JSON.
     pub json: bool,
+    /// Confine the server once the device runs ([`sandbox::confine`]).
+    pub sandbox: bool,
 }
 
 /// Default most tags per queue: the tag buffers are `depth * max_io_bytes` of memory.
@@ -154,7 +160,15 @@ pub fn serve<P: PciAccess + Send>(
     };
     ctl.add(&mut info)?;
     let dev_id = info.dev_id;
-    let result = run_device(driver, &mut ctl, &info, &shape, signals, on_ready);
+    let result = run_device(
+        driver,
+        &mut ctl,
+        &info,
+        &shape,
+        signals,
+        opts.sandbox,
+        on_ready,
+    );
     // Whatever happened, take the device away: stop (its queues then end) and delete.
     let _ = ctl.stop(dev_id);
     let deleted = ctl.delete(dev_id);
@@ -175,6 +189,7 @@ fn run_device<P: PciAccess + Send>(
     info: &DevInfo,
     shape: &Shape,
     signals: libc::sigset_t,
+    confine: bool,
     on_ready: impl FnOnce(&str, &DevInfo),
 ) -> Result<ServeSummary, UblkError> {
     let dev_id = info.dev_id;
@@ -204,6 +219,13 @@ fn run_device<P: PciAccess + Send>(
             Duration::from_millis(100),
             || finished.load(Ordering::SeqCst),
         );
+        // Confined once the queue runs and the device exists: nothing is opened after this.
+        let started = started.and_then(|()| {
+            if confine {
+                sandbox::confine()?;
+            }
+            Ok(())
+        });
         let stopped_by = match started {
             Ok(()) => {
                 on_ready(&device, info);
