@@ -47,6 +47,25 @@ pub fn each_line(
     Ok(())
 }
 
+/// Calls `f` with each record of each file and its line's bytes (a line that is not a
+/// record is skipped with a warning), and `torn` with a last line without newline.
+pub fn each_record(
+    logs: &[PathBuf],
+    mut f: impl FnMut(&Record, &[u8]),
+    torn: impl FnMut(&Path, &[u8]),
+) -> Result<(), ToolError> {
+    each_line(
+        logs,
+        |_| {},
+        |p, n, bytes| {
+            if let Some(r) = parse_record(p, n, bytes) {
+                f(&r, bytes);
+            }
+        },
+        torn,
+    )
+}
+
 /// The file name of `p` (its whole path when it has none).
 pub fn file_label(p: &Path) -> String {
     p.file_name().map_or_else(

@@ -10,7 +10,7 @@ use swiotlb_shared::audit::{Event, Record};
 use swiotlb_shared::time::format_rfc3339_ms as format_time;
 use thiserror::Error;
 
-use crate::input::{each_line, parse_record};
+use crate::input::each_record;
 use crate::ToolError;
 
 /// Record classes for `show --class`.
@@ -94,13 +94,9 @@ pub fn run(
 ) -> Result<(), ToolError> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    each_line(
+    each_record(
         logs,
-        |_| {},
-        |p, n, bytes| {
-            let Some(r) = parse_record(p, n, bytes) else {
-                return;
-            };
+        |r, bytes| {
             if class.is_some_and(|c| !c.matches(r.class_uid)) || since.is_some_and(|t| r.time < t) {
                 return;
             }
@@ -118,7 +114,7 @@ pub fn run(
                     r.severity,
                     r.message
                 )
-                .and_then(|()| show_dma_chains(&mut out, &r))
+                .and_then(|()| show_dma_chains(&mut out, r))
             };
         },
         |p, t| {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde_json::json;
 use swiotlb_shared::audit::{Event, PeripheralAction};
 
-use crate::input::{each_line, parse_record};
+use crate::input::each_record;
 use crate::ToolError;
 
 #[derive(Default)]
@@ -35,13 +35,9 @@ struct DeviceStats {
 /// Counts the records of `logs` per device and queue and prints the counts.
 pub fn run(logs: &[PathBuf], as_json: bool) -> Result<(), ToolError> {
     let mut devices: BTreeMap<String, DeviceStats> = BTreeMap::new();
-    each_line(
+    each_record(
         logs,
-        |_| {},
-        |p, n, bytes| {
-            let Some(r) = parse_record(p, n, bytes) else {
-                return;
-            };
+        |r, _| {
             let d = devices.entry(r.device.uid.clone()).or_default();
             d.name.clone_from(&r.device.name);
             d.records += 1;
