@@ -77,7 +77,7 @@ pub enum EmulatedError {
     #[error("emulated VCEK certificate: {0}")]
     Cert(&'static str),
     /// The report options make an invalid report.
-    #[error("emulated report: {0}")]
+    #[error("emulated report")]
     Report(#[from] report::ReportError),
 }
 

@@ -1,14 +1,14 @@
 //! The little of X.509 this crate needs: parse a certificate (`x509-cert`), keep the exact
-//! bytes that were signed, read a few extensions and names, and check one certificate's
-//! signature by another with `ring`.
+//! bytes that were signed, read a few extensions and names (`der`), split PEM stacks
+//! (`pem`), and check one certificate's signature by another with `ring`.
 //!
 //! Supported signature algorithms are exactly those of the AMD and Intel chains:
 //! RSASSA-PSS with SHA-384, MGF1-SHA-384 and a 48-byte salt (AMD ARK, ASK, ASVK, VCEK, VLEK),
 //! and ECDSA with SHA-256 on P-256 (Intel SGX root, PCK CA, PCK). Anything else is refused.
 
 use ring::signature::{self, UnparsedPublicKey};
-use x509_cert::der::asn1::ObjectIdentifier;
-use x509_cert::der::{Decode, Encode};
+use x509_cert::der::asn1::{AnyRef, Ia5StringRef, ObjectIdentifier, OctetStringRef};
+use x509_cert::der::{Decode, Encode, Reader, SliceReader};
 use x509_cert::Certificate;
 
 /// Largest certificate accepted (DER). AMD's RSA-4096 certificates are about 1.7 KB and
@@ -136,13 +136,12 @@ impl Cert {
         let malformed = |detail: String| CertError::Malformed { what, detail };
         let cert = Certificate::from_der(der).map_err(|e| malformed(e.to_string()))?;
         // The signed bytes are the first element of the outer SEQUENCE, exactly as encoded.
-        let (outer_hdr, outer_len) = tlv(der).ok_or_else(|| malformed("outer TLV".into()))?;
-        if outer_hdr + outer_len != der.len() {
-            return Err(malformed("trailing bytes".into()));
-        }
-        let inner = &der[outer_hdr..];
-        let (tbs_hdr, tbs_len) = tlv(inner).ok_or_else(|| malformed("TBS TLV".into()))?;
-        let tbs = outer_hdr..outer_hdr + tbs_hdr + tbs_len;
+        let outer = AnyRef::from_der(der).map_err(|e| malformed(format!("outer TLV: {e}")))?;
+        let outer_hdr = der.len() - outer.value().len();
+        let tbs_len = SliceReader::new(outer.value())
+            .and_then(|mut r| r.tlv_bytes().map(<[u8]>::len))
+            .map_err(|e| malformed(format!("TBS TLV: {e}")))?;
+        let tbs = outer_hdr..outer_hdr + tbs_len;
         Ok(Self {
             der: der.to_vec(),
             tbs,
@@ -331,63 +330,39 @@ fn name_cn(name: &x509_cert::name::Name) -> Option<String> {
         .map(|d| d.value().into_owned())
 }
 
-/// Header length and content length of the DER TLV at the start of `b` (definite lengths
-/// only, at most four length bytes).
-fn tlv(b: &[u8]) -> Option<(usize, usize)> {
-    let _tag = *b.first()?;
-    let l0 = *b.get(1)?;
-    if l0 < 0x80 {
-        return Some((2, usize::from(l0)));
-    }
-    let n = usize::from(l0 & 0x7f);
-    if n == 0 || n > 4 {
-        return None;
-    }
-    let mut len = 0usize;
-    for i in 0..n {
-        len = (len << 8) | usize::from(*b.get(2 + i)?);
-    }
-    let hdr = 2 + n;
-    if hdr.checked_add(len)? > b.len() {
-        return None;
-    }
-    Some((hdr, len))
-}
-
-/// Splits a PEM stack into DER certificates. Tolerates CRLF line ends, trailing NUL bytes
-/// (TDX quotes pad the PCK chain with one) and text between blocks; refuses anything else
-/// that is not base64 inside a block, more than [`MAX_PEM_CERTS`] blocks, or none.
+/// Splits a PEM stack into DER certificates (the `pem` crate finds and decodes the blocks).
+/// Tolerates CRLF line ends, trailing NUL bytes (TDX quotes pad the PCK chain with one),
+/// text between blocks and blocks of other kinds; refuses a certificate block that is not
+/// base64 or has no end, more than [`MAX_PEM_CERTS`] certificates, or none.
 pub fn pem_to_ders(text: &[u8]) -> Result<Vec<Vec<u8>>, CertError> {
     const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
     let end_trim = text.iter().rposition(|&c| c != 0).map_or(0, |p| p + 1);
     let text = std::str::from_utf8(&text[..end_trim])
         .map_err(|_| CertError::Pem("not UTF-8 text".into()))?;
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find(BEGIN) {
-        let after = &rest[start + BEGIN.len()..];
-        let stop = after
-            .find(END)
-            .ok_or_else(|| CertError::Pem("unterminated certificate block".into()))?;
-        let b64: String = after[..stop]
-            .chars()
-            .filter(|c| !c.is_ascii_whitespace())
-            .collect();
-        let der = base64_decode(&b64)
-            .ok_or_else(|| CertError::Pem("invalid base64 in a certificate block".into()))?;
-        if out.len() == MAX_PEM_CERTS {
-            return Err(CertError::Pem(format!(
-                "more than {MAX_PEM_CERTS} certificates"
-            )));
-        }
-        out.push(der);
-        rest = &after[stop + END.len()..];
+    let blocks = pem::parse_many(text).map_err(|e| {
+        CertError::Pem(match e {
+            pem::PemError::InvalidData(_) => "invalid base64 in a certificate block".into(),
+            e => format!("malformed block ({e})"),
+        })
+    })?;
+    let ders: Vec<Vec<u8>> = blocks
+        .into_iter()
+        .filter(|b| b.tag() == "CERTIFICATE")
+        .map(pem::Pem::into_contents)
+        .collect();
+    // The parser stops quietly at a block that never ends.
+    if text.matches(BEGIN).count() > ders.len() {
+        return Err(CertError::Pem("unterminated certificate block".into()));
     }
-    if out.is_empty() {
+    if ders.len() > MAX_PEM_CERTS {
+        return Err(CertError::Pem(format!(
+            "more than {MAX_PEM_CERTS} certificates"
+        )));
+    }
+    if ders.is_empty() {
         return Err(CertError::Pem("no certificate".into()));
     }
-    Ok(out)
+    Ok(ders)
 }
 
 /// Parses a PEM stack into certificates named `what`.
@@ -398,83 +373,47 @@ pub fn pem_to_certs(text: &[u8], what: &'static str) -> Result<Vec<Cert>, CertEr
         .collect()
 }
 
-/// Standard base64 with padding (RFC 4648, 4). `None` on any invalid character or length.
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    fn val(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let b = s.as_bytes();
-    if b.len() % 4 != 0 || b.len() > 4 * MAX_CERT_LEN {
-        return None;
-    }
-    let mut out = Vec::with_capacity(b.len() / 4 * 3);
-    for (i, chunk) in b.chunks(4).enumerate() {
-        let last = i + 1 == b.len() / 4;
-        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return None;
-        }
-        let mut n = 0u32;
-        for &c in &chunk[..4 - pad] {
-            n = (n << 6) | val(c)?;
-        }
-        n <<= 6 * pad as u32;
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - pad]);
-    }
-    Some(out)
-}
-
 /// Decodes a DER INTEGER that must fit in a `u8` (AMD's TCB extensions: `02 01 xx` or
-/// `02 02 00 xx` for values of 128 and above).
+/// `02 02 00 xx` for values of 128 and above; DER refuses any other form).
 pub fn der_small_uint(v: &[u8]) -> Option<u8> {
-    match v {
-        [0x02, 0x01, x] if *x < 0x80 => Some(*x),
-        [0x02, 0x02, 0x00, x] if *x >= 0x80 => Some(*x),
-        _ => None,
-    }
+    u8::from_der(v).ok()
 }
 
 /// Decodes a DER IA5String (AMD's productName extension).
 pub fn der_ia5(v: &[u8]) -> Option<&str> {
-    let (hdr, len) = tlv(v)?;
-    if v.first() != Some(&0x16) || hdr + len != v.len() {
-        return None;
-    }
-    std::str::from_utf8(&v[hdr..]).ok().filter(|s| s.is_ascii())
+    Ia5StringRef::from_der(v).ok().map(|s| s.as_str())
 }
 
 /// Decodes a DER OCTET STRING's contents.
 pub fn der_octets(v: &[u8]) -> Option<&[u8]> {
-    let (hdr, len) = tlv(v)?;
-    if v.first() != Some(&0x04) || hdr + len != v.len() {
-        return None;
-    }
-    Some(&v[hdr..])
+    <&OctetStringRef>::from_der(v)
+        .ok()
+        .map(OctetStringRef::as_bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// One certificate block around `b64`.
+    fn block(b64: &str) -> Vec<u8> {
+        format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n").into_bytes()
+    }
+
     #[test]
-    fn base64_matches_known_values() {
-        assert_eq!(base64_decode("").unwrap(), b"");
-        assert_eq!(base64_decode("Zg==").unwrap(), b"f");
-        assert_eq!(base64_decode("Zm8=").unwrap(), b"fo");
-        assert_eq!(base64_decode("Zm9v").unwrap(), b"foo");
-        assert_eq!(base64_decode("Zm9vYmFy").unwrap(), b"foobar");
-        assert!(base64_decode("Zm9").is_none());
-        assert!(base64_decode("Z===").is_none());
-        assert!(base64_decode("Zg==Zm9v").is_none());
-        assert!(base64_decode("Zm9*").is_none());
+    fn base64_in_blocks_matches_known_values() {
+        assert_eq!(pem_to_ders(&block("")).unwrap(), vec![Vec::<u8>::new()]);
+        assert_eq!(pem_to_ders(&block("Zg==")).unwrap(), vec![b"f".to_vec()]);
+        assert_eq!(pem_to_ders(&block("Zm8=")).unwrap(), vec![b"fo".to_vec()]);
+        assert_eq!(pem_to_ders(&block("Zm9v")).unwrap(), vec![b"foo".to_vec()]);
+        assert_eq!(
+            pem_to_ders(&block("Zm9vYmFy")).unwrap(),
+            vec![b"foobar".to_vec()]
+        );
+        assert!(pem_to_ders(&block("Zm9")).is_err());
+        assert!(pem_to_ders(&block("Z===")).is_err());
+        assert!(pem_to_ders(&block("Zg==Zm9v")).is_err());
+        assert!(pem_to_ders(&block("Zm9*")).is_err());
     }
 
     #[test]

@@ -362,7 +362,7 @@ say "busybox: $(sed -n 's/^pkg:busybox-static=//p' "$STAMP")"
 # ---------------------------------------------------------------------------------------------
 phase "build host tools (release)"
 cd "$REPO"
-cargo build --release -p swiotlb-host -p swiotlb-attest --bins --quiet || die "cargo build (host) failed"
+cargo build --release -p swiotlb-host -p swiotlb-verifiers --bins --quiet || die "cargo build (host, verifiers) failed"
 HOST_BIN=$TARGET_DIR/release/swiotlb-host
 AUDIT_BIN=$TARGET_DIR/release/swiotlb-audit
 ATTEST_BIN=$TARGET_DIR/release/swiotlb-attest

@@ -2,6 +2,7 @@
 //! device-visible memory is the SWIOTLB pool.
 
 use std::fs::OpenOptions;
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -9,14 +10,19 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use serde_json::Value;
+use swiotlb_attest::emulated::EmulatedError;
+use swiotlb_attest::policy::PolicyError;
+use swiotlb_host::audit::AuditError;
 use swiotlb_host::devices::block::{disk::DiskImage, Block};
-use swiotlb_host::fds::Passed;
-use swiotlb_host::sandbox::{self, landlock, limits, privileges, seccomp};
+use swiotlb_host::fds::{FdError, Passed};
+use swiotlb_host::pool::PoolError;
+use swiotlb_host::sandbox::{self, landlock, limits, privileges, seccomp, SandboxError};
 use swiotlb_host::vfio_user::{Server, SessionEnd};
 use swiotlb_host::virtio::Policy;
 use swiotlb_host::VirtioPciFunction;
 use swiotlb_shared::error_chain;
 use swiotlb_shared::units::parse_size;
+use thiserror::Error;
 
 /// Serve a virtio-blk device whose only DMA-reachable memory is a SWIOTLB pool BAR.
 #[derive(Parser, Debug)]
@@ -153,6 +159,95 @@ enum AttestMode {
     Off,
 }
 
+/// Why the device did not start, or stopped.
+#[derive(Debug, Error)]
+enum HostError {
+    /// `--require-sandbox` with `--sandbox off`.
+    #[error("--require-sandbox contradicts --sandbox off")]
+    RequireSandboxOff,
+    /// `--sandbox-probe-syscall` with `--sandbox off`.
+    #[error("--sandbox-probe-syscall needs the sandbox on")]
+    ProbeNeedsSandbox,
+    /// `--sandbox-probe-syscall audit-writer` without an audit log.
+    #[error("--sandbox-probe-syscall audit-writer needs --audit-log")]
+    ProbeNeedsAuditLog,
+    /// Neither `--disk` nor `--disk-fd`.
+    #[error("--disk or --disk-fd is required")]
+    NoDisk,
+    /// Neither `--socket` nor `--listen-fd`.
+    #[error("--socket or --listen-fd is required")]
+    NoSocket,
+    /// `--allow-emulated` without the key to check emulated evidence with.
+    #[error("--allow-emulated needs --emulated-ark FILE")]
+    AllowEmulatedNeedsArk,
+    /// Attestation options with `--attestation off`.
+    #[error("--allow-emulated and --attest-policy need --attestation required")]
+    AttestationOptionsNeedRequired,
+    /// The policy file cannot be read.
+    #[error("reading policy {}", .0.display())]
+    ReadPolicy(PathBuf, #[source] io::Error),
+    /// The policy file is not a policy.
+    #[error("policy {}", .0.display())]
+    Policy(PathBuf, #[source] PolicyError),
+    /// The emulated ARK public key file cannot be read.
+    #[error("reading emulated ARK {}", .0.display())]
+    ReadEmulatedArk(PathBuf, #[source] io::Error),
+    /// The emulated ARK public key file does not hold a key.
+    #[error("emulated ARK {}", .0.display())]
+    EmulatedArk(PathBuf, #[source] EmulatedError),
+    /// The passed-in fds (`LISTEN_FDS`) are unusable.
+    #[error(transparent)]
+    PassedFds(FdError),
+    /// The disk image cannot be opened.
+    #[error("opening disk image {}", .0.display())]
+    OpenDisk(PathBuf, #[source] io::Error),
+    /// The passed-in disk image fd is unusable.
+    #[error("disk image fd")]
+    DiskFd(#[source] FdError),
+    /// The disk image (its path or fd) cannot be served.
+    #[error("disk image {0}")]
+    Disk(String, #[source] io::Error),
+    /// The pool cannot be created.
+    #[error("creating the pool")]
+    Pool(#[source] PoolError),
+    /// A stale socket cannot be removed.
+    #[error("removing stale socket {}", .0.display())]
+    RemoveStaleSocket(PathBuf, #[source] io::Error),
+    /// The socket (its temporary path) cannot be bound.
+    #[error("binding {}", .0.display())]
+    Bind(PathBuf, #[source] io::Error),
+    /// The socket's mode cannot be set.
+    #[error("restricting {}", .0.display())]
+    RestrictSocket(PathBuf, #[source] io::Error),
+    /// The socket cannot be renamed into place.
+    #[error("moving the socket to {}", .0.display())]
+    MoveSocket(PathBuf, #[source] io::Error),
+    /// The passed-in listening socket fd is unusable.
+    #[error("listening socket fd")]
+    ListenFd(#[source] FdError),
+    /// An audit directory cannot be created.
+    #[error("creating the audit directory {}", .0.display())]
+    AuditDirectory(PathBuf, #[source] io::Error),
+    /// A layer of the sandbox (user, privileges, a limit, a seccomp filter) failed.
+    #[error(transparent)]
+    Sandbox(SandboxError),
+    /// The filesystem sandbox failed.
+    #[error("sandbox")]
+    RestrictFiles(#[source] SandboxError),
+    /// The audit log cannot be opened.
+    #[error("opening the audit log {}", .0.display())]
+    OpenAuditLog(PathBuf, #[source] AuditError),
+    /// `--sandbox-probe-syscall`: the forbidden call came back instead of killing.
+    #[error("the forbidden call returned")]
+    ForbiddenCallReturned(#[source] io::Error),
+    /// Accepting or serving clients failed.
+    #[error("accepting clients")]
+    Serve(#[source] io::Error),
+    /// The audit log could not be closed cleanly.
+    #[error("closing the audit log")]
+    CloseAuditLog(#[source] AuditError),
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -165,20 +260,20 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("swiotlb-host: error: {e}");
+            eprintln!("swiotlb-host: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
 }
 
 /// The evidence verifier from the policy file and flags.
-fn verifier(args: &Args) -> Result<swiotlb_attest::Verifier, String> {
+fn verifier(args: &Args) -> Result<swiotlb_attest::Verifier, HostError> {
     let mut policy = match &args.attest_policy {
         Some(p) => {
             let text = std::fs::read_to_string(p)
-                .map_err(|e| format!("reading policy {}: {e}", p.display()))?;
+                .map_err(|source| HostError::ReadPolicy(p.clone(), source))?;
             swiotlb_attest::Policy::from_toml(&text)
-                .map_err(|e| format!("policy {}: {}", p.display(), error_chain(&e)))?
+                .map_err(|source| HostError::Policy(p.clone(), source))?
         }
         None => swiotlb_attest::Policy::default(),
     };
@@ -189,29 +284,30 @@ fn verifier(args: &Args) -> Result<swiotlb_attest::Verifier, String> {
     match (&args.emulated_ark, policy.allow_emulated) {
         (Some(path), _) => {
             let key = std::fs::read(path)
-                .map_err(|e| format!("reading emulated ARK {}: {e}", path.display()))?;
+                .map_err(|source| HostError::ReadEmulatedArk(path.clone(), source))?;
             let ev = swiotlb_attest::emulated::Verifier::new(&key)
-                .map_err(|e| format!("emulated ARK {}: {}", path.display(), error_chain(&e)))?;
+                .map_err(|source| HostError::EmulatedArk(path.clone(), source))?;
             tracing::warn!("EMULATED attestation platform configured: for CI and demos only");
             v = v.with_emulated(ev);
         }
-        (None, true) => return Err("--allow-emulated needs --emulated-ark FILE".into()),
+        (None, true) => return Err(HostError::AllowEmulatedNeedsArk),
         (None, false) => {}
     }
     Ok(v)
 }
 
 /// The audit writer's sandbox: its seccomp filter.
-fn audit_writer_sandbox() -> Result<(), String> {
-    seccomp::install(seccomp::Role::AuditWriter).map_err(|e| error_chain(&e))
+fn audit_writer_sandbox() -> Result<(), HostError> {
+    seccomp::install(seccomp::Role::AuditWriter).map_err(HostError::Sandbox)
 }
 
 /// The audit writer's sandbox, then a forbidden call (`--sandbox-probe-syscall
 /// audit-writer`).
-fn audit_writer_sandbox_then_forbidden_call() -> Result<(), String> {
+fn audit_writer_sandbox_then_forbidden_call() -> Result<(), HostError> {
     audit_writer_sandbox()?;
-    let e = seccomp::probe_forbidden_call();
-    Err(format!("the forbidden call returned: {e}"))
+    Err(HostError::ForbiddenCallReturned(
+        seccomp::probe_forbidden_call(),
+    ))
 }
 
 /// The socket path while the process may still remove it: a start that fails after binding
@@ -237,23 +333,23 @@ impl Drop for BoundSocket {
 
 /// Binds `path` (removing a stale socket), under a temporary name renamed into place once
 /// listening, so a client that sees the path can always connect.
-fn bind(path: &Path) -> Result<(UnixListener, BoundSocket), String> {
+fn bind(path: &Path) -> Result<(UnixListener, BoundSocket), HostError> {
     if path.exists() {
         std::fs::remove_file(path)
-            .map_err(|e| format!("removing stale socket {}: {e}", path.display()))?;
+            .map_err(|source| HostError::RemoveStaleSocket(path.to_path_buf(), source))?;
     }
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let listener =
-        UnixListener::bind(&tmp).map_err(|e| format!("binding {}: {e}", tmp.display()))?;
+        UnixListener::bind(&tmp).map_err(|source| HostError::Bind(tmp.clone(), source))?;
     let guard = BoundSocket {
         path: Some(tmp.clone()),
     };
     // Only the owner may connect: the socket is the device.
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("restricting {}: {e}", tmp.display()))?;
+        .map_err(|source| HostError::RestrictSocket(tmp.clone(), source))?;
     std::fs::rename(&tmp, path)
-        .map_err(|e| format!("moving the socket to {}: {e}", path.display()))?;
+        .map_err(|source| HostError::MoveSocket(path.to_path_buf(), source))?;
     let mut guard = guard;
     guard.path = Some(path.to_path_buf());
     Ok((listener, guard))
@@ -265,10 +361,10 @@ fn event(v: serde_json::Value) {
 }
 
 /// Drops privileges and restricts the filesystem, before any thread starts.
-fn sandbox_process(args: &Args, user: Option<&privileges::User>) -> Result<Value, String> {
-    let dropped = privileges::drop_privileges(user).map_err(|e| error_chain(&e))?;
+fn sandbox_process(args: &Args, user: Option<&privileges::User>) -> Result<Value, HostError> {
+    let dropped = privileges::drop_privileges(user).map_err(HostError::Sandbox)?;
     let e = sandbox::restrict_files(&allowed_paths(args), args.require_sandbox)
-        .map_err(|e| format!("sandbox: {}", error_chain(&e)))?;
+        .map_err(HostError::RestrictFiles)?;
     match e {
         sandbox::Enforcement::Full => tracing::info!(landlock = e.name(), "filesystem sandboxed"),
         _ => tracing::warn!(
@@ -347,68 +443,68 @@ fn run_probes(args: &Args) {
 
 /// Ensures the audit directories exist before the sandbox, which allows no directory
 /// creation.
-fn audit_directories(args: &Args) -> Result<(), String> {
+fn audit_directories(args: &Args) -> Result<(), HostError> {
     let paths = args.audit_log.iter().chain(args.audit_key.iter());
     for p in paths {
-        let dir = landlock::dir_of(p).map_err(|e| error_chain(&e))?;
+        let dir = landlock::dir_of(p).map_err(HostError::Sandbox)?;
         std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("creating the audit directory {}: {e}", dir.display()))?;
+            .map_err(|source| HostError::AuditDirectory(dir.clone(), source))?;
     }
     Ok(())
 }
 
-fn run(args: &Args) -> Result<(), String> {
+fn run(args: &Args) -> Result<(), HostError> {
     if args.print_sandbox {
         print_sandbox(args);
         return Ok(());
     }
     let on = args.sandbox == SandboxArg::On;
     if !on && args.require_sandbox {
-        return Err("--require-sandbox contradicts --sandbox off".into());
+        return Err(HostError::RequireSandboxOff);
     }
     if !on && args.sandbox_probe_syscall.is_some() {
-        return Err("--sandbox-probe-syscall needs the sandbox on".into());
+        return Err(HostError::ProbeNeedsSandbox);
     }
     if args.sandbox_probe_syscall == Some(ProbeThread::AuditWriter) && args.audit_log.is_none() {
-        return Err("--sandbox-probe-syscall audit-writer needs --audit-log".into());
+        return Err(HostError::ProbeNeedsAuditLog);
     }
-    let mut passed = Passed::from_env().map_err(|e| error_chain(&e))?;
+    let mut passed = Passed::from_env().map_err(HostError::PassedFds)?;
     let (disk_file, disk_name) = match (&args.disk, &args.disk_fd) {
         (Some(path), _) => (
             OpenOptions::new()
                 .read(true)
                 .write(!args.read_only)
                 .open(path)
-                .map_err(|e| format!("opening disk image {}: {e}", path.display()))?,
+                .map_err(|source| HostError::OpenDisk(path.clone(), source))?,
             path.display().to_string(),
         ),
         (None, Some(spec)) => (
             passed
                 .disk(spec, args.read_only)
-                .map_err(|e| format!("disk image fd: {}", error_chain(&e)))?,
+                .map_err(HostError::DiskFd)?,
             format!("fd {spec}"),
         ),
-        (None, None) => return Err("--disk or --disk-fd is required".into()),
+        (None, None) => return Err(HostError::NoDisk),
     };
     let disk = DiskImage::from_file(disk_file, args.read_only)
-        .map_err(|e| format!("disk image {disk_name}: {e}"))?;
+        .map_err(|source| HostError::Disk(disk_name.clone(), source))?;
     let capacity = disk.capacity();
     let policy = Policy {
         require_swiotlb: !args.allow_no_swiotlb,
     };
     let mut function = VirtioPciFunction::new(Box::new(Block::new(disk)), args.pool_size, policy)
-        .map_err(|e| format!("creating the pool: {}", error_chain(&e)))?;
+        .map_err(HostError::Pool)?;
     if args.attestation == AttestMode::Required {
         function = function.with_attestation(Box::new(verifier(args)?));
     } else if args.allow_emulated || args.attest_policy.is_some() {
-        return Err("--allow-emulated and --attest-policy need --attestation required".into());
+        return Err(HostError::AttestationOptionsNeedRequired);
     }
     let user = args
         .user
         .as_deref()
         .map(privileges::User::resolve)
         .transpose()
-        .map_err(|e| error_chain(&e))?;
+        .map_err(HostError::Sandbox)?;
     audit_directories(args)?;
     let (listener, mut bound, socket_name) = match (&args.socket, &args.listen_fd) {
         (Some(path), _) => {
@@ -416,13 +512,11 @@ fn run(args: &Args) -> Result<(), String> {
             (l, g, path.display().to_string())
         }
         (None, Some(spec)) => (
-            passed
-                .listener(spec)
-                .map_err(|e| format!("listening socket fd: {}", error_chain(&e)))?,
+            passed.listener(spec).map_err(HostError::ListenFd)?,
             BoundSocket { path: None },
             format!("fd {spec}"),
         ),
-        (None, None) => return Err("--socket or --listen-fd is required".into()),
+        (None, None) => return Err(HostError::NoSocket),
     };
 
     // The sandbox, before any thread starts.
@@ -431,7 +525,7 @@ fn run(args: &Args) -> Result<(), String> {
     } else {
         tracing::warn!("sandbox OFF: the device process can reach every file this user can");
         if let Some(u) = &user {
-            privileges::drop_privileges(Some(u)).map_err(|e| error_chain(&e))?;
+            privileges::drop_privileges(Some(u)).map_err(HostError::Sandbox)?;
         }
         serde_json::json!({ "landlock": "off" })
     };
@@ -445,24 +539,22 @@ fn run(args: &Args) -> Result<(), String> {
             };
             cfg.key_path = args.audit_key.clone();
             if on {
-                cfg.writer_setup = Some(match args.sandbox_probe_syscall {
-                    Some(ProbeThread::AuditWriter) => audit_writer_sandbox_then_forbidden_call,
-                    _ => audit_writer_sandbox,
-                });
+                // The audit log takes the writer's setup error as a String.
+                let setup: fn() -> Result<(), String> = match args.sandbox_probe_syscall {
+                    Some(ProbeThread::AuditWriter) => {
+                        || audit_writer_sandbox_then_forbidden_call().map_err(|e| error_chain(&e))
+                    }
+                    _ => || audit_writer_sandbox().map_err(|e| error_chain(&e)),
+                };
+                cfg.writer_setup = Some(setup);
             }
             let id = function.gate().instance_id();
             let identity = swiotlb_shared::audit::schema::DeviceIdentity {
                 uid: id.iter().map(|b| format!("{b:02x}")).collect(),
                 name: format!("virtio-blk swiotlb ({disk_name})"),
             };
-            let (log, handle) =
-                swiotlb_host::audit::AuditLog::open(cfg, identity).map_err(|e| {
-                    format!(
-                        "opening the audit log {}: {}",
-                        path.display(),
-                        error_chain(&e)
-                    )
-                })?;
+            let (log, handle) = swiotlb_host::audit::AuditLog::open(cfg, identity)
+                .map_err(|source| HostError::OpenAuditLog(path.clone(), source))?;
             tracing::info!(
                 audit_log = %path.display(),
                 key = %log.key_path().display(),
@@ -477,13 +569,13 @@ fn run(args: &Args) -> Result<(), String> {
 
     if on {
         let limit = limits::address_space_limit(args.pool_size);
-        limits::limit_address_space(limit).map_err(|e| error_chain(&e))?;
+        limits::limit_address_space(limit).map_err(HostError::Sandbox)?;
         report["address_space_limit"] = limit.into();
     }
     run_probes(args);
     if on {
         bound.disarm();
-        seccomp::install(seccomp::Role::Device).map_err(|e| error_chain(&e))?;
+        seccomp::install(seccomp::Role::Device).map_err(HostError::Sandbox)?;
         let mut threads = vec!["device"];
         if audit.is_some() {
             threads.push("audit-writer");
@@ -492,8 +584,9 @@ fn run(args: &Args) -> Result<(), String> {
         report["event"] = "sandbox".into();
         event(report);
         if args.sandbox_probe_syscall == Some(ProbeThread::Device) {
-            let e = seccomp::probe_forbidden_call();
-            return Err(format!("the forbidden call returned: {e}"));
+            return Err(HostError::ForbiddenCallReturned(
+                seccomp::probe_forbidden_call(),
+            ));
         }
     }
     tracing::info!(
@@ -521,11 +614,10 @@ fn run(args: &Args) -> Result<(), String> {
                 "protocol": proto,
             }));
         })
-        .map_err(|e| format!("accepting clients: {e}"))?;
+        .map_err(HostError::Serve)?;
     drop(server);
     if let Some(log) = audit {
-        log.close()
-            .map_err(|e| format!("closing the audit log: {}", error_chain(&e)))?;
+        log.close().map_err(HostError::CloseAuditLog)?;
     }
     // Unsandboxed, the socket is removed on the way out; sandboxed, the device thread
     // cannot remove files and the next start removes the stale socket.

@@ -58,7 +58,8 @@ fn after_sigkill_checkpointed_records_verify_and_a_restart_records_the_torn_line
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
-    let key = swiotlb_host::audit::key::read_verifier(&s.0.join("audit.key.pub")).unwrap();
+    let key_text = fs::read_to_string(s.0.join("audit.key.pub")).unwrap();
+    let key = swiotlb_shared::audit::VerifierKey::from_file_text(&key_text).unwrap();
     // Not a closed log: strict verification says so ...
     let strict = verify_paths(std::slice::from_ref(&file), &key, false);
     assert!(!strict.ok);

@@ -11,10 +11,15 @@ use std::time::Duration;
 use audit_support::*;
 use swiotlb_host::audit::{AuditLog, AuditMode};
 use swiotlb_host::sandbox::seccomp::{install, Role};
+use swiotlb_host::sandbox::SandboxError;
 
-fn writer_filter() -> Result<(), String> {
-    install(Role::AuditWriter).map_err(|e| e.to_string())
+/// The writer's seccomp filter, as the device process installs it.
+fn writer_filter() -> Result<(), SandboxError> {
+    install(Role::AuditWriter)
 }
+
+/// [`writer_filter`] as the audit log takes a writer setup: its error as text.
+const WRITER_SETUP: fn() -> Result<(), String> = || writer_filter().map_err(|e| e.to_string());
 
 #[test]
 fn a_sandboxed_writer_rotates_checkpoints_and_its_log_verifies() {
@@ -23,7 +28,7 @@ fn a_sandboxed_writer_rotates_checkpoints_and_its_log_verifies() {
     cfg.rotate_bytes = Some(8 << 10);
     cfg.checkpoint_every = Duration::from_millis(20);
     cfg.mode = AuditMode::Full;
-    cfg.writer_setup = Some(writer_filter);
+    cfg.writer_setup = Some(WRITER_SETUP);
     let (log, h) = AuditLog::open(cfg, device()).unwrap();
     send_findings(&h, 0, 40);
     for head in 0..64u16 {
@@ -47,7 +52,7 @@ fn a_sandboxed_writer_rotates_checkpoints_and_its_log_verifies() {
     // Reopening recovers the log (on the opening thread), and the sandboxed writer goes on.
     let mut cfg = config(&s.base());
     cfg.rotate_bytes = Some(8 << 10);
-    cfg.writer_setup = Some(writer_filter);
+    cfg.writer_setup = Some(WRITER_SETUP);
     let key2 = write_findings(cfg, 30);
     assert_eq!(key, key2);
     let r = verify_paths(&files(&s.base()), &key, false);

@@ -1,8 +1,24 @@
 //! Byte sizes on command lines: `4096`, `4K`, `16M`, `1G` (binary units, case-insensitive,
 //! an optional trailing `B`/`iB`).
 
+use thiserror::Error;
+
+/// Why a size did not parse.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum SizeError {
+    /// A letter other than K, M, G or T.
+    #[error("unknown unit in size {0:?}")]
+    UnknownUnit(String),
+    /// Not a non-negative decimal number before the unit.
+    #[error("invalid size {0:?}")]
+    Invalid(String),
+    /// More than `u64::MAX` bytes.
+    #[error("size {0:?} overflows")]
+    Overflow(String),
+}
+
 /// Parses a size such as `16M` into bytes. Overflow and junk are errors with a message.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, SizeError> {
     let t = s.trim();
     let t = t
         .strip_suffix("iB")
@@ -16,7 +32,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
                 'M' => 20,
                 'G' => 30,
                 'T' => 40,
-                _ => return Err(format!("unknown unit in size {s:?}")),
+                _ => return Err(SizeError::UnknownUnit(s.to_string())),
             };
             (&t[..i], shift)
         }
@@ -25,9 +41,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let n: u64 = num
         .trim()
         .parse()
-        .map_err(|_| format!("invalid size {s:?}"))?;
+        .map_err(|_| SizeError::Invalid(s.to_string()))?;
     n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("size {s:?} overflows"))
+        .ok_or_else(|| SizeError::Overflow(s.to_string()))
 }
 
 #[cfg(test)]

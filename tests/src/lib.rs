@@ -5,9 +5,13 @@
 //! The binaries are found beside the test executable (`target/<profile>/`); `cargo test
 //! --workspace` builds them before any test runs. A missing binary fails loudly with how to
 //! build it, never silently.
+//!
+//! A host child's log (its stderr: the `tracing` lines) goes to a file, not into the test
+//! output; it is printed only when the test that started it fails ([`ChildLog`]).
 
 pub mod fuzz;
 
+use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -63,13 +67,69 @@ pub fn wait_for(path: &Path) {
     }
 }
 
-/// The `swiotlb-host` binary running as a child process.
+/// A child process's stderr, kept in a temporary file and printed (on the test's stderr,
+/// which the test harness shows with the failure) only if the thread that holds it is
+/// panicking when it is dropped: a passing test prints nothing of it.
+pub struct ChildLog {
+    file: tempfile::NamedTempFile,
+    name: String,
+}
+
+impl ChildLog {
+    /// A new empty log for the child `name` (said when the log is printed).
+    pub fn new(name: &str) -> Self {
+        Self {
+            file: tempfile::Builder::new()
+                .prefix(&format!("{name}-"))
+                .suffix(".log")
+                .tempfile()
+                .expect("create a child log file"),
+            name: name.to_string(),
+        }
+    }
+
+    /// The file, for the child's stderr (`Command::stderr`).
+    pub fn stdio(&self) -> Stdio {
+        let f: File = self
+            .file
+            .as_file()
+            .try_clone()
+            .expect("reopen the child log");
+        Stdio::from(f)
+    }
+
+    /// Where the log is (removed when the log is dropped).
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+}
+
+impl Drop for ChildLog {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let text = std::fs::read(self.path()).map_or_else(
+            |e| format!("(cannot read {}: {e})", self.path().display()),
+            |b| String::from_utf8_lossy(&b).into_owned(),
+        );
+        eprintln!(
+            "---- {} log (stderr) ----\n{}---- end of {} log ----",
+            self.name, text, self.name
+        );
+    }
+}
+
+/// The `swiotlb-host` binary running as a child process, its log in a [`ChildLog`].
 pub struct HostProcess {
     child: Child,
     /// Its socket.
     pub socket: PathBuf,
     summaries: Arc<Mutex<Vec<serde_json::Value>>>,
     reader: Option<JoinHandle<()>>,
+    /// Held for its drop, which comes after the child is stopped (fields drop after
+    /// `Drop::drop`), so a failed test prints the whole log.
+    _log: ChildLog,
 }
 
 impl HostProcess {
@@ -100,9 +160,12 @@ impl HostProcess {
     /// Starts `cmd` (a `swiotlb-host` command line the caller built), whose clients
     /// connect to `socket`, and waits for the socket to appear.
     pub fn start(mut cmd: Command, socket: PathBuf) -> Self {
+        let log = ChildLog::new("swiotlb-host");
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log.stdio())
+            // Plain text in the log file, not terminal colour codes.
+            .env("NO_COLOR", "1")
             .spawn()
             .expect("start swiotlb-host");
         let out = child.stdout.take().expect("piped stdout");
@@ -116,13 +179,15 @@ impl HostProcess {
                 }
             }
         });
-        wait_for(&socket);
-        Self {
+        let host = Self {
             child,
             socket,
             summaries,
             reader: Some(reader),
-        }
+            _log: log,
+        };
+        wait_for(&host.socket);
+        host
     }
 
     /// Its process ID.
@@ -163,8 +228,9 @@ impl HostProcess {
         }
     }
 
-    /// Waits for the process to exit (it was started with `--sessions N`).
-    pub fn wait(mut self) -> std::process::ExitStatus {
+    /// Waits for the process to exit (it was started with `--sessions N`). The log stays
+    /// with `self`, for a test that fails after this.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
         let st = self.child.wait().expect("wait for swiotlb-host");
         if let Some(r) = self.reader.take() {
             let _ = r.join();

@@ -40,7 +40,7 @@ fn dma_outside_the_pool_is_a_detection_finding_and_every_dma_is_in_a_log_that_ve
     let logdir = dir.path().join("audit");
     std::fs::create_dir(&logdir).unwrap();
     let log = logdir.join("device.jsonl");
-    let host = HostProcess::spawn(
+    let mut host = HostProcess::spawn(
         dir.path(),
         &disk,
         &[

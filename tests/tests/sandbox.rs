@@ -117,7 +117,7 @@ fn forbidden_call_from(thread: &str) -> std::process::ExitStatus {
     let dir = tempfile::tempdir().unwrap();
     let disk = disk_image(dir.path(), "disk.img", 1 << 20);
     let log = dir.path().join("audit").join("device.jsonl");
-    let host = HostProcess::spawn(
+    let mut host = HostProcess::spawn(
         dir.path(),
         &disk,
         &[
@@ -343,7 +343,7 @@ fn the_socket_and_the_image_can_be_passed_in_and_then_no_path_is_reachable() {
         .arg("--sandbox-probe")
         .arg(&disk);
     pass_fds(&mut cmd, vec![(lfd, 3), (dfd, 4)]);
-    let host = HostProcess::start(cmd, socket.clone());
+    let mut host = HostProcess::start(cmd, socket.clone());
     // SAFETY: the parent's copies, no longer needed.
     unsafe {
         libc::close(lfd);
@@ -420,7 +420,7 @@ fn started_as_root_with_user_the_device_runs_unprivileged() {
     // The image is root's, mode 0600: only its opening before the switch lets the device
     // serve it.
     std::fs::set_permissions(&disk, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let host = HostProcess::spawn(
+    let mut host = HostProcess::spawn(
         dir.path(),
         &disk,
         &["--log", "warn", "--user", "65534:65534", "--sessions", "1"],

@@ -96,12 +96,3 @@ fn write_pub(path: &Path, key: &VerifierKey) -> Result<(), AuditError> {
     f.sync_all().map_err(|e| key_err(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| key_err(path, e))
 }
-
-/// Reads a verifier key file (`<name>+<id>+<key>`, one line).
-pub fn read_verifier(path: &Path) -> Result<VerifierKey, AuditError> {
-    let s = fs::read_to_string(path).map_err(|e| key_err(path, e))?;
-    VerifierKey::parse(s.trim()).map_err(|e| AuditError::Key {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })
-}

@@ -1,6 +1,9 @@
-//! Helpers shared by the audit-log tests: scratch directories, a log written with known
-//! records, line-level file surgery, and verification.
+//! Helpers shared by the audit-log tests (here and the `swiotlb-audit` tool's, which include
+//! this module by path): scratch directories, a log written with known records, line-level
+//! file surgery, and verification; [`proofs`] holds the naive RFC 6962 computation.
 #![allow(dead_code)]
+
+pub mod proofs;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -73,10 +76,38 @@ pub fn write_findings(cfg: AuditConfig, n: u64) -> VerifierKey {
     key
 }
 
+/// 250 chains of 4 descriptors: chain `j` on queue `j % 3` with head `j % 64`, descriptor
+/// `i` (over all chains) at `0x80_0000_0000 + i * 4096`, `512 + i` bytes, writable when
+/// `i` is odd.
+pub fn dmas(h: &AuditHandle) -> (u64, u64) {
+    let (mut n, mut bytes) = (0, 0);
+    for j in 0..250u32 {
+        let chain =
+            (4 * j..4 * j + 4).map(|i| (0x80_0000_0000 + u64::from(i) * 4096, 512 + i, i % 2 == 1));
+        h.record_chain((j % 3) as u16, (j % 64) as u16, chain)
+            .unwrap();
+        for i in 4 * j..4 * j + 4 {
+            n += 1;
+            bytes += u64::from(512 + i);
+        }
+    }
+    (n, bytes)
+}
+
 pub fn send_findings(h: &AuditHandle, from: u64, n: u64) {
     for i in from..from + n {
         h.finding(&finding(i)).unwrap();
     }
+}
+
+/// A closed log of `n` findings in one file: its scratch directory, the file and the key.
+pub fn closed_log(tag: &str, n: u64) -> (Scratch, std::path::PathBuf, VerifierKey) {
+    let s = Scratch::new(tag);
+    let key = write_findings(config(&s.base()), n);
+    let f = files(&s.base());
+    assert_eq!(f.len(), 1);
+    let path = f[0].clone();
+    (s, path, key)
 }
 
 pub fn files(base: &Path) -> Vec<PathBuf> {

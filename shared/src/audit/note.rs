@@ -126,6 +126,13 @@ impl VerifierKey {
         Ok(key)
     }
 
+    /// Parses the text of a verifier key file (the `.pub` the device writes beside its
+    /// signing key): one key string as [`VerifierKey::parse`] takes it, surrounding
+    /// whitespace ignored. Reading the file is the caller's.
+    pub fn from_file_text(text: &str) -> Result<Self, NoteError> {
+        Self::parse(text.trim())
+    }
+
     /// Checks an Ed25519 signature over `msg`.
     pub fn verify_raw(&self, msg: &[u8], sig: &[u8]) -> bool {
         UnparsedPublicKey::new(&ED25519, &self.public_key)

@@ -22,25 +22,31 @@
 //! polling mode at queue depth 32, a fresh host per measurement, interleaved round after
 //! round; the ratios to "off" are medians of per-round ratios.
 //!
-//! `swiotlb-bench [--quick] [--json] [--host-bin PATH] [--poll-us N] [--only W1,W2]`. Figures are printed,
+//! `swiotlb-bench [--quick] [--json] [--host-bin PATH] [--poll-us N] [--only W1,W2]
+//! [--audit-only] [--audit-dir DIR]` (`--help` says more). Figures are printed,
 //! goals are marked MET or MISSED; nothing here passes or fails on a time. The exit status is
 //! non-zero only when something does not work (the host does not start, I/O fails, data
 //! read back differs).
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::builder::PossibleValuesParser;
+use clap::Parser;
 use serde_json::{json, Map, Value};
-use swiotlb_attest::emulated::Signer;
+use swiotlb_attest::emulated::{EmulatedError, Signer};
 use swiotlb_guest::attest::Emulated;
 use swiotlb_guest::pci::vfio_user::VfioUserClient;
-use swiotlb_guest::{BlockDriver, Options};
+use swiotlb_guest::pci::PciError;
+use swiotlb_guest::{BlockDriver, BlockError, Options};
+use swiotlb_shared::error_chain;
+use thiserror::Error;
 
 /// Request size of the random workloads.
 const SMALL: usize = 4096;
@@ -61,6 +67,134 @@ const GOAL_QD32_POLLING_IOPS: f64 = 1_000_000.0;
 const GOAL_INTERRUPT_VS_EVENTFD: f64 = 1.5;
 const GOAL_AUDIT_FULL_VS_OFF: f64 = 0.90;
 
+/// End-to-end benchmark of swiotlb-host and the guest driver; see BENCHMARKS.md.
+#[derive(Parser, Debug)]
+#[command(name = "swiotlb-bench")]
+struct Cli {
+    /// Short mode: one round of 250 ms per workload, a 64 MiB disk, 3 audit rounds.
+    #[arg(long)]
+    quick: bool,
+    /// The report on stderr; stdout holds only the JSON object.
+    #[arg(long)]
+    json: bool,
+    /// The swiotlb-host binary (default: the one beside swiotlb-bench).
+    #[arg(long, value_name = "PATH")]
+    host_bin: Option<PathBuf>,
+    /// Host polling budget in polling mode, microseconds.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_POLL_US,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    poll_us: u64,
+    /// Run only these workloads, and skip the audit comparison.
+    #[arg(long, value_name = "W1,W2", value_delimiter = ',',
+          value_parser = PossibleValuesParser::new(WORKLOADS.map(|w| w.name)))]
+    only: Vec<String>,
+    /// Run only the audit comparison.
+    #[arg(long)]
+    audit_only: bool,
+    /// Where the hosts write their audit logs (default: the run's temporary directory).
+    #[arg(long, value_name = "DIR")]
+    audit_dir: Option<PathBuf>,
+    /// The baselines' child (this binary runs itself with it): `shm FD` or `eventfd A B`.
+    #[arg(long, hide = true, num_args = 2..=3, value_names = ["MODE", "FD"])]
+    child: Option<Vec<String>>,
+}
+
+/// Why the benchmark could not measure: something does not work.
+#[derive(Debug, Error)]
+enum BenchError {
+    /// This executable's path is unknown.
+    #[error("locating swiotlb-bench")]
+    LocateSelf(#[source] io::Error),
+    /// No host binary beside this one.
+    #[error("{} not found beside swiotlb-bench: build both with `cargo build --release -p swiotlb-host -p swiotlb-tests --bins`, or name it with --host-bin", .0.display())]
+    HostMissing(PathBuf),
+    /// An eventfd cannot be made.
+    #[error("eventfd")]
+    Eventfd(#[source] io::Error),
+    /// The baselines' child cannot be started.
+    #[error("starting the baseline child")]
+    StartChild(#[source] io::Error),
+    /// The ping-pong page cannot be made.
+    #[error("memfd_create")]
+    Memfd(#[source] io::Error),
+    /// The ping-pong page cannot be sized.
+    #[error("sizing the ping-pong page")]
+    SizePage(#[source] io::Error),
+    /// The ping-pong page cannot be mapped.
+    #[error("mapping the ping-pong page")]
+    MapPage(#[source] io::Error),
+    /// The shared-memory child stopped answering.
+    #[error("the ping-pong child stopped answering")]
+    PingPongChildSilent,
+    /// The eventfd child stopped answering.
+    #[error("the eventfd child did not answer")]
+    EventfdChildSilent,
+    /// The image cannot be opened for the pread baseline.
+    #[error("opening the image")]
+    OpenImage(#[source] io::Error),
+    /// The pread or pwrite baseline failed.
+    #[error("reading or writing the image")]
+    ImageIo(#[source] io::Error),
+    /// The temporary directory cannot be made.
+    #[error("temporary directory")]
+    TempDir(#[source] io::Error),
+    /// The disk image cannot be created.
+    #[error("creating the disk image")]
+    CreateDisk(#[source] io::Error),
+    /// The disk image cannot be filled.
+    #[error("writing the disk image")]
+    WriteDisk(#[source] io::Error),
+    /// The emulated ARK cannot be made or used.
+    #[error("emulated ARK")]
+    EmulatedArk(#[source] EmulatedError),
+    /// The emulated ARK cannot be written.
+    #[error("writing the emulated ARK")]
+    WriteArk(#[source] io::Error),
+    /// The host cannot be started.
+    #[error("starting {}", .0.display())]
+    StartHost(PathBuf, #[source] io::Error),
+    /// The host ended before its socket appeared.
+    #[error("swiotlb-host exited before listening: {0}")]
+    HostExitedEarly(ExitStatus),
+    /// The host's socket did not appear.
+    #[error("swiotlb-host did not start listening in 10 s")]
+    HostNotListening,
+    /// The driver cannot connect to the host.
+    #[error("connecting")]
+    Connect(#[source] PciError),
+    /// The driver cannot open the device.
+    #[error("opening the device")]
+    OpenDevice(#[source] BlockError),
+    /// The device served without accepting the evidence.
+    #[error("attestation not accepted: {0}")]
+    NotAttested(String),
+    /// The host ended with a failure.
+    #[error("swiotlb-host ended with {0}")]
+    HostExit(ExitStatus),
+    /// The host did not end after its session.
+    #[error("swiotlb-host did not exit after its session")]
+    HostDidNotExit,
+    /// The host cannot be waited for.
+    #[error("waiting for swiotlb-host")]
+    WaitHost(#[source] io::Error),
+    /// A workload's I/O failed.
+    #[error("{0}")]
+    Workload(&'static str, #[source] BlockError),
+    /// The data check's write failed.
+    #[error("check write")]
+    CheckWrite(#[source] BlockError),
+    /// The data check's read failed.
+    #[error("check read")]
+    CheckRead(#[source] BlockError),
+    /// The data check read back something else.
+    #[error("data read back differs from what was written")]
+    DataDiffers,
+    /// The host offered no ioeventfd doorbell.
+    #[error("the host offered no doorbell eventfd")]
+    NoDoorbellEventfd,
+}
+
+/// What this run measures, and how long.
 struct Config {
     quick: bool,
     json: bool,
@@ -82,95 +216,50 @@ struct Config {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--child") {
-        return child(&args[1..]);
+    let cli = Cli::parse();
+    if let Some(args) = &cli.child {
+        return child(args);
     }
-    match parse(&args).and_then(|c| run(&c)) {
+    match Config::new(cli).and_then(|c| run(&c)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("swiotlb-bench: FAILED: {e}");
+            eprintln!("swiotlb-bench: FAILED: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-fn parse(args: &[String]) -> Result<Config, String> {
-    let mut quick = false;
-    let mut json = false;
-    let mut host_bin = None;
-    let mut poll_us = DEFAULT_POLL_US;
-    let mut only = Vec::new();
-    let mut audit_dir = None;
-    let mut audit_only = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--json" => json = true,
-            "--host-bin" => host_bin = Some(PathBuf::from(it.next().ok_or("--host-bin PATH")?)),
-            "--poll-us" => {
-                poll_us = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|v| (1..=1_000_000).contains(v))
-                    .ok_or("--poll-us takes 1 to 1000000")?;
-            }
-            "--audit-dir" => {
-                audit_dir = Some(PathBuf::from(it.next().ok_or("--audit-dir DIR")?));
-            }
-            "--audit-only" => audit_only = true,
-            "--only" => {
-                let names = it.next().ok_or("--only NAME[,NAME...]")?;
-                for n in names.split(',') {
-                    if !WORKLOADS.iter().any(|w| w.name == n) {
-                        let all: Vec<&str> = WORKLOADS.iter().map(|w| w.name).collect();
-                        return Err(format!("no workload {n:?}; there are {}", all.join(", ")));
-                    }
-                    only.push(n.to_string());
-                }
-            }
-            "-h" | "--help" => {
-                println!(
-                    "usage: swiotlb-bench [--quick] [--json] [--host-bin PATH] [--poll-us N] [--only W1,W2]\n\
-                     \x20      [--audit-only] [--audit-dir DIR]\n\
-                     end-to-end benchmark of swiotlb-host and the guest driver; see BENCHMARKS.md"
-                );
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?} (try --help)")),
-        }
+impl Config {
+    fn new(cli: Cli) -> Result<Self, BenchError> {
+        let quick = cli.quick;
+        let host_bin = match cli.host_bin {
+            Some(p) => p,
+            None => sibling("swiotlb-host")?,
+        };
+        Ok(Self {
+            quick,
+            json: cli.json,
+            host_bin,
+            poll: Duration::from_micros(cli.poll_us),
+            slice: Duration::from_millis(if quick { 250 } else { 1000 }),
+            rounds: if quick { 1 } else { 3 },
+            audit_rounds: if quick { 3 } else { 7 },
+            disk_bytes: if quick { 64 << 20 } else { 256 << 20 },
+            only: cli.only,
+            audit_dir: cli.audit_dir,
+            audit_only: cli.audit_only,
+        })
     }
-    let host_bin = match host_bin {
-        Some(p) => p,
-        None => sibling("swiotlb-host")?,
-    };
-    Ok(Config {
-        quick,
-        json,
-        host_bin,
-        poll: Duration::from_micros(poll_us),
-        slice: Duration::from_millis(if quick { 250 } else { 1000 }),
-        rounds: if quick { 1 } else { 3 },
-        audit_rounds: if quick { 3 } else { 7 },
-        disk_bytes: if quick { 64 << 20 } else { 256 << 20 },
-        only,
-        audit_dir,
-        audit_only,
-    })
 }
 
 /// A workspace binary beside this one.
-fn sibling(name: &str) -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("locating swiotlb-bench: {e}"))?;
+fn sibling(name: &str) -> Result<PathBuf, BenchError> {
+    let exe = std::env::current_exe().map_err(BenchError::LocateSelf)?;
     let p = exe.with_file_name(name);
     if p.exists() {
         Ok(p)
     } else {
-        Err(format!(
-            "{} not found beside swiotlb-bench: build both with `cargo build --release -p swiotlb-host -p swiotlb-tests --bins`, or name it with --host-bin",
-            p.display()
-        ))
+        Err(BenchError::HostMissing(p))
     }
 }
 
@@ -280,11 +369,11 @@ impl Drop for SharedPage {
     }
 }
 
-fn efd(flags: libc::c_int) -> Result<OwnedFd, String> {
+fn efd(flags: libc::c_int) -> Result<OwnedFd, BenchError> {
     // SAFETY: eventfd with constant flags, checked.
     let fd = unsafe { libc::eventfd(0, flags) };
     if fd < 0 {
-        return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+        return Err(BenchError::Eventfd(io::Error::last_os_error()));
     }
     // SAFETY: a fresh descriptor.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -304,8 +393,8 @@ fn efd_write(fd: &OwnedFd, v: u64) {
 }
 
 /// Starts this binary as the baselines' child with `fds` inherited (and no others).
-fn spawn_child(mode: &str, fds: &[RawFd]) -> Result<Child, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("locating swiotlb-bench: {e}"))?;
+fn spawn_child(mode: &str, fds: &[RawFd]) -> Result<Child, BenchError> {
+    let exe = std::env::current_exe().map_err(BenchError::LocateSelf)?;
     let mut cmd = Command::new(exe);
     cmd.arg("--child").arg(mode);
     for f in fds {
@@ -323,33 +412,32 @@ fn spawn_child(mode: &str, fds: &[RawFd]) -> Result<Child, String> {
             Ok(())
         });
     }
-    cmd.spawn()
-        .map_err(|e| format!("starting the baseline child: {e}"))
+    cmd.spawn().map_err(BenchError::StartChild)
 }
 
 /// Round trips through a shared page, both processes spinning: median of batches, in µs.
-fn shm_pingpong(total: Duration) -> Result<f64, String> {
+fn shm_pingpong(total: Duration) -> Result<f64, BenchError> {
     // SAFETY: memfd_create with a constant name; checked.
     let fd = unsafe { libc::memfd_create(c"swiotlb-bench-pingpong".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
-        return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+        return Err(BenchError::Memfd(io::Error::last_os_error()));
     }
     // SAFETY: a fresh descriptor.
     let file = unsafe { File::from_raw_fd(fd) };
     file.set_len(SharedPage::LEN as u64)
-        .map_err(|e| format!("sizing the ping-pong page: {e}"))?;
-    let page = SharedPage::map(&file).map_err(|e| format!("mapping the ping-pong page: {e}"))?;
+        .map_err(BenchError::SizePage)?;
+    let page = SharedPage::map(&file).map_err(BenchError::MapPage)?;
     let mut kid = spawn_child("shm", &[file.as_raw_fd()])?;
     let (ping, pong) = (page.cell(0), page.cell(64));
     let mut v = 0u64;
-    let round_trip = |v: &mut u64| -> Result<(), String> {
+    let round_trip = |v: &mut u64| -> Result<(), BenchError> {
         *v += 1;
         ping.store(*v, Ordering::Release);
         let t = Instant::now();
         while pong.load(Ordering::Acquire) != *v {
             std::hint::spin_loop();
             if t.elapsed() > Duration::from_secs(5) {
-                return Err("the ping-pong child stopped answering".into());
+                return Err(BenchError::PingPongChildSilent);
             }
         }
         Ok(())
@@ -370,17 +458,17 @@ fn shm_pingpong(total: Duration) -> Result<f64, String> {
 }
 
 /// Round trips through two eventfds, both processes sleeping in read: (median, p99) in µs.
-fn eventfd_rtt(total: Duration) -> Result<(f64, f64), String> {
+fn eventfd_rtt(total: Duration) -> Result<(f64, f64), BenchError> {
     let (a, b) = (efd(libc::EFD_CLOEXEC)?, efd(libc::EFD_CLOEXEC)?);
     let mut kid = spawn_child("eventfd", &[a.as_raw_fd(), b.as_raw_fd()])?;
     efd_write(&a, 1);
-    efd_read(&b).ok_or("the eventfd child did not answer")?;
+    efd_read(&b).ok_or(BenchError::EventfdChildSilent)?;
     let mut samples = Vec::new();
     let end = Instant::now() + total;
     while Instant::now() < end {
         let t = Instant::now();
         efd_write(&a, 1);
-        efd_read(&b).ok_or("the eventfd child did not answer")?;
+        efd_read(&b).ok_or(BenchError::EventfdChildSilent)?;
         samples.push(t.elapsed().as_secs_f64() * 1e6);
     }
     efd_write(&a, u64::MAX - 1);
@@ -396,13 +484,13 @@ fn disk_4k_us(
     size: u64,
     total: Duration,
     write: bool,
-) -> Result<f64, String> {
+) -> Result<f64, BenchError> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(write)
         .open(disk)
-        .map_err(|e| format!("opening the image: {e}"))?;
+        .map_err(BenchError::OpenImage)?;
     let mut buf = AlignedBuf::new(SMALL);
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let blocks = size / SMALL as u64;
@@ -420,7 +508,7 @@ fn disk_4k_us(
             } else {
                 f.read_exact_at(buf.as_mut(), at)
             }
-            .map_err(|e| format!("reading or writing the image: {e}"))?;
+            .map_err(BenchError::ImageIo)?;
         }
         per.push(t.elapsed().as_secs_f64() * 1e6 / 1000.0);
     }
@@ -507,23 +595,21 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new(disk_bytes: u64) -> Result<Self, String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    fn new(disk_bytes: u64) -> Result<Self, BenchError> {
+        let dir = tempfile::tempdir().map_err(BenchError::TempDir)?;
         let disk = dir.path().join("disk.img");
         // Written (not sparse), so reads come from the page cache rather than a hole.
-        let mut f = File::create(&disk).map_err(|e| format!("creating the disk image: {e}"))?;
+        let mut f = File::create(&disk).map_err(BenchError::CreateDisk)?;
         let chunk: Vec<u8> = (0..1 << 20)
             .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
             .collect();
         for _ in 0..disk_bytes >> 20 {
-            f.write_all(&chunk)
-                .map_err(|e| format!("writing the disk image: {e}"))?;
+            f.write_all(&chunk).map_err(BenchError::WriteDisk)?;
         }
-        let signer_pk8 = Signer::generate_ark_pkcs8().map_err(|e| format!("emulated ARK: {e}"))?;
-        let public =
-            Signer::public_key_of(&signer_pk8).map_err(|e| format!("emulated ARK: {e}"))?;
+        let signer_pk8 = Signer::generate_ark_pkcs8().map_err(BenchError::EmulatedArk)?;
+        let public = Signer::public_key_of(&signer_pk8).map_err(BenchError::EmulatedArk)?;
         let ark = dir.path().join("emulated-ark.pub");
-        std::fs::write(&ark, public).map_err(|e| format!("writing the emulated ARK: {e}"))?;
+        std::fs::write(&ark, public).map_err(BenchError::WriteArk)?;
         Ok(Self {
             dir,
             disk,
@@ -567,7 +653,7 @@ impl Pair {
         mode: Mode,
         audit: Audit,
         tag: &str,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BenchError> {
         let socket = fx.dir.path().join(format!("{tag}.sock"));
         let _ = std::fs::remove_file(&socket);
         let mut cmd = Command::new(&cfg.host_bin);
@@ -603,30 +689,29 @@ impl Pair {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| format!("starting {}: {e}", cfg.host_bin.display()))?;
+            .map_err(|e| BenchError::StartHost(cfg.host_bin.clone(), e))?;
         let t = Instant::now();
         while !socket.exists() {
             if let Ok(Some(s)) = host.try_wait() {
-                return Err(format!("swiotlb-host exited before listening: {s}"));
+                return Err(BenchError::HostExitedEarly(s));
             }
             if t.elapsed() > Duration::from_secs(10) {
                 let _ = host.kill();
-                return Err("swiotlb-host did not start listening in 10 s".into());
+                return Err(BenchError::HostNotListening);
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        let fail = |host: &mut Child, e: String| {
+        let fail = |host: &mut Child, e: BenchError| {
             let _ = host.kill();
             let _ = host.wait();
             e
         };
         let client = match VfioUserClient::connect(&socket) {
             Ok(c) => c,
-            Err(e) => return Err(fail(&mut host, format!("connecting: {e}"))),
+            Err(e) => return Err(fail(&mut host, BenchError::Connect(e))),
         };
         let doorbell_eventfds = client.eventfd_doorbells();
-        let signer =
-            Signer::from_pkcs8(&fx.signer_pk8).map_err(|e| format!("emulated ARK: {e}"))?;
+        let signer = Signer::from_pkcs8(&fx.signer_pk8).map_err(BenchError::EmulatedArk)?;
         let attester = Emulated::with_signer(signer);
         let opts = Options {
             poll: match mode {
@@ -637,12 +722,12 @@ impl Pair {
         };
         let drv = match BlockDriver::open_attested(client, &opts, Some(&attester)) {
             Ok(d) => d,
-            Err(e) => return Err(fail(&mut host, format!("opening the device: {e}"))),
+            Err(e) => return Err(fail(&mut host, BenchError::OpenDevice(e))),
         };
         if !drv.info().attestation.starts_with("accepted") {
             return Err(fail(
                 &mut host,
-                format!("attestation not accepted: {}", drv.info().attestation),
+                BenchError::NotAttested(drv.info().attestation.clone()),
             ));
         }
         Ok(Self {
@@ -653,7 +738,7 @@ impl Pair {
         })
     }
 
-    fn stop(self) -> Result<(), String> {
+    fn stop(self) -> Result<(), BenchError> {
         let Self {
             mut host,
             audit_dir,
@@ -670,18 +755,18 @@ impl Pair {
 }
 
 /// Waits for a host to exit after its one session.
-fn wait_exit(host: &mut Child) -> Result<(), String> {
+fn wait_exit(host: &mut Child) -> Result<(), BenchError> {
     let t = Instant::now();
     loop {
         match host.try_wait() {
             Ok(Some(s)) if s.success() => return Ok(()),
-            Ok(Some(s)) => return Err(format!("swiotlb-host ended with {s}")),
+            Ok(Some(s)) => return Err(BenchError::HostExit(s)),
             Ok(None) if t.elapsed() > Duration::from_secs(10) => {
                 let _ = host.kill();
-                return Err("swiotlb-host did not exit after its session".into());
+                return Err(BenchError::HostDidNotExit);
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-            Err(e) => return Err(format!("waiting for swiotlb-host: {e}")),
+            Err(e) => return Err(BenchError::WaitHost(e)),
         }
     }
 }
@@ -792,7 +877,7 @@ fn measure(
     disk: u64,
     d: Duration,
     seed: u64,
-) -> Result<Figures, String> {
+) -> Result<Figures, BenchError> {
     drv.set_max_in_flight(w.qd);
     let per_call = if w.qd == 1 {
         1
@@ -812,7 +897,7 @@ fn measure(
             } else {
                 drv.read_scattered(ranges, buf)
             }
-            .map_err(|e| format!("{}: {e}", w.name))
+            .map_err(|e| BenchError::Workload(w.name, e))
         };
     // Warm-up: the slots, the page cache, both sides' code.
     let warm = Instant::now();
@@ -843,23 +928,21 @@ fn measure(
 }
 
 /// Reads back what a write put there: the bench must not measure a broken path.
-fn check_data(drv: &mut BlockDriver<VfioUserClient>) -> Result<(), String> {
+fn check_data(drv: &mut BlockDriver<VfioUserClient>) -> Result<(), BenchError> {
     let data: Vec<u8> = (0..LARGE).map(|i| (i * 7 + 3) as u8).collect();
     drv.set_max_in_flight(0);
-    drv.write_at(0, &data)
-        .map_err(|e| format!("check write: {e}"))?;
+    drv.write_at(0, &data).map_err(BenchError::CheckWrite)?;
     let mut back = vec![0u8; LARGE];
-    drv.read_at(0, &mut back)
-        .map_err(|e| format!("check read: {e}"))?;
+    drv.read_at(0, &mut back).map_err(BenchError::CheckRead)?;
     if back != data {
-        return Err("data read back differs from what was written".into());
+        return Err(BenchError::DataDiffers);
     }
     Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
 
-fn run(cfg: &Config) -> Result<(), String> {
+fn run(cfg: &Config) -> Result<(), BenchError> {
     let say = |s: String| {
         if !cfg.json {
             println!("{s}");
@@ -914,7 +997,7 @@ fn run(cfg: &Config) -> Result<(), String> {
             pair.doorbell_eventfds
         ));
         if pair.doorbell_eventfds == 0 {
-            return Err("the host offered no doorbell eventfd".into());
+            return Err(BenchError::NoDoorbellEventfd);
         }
         for (wi, w) in WORKLOADS.iter().enumerate() {
             if !cfg.only.is_empty() && !cfg.only.iter().any(|n| n == w.name) {

@@ -3,16 +3,19 @@
 //!
 //! Exit status: 0 accepted, 1 rejected (every reason listed), 2 unreadable input or usage.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use swiotlb_attest::emulated::{self, ReportOptions, Signer};
-use swiotlb_attest::evidence::{Evidence, MAX_EVIDENCE_LEN};
-use swiotlb_attest::policy::{parse_hex, Policy, MAX_POLICY_LEN};
+use swiotlb_attest::emulated::{self, EmulatedError, ReportOptions, Signer};
+use swiotlb_attest::evidence::{Evidence, EvidenceError, MAX_EVIDENCE_LEN};
+use swiotlb_attest::policy::{parse_hex, Policy, PolicyError, MAX_POLICY_LEN};
 use swiotlb_attest::snp::report::{decode_hex_text, SigningKey, REPORT_LEN};
-use swiotlb_attest::tdx::verify::{Collateral, MAX_COLLATERAL_LEN};
+use swiotlb_attest::tdx::verify::{Collateral, CollateralError, MAX_COLLATERAL_LEN};
 use swiotlb_attest::{PlatformKind, Reason, ReasonKind, Verdict, Verifier};
+use swiotlb_shared::error_chain;
+use thiserror::Error;
 
 #[derive(Parser)]
 #[command(
@@ -112,23 +115,132 @@ struct VerifyArgs {
     json: bool,
 }
 
-/// An input that cannot be read or understood: exit status 2.
-struct Unreadable(String);
-
-fn read(path: &Path, max: usize) -> Result<Vec<u8>, Unreadable> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| Unreadable(format!("{}: {e}", path.display())))?;
-    if meta.len() > max as u64 {
-        return Err(Unreadable(format!(
-            "{}: {} bytes, larger than {max}",
-            path.display(),
-            meta.len()
-        )));
-    }
-    std::fs::read(path).map_err(|e| Unreadable(format!("{}: {e}", path.display())))
+/// An input that cannot be read or understood, or an output that cannot be written: exit
+/// status 2.
+#[derive(Debug, Error)]
+enum CliError {
+    /// A file cannot be read.
+    #[error("{}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A file is larger than what it may hold.
+    #[error("{}: {len} bytes, larger than {max}", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// The policy file is not text.
+    #[error("{}: not UTF-8", path.display())]
+    PolicyNotUtf8 {
+        /// The policy file.
+        path: PathBuf,
+    },
+    /// The policy file is not a policy.
+    #[error("{}", path.display())]
+    Policy {
+        /// The policy file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: PolicyError,
+    },
+    /// `--vmpl` out of range.
+    #[error("--vmpl must be 0 to 3")]
+    Vmpl,
+    /// A hex argument (`--report-data`, `--measurement`, `--host-data`) that does not parse.
+    #[error(transparent)]
+    Hex(PolicyError),
+    /// `--now` is not a time.
+    #[error("--now {0:?} is not an RFC 3339 time")]
+    Now(String),
+    /// The emulated ARK public key file does not hold a key.
+    #[error("{}", path.display())]
+    EmulatedArk {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: EmulatedError,
+    },
+    /// The report file is neither a raw report nor its hex.
+    #[error("{}: neither {REPORT_LEN} bytes nor hex text", path.display())]
+    NotAReport {
+        /// The report file.
+        path: PathBuf,
+    },
+    /// `--report` without its certificate.
+    #[error("--report needs --vcek or --vlek")]
+    NoEndorsement,
+    /// A collateral directory without one collateral file.
+    #[error("{}: expected collateral.json or exactly one *.json file", path.display())]
+    CollateralDir {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The collateral file is not collateral.
+    #[error("{}", path.display())]
+    Collateral {
+        /// The collateral file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: CollateralError,
+    },
+    /// The evidence file is not an evidence blob.
+    #[error("{}", path.display())]
+    Evidence {
+        /// The evidence file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: EvidenceError,
+    },
+    /// No input named.
+    #[error("one of --report, --tdx-quote, --evidence is required")]
+    NoInput,
+    /// A file cannot be written (or its directory created).
+    #[error("{}", path.display())]
+    Write {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The emulated platform refused a key or a report.
+    #[error(transparent)]
+    Emulated(EmulatedError),
+    /// The signed evidence cannot be encoded.
+    #[error(transparent)]
+    Encode(EvidenceError),
 }
 
-fn collateral_file(path: &Path) -> Result<PathBuf, Unreadable> {
+fn read(path: &Path, max: usize) -> Result<Vec<u8>, CliError> {
+    let unreadable = |source| CliError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    if meta.len() > max as u64 {
+        return Err(CliError::TooLarge {
+            path: path.to_path_buf(),
+            len: meta.len(),
+            max,
+        });
+    }
+    std::fs::read(path).map_err(unreadable)
+}
+
+fn collateral_file(path: &Path) -> Result<PathBuf, CliError> {
     if !path.is_dir() {
         return Ok(path.to_path_buf());
     }
@@ -136,8 +248,10 @@ fn collateral_file(path: &Path) -> Result<PathBuf, Unreadable> {
     if named.is_file() {
         return Ok(named);
     }
-    let entries =
-        std::fs::read_dir(path).map_err(|e| Unreadable(format!("{}: {e}", path.display())))?;
+    let entries = std::fs::read_dir(path).map_err(|source| CliError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let jsons: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -145,25 +259,21 @@ fn collateral_file(path: &Path) -> Result<PathBuf, Unreadable> {
         .collect();
     match jsons.as_slice() {
         [one] => Ok(one.clone()),
-        _ => Err(Unreadable(format!(
-            "{}: expected collateral.json or exactly one *.json file",
-            path.display()
-        ))),
+        _ => Err(CliError::CollateralDir {
+            path: path.to_path_buf(),
+        }),
     }
 }
 
-fn build(a: &VerifyArgs) -> Result<(Verifier, Evidence, Option<SigningKey>), Unreadable> {
+fn build(a: &VerifyArgs) -> Result<(Verifier, Evidence, Option<SigningKey>), CliError> {
     let mut policy = match &a.policy {
         Some(p) => {
             let text = read(p, MAX_POLICY_LEN)?;
-            let text = String::from_utf8(text)
-                .map_err(|_| Unreadable(format!("{}: not UTF-8", p.display())))?;
-            Policy::from_toml(&text).map_err(|e| {
-                Unreadable(format!(
-                    "{}: {}",
-                    p.display(),
-                    swiotlb_shared::error_chain(&e)
-                ))
+            let text =
+                String::from_utf8(text).map_err(|_| CliError::PolicyNotUtf8 { path: p.clone() })?;
+            Policy::from_toml(&text).map_err(|source| CliError::Policy {
+                path: p.clone(),
+                source,
             })?
         }
         None => Policy::default(),
@@ -176,24 +286,25 @@ fn build(a: &VerifyArgs) -> Result<(Verifier, Evidence, Option<SigningKey>), Unr
     }
     if let Some(v) = a.vmpl {
         if v > 3 {
-            return Err(Unreadable("--vmpl must be 0 to 3".into()));
+            return Err(CliError::Vmpl);
         }
         policy.vmpl = Some(v);
     }
     if let Some(h) = &a.report_data {
-        policy.report_data =
-            Some(parse_hex::<64>("--report-data", h).map_err(|e| Unreadable(e.to_string()))?);
+        policy.report_data = Some(parse_hex::<64>("--report-data", h).map_err(CliError::Hex)?);
     }
     let mut verifier = Verifier::new(policy);
     if let Some(now) = &a.now {
-        let t = swiotlb_attest::time::parse_rfc3339(now)
-            .ok_or_else(|| Unreadable(format!("--now {now:?} is not an RFC 3339 time")))?;
+        let t =
+            swiotlb_attest::time::parse_rfc3339(now).ok_or_else(|| CliError::Now(now.clone()))?;
         verifier = verifier.at_time(t);
     }
     if let Some(p) = &a.emulated_ark {
         let key = read(p, 1024)?;
-        let v = emulated::Verifier::new(&key)
-            .map_err(|e| Unreadable(format!("{}: {e}", p.display())))?;
+        let v = emulated::Verifier::new(&key).map_err(|source| CliError::EmulatedArk {
+            path: p.clone(),
+            source,
+        })?;
         verifier = verifier.with_emulated(v);
     }
     let mut claimed_key = None;
@@ -202,17 +313,12 @@ fn build(a: &VerifyArgs) -> Result<(Verifier, Evidence, Option<SigningKey>), Unr
         let report = if raw.len() == REPORT_LEN {
             raw
         } else {
-            decode_hex_text(&raw).ok_or_else(|| {
-                Unreadable(format!(
-                    "{}: neither {REPORT_LEN} bytes nor hex text",
-                    rp.display()
-                ))
-            })?
+            decode_hex_text(&raw).ok_or_else(|| CliError::NotAReport { path: rp.clone() })?
         };
         let (cert_path, key) = match (&a.vcek, &a.vlek) {
             (Some(p), _) => (p, SigningKey::Vcek),
             (_, Some(p)) => (p, SigningKey::Vlek),
-            _ => return Err(Unreadable("--report needs --vcek or --vlek".into())),
+            _ => return Err(CliError::NoEndorsement),
         };
         claimed_key = Some(key);
         let endorsement = read(cert_path, swiotlb_attest::evidence::MAX_ENDORSEMENT_LEN)?;
@@ -230,12 +336,9 @@ fn build(a: &VerifyArgs) -> Result<(Verifier, Evidence, Option<SigningKey>), Unr
         if let Some(c) = &a.collateral {
             let file = collateral_file(c)?;
             let json = read(&file, MAX_COLLATERAL_LEN)?;
-            let col = Collateral::from_json(&json).map_err(|e| {
-                Unreadable(format!(
-                    "{}: {}",
-                    file.display(),
-                    swiotlb_shared::error_chain(&e)
-                ))
+            let col = Collateral::from_json(&json).map_err(|source| CliError::Collateral {
+                path: file.clone(),
+                source,
             })?;
             verifier = verifier.with_tdx_collateral(col);
         }
@@ -247,11 +350,12 @@ fn build(a: &VerifyArgs) -> Result<(Verifier, Evidence, Option<SigningKey>), Unr
         }
     } else if let Some(ep) = &a.evidence {
         let blob = read(ep, MAX_EVIDENCE_LEN)?;
-        Evidence::decode(&blob).map_err(|e| Unreadable(format!("{}: {e}", ep.display())))?
+        Evidence::decode(&blob).map_err(|source| CliError::Evidence {
+            path: ep.clone(),
+            source,
+        })?
     } else {
-        return Err(Unreadable(
-            "one of --report, --tdx-quote, --evidence is required".into(),
-        ));
+        return Err(CliError::NoInput);
     };
     Ok((verifier, evidence, claimed_key))
 }
@@ -287,7 +391,7 @@ fn print_verdict(v: &Verdict, json: bool) {
 fn verify(a: &VerifyArgs) -> ExitCode {
     let (verifier, evidence, claimed_key) = match build(a) {
         Ok(x) => x,
-        Err(Unreadable(msg)) => return unreadable(&msg, a.json),
+        Err(e) => return unreadable(&e, a.json),
     };
     let mut verdict = verifier.verify_evidence(&evidence, None);
     // The report's SIGNING_KEY must be the kind of certificate the operator named.
@@ -314,7 +418,8 @@ fn verify(a: &VerifyArgs) -> ExitCode {
     }
 }
 
-fn unreadable(msg: &str, json: bool) -> ExitCode {
+fn unreadable(e: &CliError, json: bool) -> ExitCode {
+    let msg = error_chain(e);
     if json {
         println!(
             "{}",
@@ -325,21 +430,24 @@ fn unreadable(msg: &str, json: bool) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn keygen(out: &Path) -> Result<(), String> {
+fn keygen(out: &Path) -> Result<(), CliError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let pk8 = Signer::generate_ark_pkcs8().map_err(|e| e.to_string())?;
-    let public = Signer::public_key_of(&pk8).map_err(|e| e.to_string())?;
+    let unwritable = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CliError::Write { path, source }
+    };
+    std::fs::create_dir_all(out).map_err(unwritable(out))?;
+    let pk8 = Signer::generate_ark_pkcs8().map_err(CliError::Emulated)?;
+    let public = Signer::public_key_of(&pk8).map_err(CliError::Emulated)?;
     let key_path = out.join("emulated-ark.pk8");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&key_path)
-        .map_err(|e| format!("{}: {e}", key_path.display()))?;
-    f.write_all(&pk8)
-        .map_err(|e| format!("{}: {e}", key_path.display()))?;
+        .map_err(unwritable(&key_path))?;
+    f.write_all(&pk8).map_err(unwritable(&key_path))?;
     for (name, bytes) in [
         ("emulated-ark.pub", public.to_vec()),
         (
@@ -348,7 +456,7 @@ fn keygen(out: &Path) -> Result<(), String> {
         ),
     ] {
         let p = out.join(name);
-        std::fs::write(&p, bytes).map_err(|e| format!("{}: {e}", p.display()))?;
+        std::fs::write(&p, bytes).map_err(unwritable(&p))?;
     }
     println!(
         "wrote {} (private, EMULATED platform only) and emulated-ark.pub[.hex]",
@@ -366,30 +474,33 @@ fn sign(
     debug: bool,
     vmpl: u32,
     out: &Path,
-) -> Result<(), String> {
-    let pk8 = read(key, 4096).map_err(|Unreadable(m)| m)?;
-    let signer = Signer::from_pkcs8(&pk8).map_err(|e| e.to_string())?;
-    let rd = parse_hex::<64>("--report-data", report_data).map_err(|e| e.to_string())?;
+) -> Result<(), CliError> {
+    let pk8 = read(key, 4096)?;
+    let signer = Signer::from_pkcs8(&pk8).map_err(CliError::Emulated)?;
+    let rd = parse_hex::<64>("--report-data", report_data).map_err(CliError::Hex)?;
     let m = measurement
         .map(|s| parse_hex::<48>("--measurement", s))
         .transpose()
-        .map_err(|e| e.to_string())?
+        .map_err(CliError::Hex)?
         .unwrap_or([0; 48]);
     let mut opts = ReportOptions {
         vmpl,
         ..ReportOptions::default()
     };
     if let Some(h) = host_data {
-        opts.host_data = parse_hex::<32>("--host-data", h).map_err(|e| e.to_string())?;
+        opts.host_data = parse_hex::<32>("--host-data", h).map_err(CliError::Hex)?;
     }
     if debug {
         opts.guest_policy |= swiotlb_attest::snp::report::POLICY_DEBUG;
     }
     let ev = signer
         .sign_report(&rd, &m, &opts)
-        .map_err(|e| e.to_string())?;
-    let blob = ev.encode().map_err(|e| e.to_string())?;
-    std::fs::write(out, blob).map_err(|e| format!("{}: {e}", out.display()))?;
+        .map_err(CliError::Emulated)?;
+    let blob = ev.encode().map_err(CliError::Encode)?;
+    std::fs::write(out, blob).map_err(|source| CliError::Write {
+        path: out.to_path_buf(),
+        source,
+    })?;
     println!("wrote EMULATED evidence to {}", out.display());
     Ok(())
 }

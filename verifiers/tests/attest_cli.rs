@@ -1,5 +1,6 @@
 //! The `swiotlb-attest` binary: exit 0 accepted, 1 rejected with every reason, 2 unreadable.
 
+#[path = "../../attest/tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;

@@ -1,0 +1,195 @@
+//! The `swiotlb-audit` tool on real logs written by the device's own writer: `verify` exits
+//! 0 intact, 1 tampered, 2 unreadable and names the record; `show` filters by class and
+//! time and `stats` counts per device and queue; `prove` gives the proofs of the naive
+//! RFC 6962 computation against the latest checkpoint.
+
+#[path = "../../host/tests/audit_support/mod.rs"]
+mod audit_support;
+
+use std::process::Command;
+
+use audit_support::proofs::*;
+use audit_support::*;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use swiotlb_host::audit::AuditLog;
+use swiotlb_shared::audit::ConfigChange;
+
+fn tool() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_swiotlb-audit"))
+}
+
+/// Runs the tool with `args`: its exit status and stdout.
+fn run(args: &[&str]) -> (i32, String) {
+    let out = tool().args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `prove ARGS --json`, which must succeed: its JSON.
+fn prove(args: &[&str]) -> serde_json::Value {
+    let out = tool()
+        .arg("prove")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_tool_exits_0_intact_1_tampered_2_unreadable_and_names_the_record() {
+    let (s, path, _key) = closed_log("tool", 16);
+    let pubkey = s.0.join("audit.key.pub");
+    let ok = tool()
+        .args([
+            "verify",
+            path.to_str().unwrap(),
+            "--key",
+            pubkey.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("OK:"));
+
+    let mut l = lines(&path);
+    let i = event_line(&path, 5);
+    l.remove(i);
+    write_lines(&path, &l);
+    let bad = tool()
+        .args([
+            "verify",
+            path.to_str().unwrap(),
+            "--key",
+            pubkey.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["failure"]["reason"], "deleted");
+    assert_eq!(v["failure"]["index"], i as u64);
+
+    let missing = tool()
+        .args([
+            "verify",
+            "/nonexistent/audit.000001.jsonl",
+            "--key",
+            pubkey.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    let nokey = tool()
+        .args([
+            "verify",
+            path.to_str().unwrap(),
+            "--key",
+            "/nonexistent.pub",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(nokey.status.code(), Some(2));
+}
+
+#[test]
+fn show_filters_by_class_and_time_and_stats_counts_per_device_and_queue() {
+    let s = Scratch::new("showstats");
+    let (log, h) = AuditLog::open(config(&s.base()), device()).unwrap();
+    send_findings(&h, 0, 3);
+    dmas(&h);
+    h.config_change(ConfigChange::BarProgrammed {
+        bar: 2,
+        address: 0x80_0000_0000,
+        size: 16 << 20,
+    })
+    .unwrap();
+    log.close().unwrap();
+    let f = files(&s.base());
+    let p = f[0].to_str().unwrap();
+
+    let (code, out) = run(&["show", p, "--class", "finding", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 3);
+    assert!(out.lines().all(|l| l.contains("\"class_uid\":2004")));
+    let (_, out) = run(&["show", p, "--class", "config"]);
+    assert_eq!(out.lines().count(), 1);
+    assert!(out.contains("BAR 2 programmed at 0x8000000000"));
+    let (_, out) = run(&["show", p, "--since", "4102444800000"]);
+    assert!(out.is_empty(), "{out}");
+    let (_, out) = run(&["show", p, "--since", "2000-01-01T00:00:00Z"]);
+    assert_eq!(out.lines().count(), records(&f[0]).len());
+
+    let (code, out) = run(&["stats", p, "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let d = &v["devices"][0];
+    assert_eq!(d["uid"], "test-dev-0");
+    assert_eq!(d["findings"]["descriptor_outside_pool"], 3);
+    assert_eq!(d["dma_violations"], 3);
+    let total: u64 = d["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["dmas"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 1000);
+    let q0 = d["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == 0)
+        .unwrap();
+    assert_eq!(q0["findings"], 3);
+}
+
+#[test]
+fn the_prove_tool_gives_the_naive_proofs_against_the_latest_checkpoint() {
+    let l = log("proof-tool");
+    let (size, _) = *l.checkpoints.last().unwrap();
+    let all: Vec<&str> = l.files.iter().map(|f| f.to_str().unwrap()).collect();
+    let key = l.files[0].with_file_name("audit.key.pub");
+    let b64 = |v: Vec<H>| v.iter().map(|h| B64.encode(h)).collect::<Vec<_>>();
+    for m in [0, 7, size / 2, size - 1] {
+        let mut args = all.clone();
+        let idx = m.to_string();
+        args.extend(["--index", &idx, "--key", key.to_str().unwrap()]);
+        let v = prove(&args);
+        assert_eq!(v["tree_size"], size as u64);
+        assert_eq!(v["root"], B64.encode(mth(&l.lines[..size])));
+        assert_eq!(v["checkpoint_signature_checked"], true);
+        let proof: Vec<String> = serde_json::from_value(v["proof"].clone()).unwrap();
+        assert_eq!(proof, b64(path(m, &l.lines[..size])));
+        assert_eq!(v["record"].as_str().unwrap().as_bytes(), &l.lines[m][..]);
+    }
+    // From the last file alone, for a record in it.
+    let last = l.files.last().unwrap().to_str().unwrap();
+    let m = size - 2;
+    let v = prove(&[last, "--index", &m.to_string()]);
+    let proof: Vec<String> = serde_json::from_value(v["proof"].clone()).unwrap();
+    assert_eq!(proof, b64(path(m, &l.lines[..size])));
+    // Consistency between two checkpoints.
+    let (a, _) = l.checkpoints[3];
+    let mut args = all.clone();
+    let (sa, sb) = (a.to_string(), size.to_string());
+    args.extend(["--consistency", &sa, &sb]);
+    let v = prove(&args);
+    let proof: Vec<String> = serde_json::from_value(v["proof"].clone()).unwrap();
+    assert_eq!(proof, b64(subproof(a, &l.lines[..size], true)));
+    assert_eq!(v["old_root"], B64.encode(mth(&l.lines[..a])));
+}
