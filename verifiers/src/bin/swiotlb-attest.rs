@@ -83,7 +83,8 @@ struct VerifyArgs {
     /// TDX quote (v4, raw).
     #[arg(long)]
     tdx_quote: Option<PathBuf>,
-    /// TDX collateral JSON, or a directory holding collateral.json (or a single *.json).
+    /// TDX collateral JSON, or a directory holding collateral.json, <quote>_collateral.json
+    /// (the quote's file name with that suffix, as dcap-qvl names them) or a single *.json.
     #[arg(long, requires = "tdx_quote")]
     collateral: Option<PathBuf>,
     /// An evidence blob, as the guest places it in the pool.
@@ -181,7 +182,7 @@ enum CliError {
     #[error("--report needs --vcek or --vlek")]
     NoEndorsement,
     /// A collateral directory without one collateral file.
-    #[error("{}: expected collateral.json or exactly one *.json file", path.display())]
+    #[error("{}: expected collateral.json, the quote's <name>_collateral.json, or exactly one *.json file", path.display())]
     CollateralDir {
         /// The directory.
         path: PathBuf,
@@ -240,13 +241,21 @@ fn read(path: &Path, max: usize) -> Result<Vec<u8>, CliError> {
     std::fs::read(path).map_err(unreadable)
 }
 
-fn collateral_file(path: &Path) -> Result<PathBuf, CliError> {
+/// The collateral file `path` names: the file itself, or in a directory `collateral.json`,
+/// the quote's own `<quote file name>_collateral.json`, or its one `*.json`.
+fn collateral_file(path: &Path, quote: &Path) -> Result<PathBuf, CliError> {
     if !path.is_dir() {
         return Ok(path.to_path_buf());
     }
     let named = path.join("collateral.json");
     if named.is_file() {
         return Ok(named);
+    }
+    if let Some(name) = quote.file_name().and_then(|n| n.to_str()) {
+        let own = path.join(format!("{name}_collateral.json"));
+        if own.is_file() {
+            return Ok(own);
+        }
     }
     let entries = std::fs::read_dir(path).map_err(|source| CliError::Read {
         path: path.to_path_buf(),
@@ -334,7 +343,7 @@ fn build(a: &VerifyArgs) -> Result<(Verifier, Evidence, Option<SigningKey>), Cli
         }
     } else if let Some(qp) = &a.tdx_quote {
         if let Some(c) = &a.collateral {
-            let file = collateral_file(c)?;
+            let file = collateral_file(c, qp)?;
             let json = read(&file, MAX_COLLATERAL_LEN)?;
             let col = Collateral::from_json(&json).map_err(|source| CliError::Collateral {
                 path: file.clone(),
