@@ -4,9 +4,11 @@
 # ext4 filesystem, writes a tree of files of mixed sizes (some larger than the pool) with a
 # manifest of their SHA-256 digests, unmounts, checks the filesystem with e2fsck, mounts it
 # again and verifies every digest, then stops the server with SIGTERM and checks that it
-# removed the device. Needs from /init: say, finish, $GV (the driver's command line), and
-# the ublk_drv module, mke2fs, e2fsck and fio in the initramfs. Prints SWIOTLB-E2E lines the
-# host side reads: UBLK-READY, FIO-<job> (fio's JSON), UBLK-FS, UBLK-STOPPED, DISK-DONE.
+# removed the device; then the same fio jobs on the two peer disks of this boot (Linux's
+# bounce path, and no bounce). Needs from /init: say, finish, $GV (the driver's command
+# line), $BAR2, and the ublk_drv and ext4 modules, mke2fs, e2fsck and fio in the initramfs.
+# Prints SWIOTLB-E2E lines the host side reads: UBLK-READY, UBLK-QUEUE, PAT, MTRR, FIO-*
+# (fio's JSON), UBLK-FS, UBLK-STOPPED, PAT-BAR, FIO-PEER-BOUNCE, FIO-PLAIN-BOUNCE, DISK-DONE.
 
 disk_fail() { finish FAIL "guest disk: $*"; }
 
@@ -22,6 +24,8 @@ pat_line() {
         say "$1 pool=$BAR2 no $p"
     fi
 }
+# The MTRRs, which turn a write-back PAT request into UC- where they say uncached.
+say "MTRR $(tr '\n' ';' </proc/mtrr 2>/dev/null)"
 
 # A dependency may not load on this CPU (crc32c-intel needs SSE4.2, which TCG's CPU model
 # lacks; the generic crc32c serves instead): what counts is ublk and ext4 being there.
@@ -109,4 +113,23 @@ say "UBLK-BAR-READY $(grep '"ublk_ready"' /tmp/ublk-bar.out | head -n1)"
 pat_line PAT-BAR
 kill -TERM $BAR_PID
 wait $BAR_PID || disk_fail "the ublk server with --pool-map bar exited with $?"
+# The peers, in this same boot, beside our disk: QEMU's virtio-blk-pci driven by the stock
+# virtio_pci and virtio_blk. One bounces through Linux's software IO TLB (iommu_platform=on,
+# and swiotlb=force on the command line), one does not (no ACCESS_PLATFORM: virtio hands the
+# device guest-physical addresses). The IO TLB's high-water mark, reset before each disk,
+# shows which one bounced.
+SW=/sys/kernel/debug/swiotlb
+for pair in FIO-PEER:fio-peer FIO-PLAIN:fio-plain; do
+    label=${pair%%:*}
+    serial=${pair#*:}
+    d=""
+    for b in /sys/block/vd*; do
+        [ "$(cat "$b/serial" 2>/dev/null)" = "$serial" ] && d=${b##*/}
+    done
+    [ -n "$d" ] || disk_fail "no virtio disk with serial $serial beside ours (virtio_pci and virtio_blk loaded?)"
+    F=$(cat "$(readlink -f /sys/block/$d/device)/features")
+    [ -w $SW/io_tlb_used_hiwater ] && echo 0 >$SW/io_tlb_used_hiwater
+    run_fio_jobs /dev/$d "$label"
+    say "$label-BOUNCE disk=$d access_platform=$(echo "$F" | cut -c34) swiotlb_used_hiwater_slabs=$(cat $SW/io_tlb_used_hiwater 2>/dev/null || echo n/a)"
+done
 say "DISK-DONE files=$n"

@@ -16,6 +16,10 @@
 //!   (DEVICE_GET_REGION_IO_FDS) and every completion an MSI-X eventfd the driver sleeps on:
 //!   no socket message per request.
 //!
+//! and, on one pair in polling mode, what the guest disk's ublk server pays for keeping its
+//! own buffers (a second copy of every byte, between the request's pages and that buffer)
+//! at queue depth 32 and 8, as a ratio to one copy;
+//!
 //! Baselines in the same run, between this process and a child of it (two processes, as
 //! host and guest are): a shared-memory ping-pong (both spin), an eventfd round trip (both
 //! sleep), and memcpy bandwidth at the request sizes. Then audit off, summary and full in
@@ -29,6 +33,7 @@
 //! read back differs).
 
 use std::fs::File;
+use std::hint::black_box;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -870,6 +875,19 @@ impl Offsets {
     }
 }
 
+/// Where the data of a request comes from and goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Copies {
+    /// The caller's buffer is bounced straight to and from the pool: one copy per request,
+    /// as a driver whose caller's pages the pool path can reach.
+    Direct,
+    /// As the ublk server on a 6.12 kernel does: the kernel copies between the request's
+    /// pages and the server's own buffer, and the server bounces that buffer through the
+    /// pool, so every byte is copied twice. The first copy is made here, by the same thread,
+    /// as ublk makes it in the server's task.
+    ServerBuffer,
+}
+
 /// Runs `w` on `drv` for `d`: IOPS, MiB/s and the latency distribution.
 fn measure(
     drv: &mut BlockDriver<VfioUserClient>,
@@ -878,6 +896,18 @@ fn measure(
     d: Duration,
     seed: u64,
 ) -> Result<Figures, BenchError> {
+    measure_copies(drv, w, disk, d, seed, Copies::Direct)
+}
+
+/// [`measure`], with the copies of `copies`.
+fn measure_copies(
+    drv: &mut BlockDriver<VfioUserClient>,
+    w: &Workload,
+    disk: u64,
+    d: Duration,
+    seed: u64,
+    copies: Copies,
+) -> Result<Figures, BenchError> {
     drv.set_max_in_flight(w.qd);
     let per_call = if w.qd == 1 {
         1
@@ -885,6 +915,11 @@ fn measure(
         (BATCH * SMALL / w.size).max(usize::from(w.qd) * 4)
     };
     let mut buf = vec![0x3cu8; per_call * w.size];
+    // The request's own pages, for the copy the kernel makes to and from the server buffer.
+    let mut pages = match copies {
+        Copies::Direct => Vec::new(),
+        Copies::ServerBuffer => vec![0x5au8; buf.len()],
+    };
     let mut offs = Offsets::new(w, disk, seed);
     let mut ranges = vec![(0u64, w.size); per_call];
     let mut run =
@@ -892,10 +927,18 @@ fn measure(
             for r in ranges.iter_mut() {
                 r.0 = offs.take();
             }
+            let second = copies == Copies::ServerBuffer;
             if w.write {
+                if second {
+                    buf.copy_from_slice(black_box(&pages));
+                }
                 drv.write_scattered(ranges, buf)
             } else {
-                drv.read_scattered(ranges, buf)
+                let r = drv.read_scattered(ranges, buf);
+                if second {
+                    pages.copy_from_slice(black_box(buf));
+                }
+                r
             }
             .map_err(|e| BenchError::Workload(w.name, e))
         };
@@ -1054,6 +1097,9 @@ fn run(cfg: &Config) -> Result<(), BenchError> {
         println!("{}", Value::Object(out));
         return Ok(());
     }
+    if !cfg.audit_only {
+        second_copy(cfg, &fx, &say, &mut out)?;
+    }
     // Audit modes, in both notification modes: 4 KiB random reads at QD32, a fresh host
     // for each measurement, the six interleaved round after round.
     let w = WORKLOADS[2];
@@ -1130,5 +1176,59 @@ fn run(cfg: &Config) -> Result<(), BenchError> {
     out.insert("poll_us".into(), json!(cfg.poll.as_micros() as u64));
     // One JSON object on stdout, last, in both output modes.
     println!("{}", Value::Object(out));
+    Ok(())
+}
+
+/// What the ublk server's own buffers cost: each workload at queue depth 32 (8 for 128 KiB)
+/// with one copy per request (the driver's bounce) and with two (the kernel's copy into the
+/// server's buffer, then the bounce), on one pair in polling mode, interleaved round after
+/// round; the ratio is the median of the per-round ratios.
+fn second_copy(
+    cfg: &Config,
+    fx: &Fixture,
+    say: &dyn Fn(String),
+    out: &mut Map<String, Value>,
+) -> Result<(), BenchError> {
+    let mut pair = Pair::start(cfg, fx, Mode::Polling, Audit::Off, "second-copy")?;
+    say("ublk's second copy (the server's own buffer between the request's pages and the pool), polling mode, audit off:".into());
+    let mut fig = Map::new();
+    for (wi, w) in WORKLOADS.iter().enumerate().filter(|(_, w)| w.qd > 1) {
+        let mut ratios = Vec::new();
+        let mut direct = Vec::new();
+        let mut twice = Vec::new();
+        for r in 0..cfg.rounds.max(3) {
+            let seed = (wi * 100 + r + 1) as u64;
+            let a = measure_copies(
+                &mut pair.drv,
+                w,
+                cfg.disk_bytes,
+                cfg.slice,
+                seed,
+                Copies::Direct,
+            )?;
+            let b = measure_copies(
+                &mut pair.drv,
+                w,
+                cfg.disk_bytes,
+                cfg.slice,
+                seed,
+                Copies::ServerBuffer,
+            )?;
+            ratios.push(b.iops / a.iops);
+            direct.push(a.iops);
+            twice.push(b.iops);
+        }
+        let (a, b, ratio) = (median(&mut direct), median(&mut twice), median(&mut ratios));
+        say(format!(
+            "  {:<20} one copy {a:>10.0} IOPS, two copies {b:>10.0} IOPS: {ratio:.3} of one copy",
+            w.name
+        ));
+        fig.insert(
+            w.name.into(),
+            json!({"one_copy_iops": a, "two_copies_iops": b, "ratio": ratio}),
+        );
+    }
+    pair.stop()?;
+    out.insert("ublk_second_copy".into(), Value::Object(fig));
     Ok(())
 }
