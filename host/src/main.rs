@@ -549,7 +549,7 @@ fn run(args: &Args) -> Result<(), HostError> {
                 cfg.writer_setup = Some(setup);
             }
             let id = function.gate().instance_id();
-            let identity = swiotlb_shared::audit::schema::DeviceIdentity {
+            let identity = swiotlb_shared::audit::DeviceIdentity {
                 uid: id.iter().map(|b| format!("{b:02x}")).collect(),
                 name: format!("virtio-blk swiotlb ({disk_name})"),
             };

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use audit_support::*;
 use swiotlb_host::audit::{AuditConfig, AuditError, AuditLog, AuditMode, MAX_DMA_BATCH};
-use swiotlb_shared::audit::schema::NO_TRANSCRIPT;
+use swiotlb_shared::audit::event::NO_TRANSCRIPT;
 use swiotlb_shared::audit::{
     AttestationVerdict, ConfigChange, DmaChains, DmaDescriptor, Event, PeripheralAction,
     PeripheralEvent, Record, VerifierKey,

@@ -18,9 +18,10 @@
 
 use std::fmt;
 
+use super::event::{Event, LogAction};
 use super::merkle::{leaf_hash, CompactRange, Hash};
 use super::note::{Checkpoint, NoteError, VerifierKey};
-use super::schema::{Event, LogAction, Record};
+use super::ocsf::Record;
 
 /// Why verification failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -624,11 +625,11 @@ pub fn feed(v: &mut Verifier, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::merkle::CompactRange;
-    use crate::audit::note::{NoteSignature, SignedNote};
-    use crate::audit::schema::{
+    use crate::audit::event::{
         AuditFinding, CheckpointRecord, DeviceIdentity, Envelope, LogEvent, NO_TRANSCRIPT,
     };
+    use crate::audit::merkle::CompactRange;
+    use crate::audit::note::{NoteSignature, SignedNote};
     use proptest::prelude::*;
     use ring::rand::SystemRandom;
     use ring::signature::{Ed25519KeyPair, KeyPair};
