@@ -360,7 +360,7 @@ impl AuditHandle {
 /// The host's finding in the schema's form.
 pub fn audit_finding(f: &Finding) -> AuditFinding {
     AuditFinding {
-        kind: f.kind.name().to_string(),
+        kind: f.kind,
         dma_violation: f.kind.is_dma_violation(),
         queue: f.queue,
         head: f.head,

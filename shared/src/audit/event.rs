@@ -2,7 +2,12 @@
 //! record carries besides ([`Envelope`]). Their OCSF record is built in [`super::ocsf`];
 //! their fields are documented one by one in `docs/audit-schema.md`.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thiserror::Error;
 
 use super::encoding::{b64, b64_hashes, hex32, hex_u64};
 use super::merkle::Hash;
@@ -14,12 +19,183 @@ pub const NO_TRANSCRIPT: Hash = [0; 32];
 /// evidence, which is bounded by the evidence mailbox.
 pub const MAX_TORN_KEPT: usize = 64 << 10;
 
+/// Errors of event values.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum EventError {
+    /// A finding kind that is not one of [`FindingKind::ALL`].
+    #[error(
+        "unknown finding kind {0:?} (not one of the {n} kinds of swiotlb-audit/1)",
+        n = FindingKind::ALL.len()
+    )]
+    UnknownFindingKind(String),
+}
+
+/// What the driver did wrong: the device-policy violations, a closed set. Its names are
+/// the `kind` of a Detection Finding; a record of any other kind is not a
+/// `swiotlb-audit/1` record, so a verifier or a SIEM mapping can rely on the set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FindingKind {
+    /// A data descriptor's `[addr, addr + len)` lies outside the pool, or straddles its end.
+    DescriptorOutsidePool,
+    /// A descriptor's `addr + len` overflows 64 bits.
+    DescriptorOverflow,
+    /// An indirect table lies outside the pool, or straddles its end.
+    IndirectTableOutsidePool,
+    /// An indirect table has a bad size, is nested, or indirect was not negotiated.
+    BadIndirectTable,
+    /// A descriptor table, available ring or used ring lies outside the pool.
+    RingOutsidePool,
+    /// A chain loops or is longer than the queue allows.
+    ChainTooLong,
+    /// A chain's `next` or head index is beyond its table.
+    DescriptorIndexOutOfRange,
+    /// A device-readable descriptor follows a device-writable one.
+    ReadableAfterWritable,
+    /// A descriptor of length zero.
+    ZeroLengthDescriptor,
+    /// The chain's total length overflows 32 bits.
+    ChainLengthOverflow,
+    /// The available index moved by more than the queue size.
+    AvailIndexJump,
+    /// The pool BAR was not decoded (memory space off or BAR unassigned) while queues ran.
+    PoolNotDecoded,
+    /// The driver did not accept VIRTIO_F_SWIOTLB (strict policy refuses FEATURES_OK).
+    SwiotlbDeclined,
+    /// The driver accepted a feature the device did not offer.
+    UnofferedFeature,
+    /// The driver did not accept VIRTIO_F_VERSION_1.
+    Version1Declined,
+    /// The driver changed features after FEATURES_OK, or cleared a status bit.
+    StatusProtocolViolation,
+    /// A notification for a queue that does not exist, or is not enabled.
+    BadQueueNotify,
+    /// A queue size that is zero, not a power of two, or above the maximum.
+    BadQueueSize,
+    /// A request the device could not parse (bad header, missing status byte, ...).
+    MalformedRequest,
+    /// Attestation evidence placed outside the pool.
+    EvidenceOutsidePool,
+    /// Attestation evidence that did not verify, or was submitted out of order.
+    AttestationRejected,
+}
+
+impl FindingKind {
+    /// Every kind, in counter order.
+    pub const ALL: [FindingKind; 21] = [
+        Self::DescriptorOutsidePool,
+        Self::DescriptorOverflow,
+        Self::IndirectTableOutsidePool,
+        Self::BadIndirectTable,
+        Self::RingOutsidePool,
+        Self::ChainTooLong,
+        Self::DescriptorIndexOutOfRange,
+        Self::ReadableAfterWritable,
+        Self::ZeroLengthDescriptor,
+        Self::ChainLengthOverflow,
+        Self::AvailIndexJump,
+        Self::PoolNotDecoded,
+        Self::SwiotlbDeclined,
+        Self::UnofferedFeature,
+        Self::Version1Declined,
+        Self::StatusProtocolViolation,
+        Self::BadQueueNotify,
+        Self::BadQueueSize,
+        Self::MalformedRequest,
+        Self::EvidenceOutsidePool,
+        Self::AttestationRejected,
+    ];
+
+    /// Stable snake_case name used in events, JSON and the audit log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::DescriptorOutsidePool => "descriptor_outside_pool",
+            Self::DescriptorOverflow => "descriptor_overflow",
+            Self::IndirectTableOutsidePool => "indirect_table_outside_pool",
+            Self::BadIndirectTable => "bad_indirect_table",
+            Self::RingOutsidePool => "ring_outside_pool",
+            Self::ChainTooLong => "chain_too_long",
+            Self::DescriptorIndexOutOfRange => "descriptor_index_out_of_range",
+            Self::ReadableAfterWritable => "readable_after_writable",
+            Self::ZeroLengthDescriptor => "zero_length_descriptor",
+            Self::ChainLengthOverflow => "chain_length_overflow",
+            Self::AvailIndexJump => "avail_index_jump",
+            Self::PoolNotDecoded => "pool_not_decoded",
+            Self::SwiotlbDeclined => "swiotlb_declined",
+            Self::UnofferedFeature => "unoffered_feature",
+            Self::Version1Declined => "version_1_declined",
+            Self::StatusProtocolViolation => "status_protocol_violation",
+            Self::BadQueueNotify => "bad_queue_notify",
+            Self::BadQueueSize => "bad_queue_size",
+            Self::MalformedRequest => "malformed_request",
+            Self::EvidenceOutsidePool => "evidence_outside_pool",
+            Self::AttestationRejected => "attestation_rejected",
+        }
+    }
+
+    /// Whether this kind is a DMA that would have reached outside the pool.
+    pub fn is_dma_violation(self) -> bool {
+        matches!(
+            self,
+            Self::DescriptorOutsidePool
+                | Self::DescriptorOverflow
+                | Self::IndirectTableOutsidePool
+                | Self::RingOutsidePool
+                | Self::PoolNotDecoded
+                | Self::EvidenceOutsidePool
+        )
+    }
+}
+
+impl fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for FindingKind {
+    type Err = EventError;
+
+    /// The kind named `s` ([`FindingKind::name`]), exactly.
+    fn from_str(s: &str) -> Result<Self, EventError> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| EventError::UnknownFindingKind(s.to_string()))
+    }
+}
+
+/// As its name, a JSON string.
+impl Serialize for FindingKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// From its name; any other string is refused with an error that names it.
+impl<'de> Deserialize<'de> for FindingKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl Visitor<'_> for Name {
+            type Value = FindingKind;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a finding kind name")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FindingKind, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Name)
+    }
+}
+
 /// A device-policy violation, as the device found it (the host's `Finding`, flattened).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditFinding {
-    /// Stable snake_case kind name (`descriptor_outside_pool`, ...).
-    pub kind: String,
+    /// What the driver did wrong (its name in the record: `descriptor_outside_pool`, ...).
+    pub kind: FindingKind,
     /// Whether this is a DMA that would have left the pool.
     pub dma_violation: bool,
     /// Queue index, when the finding concerns a queue.
@@ -352,4 +528,37 @@ pub struct Envelope {
     pub transcript: Hash,
     /// Leaf hash of the previous line (all zero for the first line of a log).
     pub prev_leaf: Hash,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_finding_kind_is_written_as_its_name_and_read_back() {
+        let mut names: Vec<&str> = FindingKind::ALL.iter().map(|k| k.name()).collect();
+        for k in FindingKind::ALL {
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.name()));
+            assert_eq!(serde_json::from_str::<FindingKind>(&json).unwrap(), k);
+            assert_eq!(k.name().parse::<FindingKind>(), Ok(k));
+            assert_eq!(k.to_string(), k.name());
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FindingKind::ALL.len(), "names are unique");
+    }
+
+    #[test]
+    fn an_unknown_finding_kind_is_refused_with_its_name() {
+        for bad in ["descriptor_outside_the_pool", "Descriptor_outside_pool", ""] {
+            assert_eq!(
+                bad.parse::<FindingKind>(),
+                Err(EventError::UnknownFindingKind(bad.to_string()))
+            );
+            let e = serde_json::from_str::<FindingKind>(&format!("\"{bad}\"")).unwrap_err();
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+        assert!(serde_json::from_str::<FindingKind>("3").is_err());
+    }
 }

@@ -24,8 +24,8 @@ pub mod verify;
 
 pub use event::{
     AttestationVerdict, AuditFinding, ConfigChange, DeviceIdentity, DmaChain, DmaChains,
-    DmaDescriptor, DmaSummary, Envelope, Event, LogAction, LogEvent, PeripheralAction,
-    PeripheralEvent, QueueDma,
+    DmaDescriptor, DmaSummary, Envelope, Event, EventError, FindingKind, LogAction, LogEvent,
+    PeripheralAction, PeripheralEvent, QueueDma,
 };
 pub use merkle::{CompactRange, Hash, PartialTree, ProofError};
 pub use note::{Checkpoint, NoteError, SignedNote, VerifierKey};

@@ -351,7 +351,7 @@ impl Record {
                 if f.dma_violation {
                     desc = format!("DMA outside the pool refused: {desc}");
                 }
-                r.finding_info = Some(finding_info(&r.message, &desc, &f.kind));
+                r.finding_info = Some(finding_info(&r.message, &desc, f.kind.name()));
                 r.is_alert = Some(true);
                 u.finding = Some(f);
             }
@@ -588,7 +588,9 @@ fn first_difference(a: &Record, b: &Record) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::event::{DmaChain, DmaDescriptor, QueueDma, TornTail, NO_TRANSCRIPT};
+    use crate::audit::event::{
+        DmaChain, DmaDescriptor, FindingKind, QueueDma, TornTail, NO_TRANSCRIPT,
+    };
 
     fn env(seq: u64) -> Envelope {
         Envelope {
@@ -608,7 +610,7 @@ mod tests {
     fn samples() -> Vec<Event> {
         vec![
             Event::Finding(AuditFinding {
-                kind: "descriptor_outside_pool".into(),
+                kind: FindingKind::DescriptorOutsidePool,
                 dma_violation: true,
                 queue: Some(0),
                 head: Some(7),
@@ -782,5 +784,20 @@ mod tests {
             let bad = line.replacen(from, to, 1);
             assert!(Record::parse(bad.as_bytes()).is_err(), "{to}");
         }
+    }
+
+    #[test]
+    fn a_record_of_an_unknown_finding_kind_is_refused_naming_the_kind() {
+        let line = Record::build(&env(3), samples().remove(0)).to_line();
+        let from = "\"kind\":\"descriptor_outside_pool\"";
+        assert!(line.contains(from));
+        let bad = line.replace("descriptor_outside_pool", "descriptor_outside_the_pool");
+        let e = Record::parse(bad.as_bytes()).unwrap_err();
+        assert!(matches!(e, SchemaError::Json(_)), "{e:?}");
+        let chain = crate::error_chain(&e);
+        assert!(
+            chain.contains("unknown finding kind \"descriptor_outside_the_pool\""),
+            "{chain}"
+        );
     }
 }
