@@ -12,7 +12,7 @@ use clap::Parser;
 use serde_json::Value;
 use swiotlb_attest::emulated::EmulatedError;
 use swiotlb_attest::policy::PolicyError;
-use swiotlb_host::audit::AuditError;
+use swiotlb_host::audit::{AuditError, WriterSetupError};
 use swiotlb_host::devices::block::{disk::DiskImage, Block};
 use swiotlb_host::fds::{FdError, Passed};
 use swiotlb_host::pool::PoolError;
@@ -539,17 +539,17 @@ fn run(args: &Args) -> Result<(), HostError> {
             };
             cfg.key_path = args.audit_key.clone();
             if on {
-                // The audit log takes the writer's setup error as a String.
-                let setup: fn() -> Result<(), String> = match args.sandbox_probe_syscall {
+                // The audit log keeps the setup's error whole, as its error's source.
+                let setup: fn() -> Result<(), WriterSetupError> = match args.sandbox_probe_syscall {
                     Some(ProbeThread::AuditWriter) => {
-                        || audit_writer_sandbox_then_forbidden_call().map_err(|e| error_chain(&e))
+                        || Ok(audit_writer_sandbox_then_forbidden_call()?)
                     }
-                    _ => || audit_writer_sandbox().map_err(|e| error_chain(&e)),
+                    _ => || Ok(audit_writer_sandbox()?),
                 };
                 cfg.writer_setup = Some(setup);
             }
             let id = function.gate().instance_id();
-            let identity = swiotlb_shared::audit::schema::DeviceIdentity {
+            let identity = swiotlb_shared::audit::DeviceIdentity {
                 uid: id.iter().map(|b| format!("{b:02x}")).collect(),
                 name: format!("virtio-blk swiotlb ({disk_name})"),
             };

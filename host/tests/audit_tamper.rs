@@ -9,9 +9,9 @@ use std::fs;
 use audit_support::*;
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
+use swiotlb_shared::audit::event::CheckpointRecord;
 use swiotlb_shared::audit::merkle::{leaf_hash, CompactRange};
 use swiotlb_shared::audit::note::NoteSignature;
-use swiotlb_shared::audit::schema::CheckpointRecord;
 use swiotlb_shared::audit::{Checkpoint, Event, Reason, Record, SignedNote, VerifierKey};
 
 #[test]

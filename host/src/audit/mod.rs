@@ -36,6 +36,7 @@ use thiserror::Error;
 
 use crate::findings::Finding;
 pub use dma::DmaAccumulator;
+pub use key::KeyError;
 pub use writer::{discover, file_name};
 
 /// What is recorded per DMA.
@@ -81,8 +82,9 @@ pub struct AuditConfig {
     /// Records the queue holds before senders wait (at least 1).
     pub queue_capacity: usize,
     /// Run first thing on the writer thread, before it handles any record: the process's
-    /// sandbox for this thread (its seccomp filter). An error stops the open.
-    pub writer_setup: Option<fn() -> Result<(), String>>,
+    /// sandbox for this thread (its seccomp filter). An error stops the open, and is its
+    /// [`AuditError::WriterSetup`] source.
+    pub writer_setup: Option<fn() -> Result<(), WriterSetupError>>,
 }
 
 impl AuditConfig {
@@ -113,6 +115,10 @@ impl AuditConfig {
     }
 }
 
+/// Why the writer thread's setup failed: the caller's own error, kept whole (its type and
+/// its sources), as this module cannot know it (a sandbox error, a probe's, a test's).
+pub type WriterSetupError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Errors of the audit log.
 #[derive(Debug, Error)]
 pub enum AuditError {
@@ -125,20 +131,18 @@ pub enum AuditError {
         #[source]
         source: std::io::Error,
     },
-    /// The signing or verifier key is unusable.
-    #[error("audit key {path}: {detail}")]
-    Key {
-        /// The key file.
-        path: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
-    /// The configuration is unusable.
+    /// The signing key cannot be loaded or created, or its verifier key written.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The configuration is unusable (message says which setting).
     #[error("audit configuration: {0}")]
-    Config(String),
+    Config(&'static str),
     /// The writer thread's setup (its sandbox) failed.
-    #[error("setting up the audit writer thread: {0}")]
-    WriterSetup(String),
+    #[error("setting up the audit writer thread")]
+    WriterSetup(#[source] WriterSetupError),
+    /// The writer thread ended before it reported on its setup.
+    #[error("setting up the audit writer thread: the thread ended during setup")]
+    WriterEndedInSetup,
     /// The writer thread has stopped (closed, or failed: see [`AuditLog::close`]).
     #[error("the audit writer has stopped; records can no longer be written")]
     Closed,
@@ -360,7 +364,7 @@ impl AuditHandle {
 /// The host's finding in the schema's form.
 pub fn audit_finding(f: &Finding) -> AuditFinding {
     AuditFinding {
-        kind: f.kind.name().to_string(),
+        kind: f.kind,
         dma_violation: f.kind.is_dma_violation(),
         queue: f.queue,
         head: f.head,
@@ -388,13 +392,11 @@ impl AuditLog {
     ) -> Result<(AuditLog, AuditHandle), AuditError> {
         if config.queue_capacity == 0 || config.checkpoint_every_records == 0 {
             return Err(AuditError::Config(
-                "queue capacity and checkpoint record count must be at least 1".into(),
+                "queue capacity and checkpoint record count must be at least 1",
             ));
         }
         if config.checkpoint_every.is_zero() {
-            return Err(AuditError::Config(
-                "checkpoint interval must be positive".into(),
-            ));
+            return Err(AuditError::Config("checkpoint interval must be positive"));
         }
         let origin = config.origin.clone().unwrap_or_else(|| {
             let uid: String = device
@@ -454,9 +456,7 @@ impl AuditLog {
             }
             Err(_) => {
                 let _ = thread.join();
-                return Err(AuditError::WriterSetup(
-                    "the thread ended during setup".into(),
-                ));
+                return Err(AuditError::WriterEndedInSetup);
             }
         }
         let handle = AuditHandle {

@@ -18,9 +18,10 @@
 
 use std::fmt;
 
+use super::event::{Event, LogAction};
 use super::merkle::{leaf_hash, CompactRange, Hash};
 use super::note::{Checkpoint, NoteError, VerifierKey};
-use super::schema::{Event, LogAction, Record};
+use super::ocsf::Record;
 
 /// Why verification failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -624,17 +625,24 @@ pub fn feed(v: &mut Verifier, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::event::{
+        AuditFinding, CheckpointRecord, DeviceIdentity, Envelope, FindingKind, LogEvent,
+        NO_TRANSCRIPT,
+    };
     use crate::audit::merkle::CompactRange;
     use crate::audit::note::{NoteSignature, SignedNote};
-    use crate::audit::schema::{
-        AuditFinding, CheckpointRecord, DeviceIdentity, Envelope, LogEvent, NO_TRANSCRIPT,
-    };
     use proptest::prelude::*;
     use ring::rand::SystemRandom;
     use ring::signature::{Ed25519KeyPair, KeyPair};
 
     /// A closed log of `n` findings, a checkpoint every 3 records, as the writer makes it.
     fn log(n: u64) -> (Vec<u8>, VerifierKey) {
+        log_edited(n, |line| line)
+    }
+
+    /// [`log`], with each record line passed through `edit` before it is chained and signed
+    /// (a log a writer of another schema would make, signed by the trusted key).
+    fn log_edited(n: u64, edit: impl Fn(String) -> String) -> (Vec<u8>, VerifierKey) {
         let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
         let kp = Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
         let key =
@@ -657,7 +665,7 @@ mod tests {
         let mut events = vec![log_ev(LogAction::Start)];
         for i in 0..n {
             events.push(Event::Finding(AuditFinding {
-                kind: "zero_length_descriptor".into(),
+                kind: FindingKind::ZeroLengthDescriptor,
                 dma_violation: false,
                 queue: Some(0),
                 head: Some(i as u16),
@@ -683,7 +691,7 @@ mod tests {
                     transcript: NO_TRANSCRIPT,
                     prev_leaf: *prev,
                 };
-                let line = Record::build(&env, ev).to_line();
+                let line = edit(Record::build(&env, ev).to_line());
                 *prev = leaf_hash(line.as_bytes());
                 tree.append(*prev);
                 out.extend_from_slice(line.as_bytes());
@@ -741,6 +749,24 @@ mod tests {
             let r = verify_files(&[("f", data)], &key, Options { live: true });
             assert!(!r.ok);
         }
+    }
+
+    #[test]
+    fn a_signed_finding_of_an_unknown_kind_is_refused_naming_the_kind() {
+        let (data, key) = log_edited(2, |l| {
+            l.replace("zero_length_descriptor", "zero_length_descriptor_v2")
+        });
+        let r = verify_files(&[("f", &data)], &key, Options::default());
+        let f = r
+            .failure
+            .expect("an unknown kind is not a swiotlb-audit/1 record");
+        assert_eq!((f.reason, f.line, f.index), (Reason::Altered, 2, 1));
+        assert!(
+            f.detail
+                .contains("unknown finding kind \"zero_length_descriptor_v2\""),
+            "{}",
+            f.detail
+        );
     }
 
     proptest! {
