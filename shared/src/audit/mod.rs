@@ -30,4 +30,4 @@ pub use event::{
 pub use merkle::{CompactRange, Hash, PartialTree, ProofError};
 pub use note::{Checkpoint, NoteError, SignedNote, VerifierKey};
 pub use ocsf::{Record, SchemaError, SCHEMA};
-pub use verify::{verify_files, Failure, Options, Reason, Report, Verifier};
+pub use verify::{verify_files, Failure, OpenEnd, Options, Reason, Report, Verdict, Verifier};
