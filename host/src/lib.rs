@@ -9,7 +9,8 @@
 //! - [`findings`]: policy violations, counted and emitted;
 //! - [`vfio_user`]: the vfio-user server;
 //! - [`sandbox`]: privileges, Landlock, limits and seccomp for the device process;
-//! - [`fds`]: the socket and image passed in by a supervisor.
+//! - [`fds`]: the socket and image passed in by a supervisor;
+//! - [`stop`]: the orderly stop on SIGTERM and SIGINT.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod audit;
@@ -20,6 +21,7 @@ pub mod gate;
 pub mod pci;
 pub mod pool;
 pub mod sandbox;
+pub mod stop;
 pub mod vfio_user;
 pub mod virtio;
 

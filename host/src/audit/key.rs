@@ -70,8 +70,20 @@ fn key_err(path: &Path, source: io::Error) -> KeyError {
     }
 }
 
+/// The name checkpoints are signed under.
+#[derive(Clone, Copy, Debug)]
+pub enum Origin<'a> {
+    /// This name, always.
+    Given(&'a str),
+    /// The name the key's `.pub` file already gives it, when that file names this key: a
+    /// log keeps one origin across restarts of its device, as a verifier holding the
+    /// `.pub` file needs; this name for a new key (or a `.pub` that is missing or names
+    /// another key).
+    Default(&'a str),
+}
+
 /// Loads the key at `path`, or creates it (0600) when absent; writes `path.pub`.
-pub fn load_or_create(path: &Path, origin: &str) -> Result<SigningKey, KeyError> {
+pub fn load_or_create(path: &Path, origin: Origin<'_>) -> Result<SigningKey, KeyError> {
     let pkcs8 = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => create(path)?,
@@ -84,11 +96,24 @@ pub fn load_or_create(path: &Path, origin: &str) -> Result<SigningKey, KeyError>
         })?;
     let mut pk = [0u8; 32];
     pk.copy_from_slice(pair.public_key().as_ref());
-    let verifier = VerifierKey::new(origin, pk).map_err(|source| KeyError::Origin {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    write_pub(&pub_path(path), &verifier)?;
+    let pub_file = pub_path(path);
+    let existing = match origin {
+        Origin::Given(_) => None,
+        Origin::Default(_) => fs::read_to_string(&pub_file)
+            .ok()
+            .and_then(|t| VerifierKey::from_file_text(&t).ok())
+            .filter(|k| k.public_key == pk),
+    };
+    let verifier = match (existing, origin) {
+        (Some(k), _) => k,
+        (None, Origin::Given(name) | Origin::Default(name)) => {
+            VerifierKey::new(name, pk).map_err(|source| KeyError::Origin {
+                path: path.to_path_buf(),
+                source,
+            })?
+        }
+    };
+    write_pub(&pub_file, &verifier)?;
     Ok(SigningKey { pair, verifier })
 }
 

@@ -69,7 +69,8 @@ pub struct AuditConfig {
     pub mode: AuditMode,
     /// Signing key (PKCS#8); created 0600 when absent. `None`: `<dir>/<stem>.key`.
     pub key_path: Option<PathBuf>,
-    /// Checkpoint origin and key name. `None`: `swiotlb-audit/<device uid>`.
+    /// Checkpoint origin and key name. `None`: the one the key's `.pub` file already names
+    /// (a log keeps its origin across restarts), else `swiotlb-audit/<device uid>`.
     pub origin: Option<String>,
     /// Checkpoint after this many records (at least 1).
     pub checkpoint_every_records: u64,
@@ -398,7 +399,7 @@ impl AuditLog {
         if config.checkpoint_every.is_zero() {
             return Err(AuditError::Config("checkpoint interval must be positive"));
         }
-        let origin = config.origin.clone().unwrap_or_else(|| {
+        let default_origin = || {
             let uid: String = device
                 .uid
                 .chars()
@@ -411,7 +412,12 @@ impl AuditLog {
                 })
                 .collect();
             format!("swiotlb-audit/{uid}")
-        });
+        };
+        let default_origin = default_origin();
+        let origin = match &config.origin {
+            Some(o) => key::Origin::Given(o),
+            None => key::Origin::Default(&default_origin),
+        };
         let key_path = config.key_file();
         let (dir, _, _) = writer::split_base(&config.path);
         for d in [Some(dir.as_path()), key_path.parent()]
@@ -425,7 +431,7 @@ impl AuditLog {
                 })?;
             }
         }
-        let key = key::load_or_create(&key_path, &origin)?;
+        let key = key::load_or_create(&key_path, origin)?;
         let verifier = key.verifier.clone();
         let dma = Arc::new(DmaAccumulator::default());
         let full = config.mode == AuditMode::Full;

@@ -220,6 +220,10 @@ fn device() -> Vec<Allow> {
         any(sys!(SYS_fdatasync), "FLUSH"),
         any(sys!(SYS_fsync), "FLUSH"),
         any(sys!(SYS_lseek), "the image's size"),
+        any(
+            sys!(SYS_setitimer),
+            "the deadline of the orderly stop (SIGALRM ends a stop that hangs)",
+        ),
     ];
     #[cfg(target_arch = "x86_64")]
     v.push(any(
