@@ -4,6 +4,8 @@
 //! - [`features`]: the virtio feature bits, `VIRTIO_F_SWIOTLB` among them, defined once;
 //! - [`pci`]: the virtio-pci capability and common-config wire structs, and the register
 //!   layout of this project's device;
+//! - [`descriptor`]: the split-ring descriptor's flags and 16-byte layout, for the driver
+//!   that writes descriptors and the device that checks them;
 //! - [`layout`]: pool arithmetic (the bus window every DMA is checked against, and how the
 //!   driver carves rings, indirect tables and 2 KiB bounce slots out of the pool);
 //! - [`vfio_user`]: the vfio-user message codec, which never panics on peer bytes and
@@ -12,6 +14,7 @@
 
 pub mod audit;
 pub mod blk;
+pub mod descriptor;
 pub mod features;
 pub mod layout;
 pub mod pci;
