@@ -5,4 +5,4 @@ pub mod function;
 pub mod interrupts;
 
 pub use config_space::{BarKind, BarSpec, ConfigChange, ConfigSpace};
-pub use function::{Rearm, VirtioPciFunction};
+pub use function::VirtioPciFunction;
