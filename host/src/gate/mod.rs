@@ -5,6 +5,9 @@
 //! `REPORT_DATA = SHA-512(domain || transcript)`, places the evidence in the pool and rings
 //! the mailbox doorbell. The device rebuilds the transcript from what *it* observed and
 //! asks its [`EvidenceVerifier`]; only an accepted verdict opens the gate.
+//!
+//! This module holds the gate's state and mailbox registers; `session` holds what the
+//! device observed and [`Gate::judge`], which reads the evidence and gives the verdict.
 
 mod session;
 

@@ -4,7 +4,7 @@
 //! caller says.
 //!
 //! The engine knows virtio, not PCI. It reaches the function around it through
-//! [`QueueHost`], which says how a finding is recorded, how the device is marked as needing
+//! `QueueHost`, which says how a finding is recorded, how the device is marked as needing
 //! a reset and how the driver is interrupted (cloud-hypervisor keeps interrupt delivery
 //! behind its transport's `VirtioInterrupt` the same way).
 
