@@ -114,7 +114,7 @@ pub(crate) fn notify(host: &mut impl QueueHost, q: u16, rearm: Rearm) {
         Doorbell::Refuse(f) => host.record_finding(f),
         Doorbell::Unmappable => host.device_needs_reset(),
         Doorbell::Serve(view) => {
-            run(host, q, &view, rearm);
+            run_queue(host, q, &view, rearm);
         }
     }
 }
@@ -203,7 +203,7 @@ pub(crate) fn poll(host: &mut impl QueueHost, rearm: Rearm) -> bool {
             .avail_idx(&*view.mem, Ordering::Acquire)
             .map_or(true, |a| a.0 != slot.queue.next_avail());
         if moved || rearm == Rearm::Yes {
-            took |= run(host, q, &view, rearm);
+            took |= run_queue(host, q, &view, rearm);
         }
     }
     took
@@ -211,8 +211,8 @@ pub(crate) fn poll(host: &mut impl QueueHost, rearm: Rearm) -> bool {
 
 /// Processes queue `q` and interrupts the driver if it asked to be; returns whether any
 /// chain was taken.
-fn run(host: &mut impl QueueHost, q: u16, view: &PoolView, rearm: Rearm) -> bool {
-    match process(host.parts(), q, view, rearm) {
+fn run_queue(host: &mut impl QueueHost, q: u16, view: &PoolView, rearm: Rearm) -> bool {
+    match process_queue(host.parts(), q, view, rearm) {
         Ok(Processed { took, interrupt }) => {
             if let Some(v) = interrupt {
                 host.interrupt(v);
@@ -227,7 +227,12 @@ fn run(host: &mut impl QueueHost, q: u16, view: &PoolView, rearm: Rearm) -> bool
 }
 
 /// Processes queue `q`: what was taken and whether the driver must be interrupted.
-fn process(p: QueueParts<'_>, q: u16, view: &PoolView, rearm: Rearm) -> Result<Processed, Finding> {
+fn process_queue(
+    p: QueueParts<'_>,
+    q: u16,
+    view: &PoolView,
+    rearm: Rearm,
+) -> Result<Processed, Finding> {
     let indirect = p.transport.negotiated(VIRTIO_RING_F_INDIRECT_DESC);
     let mem = &*view.mem;
     let dma = p.dma;
