@@ -21,13 +21,12 @@ use swiotlb_shared::vfio_user::{
 };
 use swiotlb_shared::vfio_user::{region::IO_FD_TYPE_IOEVENTFD, IoFdSubRegion};
 
-use crate::pci::function::{
-    AccessError, Rearm, SessionSummary, NUM_REGIONS, REGION_POOL, REGION_REGS,
-};
+use crate::pci::function::{AccessError, SessionSummary, NUM_REGIONS, REGION_POOL, REGION_REGS};
 use crate::pci::interrupts::{
     IrqAction, IrqError, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_NUM_IRQS,
 };
 use crate::pci::VirtioPciFunction;
+use crate::virtio::Rearm;
 use swiotlb_shared::vfio_user::socket::{recv_message, send_message, Message, RecvError};
 
 /// How a session ended.
