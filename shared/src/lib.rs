@@ -7,7 +7,7 @@
 //! - [`layout`]: pool arithmetic (the bus window every DMA is checked against, and how the
 //!   driver carves rings, indirect tables and 2 KiB bounce slots out of the pool);
 //! - [`vfio_user`]: the vfio-user message codec, which never panics on peer bytes and
-//!   bounds every length before allocating;
+//!   bounds every length before allocating, and the one parse of a VFIO region's info;
 //! - [`little_endian`]: bounds-checked little-endian field readers, for every parser of
 //!   peer bytes (here and in the attestation crate).
 #![deny(unsafe_op_in_unsafe_fn)]
