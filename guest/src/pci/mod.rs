@@ -30,6 +30,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use swiotlb_shared::pci::{cfg, VIRTIO_PCI_DEVICE_ID_BLOCK, VIRTIO_PCI_VENDOR_ID};
+use swiotlb_shared::vfio_user::RegionInfoError;
 use thiserror::Error;
 
 use crate::pool::{Mapping, PoolAccessError};
@@ -135,7 +136,16 @@ pub enum PciError {
         #[source]
         source: vfio_ioctls::VfioError,
     },
-    /// A VFIO answer the back end refuses (region sizes, offsets, capability chains).
+    /// A region's info as VFIO gave it is malformed (offsets, capability chain).
+    #[error("{what}")]
+    RegionInfo {
+        /// The ioctl and region concerned.
+        what: String,
+        /// What is wrong with it.
+        #[source]
+        source: RegionInfoError,
+    },
+    /// A VFIO answer the back end refuses (region sizes and flags, registers).
     #[error("{what}: {why}")]
     VfioInvalid {
         /// The ioctl or region concerned.
