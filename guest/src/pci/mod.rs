@@ -309,11 +309,15 @@ impl RegisterAccess {
     }
 }
 
-/// One volatile load of exactly `buf.len()` bytes (1, 2, 4 or 8) at `offset` of a register
-/// mapping, as device registers want. Refuses other widths, unaligned offsets and ranges
-/// past the mapping's end.
-pub(crate) fn mmio_read(map: &Mapping, offset: u64, buf: &mut [u8]) -> Result<(), String> {
-    let at = mmio_check(map, offset, buf.len())?;
+/// One volatile load of exactly `buf.len()` bytes (1, 2, 4 or 8) at `access.offset` of a
+/// register mapping, as device registers want. Refuses other widths, unaligned offsets and
+/// ranges past the mapping's end, as `access` says.
+pub(crate) fn mmio_read(
+    map: &Mapping,
+    access: RegisterAccess,
+    buf: &mut [u8],
+) -> Result<(), PciError> {
+    let at = mmio_check(map, access, buf.len())?;
     // SAFETY: `mmio_check` proved `[offset, offset + len)` lies inside the mapping and
     // `offset` is a multiple of the width; the mapping is page aligned, so each access below
     // is naturally aligned and wholly inside it. The mapping is device memory that no Rust
@@ -331,8 +335,12 @@ pub(crate) fn mmio_read(map: &Mapping, offset: u64, buf: &mut [u8]) -> Result<()
 }
 
 /// One volatile store of exactly `data.len()` bytes (1, 2, 4 or 8); see [`mmio_read`].
-pub(crate) fn mmio_write(map: &Mapping, offset: u64, data: &[u8]) -> Result<(), String> {
-    let at = mmio_check(map, offset, data.len())?;
+pub(crate) fn mmio_write(
+    map: &Mapping,
+    access: RegisterAccess,
+    data: &[u8],
+) -> Result<(), PciError> {
+    let at = mmio_check(map, access, data.len())?;
     let mut b = [0u8; 8];
     b[..data.len()].copy_from_slice(data);
     // SAFETY: as in `mmio_read`: in bounds, naturally aligned, device memory.
@@ -352,22 +360,23 @@ pub(crate) fn mmio_write(map: &Mapping, offset: u64, data: &[u8]) -> Result<(), 
     Ok(())
 }
 
-/// Checks a register access of `len` bytes at `offset` of `map`; returns the offset as an
-/// index.
-fn mmio_check(map: &Mapping, offset: u64, len: usize) -> Result<usize, String> {
+/// Checks a register access of `len` bytes at `access.offset` of `map`; returns the offset
+/// as an index, or `access` refused.
+fn mmio_check(map: &Mapping, access: RegisterAccess, len: usize) -> Result<usize, PciError> {
+    let offset = access.offset;
     if !matches!(len, 1 | 2 | 4 | 8) {
-        return Err("registers are 1, 2, 4 or 8 bytes wide".into());
+        return Err(access.refuse("registers are 1, 2, 4 or 8 bytes wide"));
     }
     if offset % len as u64 != 0 {
-        return Err(format!("not aligned to its width of {len}"));
+        return Err(access.refuse(format!("not aligned to its width of {len}")));
     }
     let end = offset.checked_add(len as u64);
     match (end, usize::try_from(offset)) {
         (Some(end), Ok(at)) if end <= map.byte_len() as u64 => Ok(at),
-        _ => Err(format!(
+        _ => Err(access.refuse(format!(
             "outside the {:#x}-byte register mapping",
             map.byte_len()
-        )),
+        ))),
     }
 }
 

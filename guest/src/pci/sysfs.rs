@@ -275,13 +275,13 @@ impl PciAccess for SysfsPci {
     fn bar_read(&mut self, bar: u8, offset: u64, buf: &mut [u8]) -> Result<(), PciError> {
         let access = RegisterAccess::read(bar, offset, buf.len());
         let map = self.register(access)?;
-        mmio_read(map, offset, buf).map_err(|why| access.refuse(why))
+        mmio_read(map, access, buf)
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Result<(), PciError> {
         let access = RegisterAccess::write(bar, offset, data.len());
         let map = self.register(access)?;
-        mmio_write(map, offset, data).map_err(|why| access.refuse(why))
+        mmio_write(map, access, data)
     }
 
     fn bar_size(&mut self, bar: u8) -> Result<u64, PciError> {

@@ -194,7 +194,7 @@ impl PciAccess for VfioPci {
     fn bar_read(&mut self, bar: u8, offset: u64, buf: &mut [u8]) -> Result<(), PciError> {
         let access = RegisterAccess::read(bar, offset, buf.len());
         if let Some(map) = self.register(access)? {
-            return mmio_read(map, offset, buf).map_err(|why| access.refuse(why));
+            return mmio_read(map, access, buf);
         }
         // `register` checked the range inside the region, which fits a file offset.
         let at = self.bars[usize::from(bar)].offset + offset;
@@ -208,7 +208,7 @@ impl PciAccess for VfioPci {
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Result<(), PciError> {
         let access = RegisterAccess::write(bar, offset, data.len());
         if let Some(map) = self.register(access)? {
-            return mmio_write(map, offset, data).map_err(|why| access.refuse(why));
+            return mmio_write(map, access, data);
         }
         let at = self.bars[usize::from(bar)].offset + offset;
         regions::pwrite_all(self.fd(), data, at).map_err(vfio_err(format!(
