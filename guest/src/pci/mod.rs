@@ -82,6 +82,15 @@ pub enum PciError {
         /// What is wrong with it.
         why: String,
     },
+    /// The function's `resource` file is not what the kernel writes.
+    #[error("{}", .path.display())]
+    Resource {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: discovery::DiscoveryError,
+    },
     /// The function is not the one the back end drives.
     #[error("{} is {vendor:04x}:{device:04x}, not a modern virtio-blk function (1af4:1042)", .path.display())]
     WrongFunction {

@@ -471,8 +471,9 @@ mod tests {
         );
         let e = t.open().unwrap_err();
         match &e {
-            PciError::SysfsInvalid { path, why } => {
+            PciError::Resource { path, source } => {
                 assert!(path.ends_with("0000:00:04.0/resource"));
+                let why = source.to_string();
                 assert!(why.contains("power of two"), "{why}");
             }
             other => panic!("{other:?}"),
@@ -480,7 +481,7 @@ mod tests {
         // Binary garbage is an error, not a panic.
         let t = Tree::new();
         t.write("resource", &[0xff, 0xfe, 0, 0x80, b'\n'].repeat(10));
-        assert!(matches!(t.open(), Err(PciError::SysfsInvalid { .. })));
+        assert!(matches!(t.open(), Err(PciError::Resource { .. })));
     }
 
     #[test]
