@@ -32,10 +32,10 @@
 //! capability chains, configuration bytes): every value is checked before use, and every
 //! failure is a [`PciError`] naming the ioctl, region or file. Nothing here panics on them.
 //!
-//! Files: [`open`] finds the function's IOMMU group and opens the container, group and
-//! device, and checks what the kernel assigned; [`regions`] reads each region's info and
+//! Files: `open` finds the function's IOMMU group and opens the container, group and
+//! device, and checks what the kernel assigned; `regions` reads each region's info and
 //! reaches configuration space and BAR registers through the device fd (pread/pwrite, or a
-//! mapping) and maps the pool; [`interrupts`] sets and clears the MSI-X eventfds.
+//! mapping) and maps the pool; `interrupts` sets and clears the MSI-X eventfds.
 
 mod interrupts;
 mod open;
