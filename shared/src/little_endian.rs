@@ -23,7 +23,7 @@ pub struct OutOfBounds {
 impl OutOfBounds {
     /// Bytes the read needed: the end of the field (`usize::MAX` if that overflows).
     pub fn needed(&self) -> usize {
-        self.at.checked_add(self.len).unwrap_or(usize::MAX)
+        self.at.saturating_add(self.len)
     }
 }
 
