@@ -14,7 +14,10 @@
 //! - [`audit`]: the audit log's record schema and its verification (Merkle tree, signed
 //!   checkpoints);
 //! - [`vfio_user`]: the vfio-user message codec, which never panics on peer bytes and
-//!   bounds every length before allocating (feature `socket`: its framing on a Unix socket);
+//!   bounds every length before allocating, and the one parse of a VFIO region's info
+//!   (feature `socket`: its framing on a Unix socket);
+//! - [`little_endian`]: bounds-checked little-endian field readers, for every parser of
+//!   peer bytes (here and in the attestation crate);
 //! - `seccomp` (feature `seccomp`): allow-lists as data, compiled to a BPF program, for the
 //!   host's and the guest's sandboxes;
 //! - [`time`]: RFC 3339 text to and from Unix milliseconds, without a clock;
@@ -26,6 +29,7 @@ pub mod blk;
 pub mod descriptor;
 pub mod features;
 pub mod layout;
+pub mod little_endian;
 pub mod pci;
 #[cfg(feature = "seccomp")]
 pub mod seccomp;
