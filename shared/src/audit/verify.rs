@@ -687,6 +687,7 @@ mod tests {
                         name: "d".into(),
                     },
                     pid: 1,
+                    uid: Some(0),
                     product_version: "0".into(),
                     transcript: NO_TRANSCRIPT,
                     prev_leaf: *prev,
