@@ -269,6 +269,17 @@ impl Verifier {
         }
     }
 
+    /// The first failure found so far (what [`Verifier::finish`] will report), for a
+    /// reader that acts on each line as it comes.
+    pub fn failure(&self) -> Option<&Failure> {
+        self.pending.as_ref().map(|p| &p.failure)
+    }
+
+    /// The latest checkpoint that verified so far.
+    pub fn latest(&self) -> Option<&Checkpoint> {
+        self.latest.as_ref()
+    }
+
     /// Starts the next file, named `name`.
     pub fn begin_file(&mut self, name: &str) {
         if !self.files.is_empty() {

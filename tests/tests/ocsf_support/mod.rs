@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use swiotlb_attest::emulated::{ReportOptions, Signer};
+use swiotlb_guest::ring::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 use swiotlb_guest::testing::raw_driver::{Desc, RawDriver, BLK_T_OUT, DEFAULT_FEATURES};
 use swiotlb_shared::pci::{attest_mailbox as mb, cfg};
 use swiotlb_shared::transcript::{
@@ -259,6 +260,7 @@ impl Device {
             submit(&mut d, &sign(&self.signer, &truth)),
             mb::STATE_ACCEPTED
         );
+        one_pass_of_long_chains(&mut d);
         let req = d
             .prepare_blk(BLK_T_OUT, 0, 512, Some(&[0xa5; 512]))
             .unwrap();
@@ -275,6 +277,64 @@ impl Device {
         let s3 = self.host.session(3)["summary"].clone();
         assert_eq!(s3["dma_violations"], 1, "{s3}");
     }
+}
+
+/// Chains in one pass over the queue, each an indirect table as long as the queue.
+pub const LONG_CHAINS: u16 = 6;
+
+/// Makes [`LONG_CHAINS`] OUT requests available at once and kicks once: each an indirect
+/// table of [`QSIZE`] descriptors (the header, 512-byte data descriptors, the status), so the
+/// device takes them in one pass and full mode records them in one DMA chains record of
+/// some hundreds of descriptors (some tens of KiB: longer than rsyslog's default message).
+fn one_pass_of_long_chains(d: &mut RawDriver) {
+    let used = d.used_idx().unwrap();
+    let data_descs = u32::from(QSIZE) - 2;
+    for i in 0..LONG_CHAINS {
+        let area = d.scratch_area() + (1 << 20) + u64::from(i) * (64 << 10);
+        let (header, status, table, data) = (area, area + 256, area + 512, area + 4096);
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&BLK_T_OUT.to_le_bytes());
+        h[8..16].copy_from_slice(&(u64::from(i) * u64::from(data_descs)).to_le_bytes());
+        d.pool().write(header, &h).unwrap();
+        d.pool().write(status, &[0xff]).unwrap();
+        d.pool()
+            .write(data, &vec![0x5a; data_descs as usize * 512])
+            .unwrap();
+        let mut descs = vec![Desc {
+            addr: d.bus(header),
+            len: 16,
+            flags: VIRTQ_DESC_F_NEXT,
+            next: 0,
+        }];
+        descs.extend((0..u64::from(data_descs)).map(|k| Desc {
+            addr: d.bus(data + k * 512),
+            len: 512,
+            flags: VIRTQ_DESC_F_NEXT,
+            next: 0,
+        }));
+        descs.push(Desc {
+            addr: d.bus(status),
+            len: 1,
+            flags: VIRTQ_DESC_F_WRITE,
+            next: 0,
+        });
+        let at = d.write_table(table, &descs).unwrap();
+        d.write_desc(
+            i,
+            Desc {
+                addr: at,
+                len: u32::from(QSIZE) * 16,
+                flags: VIRTQ_DESC_F_INDIRECT,
+                next: 0,
+            },
+        )
+        .unwrap();
+        d.publish(i).unwrap();
+    }
+    d.kick(0).unwrap();
+    wait_until(10, "the long chains are served", || {
+        d.used_idx().unwrap() == used.wrapping_add(LONG_CHAINS)
+    });
 }
 
 /// Waits up to `secs` for `f` to hold.
