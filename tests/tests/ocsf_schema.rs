@@ -151,13 +151,13 @@ fn the_records_of_every_recovery_of_the_writer_are_valid_ocsf() {
     log.close().unwrap();
 
     let second = tmp.path().join("audit.000002.jsonl");
-    let records = json_lines(&[second.clone()]);
+    let records = json_lines(std::slice::from_ref(&second));
     assert_eq!(records[0]["unmapped"]["log"]["action"], "start");
     assert!(records[0]["unmapped"]["log"]["detail"].as_str().unwrap() != "");
     // The first file, as it was before the edit, holds the restarts.
     text[at] ^= 1;
     std::fs::write(&file, &text).unwrap();
-    let first = json_lines(&[file.clone()]);
+    let first = json_lines(std::slice::from_ref(&file));
     let restarts: Vec<_> = first
         .iter()
         .filter(|r| r["unmapped"]["log"]["action"] == "restart")
