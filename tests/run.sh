@@ -30,6 +30,38 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
 fi
 command -v systemd-analyze >/dev/null 2>&1 && systemd-analyze --version | head -1
 
+# The audit records are checked against the official OCSF schema (tests/ocsf/validate.py:
+# the OCSF project's schema exports in the ocsf-json-schema package, checked with
+# jsonschema), from a venv under the target directory with both pinned; the rsyslog
+# configuration in deploy/rsyslog runs in a real rsyslogd (tests/tests/ocsf_schema.rs,
+# siem_feed.rs). The tests fail without either, as this script demands both.
+apt_install() {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing $*"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null) \
+            || echo "NOTE: could not install $*"
+    else
+        echo "NOTE: $* missing and cannot be installed here (not root, or no apt-get)"
+    fi
+}
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3-venv
+fi
+OCSF_VENV="$(pwd)/${CARGO_TARGET_DIR:-target}/ocsf-venv"
+case "${CARGO_TARGET_DIR:-}" in /*) OCSF_VENV="$CARGO_TARGET_DIR/ocsf-venv" ;; esac
+{ [ -x "$OCSF_VENV/bin/python" ] || python3 -m venv "$OCSF_VENV"; } \
+    && "$OCSF_VENV/bin/pip" install -q --disable-pip-version-check ocsf-json-schema==1.2.0 jsonschema==4.26.0 \
+    && "$OCSF_VENV/bin/python" -c 'import ocsf_json_schema, jsonschema; print("OCSF schema checker ready")' \
+    || echo "NOTE: the OCSF schema checker could not be set up in $OCSF_VENV: the OCSF tests will fail"
+export SWIOTLB_OCSF_PYTHON="$OCSF_VENV/bin/python"
+export SWIOTLB_REQUIRE_OCSF_CHECK=1
+if ! command -v rsyslogd >/dev/null 2>&1 && [ ! -x /usr/sbin/rsyslogd ]; then
+    apt_install rsyslog
+fi
+export SWIOTLB_REQUIRE_RSYSLOG=1
+RSYSLOGD="$(command -v rsyslogd || echo /usr/sbin/rsyslogd)"
+"$RSYSLOGD" -v 2>/dev/null | head -1 || echo "NOTE: rsyslogd is missing: the rsyslog test will fail"
+
 step "build the binaries the end-to-end tests run"
 cargo build --workspace --bins --quiet
 

@@ -82,6 +82,14 @@ struct Args {
     /// the log); its public key is written to FILE.pub for verifiers.
     #[arg(long)]
     audit_key: Option<PathBuf>,
+    /// Start the next audit log file when the current one reaches SIZE (default 64M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    audit_rotate_size: Option<u64>,
+    /// Write a signed checkpoint after this many audit records (default 1000; one also
+    /// comes every 10 s). A live feed (`swiotlb-audit export --follow`) passes on records
+    /// only once a checkpoint covers them.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    audit_checkpoint_records: Option<u64>,
     /// Sandbox the process: capabilities dropped; Landlock (only the disk, the socket's
     /// directory and the audit log's directories are reachable; no TCP); an address-space
     /// limit; a seccomp allow-list per thread. On by default.
@@ -551,6 +559,12 @@ fn run(args: &Args) -> Result<(), HostError> {
                 AuditModeArg::Full => swiotlb_host::audit::AuditMode::Full,
             };
             cfg.key_path = args.audit_key.clone();
+            if let Some(size) = args.audit_rotate_size {
+                cfg.rotate_bytes = Some(size);
+            }
+            if let Some(n) = args.audit_checkpoint_records {
+                cfg.checkpoint_every_records = n;
+            }
             if on {
                 // The audit log keeps the setup's error whole, as its error's source.
                 let setup: fn() -> Result<(), WriterSetupError> = match args.sandbox_probe_syscall {

@@ -109,6 +109,8 @@ pub(crate) struct Writer {
     key: Ed25519KeyPair,
     verifier: VerifierKey,
     pid: u32,
+    /// The real user id, with the pid the records' actor.
+    uid: u32,
     dma: Arc<DmaAccumulator>,
     /// The current file; `None` only while `open` has not chosen it yet.
     file: Option<BufWriter<File>>,
@@ -164,6 +166,8 @@ impl Writer {
             key: key.pair,
             verifier: key.verifier,
             pid: std::process::id(),
+            // SAFETY: getuid has no preconditions and cannot fail.
+            uid: unsafe { libc::getuid() },
             dma,
             file: None,
             path: placeholder,
@@ -413,6 +417,7 @@ impl Writer {
             time,
             device: self.device.clone(),
             pid: self.pid,
+            uid: Some(self.uid),
             product_version: env!("CARGO_PKG_VERSION").to_string(),
             transcript: self.transcript,
             prev_leaf: self.prev_leaf,

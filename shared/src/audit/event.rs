@@ -520,8 +520,13 @@ pub struct Envelope {
     pub time: u64,
     /// The device.
     pub device: DeviceIdentity,
-    /// The writer's process id (Memory Activity's `process`).
+    /// The writer's process id: the actor of the records whose class has one, and
+    /// Memory Activity's `process`. 0 when the record does not say (an OCSF 1.5.0 record
+    /// other than Memory Activity).
     pub pid: u32,
+    /// The writer's real user id, with its pid. `None` when the record does not say (an
+    /// OCSF 1.5.0 record).
+    pub uid: Option<u32>,
     /// `metadata.product.version`.
     pub product_version: String,
     /// The session transcript hash, all zero before attestation.

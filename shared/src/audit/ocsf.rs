@@ -1,12 +1,15 @@
-//! The OCSF record of an event: one JSON object a line, shaped after OCSF 1.5 so a SIEM
-//! ingests it as OCSF, with this project's own fields under `unmapped`. Documented field by
-//! field in `docs/audit-schema.md`.
+//! The OCSF record of an event: one JSON object a line, valid against the official OCSF
+//! schema of the version it names in `metadata.version` ([`OcsfVersion::CURRENT`], 1.7.0),
+//! with this project's own fields under `unmapped`. Documented field by field in
+//! `docs/audit-schema.md`.
 //!
-//! A record is built from an [`Envelope`] (sequence, time, device, transcript hash, hash of
-//! the previous line) and an [`Event`] (what happened). Parsing is strict: every object
-//! refuses unknown fields, and the parsed record must be exactly the record the writer
-//! builds from its own envelope and event, so the OCSF ids, names and messages cannot
-//! disagree with the event they describe.
+//! A record is built from an [`Envelope`] (sequence, time, device, writer process,
+//! transcript hash, hash of the previous line) and an [`Event`] (what happened). Parsing is
+//! strict: every object refuses unknown fields, and the parsed record must be exactly the
+//! record the writer builds from its own envelope and event in the OCSF version the record
+//! names, so the OCSF ids, names and messages cannot disagree with the event they describe.
+//! Records of the earlier layout ([`OcsfVersion::V1_5_0`]) still parse, as logs of them
+//! exist; none is written any more.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -20,14 +23,47 @@ use super::merkle::Hash;
 
 /// The schema version, in `metadata.log_version`.
 pub const SCHEMA: &str = "swiotlb-audit/1";
-/// The OCSF version the records follow, in `metadata.version`.
-pub const OCSF_VERSION: &str = "1.5.0";
+/// The OCSF version the writer's records follow, in `metadata.version`.
+pub const OCSF_VERSION: &str = OcsfVersion::CURRENT.name();
 /// `metadata.log_name`.
 pub const LOG_NAME: &str = "swiotlb-audit";
 /// `metadata.product.name`.
 pub const PRODUCT_NAME: &str = "swiotlb-host";
 /// `metadata.product.vendor_name`.
 pub const VENDOR_NAME: &str = "swiotlb";
+
+/// The OCSF versions whose layout a `swiotlb-audit/1` record may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OcsfVersion {
+    /// The first layout, read and never written: it named OCSF 1.5.0, which has no
+    /// Peripheral Activity class, and its Memory Activity lacked the `actor` that class
+    /// requires. Its records name no user id, and no process outside Memory Activity.
+    V1_5_0,
+    /// The layout written: OCSF 1.7.0, the first version with every class used here
+    /// (Peripheral Activity came in 1.7.0), each record valid against its schema. The
+    /// records of the classes that have an `actor` name the device process as it.
+    V1_7_0,
+}
+
+impl OcsfVersion {
+    /// The version the writer writes.
+    pub const CURRENT: OcsfVersion = OcsfVersion::V1_7_0;
+    /// Every version a record may name, oldest first.
+    pub const ALL: [OcsfVersion; 2] = [OcsfVersion::V1_5_0, OcsfVersion::V1_7_0];
+
+    /// The version as `metadata.version` names it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::V1_5_0 => "1.5.0",
+            Self::V1_7_0 => "1.7.0",
+        }
+    }
+
+    /// The version named `s` exactly, if a record may name it.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.name() == s)
+    }
+}
 
 /// OCSF class ids used here.
 pub mod class {
@@ -54,6 +90,12 @@ pub enum SchemaError {
     /// Well-formed, but a field disagrees with the event (message says which).
     #[error("inconsistent record: {0}")]
     Inconsistent(String),
+    /// `metadata.version` names an OCSF version no record of this schema has.
+    #[error(
+        "OCSF version {0:?} is not one of this schema's ({known})",
+        known = OcsfVersion::ALL.map(OcsfVersion::name).join(", ")
+    )]
+    UnknownOcsfVersion(String),
 }
 
 /// `metadata.product`.
@@ -129,7 +171,7 @@ pub struct Compliance {
     pub status: String,
 }
 
-/// `process` of Memory Activity.
+/// `process` of Memory Activity, and the actor's process: the device process.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Process {
@@ -137,6 +179,33 @@ pub struct Process {
     pub pid: u32,
     /// Name.
     pub name: String,
+    /// The user it runs as (absent in OCSF 1.5.0 records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<User>,
+}
+
+/// `user`: the device process's user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// Its real user id, in decimal (OCSF's user `uid` is a string).
+    pub uid: String,
+}
+
+/// `actor`: who did what the record reports, the device process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Actor {
+    /// The device process, when the record names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    /// The user the device process runs as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<User>,
+    /// The device program's name, for a record upgraded from OCSF 1.5.0 whose process
+    /// was not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_name: Option<String>,
 }
 
 /// `peripheral_device` of Peripheral Activity.
@@ -238,6 +307,10 @@ pub struct Record {
     pub metadata: Metadata,
     /// The reporting device.
     pub device: Device,
+    /// Who acted: the device process (Memory Activity, Peripheral Activity, Event Log
+    /// Activity; absent in OCSF 1.5.0 records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
     /// Findings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finding_info: Option<FindingInfo>,
@@ -276,9 +349,48 @@ fn severity_name(id: u32) -> &'static str {
     }
 }
 
+/// The device process of `env` as OCSF's `process`.
+fn writer_process(env: &Envelope, version: OcsfVersion) -> Process {
+    Process {
+        pid: env.pid,
+        name: PRODUCT_NAME.into(),
+        user: match version {
+            OcsfVersion::V1_5_0 => None,
+            OcsfVersion::V1_7_0 => writer_user(env),
+        },
+    }
+}
+
+fn writer_user(env: &Envelope) -> Option<User> {
+    env.uid.map(|u| User { uid: u.to_string() })
+}
+
+/// The device process of `env` as OCSF's `actor`; none in OCSF 1.5.0 records. A record
+/// upgraded from 1.5.0 that did not name its process names the program instead.
+fn writer_actor(env: &Envelope, version: OcsfVersion) -> Option<Actor> {
+    match version {
+        OcsfVersion::V1_5_0 => None,
+        OcsfVersion::V1_7_0 if env.pid == 0 => Some(Actor {
+            process: None,
+            user: writer_user(env),
+            app_name: Some(PRODUCT_NAME.into()),
+        }),
+        OcsfVersion::V1_7_0 => Some(Actor {
+            process: Some(writer_process(env, version)),
+            user: writer_user(env),
+            app_name: None,
+        }),
+    }
+}
+
 impl Record {
-    /// Builds the record of `event` in `env`.
+    /// Builds the record of `event` in `env`, in the OCSF version the writer writes.
     pub fn build(env: &Envelope, event: Event) -> Self {
+        Self::build_as(OcsfVersion::CURRENT, env, event)
+    }
+
+    /// Builds the record of `event` in `env` in the layout of `version`.
+    pub fn build_as(version: OcsfVersion, env: &Envelope, event: Event) -> Self {
         let mut u = Unmapped {
             transcript_sha256: env.transcript,
             prev_leaf: env.prev_leaf,
@@ -308,7 +420,7 @@ impl Record {
             count: None,
             message: String::new(),
             metadata: Metadata {
-                version: OCSF_VERSION.into(),
+                version: version.name().into(),
                 product: Product {
                     name: PRODUCT_NAME.into(),
                     vendor_name: VENDOR_NAME.into(),
@@ -324,6 +436,7 @@ impl Record {
                 uid: env.device.uid.clone(),
                 name: env.device.name.clone(),
             },
+            actor: None,
             finding_info: None,
             is_alert: None,
             compliance: None,
@@ -396,6 +509,7 @@ impl Record {
                 };
                 (class, activity, activity_name) = (class::PERIPHERAL_ACTIVITY, a, n);
                 r.message = format!("driver {}: {}", n.to_lowercase(), p.peer);
+                r.actor = writer_actor(env, version);
                 r.peripheral_device = Some(PeripheralDevice {
                     class: "virtio-pci".into(),
                     name: env.device.name.clone(),
@@ -407,10 +521,8 @@ impl Record {
                 (class, activity, activity_name) = (class::MEMORY_ACTIVITY, 99, "DMA Chains");
                 let (n, bytes) = (d.descriptors(), d.bytes());
                 r.message = format!("{n} DMAs in {} chains, {bytes} bytes", d.chains.len());
-                r.process = Some(Process {
-                    pid: env.pid,
-                    name: PRODUCT_NAME.into(),
-                });
+                r.process = Some(writer_process(env, version));
+                r.actor = writer_actor(env, version);
                 r.count = Some(n);
                 r.size = Some(bytes);
                 u.dma_chains = Some(d);
@@ -418,10 +530,8 @@ impl Record {
             Event::DmaSummary(s) => {
                 (class, activity, activity_name) = (class::MEMORY_ACTIVITY, 99, "DMA Summary");
                 r.message = format!("{} DMAs, {} bytes", s.descriptors(), s.bytes());
-                r.process = Some(Process {
-                    pid: env.pid,
-                    name: PRODUCT_NAME.into(),
-                });
+                r.process = Some(writer_process(env, version));
+                r.actor = writer_actor(env, version);
                 r.start_time = Some(s.interval_start);
                 r.end_time = Some(s.interval_end);
                 r.count = Some(s.descriptors());
@@ -443,6 +553,7 @@ impl Record {
                     r.message.push_str(" (torn last line removed)");
                 }
                 r.log_name = Some(LOG_NAME.into());
+                r.actor = writer_actor(env, version);
                 r.file = Some(FileRef {
                     name: l.file.clone(),
                     type_id: 1,
@@ -453,6 +564,7 @@ impl Record {
                 (class, activity, activity_name) = (class::EVENT_LOG_ACTIVITY, 99, "Checkpoint");
                 r.message = "signed checkpoint".into();
                 r.log_name = Some(LOG_NAME.into());
+                r.actor = writer_actor(env, version);
                 u.checkpoint = Some(c);
             }
         }
@@ -518,8 +630,24 @@ impl Record {
         }
     }
 
+    /// The OCSF version whose layout this record has; `None` for a version no record of
+    /// this schema has (such a record does not parse).
+    pub fn ocsf_version(&self) -> Option<OcsfVersion> {
+        OcsfVersion::from_name(&self.metadata.version)
+    }
+
     /// The envelope this record was built in.
     pub fn envelope(&self) -> Envelope {
+        let process = self
+            .actor
+            .as_ref()
+            .and_then(|a| a.process.as_ref())
+            .or(self.process.as_ref());
+        let user = self
+            .actor
+            .as_ref()
+            .and_then(|a| a.user.as_ref())
+            .or(process.and_then(|p| p.user.as_ref()));
         Envelope {
             sequence: self.metadata.sequence,
             time: self.time,
@@ -527,7 +655,8 @@ impl Record {
                 uid: self.device.uid.clone(),
                 name: self.device.name.clone(),
             },
-            pid: self.process.as_ref().map_or(0, |p| p.pid),
+            pid: process.map_or(0, |p| p.pid),
+            uid: user.and_then(|u| u.uid.parse().ok()),
             product_version: self.metadata.product.version.clone(),
             transcript: self.unmapped.transcript_sha256,
             prev_leaf: self.unmapped.prev_leaf,
@@ -549,15 +678,29 @@ impl Record {
         self.unmapped.log.as_ref()
     }
 
-    /// Parses one line (without its newline), strictly.
+    /// This record in the layout of the OCSF version the writer writes: the same event in
+    /// the same envelope. A record of that version is returned as it is; one of OCSF 1.5.0
+    /// gains its `actor` (the process when it named one, else the program's name).
+    pub fn upgraded(&self) -> Option<Record> {
+        if self.ocsf_version() == Some(OcsfVersion::CURRENT) {
+            return Some(self.clone());
+        }
+        Some(Record::build(&self.envelope(), self.event()?))
+    }
+
+    /// Parses one line (without its newline), strictly, in the layout of the OCSF version
+    /// it names.
     pub fn parse(line: &[u8]) -> Result<Self, SchemaError> {
         let r: Record = serde_json::from_slice(line).map_err(SchemaError::Json)?;
+        let Some(version) = r.ocsf_version() else {
+            return Err(SchemaError::UnknownOcsfVersion(r.metadata.version));
+        };
         let Some(event) = r.event() else {
             return Err(SchemaError::Inconsistent(
                 "exactly one event object must be present under unmapped".into(),
             ));
         };
-        let rebuilt = Record::build(&r.envelope(), event);
+        let rebuilt = Record::build_as(version, &r.envelope(), event);
         if rebuilt != r {
             return Err(SchemaError::Inconsistent(first_difference(&rebuilt, &r)));
         }
@@ -601,6 +744,7 @@ mod tests {
                 name: "virtio-blk swiotlb".into(),
             },
             pid: 4242,
+            uid: Some(1000),
             product_version: "0.1.0".into(),
             transcript: NO_TRANSCRIPT,
             prev_leaf: [0xab; 32],
@@ -784,6 +928,110 @@ mod tests {
             let bad = line.replacen(from, to, 1);
             assert!(Record::parse(bad.as_bytes()).is_err(), "{to}");
         }
+    }
+
+    #[test]
+    fn records_name_ocsf_1_7_0_and_the_device_process_where_their_class_has_an_actor() {
+        for e in samples() {
+            let r = Record::build(&env(2), e);
+            assert_eq!(r.metadata.version, "1.7.0");
+            assert_eq!(r.ocsf_version(), Some(OcsfVersion::V1_7_0));
+            let v = serde_json::to_value(&r).unwrap();
+            let process = serde_json::json!({"pid": 4242, "name": "swiotlb-host",
+                                             "user": {"uid": "1000"}});
+            match r.class_uid {
+                // Classes whose schema has an actor: the device process, as who acted.
+                class::MEMORY_ACTIVITY | class::PERIPHERAL_ACTIVITY | class::EVENT_LOG_ACTIVITY => {
+                    assert_eq!(v["actor"]["process"], process, "{v}");
+                    assert_eq!(v["actor"]["user"]["uid"], "1000", "{v}");
+                }
+                // Findings have none, and the driver, not the device, changes its config.
+                _ => assert!(v.get("actor").is_none(), "{v}"),
+            }
+            if r.class_uid == class::MEMORY_ACTIVITY {
+                assert_eq!(v["process"], process, "{v}");
+            } else {
+                assert!(v.get("process").is_none(), "{v}");
+            }
+            // The pid and uid come back from the record itself.
+            let back = Record::parse(r.to_line().as_bytes()).unwrap().envelope();
+            if r.actor.is_some() {
+                assert_eq!((back.pid, back.uid), (4242, Some(1000)));
+            }
+        }
+    }
+
+    #[test]
+    fn records_of_ocsf_1_5_0_still_parse_and_upgrade_to_the_current_layout() {
+        // A line as the first writer wrote it (from a real log of that layout).
+        let old = concat!(
+            r#"{"class_uid":1010,"class_name":"Peripheral Activity","category_uid":1,"#,
+            r#""category_name":"System Activity","activity_id":1,"activity_name":"Connect","#,
+            r#""type_uid":101001,"type_name":"Peripheral Activity: Connect","severity_id":1,"#,
+            r#""severity":"Informational","time":1700000000123,"#,
+            r#""message":"driver connect: /run/s.sock","metadata":{"version":"1.5.0","#,
+            r#""product":{"name":"swiotlb-host","vendor_name":"swiotlb","version":"0.1.0"},"#,
+            r#""log_name":"swiotlb-audit","log_version":"swiotlb-audit/1","sequence":1},"#,
+            r#""device":{"type_id":99,"type":"Other","uid":"dev0","name":"virtio-blk swiotlb"},"#,
+            r#""peripheral_device":{"class":"virtio-pci","name":"virtio-blk swiotlb","uid":"dev0"},"#,
+            r#""unmapped":{"transcript_sha256":"0000000000000000000000000000000000000000000000000000000000000000","#,
+            r#""prev_leaf":"abababababababababababababababababababababababababababababababab","#,
+            r#""peripheral":{"action":"connect","peer":"/run/s.sock"}}}"#
+        );
+        let r = Record::parse(old.as_bytes()).unwrap();
+        assert_eq!(r.ocsf_version(), Some(OcsfVersion::V1_5_0));
+        assert_eq!(r.to_line(), old, "parsed as written");
+        let up = r.upgraded().unwrap();
+        assert_eq!(up.metadata.version, "1.7.0");
+        assert_eq!(up.event(), r.event());
+        // It named no process: the upgrade names the program, and invents no pid or uid.
+        let a = up.actor.clone().unwrap();
+        assert_eq!(a.app_name.as_deref(), Some("swiotlb-host"));
+        assert!(a.process.is_none() && a.user.is_none());
+        assert_eq!(Record::parse(up.to_line().as_bytes()).unwrap(), up);
+
+        // Every event in the old layout round-trips in it; Memory Activity kept its pid.
+        for e in samples() {
+            let mut en = env(4);
+            en.uid = None;
+            if !matches!(e, Event::Dma(_) | Event::DmaSummary(_)) {
+                en.pid = 0;
+            }
+            let r = Record::build_as(OcsfVersion::V1_5_0, &en, e.clone());
+            assert!(r.actor.is_none());
+            let p = Record::parse(r.to_line().as_bytes()).unwrap();
+            assert_eq!(p, r);
+            let up = p.upgraded().unwrap();
+            if let Some(proc_) = &up.process {
+                assert_eq!(proc_.pid, 4242);
+                assert_eq!(up.actor.as_ref().unwrap().process.as_ref(), Some(proc_));
+            }
+            assert_eq!(up.event(), Some(e));
+        }
+    }
+
+    #[test]
+    fn a_record_mixing_the_layouts_or_naming_another_ocsf_version_is_refused() {
+        let line = Record::build(&env(3), samples().remove(5)).to_line();
+        assert!(line.contains("\"actor\""));
+        // The actor does not belong in a 1.5.0 record.
+        let mixed = line.replacen("\"version\":\"1.7.0\"", "\"version\":\"1.5.0\"", 1);
+        assert!(matches!(
+            Record::parse(mixed.as_bytes()),
+            Err(SchemaError::Inconsistent(_))
+        ));
+        for v in ["1.8.0", "1.6.0", "1.7", ""] {
+            let bad = line.replacen("\"version\":\"1.7.0\"", &format!("\"version\":\"{v}\""), 1);
+            match Record::parse(bad.as_bytes()) {
+                Err(SchemaError::UnknownOcsfVersion(got)) => assert_eq!(got, v),
+                other => panic!("{v}: {other:?}"),
+            }
+        }
+        // A 1.7.0 record whose actor is not the process it reports is refused.
+        let other = line.replacen("\"uid\":\"1000\"", "\"uid\":\"0\"", 1);
+        assert!(Record::parse(other.as_bytes()).is_err());
+        let padded = line.replace("\"uid\":\"1000\"", "\"uid\":\"01000\"");
+        assert!(Record::parse(padded.as_bytes()).is_err());
     }
 
     #[test]

@@ -364,6 +364,17 @@ impl Verifier {
         }
     }
 
+    /// The first failure found so far (what [`Verifier::finish`] will report), for a
+    /// reader that acts on each line as it comes.
+    pub fn failure(&self) -> Option<&Failure> {
+        self.pending.as_ref().map(|p| &p.failure)
+    }
+
+    /// The latest checkpoint that verified so far.
+    pub fn latest(&self) -> Option<&Checkpoint> {
+        self.latest.as_ref()
+    }
+
     /// Starts the next file, named `name`.
     pub fn begin_file(&mut self, name: &str) {
         if !self.files.is_empty() {
@@ -784,6 +795,7 @@ mod tests {
                         name: "d".into(),
                     },
                     pid: 1,
+                    uid: Some(0),
                     product_version: "0".into(),
                     transcript: NO_TRANSCRIPT,
                     prev_leaf: *prev,

@@ -6,11 +6,13 @@
 //! swiotlb-audit stats LOG... [--json]
 //! swiotlb-audit prove LOG... --index N [--key PUBKEY] [--json]
 //! swiotlb-audit prove LOG... --consistency A B [--key PUBKEY] [--json]
+//! swiotlb-audit export LOG... --key PUBKEY [--follow] [--format ocsf] [--state FILE] [--per-dma]
 //! ```
 //!
-//! One module per command ([`verify`], [`show`], [`stats`], [`prove`]); [`input`] reads the
-//! files and the verifier key for all of them.
+//! One module per command ([`verify`], [`show`], [`stats`], [`prove`], [`export`]);
+//! [`input`] reads the files and the verifier key for all of them.
 
+mod export;
 mod input;
 mod prove;
 mod show;
@@ -20,6 +22,7 @@ mod verify;
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use swiotlb_shared::audit::{NoteError, ProofError};
@@ -99,6 +102,35 @@ enum Cmd {
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// A SIEM feed: the records as OCSF JSON Lines on stdout, each once a verified
+    /// checkpoint covers it, with where it was proven (`unmapped.proof`). Stops at the first
+    /// record that does not verify (exit 1); in order on SIGINT, SIGTERM or a closed stdout.
+    Export {
+        /// Log files, oldest first, or the log's base path (`<dir>/<stem>.<ext>`, as given
+        /// to the device): every file of it, and with --follow the files still to come.
+        #[arg(required = true)]
+        logs: Vec<PathBuf>,
+        /// Verifier key file (`<origin>+<id>+<key>`, the `.pub` beside the signing key).
+        #[arg(long)]
+        key: PathBuf,
+        /// Keep reading as the log grows, and on into each next file, as `tail -F` does.
+        #[arg(long)]
+        follow: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = export::Format::Ocsf)]
+        format: export::Format,
+        /// Keep the last record written in FILE, and on start go on after it: a restarted
+        /// export writes no record twice.
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// With --follow, look for more this often (milliseconds).
+        #[arg(long, value_name = "MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+        poll_ms: u64,
+        /// One Memory Activity record per DMA (Read or Write) for a record of many DMAs
+        /// (full mode's DMA chains), instead of the record as written.
+        #[arg(long)]
+        per_dma: bool,
     },
 }
 
@@ -203,6 +235,9 @@ enum ToolError {
     /// The record's inclusion proof does not verify against the checkpoint.
     #[error(transparent)]
     NotIncluded(ProofError),
+    /// `export` failed.
+    #[error(transparent)]
+    Export(#[from] export::ExportError),
 }
 
 impl ToolError {
@@ -227,6 +262,8 @@ impl ToolError {
             | Self::NoQuery
             | Self::NotCovered { .. }
             | Self::BeforeFirstFile(_) => EXIT_UNREADABLE,
+            Self::Export(e) if e.is_tampered() => EXIT_TAMPERED,
+            Self::Export(_) => EXIT_UNREADABLE,
         }
     }
 }
@@ -254,6 +291,23 @@ fn main() -> ExitCode {
             key,
             json,
         } => prove::run(&logs, index, consistency, key.as_deref(), json),
+        Cmd::Export {
+            logs,
+            key,
+            follow,
+            format,
+            state,
+            poll_ms,
+            per_dma,
+        } => export::run(&export::ExportOptions {
+            logs,
+            key,
+            follow,
+            format,
+            state,
+            poll: Duration::from_millis(poll_ms),
+            per_dma,
+        }),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
