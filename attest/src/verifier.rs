@@ -7,6 +7,7 @@ use crate::evidence::Evidence;
 use crate::policy::{Claims, Policy};
 use crate::snp::certs::{AmdRoots, Product};
 use crate::snp::report::Report;
+use crate::snp::tcb::Tcb;
 use crate::tdx::quote::Quote;
 use crate::tdx::verify::Collateral;
 use crate::verdict::{Reason, ReasonKind, TcbInfo, Verdict};
@@ -82,15 +83,20 @@ impl Verifier {
         evidence: &[u8],
         report_data_for: &dyn Fn(PlatformKind) -> Option<[u8; 64]>,
     ) -> Verdict {
+        let digest = Some(sha256_hex(evidence));
         match Evidence::decode(evidence) {
             Ok(ev) => {
                 let expected = report_data_for(ev.platform);
-                self.verify_evidence(&ev, expected.as_ref())
+                self.verify_decoded(&ev, expected.as_ref(), digest)
             }
-            Err(e) => Verdict::unparsed(
-                evidence.get(5).copied().and_then(PlatformKind::from_u8),
-                Reason::new(ReasonKind::Malformed, e.to_string()),
-            ),
+            Err(e) => {
+                let mut v = Verdict::unparsed(
+                    evidence.get(5).copied().and_then(PlatformKind::from_u8),
+                    Reason::new(ReasonKind::Malformed, e.to_string()),
+                );
+                v.evidence_sha256 = digest;
+                v
+            }
         }
     }
 
@@ -102,12 +108,29 @@ impl Verifier {
         Verdict::new(Some(platform), None, None, None, reasons)
     }
 
-    /// Verifies decoded evidence against `expected_report_data` (if any) and the policy.
+    /// Verifies decoded evidence against `expected_report_data` (if any) and the policy. The
+    /// verdict's evidence digest is that of the evidence's encoding.
     pub fn verify_evidence(
         &self,
         ev: &Evidence,
         expected_report_data: Option<&[u8; 64]>,
     ) -> Verdict {
+        let digest = ev.encode().ok().map(|b| sha256_hex(&b));
+        self.verify_decoded(ev, expected_report_data, digest)
+    }
+
+    fn verify_decoded(
+        &self,
+        ev: &Evidence,
+        expected_report_data: Option<&[u8; 64]>,
+        digest: Option<String>,
+    ) -> Verdict {
+        let mut v = self.verify_parts(ev, expected_report_data);
+        v.evidence_sha256 = digest;
+        v
+    }
+
+    fn verify_parts(&self, ev: &Evidence, expected_report_data: Option<&[u8; 64]>) -> Verdict {
         match ev.platform {
             PlatformKind::Snp | PlatformKind::Emulated => {
                 let report = match Report::parse(&ev.report) {
@@ -185,6 +208,11 @@ impl Verifier {
             Some(TcbInfo::Snp {
                 product,
                 reported: tcb,
+                current: Tcb::from_raw(report.current_tcb, turin),
+                committed: Tcb::from_raw(report.committed_tcb, turin),
+                launch: Tcb::from_raw(report.launch_tcb, turin),
+                current_firmware: firmware(report.current_version),
+                committed_firmware: firmware(report.committed_version),
             }),
             Some(hex::encode(report.report_data)),
             all,
@@ -209,18 +237,36 @@ impl Verifier {
         };
         let mut all = self.policy.validate(&claims, expected_report_data);
         all.append(&mut reasons);
-        Verdict::new(
+        let mut verdict = Verdict::new(
             Some(PlatformKind::Tdx),
             Some(hex::encode(q.body.mr_td)),
             Some(TcbInfo::Tdx {
+                quote_version: q.version,
+                body_type: q.body_type,
                 tee_tcb_svn: hex::encode(q.body.tee_tcb_svn),
+                tee_tcb_svn2: q.body.tee_tcb_svn2.map(hex::encode),
+                qe_svn: q.qe_report.isv_svn,
+                pce_svn: v.pck.map(|p| p.pce_svn),
+                fmspc: v.pck.map(|p| hex::encode(p.fmspc)),
                 status: v.collateral.as_ref().map(|c| c.status.clone()),
                 advisory_ids: v.collateral.map(|c| c.advisory_ids).unwrap_or_default(),
             }),
             Some(hex::encode(q.body.report_data)),
             all,
-        )
+        );
+        verdict.trailing_bytes = Some(q.trailing_len());
+        verdict
     }
+}
+
+/// SHA-256 of `b`, hex.
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, b))
+}
+
+/// A firmware version (major, minor, build) as "major.minor.build".
+fn firmware((major, minor, build): (u8, u8, u8)) -> String {
+    format!("{major}.{minor}.{build}")
 }
 
 // The device keeps one verifier for its lifetime, possibly on a worker thread.

@@ -6,7 +6,8 @@
 //! 3. the QE report is signed by the PCK key (ECDSA P-256);
 //! 4. the QE report binds the attestation key: REPORTDATA[0..32] =
 //!    SHA-256(attestation key || QE authentication data) and REPORTDATA[32..64] = 0;
-//! 5. the header and TD report body `[0, 0x278)` are signed by the attestation key;
+//! 5. the header, the v5 body descriptor and the TD report body are signed by the
+//!    attestation key;
 //! 6. with collateral (feature `tdx-collateral`), `dcap-qvl` checks TCB info, QE identity and
 //!    the CRLs against the same pinned root at the caller's time, and reports the TCB status.
 //!
@@ -17,6 +18,7 @@ use std::sync::OnceLock;
 use ring::digest;
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
 
+use super::pck::PckInfo;
 use super::quote::{Quote, INTEL_QE_VENDOR_ID};
 use crate::snp::verify::cert_reason;
 use crate::verdict::{Reason, ReasonKind};
@@ -101,6 +103,8 @@ pub struct CollateralStatus {
 pub struct Verified {
     /// The collateral's verdict, when collateral was given and verified.
     pub collateral: Option<CollateralStatus>,
+    /// The PCK certificate's SGX extensions, once its chain verified.
+    pub pck: Option<PckInfo>,
 }
 
 fn pck_chain(quote: &Quote, now: Option<u64>) -> Result<Cert, Reason> {
@@ -175,6 +179,10 @@ pub fn verify(
         Ok(pck) => match pck.p256_public_key("PCK certificate") {
             Err(e) => reasons.push(cert_reason(&e)),
             Ok(key) => {
+                match PckInfo::from_cert(&pck) {
+                    Ok(info) => verified.pck = Some(info),
+                    Err(e) => reasons.push(Reason::new(ReasonKind::Chain, e.to_string())),
+                }
                 if UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key)
                     .verify(&quote.qe_report_raw, &quote.qe_report_signature)
                     .is_err()
@@ -228,8 +236,10 @@ pub fn verify(
 
 #[cfg(feature = "tdx-collateral")]
 fn check_collateral(quote: &Quote, c: &Collateral, now: u64) -> Result<CollateralStatus, Reason> {
-    // Debug is a policy question here, reported once by `Policy::validate`.
-    let v = dcap_qvl::verify::QuoteVerifier::new(intel_root().der().to_vec()).allow_debug(true);
+    // Debug and service TDs are policy questions here, reported once by `Policy::validate`.
+    let v = dcap_qvl::verify::QuoteVerifier::new(intel_root().der().to_vec())
+        .allow_debug(true)
+        .allow_service_td(true);
     match v.verify(quote.as_bytes(), &c.inner, now) {
         Ok(r) => Ok(CollateralStatus {
             status: r.status,

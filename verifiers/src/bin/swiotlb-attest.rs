@@ -80,7 +80,7 @@ struct VerifyArgs {
     /// Intermediates (ASK or ASVK, then ARK) as PEM; used only if a pinned ARK signed them.
     #[arg(long, requires = "report")]
     chain: Option<PathBuf>,
-    /// TDX quote (v4, raw).
+    /// TDX quote (v4 or v5, raw; bytes after its signature data are counted, not read).
     #[arg(long)]
     tdx_quote: Option<PathBuf>,
     /// TDX collateral JSON, or a directory holding collateral.json, <quote>_collateral.json
