@@ -34,6 +34,9 @@ pub enum ReasonKind {
     Vmpl,
     /// The TCB is below the policy's minimum.
     MinimumTcb,
+    /// A certificate on the path is on a revocation list, or a given list cannot be used
+    /// (not signed by the issuer, out of date).
+    Revocation,
     /// The launch measurement (SNP MEASUREMENT, TDX MRTD) is not an allowed one.
     Measurement,
     /// TDX: an RTMR differs from the expected value.

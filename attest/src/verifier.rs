@@ -9,7 +9,9 @@ use crate::snp::certs::{AmdRoots, Product};
 use crate::snp::report::Report;
 use crate::snp::tcb::Tcb;
 use crate::tdx::quote::Quote;
-use crate::tdx::verify::Collateral;
+use crate::tdx::verify::{intel_root, Collateral, Trust};
+use crate::x509::Cert;
+use crate::crl::Crl;
 use crate::verdict::{Reason, ReasonKind, TcbInfo, Verdict};
 
 /// Verifies evidence against pinned roots and a [`Policy`].
@@ -33,6 +35,11 @@ pub struct Verifier {
     emulated: Option<emulated::Verifier>,
     collateral: Option<Collateral>,
     now: Option<u64>,
+    amd_roots: Option<AmdRoots>,
+    intel_root: Option<Cert>,
+    amd_crls: Vec<Crl>,
+    root_ca_crl: Option<Crl>,
+    pck_crl: Option<Crl>,
 }
 
 impl Verifier {
@@ -44,7 +51,47 @@ impl Verifier {
             emulated: None,
             collateral: None,
             now: None,
+            amd_roots: None,
+            intel_root: None,
+            amd_crls: Vec::new(),
+            root_ca_crl: None,
+            pck_crl: None,
         }
+    }
+
+    /// Trusts `roots` instead of the pinned AMD roots (go-sev-guest's `TrustedRoots`): for
+    /// a private test chain, or roots AMD re-issues before this binary is updated.
+    pub fn with_amd_roots(mut self, roots: AmdRoots) -> Self {
+        self.amd_roots = Some(roots);
+        self
+    }
+
+    /// Trusts `root` instead of the pinned Intel SGX Root CA (go-tdx-guest's
+    /// `TrustedRoots`), for the PCK chain and the collateral alike.
+    pub fn with_intel_root(mut self, root: Cert) -> Self {
+        self.intel_root = Some(root);
+        self
+    }
+
+    /// Applies an AMD CRL (from the KDS, `/vcek/v1/{product}/crl`): when its issuer is the
+    /// ARK that anchors a report's chain, it must be signed by that ARK, be current, and not
+    /// list the ASK or ASVK the chain goes through. CRLs of other products are left aside.
+    pub fn with_amd_crl(mut self, crl: Crl) -> Self {
+        self.amd_crls.push(crl);
+        self
+    }
+
+    /// Applies Intel's root CA CRL (it must not list the quote's PCK CA) and PCK CRL (it
+    /// must not list the PCK certificate, and must come from the chain's CA), each signed by
+    /// its issuer and current, in addition to those the collateral carries.
+    pub fn with_intel_crls(mut self, root_ca_crl: Option<Crl>, pck_crl: Option<Crl>) -> Self {
+        if root_ca_crl.is_some() {
+            self.root_ca_crl = root_ca_crl;
+        }
+        if pck_crl.is_some() {
+            self.pck_crl = pck_crl;
+        }
+        self
     }
 
     /// Trusts the emulated ARK of `v` (the policy must also allow emulated evidence).
@@ -172,7 +219,11 @@ impl Verifier {
                     report,
                     &ev.endorsement,
                     chain,
-                    AmdRoots::pinned(),
+                    match &self.amd_roots {
+                        Some(r) => r,
+                        None => AmdRoots::pinned(),
+                    },
+                    &self.amd_crls,
                     Some(now),
                 );
                 (v.product, r)
@@ -221,8 +272,16 @@ impl Verifier {
 
     /// Verifies a parsed TDX quote.
     fn verify_tdx_quote(&self, q: &Quote, expected_report_data: Option<&[u8; 64]>) -> Verdict {
+        let trust = Trust {
+            root: match &self.intel_root {
+                Some(r) => r,
+                None => intel_root(),
+            },
+            root_ca_crl: self.root_ca_crl.as_ref(),
+            pck_crl: self.pck_crl.as_ref(),
+        };
         let (v, mut reasons) =
-            crate::tdx::verify::verify(q, self.collateral.as_ref(), Some(self.now()));
+            crate::tdx::verify::verify(q, &trust, self.collateral.as_ref(), Some(self.now()));
         let status = v.collateral.as_ref().map(|c| c.status.as_str());
         let claims = Claims {
             platform: PlatformKind::Tdx,
