@@ -149,14 +149,10 @@ impl Crl {
                 issuer: issuer_what,
             });
         }
-        let sig = self
-            .list
-            .signature
-            .as_bytes()
-            .ok_or(CrlError::Malformed {
-                what: self.what,
-                detail: "signature is not whole bytes".into(),
-            })?;
+        let sig = self.list.signature.as_bytes().ok_or(CrlError::Malformed {
+            what: self.what,
+            detail: "signature is not whole bytes".into(),
+        })?;
         issuer
             .verify_signature(
                 &self.list.signature_algorithm,
@@ -202,7 +198,10 @@ impl Crl {
             .tbs_cert_list
             .revoked_certificates
             .as_ref()
-            .is_some_and(|v| v.iter().any(|r| r.serial_number.as_bytes() == cert.serial()))
+            .is_some_and(|v| {
+                v.iter()
+                    .any(|r| r.serial_number.as_bytes() == cert.serial())
+            })
     }
 
     /// All three checks for `cert` (named `cert_what`), issued by `issuer`: signed by it,

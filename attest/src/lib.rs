@@ -7,9 +7,12 @@
 //! - **verify** ([`snp::verify`], [`tdx::verify`], [`emulated`]): signatures and certificate
 //!   chains up to roots pinned in this binary (AMD ARK/ASK/ASVK for Milan, Genoa, Turin;
 //!   the Intel SGX Root CA), and the rules that bind a report to its certificate;
-//! - **validate** ([`policy`]): what the verifier wants (platforms, debug, VMPL, minimum
-//!   TCB, measurements, REPORT_DATA, HOST_DATA, RTMRs); unset options are not checked and
-//!   every mismatch is reported at once.
+//! - **validate** ([`policy`]): what the verifier wants, with every option of go-sev-guest's
+//!   and go-tdx-guest's `validate.Options` (platforms, debug, VMPL, measurements, REPORT_DATA,
+//!   HOST_DATA, RTMRs; SNP guest policy and PLATFORM_INFO bits, TCB and firmware minimums, ID
+//!   block keys, identity fields, CPUID; TDX SEAM, TD attributes, XFAM, owner registers,
+//!   service TD, TEE/QE/PCE SVNs, TCB status); unset options are not checked and every
+//!   mismatch is reported at once.
 //!
 //! Beside them: [`verdict`], the outcome with every reason; [`x509`], the little of X.509
 //! the certificate chains need (parsing, PEM stacks, one signature checked by another);

@@ -32,8 +32,33 @@ pub enum ReasonKind {
     Debug,
     /// The VMPL is not the expected one.
     Vmpl,
-    /// The TCB is below the policy's minimum.
+    /// A TCB, firmware or security version is below the policy's minimum (SNP REPORTED,
+    /// CURRENT, COMMITTED, LAUNCH TCB, firmware build and version, GUEST_SVN; TDX
+    /// TEE_TCB_SVN, TEE_TCB_SVN2, QE SVN, PCE SVN).
     MinimumTcb,
+    /// SNP: the COMMITTED firmware differs from (or is above) the CURRENT one.
+    ProvisionalFirmware,
+    /// SNP: a guest policy bit or the policy ABI version is not what the policy wants.
+    GuestPolicy,
+    /// SNP: a PLATFORM_INFO bit is not what the policy wants.
+    PlatformInfo,
+    /// SNP: the ID block (ID key, author key) is missing or not trusted.
+    IdBlock,
+    /// An identity field differs (SNP IMAGE_ID, FAMILY_ID, REPORT_ID, REPORT_ID_MA,
+    /// CHIP_ID; TDX QE vendor ID).
+    Identity,
+    /// SNP: the report's CPUID family, model or stepping is not the policy's.
+    Cpuid,
+    /// TDX: MRSEAM or MRSIGNERSEAM is not an allowed TDX module.
+    Seam,
+    /// TDX: TDATTRIBUTES differs, breaks a bit rule, or sets reserved bits.
+    TdAttributes,
+    /// TDX: XFAM differs.
+    Xfam,
+    /// TDX: MRCONFIGID, MROWNER or MROWNERCONFIG differs.
+    TdConfig,
+    /// TDX: MRSERVICETD differs (or the body has none).
+    ServiceTd,
     /// A certificate on the path is on a revocation list, or a given list cannot be used
     /// (not signed by the issuer, out of date).
     Revocation,

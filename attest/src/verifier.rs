@@ -2,17 +2,17 @@
 
 use swiotlb_shared::transcript::PlatformKind;
 
+use crate::crl::Crl;
 use crate::emulated;
 use crate::evidence::Evidence;
-use crate::policy::{Claims, Policy};
+use crate::policy::{Claims, Detail, Policy};
 use crate::snp::certs::{AmdRoots, Product};
 use crate::snp::report::Report;
 use crate::snp::tcb::Tcb;
 use crate::tdx::quote::Quote;
 use crate::tdx::verify::{intel_root, Collateral, Trust};
-use crate::x509::Cert;
-use crate::crl::Crl;
 use crate::verdict::{Reason, ReasonKind, TcbInfo, Verdict};
+use crate::x509::Cert;
 
 /// Verifies evidence against pinned roots and a [`Policy`].
 ///
@@ -249,6 +249,7 @@ impl Verifier {
             host_data: Some(&report.host_data),
             rtmrs: None,
             tdx_tcb_status: None,
+            detail: Detail::Snp { report, turin },
         };
         // Policy reasons first: they say what the evidence *is*; then how it failed.
         let mut all = self.policy.validate(&claims, expected_report_data);
@@ -293,6 +294,10 @@ impl Verifier {
             host_data: None,
             rtmrs: Some(&q.body.rtmrs),
             tdx_tcb_status: status,
+            detail: Detail::Tdx {
+                quote: q,
+                pck: v.pck.as_ref(),
+            },
         };
         let mut all = self.policy.validate(&claims, expected_report_data);
         all.append(&mut reasons);

@@ -45,7 +45,10 @@ fn only(v: &Verdict, kind: ReasonKind, needle: &str) {
 fn intels_real_crls_do_not_revoke_the_real_quotes_chain() {
     let (root_crl, pck_crl) = real_intel_crls();
     let (this, next) = pck_crl.window();
-    assert!(this <= NOW && next.is_some_and(|n| NOW <= n), "{this} {next:?}");
+    assert!(
+        this <= NOW && next.is_some_and(|n| NOW <= n),
+        "{this} {next:?}"
+    );
     let v = Verifier::new(Policy::default())
         .with_intel_crls(Some(root_crl.clone()), Some(pck_crl.clone()))
         .at_time(NOW)
@@ -68,13 +71,21 @@ fn a_crl_of_another_issuer_is_refused() {
         .with_intel_crls(Some(pck_crl), None)
         .at_time(NOW)
         .verify_evidence(&tdx(dcap_quote()), None);
-    only(&v, ReasonKind::Revocation, "is not issued by Intel SGX Root CA");
+    only(
+        &v,
+        ReasonKind::Revocation,
+        "is not issued by Intel SGX Root CA",
+    );
     // A test PCK CRL on the real chain: another CA's list.
     let v = Verifier::new(Policy::default())
         .with_intel_crls(None, Some(testpki::intel_crl("pck-crl")))
         .at_time(NOW)
         .verify_evidence(&tdx(dcap_quote()), None);
-    only(&v, ReasonKind::Revocation, "is not issued by the PCK chain's CA");
+    only(
+        &v,
+        ReasonKind::Revocation,
+        "is not issued by the PCK chain's CA",
+    );
 }
 
 /// CONSTRUCTED: the real quote re-signed by the test chain.
@@ -135,16 +146,26 @@ fn snp_with(crls: &[&str]) -> Verdict {
     for c in crls {
         v = v.with_amd_crl(testpki::amd_crl(c));
     }
-    v.at_time(TEST_NOW)
-        .verify_evidence(&testpki::resign_snp(&common::virtee_from_sev_crate().report), None)
+    v.at_time(TEST_NOW).verify_evidence(
+        &testpki::resign_snp(&common::virtee_from_sev_crate().report),
+        None,
+    )
 }
 
 #[test]
 fn an_amd_crl_revoking_the_ask_rejects_constructed() {
     assert!(snp_with(&[]).accepted);
     assert!(snp_with(&["crl"]).accepted);
-    only(&snp_with(&["crl-ask-revoked"]), ReasonKind::Revocation, "revokes the ASK");
-    only(&snp_with(&["crl-stale"]), ReasonKind::Revocation, "is not current");
+    only(
+        &snp_with(&["crl-ask-revoked"]),
+        ReasonKind::Revocation,
+        "revokes the ASK",
+    );
+    only(
+        &snp_with(&["crl-stale"]),
+        ReasonKind::Revocation,
+        "is not current",
+    );
     // Every CRL of the chain's ARK applies.
     let v = snp_with(&["crl", "crl-ask-revoked"]);
     only(&v, ReasonKind::Revocation, "revokes the ASK");

@@ -319,16 +319,9 @@ fn v5_quote_with_a_tdx_1_5_body_from_the_vectors_verifies() {
 fn the_v5_quotes_tcb_matches_no_level_of_its_collateral_whatever_the_policy() {
     let (q, col) = outdated();
     let every_status = Policy {
-        tdx_tcb_statuses: [
-            "UpToDate",
-            "SWHardeningNeeded",
-            "ConfigurationNeeded",
-            "ConfigurationAndSWHardeningNeeded",
-            "OutOfDate",
-            "OutOfDateConfigurationNeeded",
-        ]
-        .map(String::from)
-        .to_vec(),
+        tdx_tcb_statuses: swiotlb_attest::policy::TDX_TCB_STATUSES
+            .map(String::from)
+            .to_vec(),
         ..Policy::default()
     };
     for p in [Policy::default(), every_status] {

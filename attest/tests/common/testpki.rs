@@ -63,8 +63,12 @@ pub fn amd_crl(name: &str) -> Crl {
 /// the test VCEK.
 pub fn resign_snp(report: &[u8]) -> Evidence {
     let rng = SystemRandom::new();
-    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &read("amd/vcek.pk8"), &rng)
-        .expect("test VCEK key");
+    let key = EcdsaKeyPair::from_pkcs8(
+        &ECDSA_P384_SHA384_FIXED_SIGNING,
+        &read("amd/vcek.pk8"),
+        &rng,
+    )
+    .expect("test VCEK key");
     let mut b = report.to_vec();
     let sig = key.sign(&rng, &b[..0x2A0]).expect("sign");
     let sig = sig.as_ref();
@@ -101,10 +105,14 @@ pub fn resign_tdx(quote: &[u8], edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
     let q = Quote::parse(quote).expect("a real quote");
     let rng = SystemRandom::new();
     let ak_pk8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let ak = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, ak_pk8.as_ref(), &rng)
-        .unwrap();
-    let pck = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &read("intel/pck.pk8"), &rng)
-        .expect("test PCK key");
+    let ak =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, ak_pk8.as_ref(), &rng).unwrap();
+    let pck = EcdsaKeyPair::from_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &read("intel/pck.pk8"),
+        &rng,
+    )
+    .expect("test PCK key");
     let mut signed = q.signed_bytes().to_vec();
     edit(&mut signed);
     let ak_public = &ak.public_key().as_ref()[1..];
@@ -157,7 +165,12 @@ fn sign_json(v: &serde_json::Value) -> (String, String) {
 /// dcap-qvl's v4 sample (so the PCK's real FMSPC and TCB match), valid 2020..2049, every
 /// platform TCB level given `status` and `advisories`, re-signed by the test TCB signing key,
 /// with the test issuer chains and the test CRLs `root_crl` and `pck_crl`.
-pub fn tdx_collateral(status: &str, advisories: &[&str], root_crl: &str, pck_crl: &str) -> Collateral {
+pub fn tdx_collateral(
+    status: &str,
+    advisories: &[&str],
+    root_crl: &str,
+    pck_crl: &str,
+) -> Collateral {
     let real: serde_json::Value = serde_json::from_slice(&super::read(
         super::dcap_samples().join("tdx_quote_collateral.json"),
     ))
@@ -168,7 +181,10 @@ pub fn tdx_collateral(status: &str, advisories: &[&str], root_crl: &str, pck_crl
     tcb["nextUpdate"] = "2049-12-31T00:00:00Z".into();
     for level in tcb["tcbLevels"].as_array_mut().unwrap() {
         level["tcbStatus"] = status.into();
-        level["advisoryIDs"] = advisories.iter().map(|a| serde_json::Value::from(*a)).collect();
+        level["advisoryIDs"] = advisories
+            .iter()
+            .map(|a| serde_json::Value::from(*a))
+            .collect();
     }
     let mut qe: serde_json::Value =
         serde_json::from_str(real["qe_identity"].as_str().unwrap()).unwrap();
