@@ -14,7 +14,8 @@
 //!   service TD, TEE/QE/PCE SVNs, TCB status); unset options are not checked and every
 //!   mismatch is reported at once.
 //!
-//! Beside them: [`verdict`], the outcome with every reason; [`x509`], the little of X.509
+//! Beside them: [`verdict`], the outcome with every reason; [`ear`], the verdict as an EAT
+//! Attestation Result (optionally a signed JWT) for relying parties; [`x509`], the little of X.509
 //! the certificate chains need (parsing, PEM stacks, one signature checked by another);
 //! [`crl`], revocation lists as they are supplied (AMD's per product, Intel's root CA and
 //! PCK CRLs); [`time`], Unix seconds from the clock or from RFC 3339 text (`--now`).
@@ -25,6 +26,7 @@
 //! what it does not.
 
 pub mod crl;
+pub mod ear;
 pub mod emulated;
 pub mod evidence;
 pub mod policy;

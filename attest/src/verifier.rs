@@ -3,6 +3,7 @@
 use swiotlb_shared::transcript::PlatformKind;
 
 use crate::crl::Crl;
+use crate::ear::{EarError, EarSigner};
 use crate::emulated;
 use crate::evidence::Evidence;
 use crate::policy::{Claims, Detail, Policy};
@@ -40,6 +41,7 @@ pub struct Verifier {
     amd_crls: Vec<Crl>,
     root_ca_crl: Option<Crl>,
     pck_crl: Option<Crl>,
+    ear_signer: Option<EarSigner>,
 }
 
 impl Verifier {
@@ -56,6 +58,30 @@ impl Verifier {
             amd_crls: Vec::new(),
             root_ca_crl: None,
             pck_crl: None,
+            ear_signer: None,
+        }
+    }
+
+    /// Signs the EARs of [`Verifier::ear`] with `signer` (a JWT); without one they are
+    /// plain JSON.
+    pub fn with_ear_signer(mut self, signer: EarSigner) -> Self {
+        self.ear_signer = Some(signer);
+        self
+    }
+
+    /// The EAR signer, if any.
+    pub fn ear_signer(&self) -> Option<&EarSigner> {
+        self.ear_signer.as_ref()
+    }
+
+    /// The EAT Attestation Result of `verdict` under this verifier's policy, issued now (or
+    /// at [`Verifier::at_time`]'s time): a compact JWT when a signer is set, else the claims'
+    /// JSON text.
+    pub fn ear(&self, verdict: &Verdict) -> Result<String, EarError> {
+        let claims = crate::ear::claims(verdict, &self.policy, self.now());
+        match &self.ear_signer {
+            Some(s) => s.sign(&claims),
+            None => Ok(serde_json::to_string(&claims)?),
         }
     }
 
