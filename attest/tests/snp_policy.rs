@@ -266,6 +266,16 @@ fn tcb_and_firmware_minimums() {
 }
 
 #[test]
+fn a_reported_tcb_above_the_current_one_is_always_refused_constructed() {
+    // CURRENT_TCB's SNP level one below REPORTED_TCB's (which the VCEK certifies).
+    let v = verify_constructed("", |r| r[0x38 + 6] = 7);
+    expect(&v, &[ReasonKind::TcbMismatch], "reported above current");
+    // Below is the host's choice (a fleet-wide floor): fine.
+    let v = verify_constructed("", |r| r[0x38 + 6] = 9);
+    expect(&v, &[], "reported below current");
+}
+
+#[test]
 fn provisional_firmware() {
     // The real report's committed firmware is its current one.
     for permit in ["false", "true"] {

@@ -1,7 +1,8 @@
 //! SEV-SNP options beyond the common ones (go-sev-guest's `validate.Options`): the guest
 //! policy and PLATFORM_INFO bit by bit, the ABI minimum, TCB and firmware minimums, the
 //! ID block keys, the identity fields and the CPUID of version 3+ reports. They apply to
-//! emulated reports too, which have the same layout.
+//! emulated reports too, which have the same layout. Always checked: REPORTED_TCB is not
+//! above CURRENT_TCB.
 //!
 //! ```toml
 //! [snp]
@@ -351,6 +352,19 @@ impl SnpPolicy {
         let current = Tcb::from_raw(r.current_tcb, turin);
         let committed = Tcb::from_raw(r.committed_tcb, turin);
         let launch = Tcb::from_raw(r.launch_tcb, turin);
+        let reported = Tcb::from_raw(r.reported_tcb, turin);
+        // Always: the host may report a TCB below what runs, never above (the VCEK it
+        // presents is for REPORTED_TCB; go-sev-guest checks the same).
+        let above = current.below(&reported);
+        if !above.is_empty() {
+            out.push(Reason::new(
+                ReasonKind::TcbMismatch,
+                format!(
+                    "REPORTED_TCB ({reported}) is above CURRENT_TCB ({current}) in: {}",
+                    above.join(", ")
+                ),
+            ));
+        }
         tcb_below("CURRENT_TCB", &current, &self.minimum_current_tcb, out);
         tcb_below(
             "COMMITTED_TCB",
