@@ -397,36 +397,33 @@ impl SnpPolicy {
                 }
             }
         }
+        let (cv, uv) = (r.committed_version, r.current_version);
         match self.permit_provisional_firmware {
-            None => {}
-            Some(false) => {
-                if committed != current || r.committed_version != r.current_version {
-                    out.push(Reason::new(
-                        ReasonKind::ProvisionalFirmware,
-                        format!(
-                            "committed firmware ({committed}, {}) differs from the current ({current}, {}) and provisional firmware is not permitted",
-                            dotted(r.committed_version),
-                            dotted(r.current_version)
-                        ),
-                    ));
-                }
+            Some(false) if committed != current || cv != uv => {
+                out.push(Reason::new(
+                    ReasonKind::ProvisionalFirmware,
+                    format!(
+                        "committed firmware ({committed}, {}) differs from the current ({current}, {}) and provisional firmware is not permitted",
+                        dotted(cv),
+                        dotted(uv)
+                    ),
+                ));
             }
-            Some(true) => {
-                let (cv, uv) = (r.committed_version, r.current_version);
+            Some(true)
                 if !current.below(&committed).is_empty()
                     || (cv.0, cv.1) > (uv.0, uv.1)
-                    || cv.2 > uv.2
-                {
-                    out.push(Reason::new(
-                        ReasonKind::ProvisionalFirmware,
-                        format!(
-                            "committed firmware ({committed}, {}) is above the current ({current}, {})",
-                            dotted(cv),
-                            dotted(uv)
-                        ),
-                    ));
-                }
+                    || cv.2 > uv.2 =>
+            {
+                out.push(Reason::new(
+                    ReasonKind::ProvisionalFirmware,
+                    format!(
+                        "committed firmware ({committed}, {}) is above the current ({current}, {})",
+                        dotted(cv),
+                        dotted(uv)
+                    ),
+                ));
             }
+            _ => {}
         }
         self.validate_keys(r, out);
         field("IMAGE_ID", &r.image_id, &self.image_id, out);

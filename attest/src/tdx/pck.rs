@@ -88,8 +88,11 @@ fn tlv(b: &[u8]) -> Result<(u8, &[u8], &[u8]), PckError> {
     Ok((tag, value, after))
 }
 
+/// One `SEQUENCE { OID, value }`: the OID's encoding, the value's tag and contents.
+type Entry<'a> = (&'a [u8], u8, &'a [u8]);
+
 /// The `(OID, value)` pairs of a `SEQUENCE OF SEQUENCE { OID, ANY }` given as its contents.
-fn pairs(mut b: &[u8]) -> Result<Vec<(&[u8], u8, &[u8])>, PckError> {
+fn pairs(mut b: &[u8]) -> Result<Vec<Entry<'_>>, PckError> {
     let mut out = Vec::new();
     while !b.is_empty() {
         let (tag, seq, rest) = tlv(b)?;
@@ -113,7 +116,7 @@ fn pairs(mut b: &[u8]) -> Result<Vec<(&[u8], u8, &[u8])>, PckError> {
 }
 
 fn find<'a>(
-    pairs: &[(&[u8], u8, &'a [u8])],
+    pairs: &[Entry<'a>],
     oid: &ObjectIdentifier,
     tag: u8,
     name: &'static str,

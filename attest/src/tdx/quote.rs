@@ -113,7 +113,7 @@ impl BodyType {
     }
 
     /// Bytes of this body.
-    pub fn len(self) -> usize {
+    pub fn size(self) -> usize {
         match self {
             Self::Td10 => BODY_LEN,
             Self::Td15 => BODY_15_LEN,
@@ -339,10 +339,10 @@ impl Quote {
                     _ => format!("type {code} is unknown (2, 3 or 4)"),
                 })
             })?;
-            if size as usize != t.len() {
+            if size as usize != t.size() {
                 return Err(QuoteError::Body(format!(
                     "type {code} is {} bytes, the descriptor says {size}",
-                    t.len()
+                    t.size()
                 )));
             }
             t
@@ -452,7 +452,7 @@ mod tests {
             Some((t, size)) => {
                 b.extend_from_slice(&t.to_le_bytes());
                 b.extend_from_slice(&size.to_le_bytes());
-                BodyType::from_code(t).map_or(BODY_LEN, BodyType::len)
+                BodyType::from_code(t).map_or(BODY_LEN, BodyType::size)
             }
             None => BODY_LEN,
         };
@@ -487,7 +487,7 @@ mod tests {
     fn v5_body_descriptors_are_strict() {
         // Every known type with its size reaches the signature data (empty here).
         for t in [BodyType::Td10, BodyType::Td15, BodyType::Td15Ex] {
-            let b = skeleton(5, Some((t.code(), t.len() as u32)));
+            let b = skeleton(5, Some((t.code(), t.size() as u32)));
             assert!(
                 matches!(Quote::parse(&b), Err(QuoteError::Structure(_))),
                 "{t:?}"

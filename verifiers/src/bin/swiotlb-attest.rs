@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Verify an SEV-SNP report, a TDX quote or an evidence blob.
-    Verify(VerifyArgs),
+    Verify(Box<VerifyArgs>),
     /// Write a new emulated ARK key pair (CI only): emulated-ark.pk8 (PKCS#8, private),
     /// emulated-ark.pub (97-byte P-384 point) and emulated-ark.pub.hex.
     EmulatedKeygen {
