@@ -28,7 +28,7 @@ pub const FORMAT_VERSION: u8 = 1;
 /// Header bytes.
 pub const HEADER_LEN: usize = 20;
 
-/// Largest report: an SNP report is 1184 bytes; a TDX v4 quote with its QE report, QE
+/// Largest report: an SNP report is 1184 bytes; a TDX v4 or v5 quote with its QE report, QE
 /// authentication data and PEM PCK chain is about 5 KB (the Intel samples are 4.9-5.0 KB).
 /// 32 KiB leaves room for longer chains without letting a peer make the device read much.
 pub const MAX_REPORT_LEN: usize = 32 * 1024;

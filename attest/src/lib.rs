@@ -7,19 +7,26 @@
 //! - **verify** ([`snp::verify`], [`tdx::verify`], [`emulated`]): signatures and certificate
 //!   chains up to roots pinned in this binary (AMD ARK/ASK/ASVK for Milan, Genoa, Turin;
 //!   the Intel SGX Root CA), and the rules that bind a report to its certificate;
-//! - **validate** ([`policy`]): what the verifier wants (platforms, debug, VMPL, minimum
-//!   TCB, measurements, REPORT_DATA, HOST_DATA, RTMRs); unset options are not checked and
-//!   every mismatch is reported at once.
+//! - **validate** ([`policy`]): what the verifier wants, with every option of go-sev-guest's
+//!   and go-tdx-guest's `validate.Options` (platforms, debug, VMPL, measurements, REPORT_DATA,
+//!   HOST_DATA, RTMRs; SNP guest policy and PLATFORM_INFO bits, TCB and firmware minimums, ID
+//!   block keys, identity fields, CPUID; TDX SEAM, TD attributes, XFAM, owner registers,
+//!   service TD, TEE/QE/PCE SVNs, TCB status); unset options are not checked and every
+//!   mismatch is reported at once.
 //!
-//! Beside them: [`verdict`], the outcome with every reason; [`x509`], the little of X.509
+//! Beside them: [`verdict`], the outcome with every reason; [`ear`], the verdict as an EAT
+//! Attestation Result (optionally a signed JWT) for relying parties; [`x509`], the little of X.509
 //! the certificate chains need (parsing, PEM stacks, one signature checked by another);
-//! [`time`], Unix seconds from the clock or from RFC 3339 text (`--now`).
+//! [`crl`], revocation lists as they are supplied (AMD's per product, Intel's root CA and
+//! PCK CRLs); [`time`], Unix seconds from the clock or from RFC 3339 text (`--now`).
 //!
 //! [`Verifier`] runs all three on an evidence blob and returns a [`Verdict`] with every
 //! reason. The REPORT_DATA the device expects is the transcript hash of
 //! [`swiotlb_shared::transcript`]. `docs/attestation.md` says what each verifier checks and
 //! what it does not.
 
+pub mod crl;
+pub mod ear;
 pub mod emulated;
 pub mod evidence;
 pub mod policy;

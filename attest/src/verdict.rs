@@ -32,8 +32,36 @@ pub enum ReasonKind {
     Debug,
     /// The VMPL is not the expected one.
     Vmpl,
-    /// The TCB is below the policy's minimum.
+    /// A TCB, firmware or security version is below the policy's minimum (SNP REPORTED,
+    /// CURRENT, COMMITTED, LAUNCH TCB, firmware build and version, GUEST_SVN; TDX
+    /// TEE_TCB_SVN, TEE_TCB_SVN2, QE SVN, PCE SVN).
     MinimumTcb,
+    /// SNP: the COMMITTED firmware differs from (or is above) the CURRENT one.
+    ProvisionalFirmware,
+    /// SNP: a guest policy bit or the policy ABI version is not what the policy wants.
+    GuestPolicy,
+    /// SNP: a PLATFORM_INFO bit is not what the policy wants.
+    PlatformInfo,
+    /// SNP: the ID block (ID key, author key) is missing or not trusted.
+    IdBlock,
+    /// An identity field differs (SNP IMAGE_ID, FAMILY_ID, REPORT_ID, REPORT_ID_MA,
+    /// CHIP_ID; TDX QE vendor ID).
+    Identity,
+    /// SNP: the report's CPUID family, model or stepping is not the policy's.
+    Cpuid,
+    /// TDX: MRSEAM or MRSIGNERSEAM is not an allowed TDX module.
+    Seam,
+    /// TDX: TDATTRIBUTES differs, breaks a bit rule, or sets reserved bits.
+    TdAttributes,
+    /// TDX: XFAM differs.
+    Xfam,
+    /// TDX: MRCONFIGID, MROWNER or MROWNERCONFIG differs.
+    TdConfig,
+    /// TDX: MRSERVICETD differs (or the body has none).
+    ServiceTd,
+    /// A certificate on the path is on a revocation list, or a given list cannot be used
+    /// (not signed by the issuer, out of date).
+    Revocation,
     /// The launch measurement (SNP MEASUREMENT, TDX MRTD) is not an allowed one.
     Measurement,
     /// TDX: an RTMR differs from the expected value.
@@ -73,18 +101,45 @@ impl std::fmt::Display for Reason {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum TcbInfo {
-    /// SEV-SNP (and emulated): REPORTED_TCB decoded, and the product if known.
+    /// SEV-SNP (and emulated): the TCB versions decoded, the firmware versions, and the
+    /// product if known.
     Snp {
         /// The product whose ARK anchors the chain (absent when emulated or unverified).
         #[serde(skip_serializing_if = "Option::is_none")]
         product: Option<crate::snp::certs::Product>,
-        /// REPORTED_TCB.
+        /// REPORTED_TCB: the one the VCEK certifies.
         reported: crate::snp::tcb::Tcb,
+        /// CURRENT_TCB.
+        current: crate::snp::tcb::Tcb,
+        /// COMMITTED_TCB.
+        committed: crate::snp::tcb::Tcb,
+        /// LAUNCH_TCB.
+        launch: crate::snp::tcb::Tcb,
+        /// Firmware now running, "major.minor.build".
+        current_firmware: String,
+        /// Firmware committed, "major.minor.build".
+        committed_firmware: String,
     },
-    /// TDX: TEE_TCB_SVN, and the collateral's TCB status when collateral was checked.
+    /// TDX: the quote's form, its TCB SVNs, and the collateral's TCB status when collateral
+    /// was checked.
     Tdx {
+        /// Quote version (4 or 5).
+        quote_version: u16,
+        /// TD report body type.
+        body_type: crate::tdx::quote::BodyType,
         /// TEE_TCB_SVN, hex.
         tee_tcb_svn: String,
+        /// TEE_TCB_SVN2, hex (TDX 1.5 bodies).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tee_tcb_svn2: Option<String>,
+        /// The QE's ISVSVN, from the QE report the PCK key signed.
+        qe_svn: u16,
+        /// The PCE SVN the PCK certificate was issued for (once its chain verified).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pce_svn: Option<u16>,
+        /// The platform's FMSPC from the PCK certificate, hex.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fmspc: Option<String>,
         /// TCB status from the collateral (e.g. "UpToDate").
         #[serde(skip_serializing_if = "Option::is_none")]
         status: Option<String>,
@@ -114,6 +169,14 @@ pub struct Verdict {
     pub report_data: Option<String>,
     /// Every reason for rejection; empty when accepted.
     pub reasons: Vec<Reason>,
+    /// SHA-256 of the evidence blob, hex: what ties this verdict (and its EAR) to the
+    /// evidence an audit record keeps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence_sha256: Option<String>,
+    /// TDX: how many unsigned bytes followed the quote's signature data. They are never
+    /// read; this count is all that is reported of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trailing_bytes: Option<usize>,
 }
 
 fn ser_platform<S: serde::Serializer>(p: &Option<PlatformKind>, s: S) -> Result<S::Ok, S::Error> {
@@ -142,6 +205,8 @@ impl Verdict {
             tcb,
             report_data,
             reasons,
+            evidence_sha256: None,
+            trailing_bytes: None,
         }
     }
 

@@ -275,7 +275,21 @@ impl Cert {
                 what,
                 oid: alg.oid.to_string(),
             })?;
-        let (key_alg, curve, key) = issuer.public_key();
+        issuer.verify_signature(alg, self.tbs_der(), sig, what, issuer_what)
+    }
+
+    /// Checks that this certificate's key made `sig` over `signed` with `alg` (one of the
+    /// algorithms this module supports). `what` names the signed object, `issuer_what` this
+    /// certificate, in errors.
+    pub fn verify_signature(
+        &self,
+        alg: &x509_cert::spki::AlgorithmIdentifierOwned,
+        signed: &[u8],
+        sig: &[u8],
+        what: &'static str,
+        issuer_what: &'static str,
+    ) -> Result<(), CertError> {
+        let (key_alg, curve, key) = self.public_key();
         let verify_alg: &'static dyn signature::VerificationAlgorithm = match alg.oid {
             OID_RSASSA_PSS => {
                 let params = alg.parameters.as_ref().and_then(|p| p.to_der().ok());
@@ -307,11 +321,21 @@ impl Cert {
             }
         };
         UnparsedPublicKey::new(verify_alg, key)
-            .verify(self.tbs_der(), sig)
+            .verify(signed, sig)
             .map_err(|_| CertError::BadSignature {
                 what,
                 issuer: issuer_what,
             })
+    }
+
+    /// The serial number's bytes (DER INTEGER contents).
+    pub fn serial(&self) -> &[u8] {
+        self.cert.tbs_certificate().serial_number().as_bytes()
+    }
+
+    /// The subject name, DER.
+    pub fn subject_der(&self) -> Option<Vec<u8>> {
+        self.cert.tbs_certificate().subject().to_der().ok()
     }
 }
 

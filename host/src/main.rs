@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use serde_json::Value;
+use swiotlb_attest::ear::{EarError, EarSigner};
 use swiotlb_attest::emulated::EmulatedError;
 use swiotlb_attest::policy::PolicyError;
 use swiotlb_host::audit::{AuditError, WriterSetupError};
@@ -71,6 +72,11 @@ struct Args {
     /// Public key of the emulated ARK (`swiotlb-attest emulated-keygen` writes it).
     #[arg(long)]
     emulated_ark: Option<PathBuf>,
+    /// Key that signs each verdict's EAT Attestation Result, kept in the audit log (Ed25519
+    /// or P-256 PKCS#8, DER or PEM; `swiotlb-attest ear-keygen` writes one). Without it the
+    /// EAR is kept unsigned.
+    #[arg(long)]
+    ear_key: Option<PathBuf>,
     /// Tamper-evident audit log (JSON Lines; files `<stem>.<NNNNNN>.<ext>` beside PATH).
     #[arg(long)]
     audit_log: Option<PathBuf>,
@@ -190,7 +196,7 @@ enum HostError {
     #[error("--allow-emulated needs --emulated-ark FILE")]
     AllowEmulatedNeedsArk,
     /// Attestation options with `--attestation off`.
-    #[error("--allow-emulated and --attest-policy need --attestation required")]
+    #[error("--allow-emulated, --attest-policy and --ear-key need --attestation required")]
     AttestationOptionsNeedRequired,
     /// The policy file cannot be read.
     #[error("reading policy {}", .0.display())]
@@ -204,6 +210,12 @@ enum HostError {
     /// The emulated ARK public key file does not hold a key.
     #[error("emulated ARK {}", .0.display())]
     EmulatedArk(PathBuf, #[source] EmulatedError),
+    /// The EAR signing key file cannot be read.
+    #[error("reading EAR key {}", .0.display())]
+    ReadEarKey(PathBuf, #[source] io::Error),
+    /// The EAR signing key file does not hold a usable key.
+    #[error("EAR key {}", .0.display())]
+    EarKey(PathBuf, #[source] EarError),
     /// The passed-in fds (`LISTEN_FDS`) are unusable.
     #[error(transparent)]
     PassedFds(FdError),
@@ -307,6 +319,13 @@ fn verifier(args: &Args) -> Result<swiotlb_attest::Verifier, HostError> {
         }
         (None, true) => return Err(HostError::AllowEmulatedNeedsArk),
         (None, false) => {}
+    }
+    if let Some(path) = &args.ear_key {
+        let key =
+            std::fs::read(path).map_err(|source| HostError::ReadEarKey(path.clone(), source))?;
+        let signer = EarSigner::from_pkcs8(&key)
+            .map_err(|source| HostError::EarKey(path.clone(), source))?;
+        v = v.with_ear_signer(signer);
     }
     Ok(v)
 }
@@ -517,7 +536,7 @@ fn run(args: &Args) -> Result<(), HostError> {
         .map_err(HostError::Pool)?;
     if args.attestation == AttestMode::Required {
         function = function.with_attestation(Box::new(verifier(args)?));
-    } else if args.allow_emulated || args.attest_policy.is_some() {
+    } else if args.allow_emulated || args.attest_policy.is_some() || args.ear_key.is_some() {
         return Err(HostError::AttestationOptionsNeedRequired);
     }
     let user = args

@@ -296,6 +296,7 @@ fn records_carry_the_transcript_hash_once_it_is_set() {
         reason: "report data does not bind the transcript".into(),
         evidence: b"evidence bytes".to_vec(),
         transcript: b"transcript bytes".to_vec(),
+        ear: None,
     })
     .unwrap();
     h.config_change(ConfigChange::Reset {

@@ -312,3 +312,232 @@ fn emulated_keygen_sign_and_verify() {
         1
     );
 }
+
+#[test]
+fn v5_quotes_and_trailing_bytes_exit_0() {
+    let s = common::dcap_samples();
+    let o = run(&[
+        "verify",
+        "--tdx-quote",
+        p(&s.join("tdx_quote_td15ex")),
+        "--collateral",
+        p(&s.join("tdx_quote_td15ex_collateral.json")),
+        "--now",
+        "2026-10-20T00:00:00Z",
+        "--json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stdout));
+    let j = json(&o);
+    assert_eq!(j["tcb"]["quote_version"], 5);
+    assert_eq!(j["tcb"]["body_type"], "td15_ex");
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("quote");
+    let mut b = common::read(s.join("tdx_quote"));
+    b.extend_from_slice(b"unsigned bytes");
+    std::fs::write(&q, b).unwrap();
+    let o = run(&["verify", "--tdx-quote", p(&q), "--now", NOW]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stdout));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("trailing bytes: 84"), "{text}");
+}
+
+#[test]
+fn every_policy_option_is_reachable_with_set() {
+    let d = common::sev_certs_data();
+    let (report, vcek) = (d.join("report_milan.hex"), d.join("vcek_milan.der"));
+    let base = [
+        "verify",
+        "--report",
+        p(&report),
+        "--vcek",
+        p(&vcek),
+        "--now",
+        NOW,
+        "--json",
+    ];
+    let with = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let o = with(&["--set", "snp.guest_policy.smt=\"forbidden\""]);
+    assert_eq!(code(&o), 1);
+    assert_eq!(json(&o)["reasons"][0]["kind"], "guest_policy");
+    let o = with(&[
+        "--set",
+        "snp.guest_policy.smt = \"required\"",
+        "--set",
+        "snp.minimum_version=\"1.52\"",
+    ]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stdout));
+    // A setting over a policy file overrides it.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, "[snp]\nminimum_build = 9\n").unwrap();
+    assert_eq!(code(&with(&["--policy", p(&policy)])), 1);
+    assert_eq!(
+        code(&with(&[
+            "--policy",
+            p(&policy),
+            "--set",
+            "snp.minimum_build=4"
+        ])),
+        0
+    );
+    // Typos and bad values are unreadable input.
+    for bad in ["snp.guest_policy.smtt=\"required\"", "nonsense", "vmpl=9"] {
+        let o = with(&["--set", bad]);
+        assert_eq!(code(&o), 2, "{bad}");
+    }
+}
+
+#[test]
+fn crl_flags_take_real_intel_crls_and_constructed_amd_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = common::dcap_samples();
+    let c: serde_json::Value =
+        serde_json::from_slice(&common::read(s.join("tdx_quote_collateral.json"))).unwrap();
+    for k in ["root_ca_crl", "pck_crl"] {
+        std::fs::write(
+            dir.path().join(k),
+            hex::decode(c[k].as_str().unwrap()).unwrap(),
+        )
+        .unwrap();
+    }
+    let o = run(&[
+        "verify",
+        "--tdx-quote",
+        p(&s.join("tdx_quote")),
+        "--root-ca-crl",
+        p(&dir.path().join("root_ca_crl")),
+        "--pck-crl",
+        p(&dir.path().join("pck_crl")),
+        "--now",
+        NOW,
+    ]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stdout));
+    // The PCK CRL given as the root CA CRL: issued by the wrong CA.
+    let o = run(&[
+        "verify",
+        "--tdx-quote",
+        p(&s.join("tdx_quote")),
+        "--root-ca-crl",
+        p(&dir.path().join("pck_crl")),
+        "--now",
+        NOW,
+        "--json",
+    ]);
+    assert_eq!(code(&o), 1);
+    assert_eq!(json(&o)["reasons"][0]["kind"], "revocation");
+    assert_eq!(
+        code(&run(&[
+            "verify",
+            "--tdx-quote",
+            p(&s.join("tdx_quote")),
+            "--pck-crl",
+            p(&s.join("tdx_quote")),
+        ])),
+        2,
+        "not a CRL"
+    );
+    // CONSTRUCTED: the virtee report re-signed by the test VCEK, under the test roots.
+    let ev = common::testpki::resign_snp(&common::virtee_from_sev_crate().report);
+    let (report, vcek) = (dir.path().join("report.bin"), dir.path().join("vcek.der"));
+    std::fs::write(&report, &ev.report).unwrap();
+    std::fs::write(&vcek, &ev.endorsement).unwrap();
+    let pki = common::testpki::dir().join("amd");
+    let roots = dir.path().join("roots.pem");
+    std::fs::write(
+        &roots,
+        [
+            common::read(pki.join("ark.pem")),
+            common::read(pki.join("ask.pem")),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let amd = |crl: &str| {
+        run(&[
+            "verify",
+            "--report",
+            p(&report),
+            "--vcek",
+            p(&vcek),
+            "--amd-roots",
+            p(&roots),
+            "--amd-crl",
+            p(&pki.join(crl)),
+            "--now",
+            "2027-01-01T00:00:00Z",
+            "--json",
+        ])
+    };
+    let o = amd("crl.der");
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stdout));
+    let o = amd("crl-ask-revoked.der");
+    assert_eq!(code(&o), 1);
+    assert_eq!(json(&o)["reasons"][0]["kind"], "revocation");
+}
+
+#[test]
+fn ear_keygen_and_a_signed_ear_that_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = common::sev_certs_data();
+    for alg in ["ed25519", "es256"] {
+        let keys = dir.path().join(alg);
+        let o = run(&["ear-keygen", "--alg", alg, "--out", p(&keys)]);
+        assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(keys.join("ear-key.pk8"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "private key readable by others");
+        }
+        assert_eq!(
+            code(&run(&["ear-keygen", "--alg", alg, "--out", p(&keys)])),
+            2,
+            "refuses to overwrite"
+        );
+        let ear = keys.join("ear.jwt");
+        let o = run(&[
+            "verify",
+            "--report",
+            p(&d.join("report_milan.hex")),
+            "--vcek",
+            p(&d.join("vcek_milan.der")),
+            "--now",
+            NOW,
+            "--ear-key",
+            p(&keys.join("ear-key.pk8")),
+            "--ear-out",
+            p(&ear),
+        ]);
+        assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stdout));
+        let jwk: serde_json::Value =
+            serde_json::from_slice(&common::read(keys.join("ear-key.jwk"))).unwrap();
+        let jwt = String::from_utf8(common::read(&ear)).unwrap();
+        let claims = swiotlb_attest::ear::verify_jwt(jwt.trim(), &jwk).unwrap();
+        assert_eq!(claims["submods"]["snp"]["ear.status"], "affirming");
+        assert_eq!(claims["iat"], 1_751_328_000);
+    }
+    // Without a key, the EAR is JSON; a rejection is contraindicated.
+    let ear = dir.path().join("ear.json");
+    let o = run(&[
+        "verify",
+        "--report",
+        p(&d.join("report_milan.hex")),
+        "--vcek",
+        p(&d.join("vcek_milan.der")),
+        "--now",
+        NOW,
+        "--vmpl",
+        "1",
+        "--ear-out",
+        p(&ear),
+    ]);
+    assert_eq!(code(&o), 1);
+    let claims: serde_json::Value = serde_json::from_slice(&common::read(&ear)).unwrap();
+    assert_eq!(claims["submods"]["snp"]["ear.status"], "contraindicated");
+}

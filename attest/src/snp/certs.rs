@@ -82,7 +82,7 @@ impl Product {
 }
 
 /// The pinned certificates of one product.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ProductRoots {
     /// The product.
     pub product: Product,
@@ -94,8 +94,9 @@ pub struct ProductRoots {
     pub asvk: Cert,
 }
 
-/// The pinned AMD roots of every product.
-#[derive(Debug)]
+/// The AMD roots of every product: those pinned in this binary, or others a caller trusts
+/// instead (go-sev-guest's `TrustedRoots`).
+#[derive(Clone, Debug)]
 pub struct AmdRoots {
     /// One entry per product.
     pub products: Vec<ProductRoots>,
@@ -228,10 +229,14 @@ impl Endorsement {
 }
 
 /// What a successful chain check established.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ChainOk {
     /// The product whose ARK anchors the chain.
     pub product: Product,
+    /// The intermediate that signed the endorsement (ASK or ASVK, pinned or supplied).
+    pub intermediate: Cert,
+    /// The ARK.
+    pub ark: Cert,
 }
 
 /// Checks that the endorsement chains to a pinned ARK through the intermediate its kind
@@ -285,6 +290,8 @@ pub fn verify_chain(
                     }
                     return Ok(ChainOk {
                         product: pr.product,
+                        intermediate: inter.clone(),
+                        ark: pr.ark.clone(),
                     });
                 }
                 Err(e @ CertError::Algorithm { .. }) => last_err = e,

@@ -9,6 +9,7 @@ use ring::signature::{UnparsedPublicKey, ECDSA_P384_SHA384_FIXED};
 use super::certs::{verify_chain, AmdRoots, Endorsement, Product};
 use super::report::{Report, SigningKey};
 use super::tcb::Tcb;
+use crate::crl::Crl;
 use crate::verdict::{Reason, ReasonKind};
 use crate::x509::{pem_to_certs, CertError};
 
@@ -100,14 +101,17 @@ pub fn check_binding(
 /// Verifies a parsed report signed by a real AMD key.
 ///
 /// `endorsement_der` is the VCEK or VLEK certificate; `chain_pem` optional intermediates
-/// (ASK/ASVK, ARK) that are used only if a pinned ARK signed them; `now` the time
-/// (Unix seconds) at which certificates must be valid, or `None` not to check validity.
-/// Returns what was established and every reason found.
+/// (ASK/ASVK, ARK) that are used only if a pinned ARK signed them; `crls` AMD CRLs, of which
+/// those issued by the ARK that anchors the chain are applied to the intermediate (ASK or
+/// ASVK); `now` the time (Unix seconds) at which certificates must be valid and CRLs
+/// current, or `None` not to check validity. Returns what was established and every reason
+/// found.
 pub fn verify(
     report: &Report,
     endorsement_der: &[u8],
     chain_pem: Option<&[u8]>,
     roots: &AmdRoots,
+    crls: &[Crl],
     now: Option<u64>,
 ) -> (Verified, Vec<Reason>) {
     let mut reasons = Vec::new();
@@ -148,14 +152,24 @@ pub fn verify(
         },
         None => Vec::new(),
     };
-    let product = match verify_chain(&endorsement, &supplied, roots, now) {
-        Ok(ok) => ok.product,
+    let chain = match verify_chain(&endorsement, &supplied, roots, now) {
+        Ok(ok) => ok,
         Err(e) => {
             reasons.push(cert_reason(&e));
             return (verified, reasons);
         }
     };
+    let product = chain.product;
     verified.product = Some(product);
+    let inter_what = match endorsement.kind {
+        SigningKey::Vlek => "ASVK",
+        _ => "ASK",
+    };
+    for crl in crls.iter().filter(|c| c.named_for(&chain.ark)) {
+        if let Err(e) = crl.check(&chain.intermediate, inter_what, &chain.ark, "ARK", now) {
+            reasons.push(Reason::new(ReasonKind::Revocation, e.to_string()));
+        }
+    }
     // The chain is trusted from here: the leaf's key is AMD's.
     match endorsement.cert.p384_public_key(signer) {
         Ok(key) => reasons.extend(check_signature(report, key, signer)),

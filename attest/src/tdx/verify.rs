@@ -6,9 +6,17 @@
 //! 3. the QE report is signed by the PCK key (ECDSA P-256);
 //! 4. the QE report binds the attestation key: REPORTDATA[0..32] =
 //!    SHA-256(attestation key || QE authentication data) and REPORTDATA[32..64] = 0;
-//! 5. the header and TD report body `[0, 0x278)` are signed by the attestation key;
-//! 6. with collateral (feature `tdx-collateral`), `dcap-qvl` checks TCB info, QE identity and
-//!    the CRLs against the same pinned root at the caller's time, and reports the TCB status.
+//! 5. the header, the v5 body descriptor and the TD report body are signed by the
+//!    attestation key;
+//! 6. with CRLs given on their own, the root CA CRL must not list the PCK CA (nor the root)
+//!    and the PCK CRL must not list the PCK certificate; each must be signed by its issuer
+//!    and current;
+//! 7. with collateral (feature `tdx-collateral`), `dcap-qvl` checks TCB info, QE identity and
+//!    the collateral's CRLs against the same root at the caller's time, and reports the TCB
+//!    status and advisory IDs.
+//!
+//! The root is the pinned Intel SGX Root CA unless the caller trusts another
+//! ([`Trust::root`], go-tdx-guest's `TrustedRoots`).
 //!
 //! Policy (debug, MRTD, RTMRs, REPORTDATA, accepted TCB statuses) is in [`crate::policy`].
 
@@ -17,7 +25,9 @@ use std::sync::OnceLock;
 use ring::digest;
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
 
+use super::pck::PckInfo;
 use super::quote::{Quote, INTEL_QE_VENDOR_ID};
+use crate::crl::Crl;
 use crate::snp::verify::cert_reason;
 use crate::verdict::{Reason, ReasonKind};
 use crate::x509::{pem_to_certs, Cert};
@@ -101,11 +111,34 @@ pub struct CollateralStatus {
 pub struct Verified {
     /// The collateral's verdict, when collateral was given and verified.
     pub collateral: Option<CollateralStatus>,
+    /// The PCK certificate's SGX extensions, once its chain verified.
+    pub pck: Option<PckInfo>,
 }
 
-fn pck_chain(quote: &Quote, now: Option<u64>) -> Result<Cert, Reason> {
+/// What a quote is verified against: the root, and CRLs given on their own.
+#[derive(Clone, Copy, Debug)]
+pub struct Trust<'a> {
+    /// The root CA (normally [`intel_root`]).
+    pub root: &'a Cert,
+    /// Intel's root CA CRL (lists revoked PCK CAs).
+    pub root_ca_crl: Option<&'a Crl>,
+    /// Intel's PCK CRL of the PCK chain's CA (lists revoked PCK certificates).
+    pub pck_crl: Option<&'a Crl>,
+}
+
+impl Default for Trust<'static> {
+    fn default() -> Self {
+        Self {
+            root: intel_root(),
+            root_ca_crl: None,
+            pck_crl: None,
+        }
+    }
+}
+
+/// Checks the PCK chain to `root`; returns the leaf and its CA.
+fn pck_chain(quote: &Quote, root: &Cert, now: Option<u64>) -> Result<(Cert, Cert), Reason> {
     let certs = pem_to_certs(&quote.pck_chain_pem, "PCK chain").map_err(|e| cert_reason(&e))?;
-    let root = intel_root();
     let (leaf, rest) = certs
         .split_first()
         .ok_or_else(|| Reason::new(ReasonKind::Chain, "PCK chain is empty"))?;
@@ -148,14 +181,37 @@ fn pck_chain(quote: &Quote, now: Option<u64>) -> Result<Cert, Reason> {
         ca.check_validity(now, "PCK CA").map_err(chain)?;
         leaf.check_validity(now, "PCK certificate").map_err(chain)?;
     }
-    Ok(leaf.clone())
+    Ok((leaf.clone(), ca.clone()))
 }
 
-/// Verifies a parsed quote. `now` (Unix seconds) is when certificates must be valid
-/// (`None`: not checked); collateral needs it and is refused without it. Returns what
-/// was established and every reason found.
+/// The CRLs given on their own, applied to a verified chain.
+fn check_crls(trust: &Trust<'_>, leaf: &Cert, ca: &Cert, now: Option<u64>) -> Vec<Reason> {
+    let revocation = |e: crate::crl::CrlError| Reason::new(ReasonKind::Revocation, e.to_string());
+    let mut reasons = Vec::new();
+    if let Some(crl) = trust.root_ca_crl {
+        if let Err(e) = crl.check(ca, "PCK CA", trust.root, "Intel SGX Root CA", now) {
+            reasons.push(revocation(e));
+        } else if crl.lists(trust.root) {
+            reasons.push(Reason::new(
+                ReasonKind::Revocation,
+                "the root CA CRL revokes the root CA itself",
+            ));
+        }
+    }
+    if let Some(crl) = trust.pck_crl {
+        if let Err(e) = crl.check(leaf, "PCK certificate", ca, "the PCK chain's CA", now) {
+            reasons.push(revocation(e));
+        }
+    }
+    reasons
+}
+
+/// Verifies a parsed quote against `trust`. `now` (Unix seconds) is when certificates must be
+/// valid and CRLs current (`None`: not checked); collateral needs it and is refused without
+/// it. Returns what was established and every reason found.
 pub fn verify(
     quote: &Quote,
+    trust: &Trust<'_>,
     collateral: Option<&Collateral>,
     now: Option<u64>,
 ) -> (Verified, Vec<Reason>) {
@@ -170,11 +226,16 @@ pub fn verify(
             ),
         ));
     }
-    match pck_chain(quote, now) {
+    match pck_chain(quote, trust.root, now) {
         Err(r) => reasons.push(r),
-        Ok(pck) => match pck.p256_public_key("PCK certificate") {
+        Ok((pck, ca)) => match pck.p256_public_key("PCK certificate") {
             Err(e) => reasons.push(cert_reason(&e)),
             Ok(key) => {
+                match PckInfo::from_cert(&pck) {
+                    Ok(info) => verified.pck = Some(info),
+                    Err(e) => reasons.push(Reason::new(ReasonKind::Chain, e.to_string())),
+                }
+                reasons.extend(check_crls(trust, &pck, &ca, now));
                 if UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key)
                     .verify(&quote.qe_report_raw, &quote.qe_report_signature)
                     .is_err()
@@ -217,7 +278,7 @@ pub fn verify(
                 ReasonKind::Collateral,
                 "TDX collateral given without a verification time",
             )),
-            Some(now) => match check_collateral(quote, c, now) {
+            Some(now) => match check_collateral(quote, trust.root, c, now) {
                 Ok(s) => verified.collateral = Some(s),
                 Err(r) => reasons.push(r),
             },
@@ -227,9 +288,16 @@ pub fn verify(
 }
 
 #[cfg(feature = "tdx-collateral")]
-fn check_collateral(quote: &Quote, c: &Collateral, now: u64) -> Result<CollateralStatus, Reason> {
-    // Debug is a policy question here, reported once by `Policy::validate`.
-    let v = dcap_qvl::verify::QuoteVerifier::new(intel_root().der().to_vec()).allow_debug(true);
+fn check_collateral(
+    quote: &Quote,
+    root: &Cert,
+    c: &Collateral,
+    now: u64,
+) -> Result<CollateralStatus, Reason> {
+    // Debug and service TDs are policy questions here, reported once by `Policy::validate`.
+    let v = dcap_qvl::verify::QuoteVerifier::new(root.der().to_vec())
+        .allow_debug(true)
+        .allow_service_td(true);
     match v.verify(quote.as_bytes(), &c.inner, now) {
         Ok(r) => Ok(CollateralStatus {
             status: r.status,
@@ -243,7 +311,12 @@ fn check_collateral(quote: &Quote, c: &Collateral, now: u64) -> Result<Collatera
 }
 
 #[cfg(not(feature = "tdx-collateral"))]
-fn check_collateral(_: &Quote, _: &Collateral, _: u64) -> Result<CollateralStatus, Reason> {
+fn check_collateral(
+    _: &Quote,
+    _: &Cert,
+    _: &Collateral,
+    _: u64,
+) -> Result<CollateralStatus, Reason> {
     Err(Reason::new(
         ReasonKind::Collateral,
         "this build has no TDX collateral support",

@@ -154,3 +154,5 @@ pub fn virtee(vectors: &Path) -> SnpCase {
         chain: read(d.join("cert_chain_milan")),
     }
 }
+
+pub mod testpki;

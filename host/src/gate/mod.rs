@@ -34,6 +34,9 @@ pub struct Verdict {
     pub measurement: Option<String>,
     /// The REPORT_DATA the device expected, hex.
     pub expected_report_data: String,
+    /// The verdict as an EAT Attestation Result for relying parties: a JWT when the device
+    /// has an EAR signing key (`--ear-key`), else its JSON; none when nothing was verified.
+    pub ear: Option<String>,
 }
 
 /// REPORT_DATA the device expects for evidence of a given platform.
@@ -62,6 +65,10 @@ impl EvidenceVerifier for swiotlb_attest::Verifier {
                 .collect(),
             measurement: v.measurement.clone(),
             expected_report_data: expected,
+            ear: self
+                .ear(&v)
+                .map_err(|e| tracing::warn!(error = %e, "the verdict's EAR cannot be made"))
+                .ok(),
         }
     }
 }
@@ -272,6 +279,7 @@ impl Gate {
                 reasons: vec!["attestation is off on this device".into()],
                 measurement: None,
                 expected_report_data: String::new(),
+                ear: None,
             };
         };
         // The verifier treats a missing REPORT_DATA as "not checked": never hand it one.
@@ -303,6 +311,7 @@ impl Gate {
             reasons: vec![why.to_string()],
             measurement: None,
             expected_report_data: String::new(),
+            ear: None,
         }
     }
 }
@@ -322,6 +331,7 @@ mod tests {
                 reasons: if ok { vec![] } else { vec!["mismatch".into()] },
                 measurement: None,
                 expected_report_data: expected.iter().map(|b| format!("{b:02x}")).collect(),
+                ear: None,
             }
         }
     }
@@ -360,6 +370,38 @@ mod tests {
             "length is clamped to the maximum"
         );
         assert_eq!(g.write(mb::DOORBELL, &7u32.to_le_bytes()), None);
+    }
+
+    #[test]
+    fn the_projects_verifier_gives_the_verdict_as_an_ear() {
+        use swiotlb_attest::ear::{verify_jwt, EarAlg, EarSigner};
+        let signer = swiotlb_attest::emulated::Signer::generate().unwrap();
+        let evidence = signer
+            .sign_report(&[5; 64], &[6; 48], &Default::default())
+            .unwrap()
+            .encode()
+            .unwrap();
+        let verifier = swiotlb_attest::Verifier::new(swiotlb_attest::Policy {
+            allow_emulated: true,
+            ..Default::default()
+        })
+        .with_emulated(signer.verifier());
+        let v = EvidenceVerifier::verify(&verifier, &evidence, &|_| Some([5; 64]));
+        assert!(v.accepted);
+        let ear: serde_json::Value = serde_json::from_str(v.ear.as_deref().unwrap()).unwrap();
+        // EMULATED evidence is admitted by this policy, but never affirmed to relying parties.
+        assert_eq!(ear["submods"]["emulated"]["ear.status"], "contraindicated");
+        let key =
+            EarSigner::from_pkcs8(&EarSigner::generate_pkcs8(EarAlg::EdDsa).unwrap()).unwrap();
+        let verifier = verifier.with_ear_signer(key.clone());
+        let v = EvidenceVerifier::verify(&verifier, &evidence, &|_| Some([0; 64]));
+        assert!(!v.accepted);
+        let claims = verify_jwt(v.ear.as_deref().unwrap(), &key.public_jwk()).unwrap();
+        let annotated = &claims["submods"]["emulated"]["ear.veraison.annotated-evidence"];
+        assert_eq!(annotated["reasons"][0]["kind"], "report_data");
+        let digest = ring::digest::digest(&ring::digest::SHA256, &evidence);
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(annotated["evidence_sha256"], hex);
     }
 
     #[test]

@@ -127,9 +127,9 @@ pub struct Judgement {
     pub record: VerdictRecord,
 }
 
-/// The audit record of a verdict: the evidence as read and the transcript the device
-/// checked it against (encoded; empty when there was none), kept so the verdict can be
-/// re-checked offline.
+/// The audit record of a verdict: the evidence as read, the transcript the device checked it
+/// against (encoded; empty when there was none), kept so the verdict can be re-checked
+/// offline, and the verdict's EAR as relying parties read it.
 pub struct VerdictRecord {
     verdict: AttestationVerdict,
     /// SHA-256 of the transcript, which an accepted verdict binds the log to.
@@ -157,6 +157,7 @@ impl VerdictRecord {
                 reason,
                 evidence,
                 transcript,
+                ear: verdict.ear.clone(),
             },
             transcript_hash,
         }
@@ -229,5 +230,27 @@ impl Gate {
             .and_then(|p| observed.transcript(p).encode().ok())
             .unwrap_or_default();
         Judgement::new(verdict, evidence, transcript)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verdict_record_keeps_the_ear() {
+        let v = Verdict {
+            accepted: true,
+            platform: "snp".into(),
+            reasons: vec![],
+            measurement: None,
+            expected_report_data: String::new(),
+            ear: Some("header.claims.signature".into()),
+        };
+        let r = VerdictRecord::new(&v, vec![1], vec![2]);
+        assert_eq!(r.verdict.ear.as_deref(), Some("header.claims.signature"));
+        assert!(r.verdict.passed);
+        let off = Verdict { ear: None, ..v };
+        assert_eq!(VerdictRecord::new(&off, vec![], vec![]).verdict.ear, None);
     }
 }

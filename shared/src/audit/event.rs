@@ -225,6 +225,10 @@ pub struct AttestationVerdict {
     /// The session transcript the evidence binds (base64 in the record).
     #[serde(rename = "transcript_b64", with = "b64")]
     pub transcript: Vec<u8>,
+    /// The verdict as an EAT Attestation Result (a JWT, or its JSON when the device has no
+    /// EAR key); absent when nothing was verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ear: Option<String>,
 }
 
 /// A change of the device's configuration.

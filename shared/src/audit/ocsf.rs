@@ -767,6 +767,7 @@ mod tests {
                 reason: "measurement mismatch".into(),
                 evidence: vec![1, 2, 3],
                 transcript: vec![4, 5],
+                ear: Some("eyJhbGciOiJFZERTQSJ9.e30.c2ln".into()),
             }),
             Event::Config(ConfigChange::Features {
                 device_features: 1 << 32 | 1 << 27,

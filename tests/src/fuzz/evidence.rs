@@ -1,6 +1,7 @@
-//! Attestation evidence as a hostile guest places it: SEV-SNP reports and TDX quotes,
-//! parsed and verified with the default policy. A verdict is always produced; it accepts
-//! only when it lists no reason.
+//! Attestation evidence as a hostile guest places it: SEV-SNP reports and TDX quotes (v4
+//! and v5, with trailing bytes), parsed and verified with the default policy. A verdict is
+//! always produced; it accepts only when it lists no reason. And what reaches a verifier
+//! or a relying party from elsewhere: revocation lists and signed EARs.
 
 use swiotlb_attest::{Evidence, PlatformKind, Policy, Verdict, Verifier};
 
@@ -47,4 +48,38 @@ pub fn tdx_quote(data: &[u8]) {
     };
     check(&v.verify_evidence(&ev, Some(&[0u8; 64])));
     check(&v.verify(data, &|_| Some([0u8; 64])));
+}
+
+/// A revocation list as given to the verifier (a file the operator fetched): parsed, then
+/// checked as a list for the pinned Milan ASK under its ARK; it never verifies, and nothing
+/// panics.
+pub fn crl(data: &[u8]) {
+    use swiotlb_attest::crl::Crl;
+    use swiotlb_attest::snp::certs::AmdRoots;
+    let Ok(crl) = Crl::from_der(data, "CRL") else {
+        return;
+    };
+    let milan = &AmdRoots::pinned().products[0];
+    let _ = crl.window();
+    let _ = crl.lists(&milan.ask);
+    assert!(
+        crl.check(&milan.ask, "ASK", &milan.ark, "ARK", Some(0))
+            .is_err(),
+        "a CRL the fuzzer made verified under AMD's ARK"
+    );
+}
+
+/// An EAR JWT as a relying party receives it, checked against a fixed public key whose
+/// private key was thrown away when it was made: it never verifies, and nothing panics.
+pub fn ear_jwt(data: &[u8]) {
+    let jwk = serde_json::json!({
+        "crv": "Ed25519",
+        "kty": "OKP",
+        "x": "YdOihg5FLdm1e7xdh6MPlB5J_dzodWosFeBLB0VU6BI",
+    });
+    let token = String::from_utf8_lossy(data);
+    assert!(
+        swiotlb_attest::ear::verify_jwt(&token, &jwk).is_err(),
+        "a JWT the fuzzer made verified"
+    );
 }

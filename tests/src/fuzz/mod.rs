@@ -13,6 +13,7 @@
 //! | [`rings::chains`] | the host's descriptor-chain walker over guest-chosen pool contents |
 //! | [`rings::used_ring`] | the guest's used-ring handling against a device that writes anything |
 //! | [`evidence::snp_report`], [`evidence::tdx_quote`] | attestation parsing and verification |
+//! | [`evidence::crl`], [`evidence::ear_jwt`] | revocation lists given to the verifier; EAR JWTs a relying party checks |
 //! | [`audit::audit_log`] | audit-log parsing and verification |
 
 pub mod audit;
@@ -36,7 +37,7 @@ pub const DISK_SIZE: u64 = 1 << 20;
 pub type Harness = fn(&[u8]);
 
 /// Every harness, by the name of its fuzz target.
-pub const HARNESSES: [(&str, Harness); 8] = [
+pub const HARNESSES: [(&str, Harness); 10] = [
     ("vfio_user_server", wire::server),
     ("vfio_user_client", wire::client),
     ("device_registers", device::registers),
@@ -44,6 +45,8 @@ pub const HARNESSES: [(&str, Harness); 8] = [
     ("used_ring", rings::used_ring),
     ("snp_report", evidence::snp_report),
     ("tdx_quote", evidence::tdx_quote),
+    ("crl", evidence::crl),
+    ("ear_jwt", evidence::ear_jwt),
     ("audit_log", audit::audit_log),
 ];
 

@@ -176,3 +176,25 @@ fn every_harness_has_a_fuzz_target_and_every_target_a_harness() {
         );
     }
 }
+
+#[test]
+fn real_crls_and_jwts_reach_their_checks() {
+    use swiotlb_attest::crl::Crl;
+    use swiotlb_attest::ear::{EarAlg, EarSigner};
+    let pki =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../attest/tests/data/test-pki");
+    for f in [
+        "amd/crl.der",
+        "amd/crl-ask-revoked.der",
+        "intel/pck-crl.der",
+    ] {
+        let der = std::fs::read(pki.join(f)).expect("test CRL");
+        assert!(Crl::from_der(&der, "CRL").is_ok(), "{f} parses");
+        evidence::crl(&der);
+    }
+    let signer = EarSigner::from_pkcs8(&EarSigner::generate_pkcs8(EarAlg::EdDsa).unwrap()).unwrap();
+    let jwt = signer
+        .sign(&serde_json::json!({ "eat_profile": "x" }))
+        .unwrap();
+    evidence::ear_jwt(jwt.as_bytes());
+}

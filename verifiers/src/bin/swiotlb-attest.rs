@@ -8,11 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use swiotlb_attest::crl::{Crl, CrlError, MAX_CRL_LEN};
+use swiotlb_attest::ear::{EarAlg, EarError, EarSigner};
 use swiotlb_attest::emulated::{self, EmulatedError, ReportOptions, Signer};
 use swiotlb_attest::evidence::{Evidence, EvidenceError, MAX_EVIDENCE_LEN};
 use swiotlb_attest::policy::{parse_hex, Policy, PolicyError, MAX_POLICY_LEN};
+use swiotlb_attest::snp::certs::{AmdRoots, Product, ProductRoots};
 use swiotlb_attest::snp::report::{decode_hex_text, SigningKey, REPORT_LEN};
 use swiotlb_attest::tdx::verify::{Collateral, CollateralError, MAX_COLLATERAL_LEN};
+use swiotlb_attest::x509::{pem_to_certs, CertError};
 use swiotlb_attest::{PlatformKind, Reason, ReasonKind, Verdict, Verifier};
 use swiotlb_shared::error_chain;
 use thiserror::Error;
@@ -31,10 +35,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Verify an SEV-SNP report, a TDX quote or an evidence blob.
-    Verify(VerifyArgs),
+    Verify(Box<VerifyArgs>),
     /// Write a new emulated ARK key pair (CI only): emulated-ark.pk8 (PKCS#8, private),
     /// emulated-ark.pub (97-byte P-384 point) and emulated-ark.pub.hex.
     EmulatedKeygen {
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a new key for signing EARs: ear-key.pk8 (PKCS#8, private, 0600) and
+    /// ear-key.jwk (the public key relying parties verify with).
+    EarKeygen {
+        /// ed25519 (JWT alg EdDSA) or es256 (ECDSA P-256).
+        #[arg(long, value_enum, default_value_t = KeyAlg::Ed25519)]
+        alg: KeyAlg,
         /// Directory to write into (created if missing).
         #[arg(long)]
         out: PathBuf,
@@ -65,6 +79,15 @@ enum Cmd {
     },
 }
 
+/// The algorithm of an EAR signing key.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KeyAlg {
+    /// Ed25519, JWT alg EdDSA.
+    Ed25519,
+    /// ECDSA P-256, JWT alg ES256.
+    Es256,
+}
+
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["report", "tdx_quote", "evidence"])))]
 struct VerifyArgs {
@@ -80,7 +103,7 @@ struct VerifyArgs {
     /// Intermediates (ASK or ASVK, then ARK) as PEM; used only if a pinned ARK signed them.
     #[arg(long, requires = "report")]
     chain: Option<PathBuf>,
-    /// TDX quote (v4, raw).
+    /// TDX quote (v4 or v5, raw; bytes after its signature data are counted, not read).
     #[arg(long)]
     tdx_quote: Option<PathBuf>,
     /// TDX collateral JSON, or a directory holding collateral.json, <quote>_collateral.json
@@ -105,9 +128,38 @@ struct VerifyArgs {
     /// Expected REPORT_DATA, 128 hex digits.
     #[arg(long)]
     report_data: Option<String>,
-    /// Policy file (TOML); the flags above override it.
+    /// Policy file (TOML); the flags override it.
     #[arg(long)]
     policy: Option<PathBuf>,
+    /// A policy setting KEY=VALUE, spelled as in the policy file (KEY dotted, VALUE TOML):
+    /// `--set 'snp.guest_policy.smt="forbidden"'`, `--set tdx.minimum_qe_svn=8`. Repeatable;
+    /// applied over --policy.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    settings: Vec<String>,
+    /// An AMD CRL (DER, from the KDS /vcek/v1/{product}/crl); applied when its ARK anchors
+    /// the report's chain. Repeatable.
+    #[arg(long, value_name = "DER")]
+    amd_crl: Vec<PathBuf>,
+    /// Intel's root CA CRL (DER): must not list the quote's PCK CA.
+    #[arg(long, value_name = "DER")]
+    root_ca_crl: Option<PathBuf>,
+    /// Intel's PCK CRL (DER) of the quote's PCK CA: must not list its PCK certificate.
+    #[arg(long, value_name = "DER")]
+    pck_crl: Option<PathBuf>,
+    /// Trust these AMD roots instead of the pinned ones: a PEM file with one product's ARK
+    /// then ASK (and optionally ASVK), the ARK named ARK-<product>.
+    #[arg(long, value_name = "PEM")]
+    amd_roots: Option<PathBuf>,
+    /// Trust this root CA (PEM) instead of the pinned Intel SGX Root CA.
+    #[arg(long, value_name = "PEM")]
+    intel_root: Option<PathBuf>,
+    /// Write the verdict as an EAT Attestation Result to this file ("-": standard output):
+    /// a JWT when --ear-key is given, else JSON.
+    #[arg(long, value_name = "FILE")]
+    ear_out: Option<PathBuf>,
+    /// PKCS#8 key (Ed25519 or P-256, DER or PEM) that signs the EAR.
+    #[arg(long, value_name = "PK8", requires = "ear_out")]
+    ear_key: Option<PathBuf>,
     /// Verification time, RFC 3339 (default: now).
     #[arg(long)]
     now: Option<String>,
@@ -223,6 +275,44 @@ enum CliError {
     /// The signed evidence cannot be encoded.
     #[error(transparent)]
     Encode(EvidenceError),
+    /// A CRL file is not a CRL.
+    #[error("{}", path.display())]
+    Crl {
+        /// The CRL file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: CrlError,
+    },
+    /// A roots file is not the roots it should be.
+    #[error("{}: {detail}", path.display())]
+    Roots {
+        /// The roots file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A roots file does not hold certificates.
+    #[error("{}", path.display())]
+    RootsPem {
+        /// The roots file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: CertError,
+    },
+    /// The EAR key cannot sign, or the EAR cannot be made.
+    #[error("{}", path.display())]
+    Ear {
+        /// The key file, or the EAR's output.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: EarError,
+    },
+    /// `--set` settings that do not apply.
+    #[error("--set")]
+    Settings(#[source] PolicyError),
 }
 
 fn read(path: &Path, max: usize) -> Result<Vec<u8>, CliError> {
@@ -274,18 +364,63 @@ fn collateral_file(path: &Path, quote: &Path) -> Result<PathBuf, CliError> {
     }
 }
 
+fn crl(path: &Path, what: &'static str) -> Result<Crl, CliError> {
+    Crl::from_der(&read(path, MAX_CRL_LEN)?, what).map_err(|source| CliError::Crl {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// One product's roots from a PEM file: ARK, ASK, and an ASVK if present.
+fn amd_roots(path: &Path) -> Result<AmdRoots, CliError> {
+    let certs =
+        pem_to_certs(&read(path, 64 * 1024)?, "AMD root").map_err(|source| CliError::RootsPem {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let bad = |detail: &str| CliError::Roots {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    };
+    let (ark, ask) = match certs.as_slice() {
+        [ark, ask] | [ark, ask, _] => (ark.clone(), ask.clone()),
+        _ => return Err(bad("expected ARK, ASK and optionally ASVK")),
+    };
+    let product = Product::ALL
+        .into_iter()
+        .find(|p| ark.common_name().as_deref() == Some(format!("ARK-{}", p.name()).as_str()))
+        .ok_or_else(|| {
+            bad("the first certificate is not named ARK-Milan, ARK-Genoa or ARK-Turin")
+        })?;
+    // Without an ASVK, the ASK stands in: its name keeps any VLEK from chaining through it.
+    let asvk = certs.get(2).cloned().unwrap_or_else(|| ask.clone());
+    Ok(AmdRoots {
+        products: vec![ProductRoots {
+            product,
+            ark,
+            ask,
+            asvk,
+        }],
+    })
+}
+
 fn build(a: &VerifyArgs) -> Result<(Verifier, Evidence, Option<SigningKey>), CliError> {
-    let mut policy = match &a.policy {
+    let text = match &a.policy {
         Some(p) => {
             let text = read(p, MAX_POLICY_LEN)?;
-            let text =
-                String::from_utf8(text).map_err(|_| CliError::PolicyNotUtf8 { path: p.clone() })?;
-            Policy::from_toml(&text).map_err(|source| CliError::Policy {
+            String::from_utf8(text).map_err(|_| CliError::PolicyNotUtf8 { path: p.clone() })?
+        }
+        None => String::new(),
+    };
+    let mut policy = match (&a.policy, Policy::from_toml_with(&text, &a.settings)) {
+        (_, Ok(p)) => p,
+        (Some(p), Err(source)) if Policy::from_toml(&text).is_err() => {
+            return Err(CliError::Policy {
                 path: p.clone(),
                 source,
-            })?
+            })
         }
-        None => Policy::default(),
+        (_, Err(source)) => return Err(CliError::Settings(source)),
     };
     if a.allow_debug {
         policy.allow_debug = true;
@@ -307,6 +442,46 @@ fn build(a: &VerifyArgs) -> Result<(Verifier, Evidence, Option<SigningKey>), Cli
         let t =
             swiotlb_attest::time::parse_rfc3339(now).ok_or_else(|| CliError::Now(now.clone()))?;
         verifier = verifier.at_time(t);
+    }
+    for p in &a.amd_crl {
+        verifier = verifier.with_amd_crl(crl(p, "AMD CRL")?);
+    }
+    let root_ca_crl = a
+        .root_ca_crl
+        .as_deref()
+        .map(|p| crl(p, "root CA CRL"))
+        .transpose()?;
+    let pck_crl = a
+        .pck_crl
+        .as_deref()
+        .map(|p| crl(p, "PCK CRL"))
+        .transpose()?;
+    verifier = verifier.with_intel_crls(root_ca_crl, pck_crl);
+    if let Some(p) = &a.amd_roots {
+        verifier = verifier.with_amd_roots(amd_roots(p)?);
+    }
+    if let Some(p) = &a.intel_root {
+        let mut certs = pem_to_certs(&read(p, 64 * 1024)?, "Intel root").map_err(|source| {
+            CliError::RootsPem {
+                path: p.clone(),
+                source,
+            }
+        })?;
+        if certs.len() != 1 {
+            return Err(CliError::Roots {
+                path: p.clone(),
+                detail: "expected one certificate".into(),
+            });
+        }
+        verifier = verifier.with_intel_root(certs.remove(0));
+    }
+    if let Some(p) = &a.ear_key {
+        let signer =
+            EarSigner::from_pkcs8(&read(p, 16 * 1024)?).map_err(|source| CliError::Ear {
+                path: p.clone(),
+                source,
+            })?;
+        verifier = verifier.with_ear_signer(signer);
     }
     if let Some(p) = &a.emulated_ark {
         let key = read(p, 1024)?;
@@ -392,6 +567,12 @@ fn print_verdict(v: &Verdict, json: bool) {
             println!("tcb: {s}");
         }
     }
+    if let Some(n) = v.trailing_bytes.filter(|&n| n > 0) {
+        println!("trailing bytes: {n} after the quote's signature data (unsigned, not read)");
+    }
+    if let Some(d) = &v.evidence_sha256 {
+        println!("evidence sha256: {d}");
+    }
     for r in &v.reasons {
         println!("reason: {r}");
     }
@@ -420,11 +601,32 @@ fn verify(a: &VerifyArgs) -> ExitCode {
         }
     }
     print_verdict(&verdict, a.json);
+    if let Some(out) = &a.ear_out {
+        if let Err(e) = write_ear(&verifier, &verdict, out) {
+            return unreadable(&e, a.json);
+        }
+    }
     if verdict.accepted {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     }
+}
+
+/// Writes the verdict's EAR to `out` ("-": standard output).
+fn write_ear(verifier: &Verifier, verdict: &Verdict, out: &Path) -> Result<(), CliError> {
+    let ear = verifier.ear(verdict).map_err(|source| CliError::Ear {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    if out == Path::new("-") {
+        println!("{ear}");
+        return Ok(());
+    }
+    std::fs::write(out, format!("{ear}\n")).map_err(|source| CliError::Write {
+        path: out.to_path_buf(),
+        source,
+    })
 }
 
 fn unreadable(e: &CliError, json: bool) -> ExitCode {
@@ -440,8 +642,6 @@ fn unreadable(e: &CliError, json: bool) -> ExitCode {
 }
 
 fn keygen(out: &Path) -> Result<(), CliError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let unwritable = |path: &Path| {
         let path = path.to_path_buf();
         move |source| CliError::Write { path, source }
@@ -450,13 +650,7 @@ fn keygen(out: &Path) -> Result<(), CliError> {
     let pk8 = Signer::generate_ark_pkcs8().map_err(CliError::Emulated)?;
     let public = Signer::public_key_of(&pk8).map_err(CliError::Emulated)?;
     let key_path = out.join("emulated-ark.pk8");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&key_path)
-        .map_err(unwritable(&key_path))?;
-    f.write_all(&pk8).map_err(unwritable(&key_path))?;
+    write_private(&key_path, &pk8)?;
     for (name, bytes) in [
         ("emulated-ark.pub", public.to_vec()),
         (
@@ -470,6 +664,54 @@ fn keygen(out: &Path) -> Result<(), CliError> {
     println!(
         "wrote {} (private, EMULATED platform only) and emulated-ark.pub[.hex]",
         key_path.display()
+    );
+    Ok(())
+}
+
+/// Writes a 0600 file that must not exist yet.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let unwritable = |source| CliError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(unwritable)?;
+    f.write_all(bytes).map_err(unwritable)
+}
+
+fn ear_keygen(alg: KeyAlg, out: &Path) -> Result<(), CliError> {
+    std::fs::create_dir_all(out).map_err(|source| CliError::Write {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let key_path = out.join("ear-key.pk8");
+    let ear_err = |source| CliError::Ear {
+        path: key_path.clone(),
+        source,
+    };
+    let alg = match alg {
+        KeyAlg::Ed25519 => EarAlg::EdDsa,
+        KeyAlg::Es256 => EarAlg::Es256,
+    };
+    let pk8 = EarSigner::generate_pkcs8(alg).map_err(ear_err)?;
+    let jwk = EarSigner::from_pkcs8(&pk8).map_err(ear_err)?.public_jwk();
+    write_private(&key_path, &pk8)?;
+    let jwk_path = out.join("ear-key.jwk");
+    std::fs::write(&jwk_path, format!("{jwk}\n")).map_err(|source| CliError::Write {
+        path: jwk_path.clone(),
+        source,
+    })?;
+    println!(
+        "wrote {} (private, signs EARs with {}) and {}",
+        key_path.display(),
+        alg.name(),
+        jwk_path.display()
     );
     Ok(())
 }
@@ -519,6 +761,10 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Verify(a) => verify(&a),
         Cmd::EmulatedKeygen { out } => match keygen(&out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => unreadable(&e, false),
+        },
+        Cmd::EarKeygen { alg, out } => match ear_keygen(alg, &out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => unreadable(&e, false),
         },

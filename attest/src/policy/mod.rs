@@ -1,43 +1,122 @@
-//! Validation: what the verifier *wants* of evidence that verified, as go-sev-guest's
-//! `validate` package. Every option that is `None` is not checked, and every mismatch is
-//! reported, not just the first.
+//! Validation: what the verifier *wants* of evidence that verified, as go-sev-guest's and
+//! go-tdx-guest's `validate` packages. Every option that is unset is not checked, and every
+//! mismatch is reported, not just the first.
 //!
 //! Defaults are the safe ones: only SEV-SNP and TDX accepted, emulated evidence refused,
-//! debug refused, VMPL 0 expected (SNP). A policy is built in code or read from TOML
-//! (`docs/attestation.md` lists the keys):
+//! debug refused, VMPL 0 expected (SNP), TDX TCB status `UpToDate`. A policy is built in
+//! code or read from TOML (`docs/attestation.md` lists every key beside the go-sev-guest and
+//! go-tdx-guest option it matches):
 //!
 //! ```toml
 //! platforms = ["snp", "tdx"]       # or with "emulated" (needs allow_emulated too)
 //! allow_emulated = false
 //! allow_debug = false
 //! vmpl = 0                         # 0..=3, or "any"
-//! measurements = ["<96 hex digits>"]
+//! measurements = ["<96 hex digits>"]  # SNP MEASUREMENT or TDX MRTD
 //! report_data = "<128 hex digits>"
 //! host_data = "<64 hex digits>"
 //! rtmr0 = "<96 hex digits>"        # rtmr0..rtmr3, TDX
 //! tdx_tcb_statuses = ["UpToDate"]  # with collateral
-//! [minimum_tcb]                    # SEV-SNP, component-wise
+//! [minimum_tcb]                    # SEV-SNP REPORTED_TCB, component-wise
 //! bootloader = 3
 //! tee = 0
 //! snp = 8
 //! microcode = 115
+//! [snp]                            # the rest of SEV-SNP: see `snp::SnpPolicy`
+//! minimum_version = "1.55"
+//! [snp.guest_policy]
+//! smt = "forbidden"                # "required", "forbidden" or "allowed" (not checked)
+//! [tdx]                            # the rest of TDX: see `tdx::TdxPolicy`
+//! mr_seams = ["<96 hex digits>"]
+//! [tdx.attributes]
+//! sept_ve_disable = "required"
 //! ```
+//!
+//! Parts: [`snp`] (SEV-SNP options), [`tdx`] (TDX options), [`hexser`] (hex in the
+//! policy's JSON form, from which its digest is taken).
 
-use serde::Deserialize;
+pub mod hexser;
+pub mod snp;
+pub mod tdx;
+
+use serde::{Deserialize, Serialize};
 use swiotlb_shared::transcript::PlatformKind;
 
+use crate::snp::report::Report;
 use crate::snp::tcb::Tcb;
+use crate::tdx::pck::PckInfo;
+use crate::tdx::quote::Quote;
 use crate::verdict::{Reason, ReasonKind};
+
+pub use snp::SnpPolicy;
+pub use tdx::TdxPolicy;
 
 /// Largest policy file read: policies are a few lines; a measurement list of a few hundred
 /// entries stays far below this.
 pub const MAX_POLICY_LEN: usize = 256 * 1024;
 
+/// The TDX TCB statuses a policy may accept (Intel's TCB info v3 and dcap-qvl's names).
+/// `Revoked` is not among them: dcap-qvl refuses a revoked TCB level whatever the policy.
+pub const TDX_TCB_STATUSES: [&str; 8] = [
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+    "TDRelaunchAdvised",
+    "TDRelaunchAdvisedConfigurationNeeded",
+];
+
+/// What a policy asks of one bit: that it be set, that it be clear, or nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BitRule {
+    /// The bit must be set.
+    Required,
+    /// The bit must be clear.
+    Forbidden,
+    /// Either (the same as leaving the key out).
+    Allowed,
+}
+
+impl BitRule {
+    /// The reason `name` (bit `bit` of `what`, value `value`) breaks this rule, if it does.
+    fn check(self, what: &str, name: &str, bit: u32, value: u64) -> Option<String> {
+        let set = value >> bit & 1 == 1;
+        match (self, set) {
+            (Self::Required, false) => Some(format!(
+                "{what} bit {bit} ({name}) is clear and the policy requires it"
+            )),
+            (Self::Forbidden, true) => Some(format!(
+                "{what} bit {bit} ({name}) is set and the policy forbids it"
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Checks every `(name, bit, rule)` against `value`, one reason per broken rule.
+fn check_bits(
+    kind: ReasonKind,
+    what: &str,
+    value: u64,
+    rules: &[(&'static str, u32, Option<BitRule>)],
+    out: &mut Vec<Reason>,
+) {
+    for &(name, bit, rule) in rules {
+        if let Some(msg) = rule.and_then(|r| r.check(what, name, bit, value)) {
+            out.push(Reason::new(kind, msg));
+        }
+    }
+}
+
 /// What the verifier requires of evidence.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Policy {
     /// Platforms accepted; `None`: SEV-SNP and TDX. The emulated platform is accepted only
     /// if this allows it *and* [`Policy::allow_emulated`] is set.
+    #[serde(serialize_with = "ser_platforms")]
     pub platforms: Option<Vec<PlatformKind>>,
     /// Accept evidence from the emulated platform (CI). Never set this in production.
     pub allow_emulated: bool,
@@ -48,16 +127,34 @@ pub struct Policy {
     /// Minimum SNP REPORTED_TCB, component-wise; `None`: not checked.
     pub minimum_tcb: Option<Tcb>,
     /// Allowed launch measurements (SNP MEASUREMENT, TDX MRTD); `None`: any.
+    #[serde(with = "hexser::opt_vec")]
     pub measurements: Option<Vec<[u8; 48]>>,
     /// Expected REPORT_DATA; `None`: not checked (the caller may still pass the transcript
     /// hash it expects to [`Policy::validate`]).
+    #[serde(with = "hexser::opt")]
     pub report_data: Option<[u8; 64]>,
     /// Expected SNP HOST_DATA; `None`: not checked.
+    #[serde(with = "hexser::opt")]
     pub host_data: Option<[u8; 32]>,
     /// Expected TDX RTMR0..3; `None` entries are not checked.
+    #[serde(serialize_with = "hexser::ser_rtmrs")]
     pub rtmrs: [Option<[u8; 48]>; 4],
     /// TCB statuses accepted when TDX collateral is checked.
     pub tdx_tcb_statuses: Vec<String>,
+    /// The rest of SEV-SNP (and emulated) evidence.
+    pub snp: SnpPolicy,
+    /// The rest of TDX evidence.
+    pub tdx: TdxPolicy,
+}
+
+fn ser_platforms<S: serde::Serializer>(
+    p: &Option<Vec<PlatformKind>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match p {
+        None => s.serialize_none(),
+        Some(v) => s.collect_seq(v.iter().map(|k| k.as_str())),
+    }
 }
 
 impl Default for Policy {
@@ -73,6 +170,8 @@ impl Default for Policy {
             host_data: None,
             rtmrs: [None; 4],
             tdx_tcb_statuses: vec!["UpToDate".to_string()],
+            snp: SnpPolicy::default(),
+            tdx: TdxPolicy::default(),
         }
     }
 }
@@ -94,6 +193,9 @@ pub enum PolicyError {
     /// Larger than [`MAX_POLICY_LEN`].
     #[error("policy is {0} bytes, larger than {MAX_POLICY_LEN}")]
     TooLarge(usize),
+    /// A `KEY=VALUE` setting (the command line's `--set`) that is not one.
+    #[error("setting {0:?} is not KEY=VALUE with a TOML value")]
+    Setting(String),
 }
 
 #[derive(Deserialize)]
@@ -103,14 +205,27 @@ enum VmplSetting {
     Word(String),
 }
 
+/// A TCB in a policy file.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TcbFile {
+pub(crate) struct TcbFile {
     fmc: Option<u8>,
     bootloader: u8,
     tee: u8,
     snp: u8,
     microcode: u8,
+}
+
+impl From<TcbFile> for Tcb {
+    fn from(t: TcbFile) -> Self {
+        Tcb {
+            fmc: t.fmc,
+            bootloader: t.bootloader,
+            tee: t.tee,
+            snp: t.snp,
+            microcode: t.microcode,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -129,6 +244,8 @@ struct PolicyFile {
     rtmr2: Option<String>,
     rtmr3: Option<String>,
     tdx_tcb_statuses: Option<Vec<String>>,
+    snp: Option<snp::SnpFile>,
+    tdx: Option<tdx::TdxFile>,
 }
 
 /// Decodes `N` bytes of hex (an optional `0x` prefix is allowed).
@@ -145,14 +262,68 @@ pub fn parse_hex<const N: usize>(key: &'static str, s: &str) -> Result<[u8; N], 
     })
 }
 
+/// Decodes an optional hex value.
+fn opt_hex<const N: usize>(
+    key: &'static str,
+    s: Option<String>,
+) -> Result<Option<[u8; N]>, PolicyError> {
+    s.map(|s| parse_hex(key, &s)).transpose()
+}
+
+/// Decodes an optional list of hex values.
+fn opt_hex_list<const N: usize>(
+    key: &'static str,
+    s: Option<Vec<String>>,
+) -> Result<Option<Vec<[u8; N]>>, PolicyError> {
+    s.map(|l| l.iter().map(|s| parse_hex(key, s)).collect())
+        .transpose()
+}
+
+/// Decodes a 64-bit number written as hex text ("0x10000000"), as the specifications write
+/// attribute words (a TOML integer cannot hold bit 63).
+fn parse_u64_hex(key: &'static str, s: &str) -> Result<u64, PolicyError> {
+    let t = s.trim();
+    let t = t.strip_prefix("0x").unwrap_or(t);
+    u64::from_str_radix(t, 16).map_err(|e| PolicyError::Value {
+        key,
+        detail: format!("not a 64-bit hex number ({e})"),
+    })
+}
+
+/// Decodes "major.minor" into its two numbers.
+fn parse_version(key: &'static str, s: &str) -> Result<(u8, u8), PolicyError> {
+    let bad = || PolicyError::Value {
+        key,
+        detail: format!("{s:?} is not major.minor, each 0 to 255"),
+    };
+    let (a, b) = s.trim().split_once('.').ok_or_else(bad)?;
+    Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?))
+}
+
 impl Policy {
     /// Reads a TOML policy. Unknown keys are errors (a typo must not disable a check);
     /// absent keys take the defaults of [`Policy::default`].
     pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        Self::from_toml_with(text, &[])
+    }
+
+    /// Reads a TOML policy with `settings` applied on top: each `KEY=VALUE`, where KEY is a
+    /// dotted key as in the file (`snp.guest_policy.smt`, `tdx.minimum_qe_svn`) and VALUE is
+    /// a TOML value (`"forbidden"`, `8`, `["ab…"]`). This is how the command line reaches
+    /// every option, spelled as in the file.
+    pub fn from_toml_with(text: &str, settings: &[String]) -> Result<Self, PolicyError> {
         if text.len() > MAX_POLICY_LEN {
             return Err(PolicyError::TooLarge(text.len()));
         }
-        let f: PolicyFile = toml::from_str(text)?;
+        let mut table: toml::Table = toml::from_str(text)?;
+        for s in settings {
+            apply_setting(&mut table, s)?;
+        }
+        let f: PolicyFile = toml::Value::Table(table).try_into()?;
+        Self::from_file(f)
+    }
+
+    fn from_file(f: PolicyFile) -> Result<Self, PolicyError> {
         let mut p = Policy::default();
         if let Some(list) = f.platforms {
             let mut v = Vec::new();
@@ -183,26 +354,10 @@ impl Policy {
                 })
             }
         }
-        p.minimum_tcb = f.minimum_tcb.map(|t| Tcb {
-            fmc: t.fmc,
-            bootloader: t.bootloader,
-            tee: t.tee,
-            snp: t.snp,
-            microcode: t.microcode,
-        });
-        if let Some(list) = f.measurements {
-            p.measurements = Some(
-                list.iter()
-                    .map(|s| parse_hex::<48>("measurements", s))
-                    .collect::<Result<_, _>>()?,
-            );
-        }
-        if let Some(s) = f.report_data {
-            p.report_data = Some(parse_hex("report_data", &s)?);
-        }
-        if let Some(s) = f.host_data {
-            p.host_data = Some(parse_hex("host_data", &s)?);
-        }
+        p.minimum_tcb = f.minimum_tcb.map(Tcb::from);
+        p.measurements = opt_hex_list("measurements", f.measurements)?;
+        p.report_data = opt_hex("report_data", f.report_data)?;
+        p.host_data = opt_hex("host_data", f.host_data)?;
         for (i, (key, v)) in [
             ("rtmr0", f.rtmr0),
             ("rtmr1", f.rtmr1),
@@ -212,14 +367,38 @@ impl Policy {
         .into_iter()
         .enumerate()
         {
-            if let Some(s) = v {
-                p.rtmrs[i] = Some(parse_hex(key, &s)?);
-            }
+            p.rtmrs[i] = opt_hex(key, v)?;
         }
         if let Some(s) = f.tdx_tcb_statuses {
+            for status in &s {
+                if !TDX_TCB_STATUSES.contains(&status.as_str()) {
+                    return Err(PolicyError::Value {
+                        key: "tdx_tcb_statuses",
+                        detail: format!(
+                            "{status:?} is not a TCB status a policy can accept ({})",
+                            TDX_TCB_STATUSES.join(", ")
+                        ),
+                    });
+                }
+            }
             p.tdx_tcb_statuses = s;
         }
+        if let Some(s) = f.snp {
+            p.snp = SnpPolicy::from_file(s)?;
+        }
+        if let Some(t) = f.tdx {
+            p.tdx = TdxPolicy::from_file(t)?;
+        }
         Ok(p)
+    }
+
+    /// The policy's digest: SHA-256 of its JSON form (keys in declaration order, byte
+    /// strings in hex), hex. Two policies that check the same things have the same digest;
+    /// verdicts and EARs name the policy by it.
+    pub fn digest(&self) -> String {
+        // Serializing plain data to a string cannot fail.
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, &json))
     }
 
     /// Whether `platform` is allowed, with the reason when not.
@@ -244,7 +423,7 @@ impl Policy {
 
     /// Checks verified claims against the policy; `expected_report_data` is the transcript
     /// hash the caller computed (checked in addition to [`Policy::report_data`]). Returns
-    /// every mismatch.
+    /// every mismatch: the checks common to all platforms first, then the platform's own.
     pub fn validate(&self, c: &Claims<'_>, expected_report_data: Option<&[u8; 64]>) -> Vec<Reason> {
         let mut r = Vec::new();
         r.extend(self.check_platform(c.platform));
@@ -352,8 +531,37 @@ impl Policy {
                 ));
             }
         }
+        match c.detail {
+            Detail::None => {}
+            Detail::Snp { report, turin } => self.snp.validate(report, turin, &mut r),
+            Detail::Tdx { quote, pck } => self.tdx.validate(quote, pck, &mut r),
+        }
         r
     }
+}
+
+/// Applies one `KEY=VALUE` setting to a policy table.
+fn apply_setting(table: &mut toml::Table, setting: &str) -> Result<(), PolicyError> {
+    let bad = || PolicyError::Setting(setting.to_string());
+    let (key, value) = setting.split_once('=').ok_or_else(bad)?;
+    let key = key.trim();
+    // Parse the value as the right-hand side of a TOML key.
+    let doc: toml::Table = toml::from_str(&format!("v = {}", value.trim())).map_err(|_| bad())?;
+    let value = doc.get("v").cloned().ok_or_else(bad)?;
+    let mut path: Vec<&str> = key.split('.').map(str::trim).collect();
+    let last = path.pop().filter(|k| !k.is_empty()).ok_or_else(bad)?;
+    let mut t = table;
+    for part in path {
+        if part.is_empty() {
+            return Err(bad());
+        }
+        let entry = t
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry.as_table_mut().ok_or_else(bad)?;
+    }
+    t.insert(last.to_string(), value);
+    Ok(())
 }
 
 /// What a verifier read from evidence, in the terms the policy speaks.
@@ -377,6 +585,29 @@ pub struct Claims<'a> {
     pub rtmrs: Option<&'a [[u8; 48]; 4]>,
     /// TDX TCB status from collateral, when checked.
     pub tdx_tcb_status: Option<&'a str>,
+    /// The report or quote itself, for the platform's own options.
+    pub detail: Detail<'a>,
+}
+
+/// The evidence behind [`Claims`], for the options only one platform has.
+#[derive(Clone, Copy, Debug)]
+pub enum Detail<'a> {
+    /// Nothing more (only the common options are checked).
+    None,
+    /// An SEV-SNP or emulated report; `turin` when its TCBs use the Turin layout.
+    Snp {
+        /// The report.
+        report: &'a Report,
+        /// Whether TCB versions are in the Turin layout.
+        turin: bool,
+    },
+    /// A TDX quote, with its PCK certificate's SGX extensions once the chain verified.
+    Tdx {
+        /// The quote.
+        quote: &'a Quote,
+        /// The PCK certificate's SGX extensions.
+        pck: Option<&'a PckInfo>,
+    },
 }
 
 #[cfg(test)]
@@ -400,6 +631,7 @@ mod tests {
             host_data: Some(hd),
             rtmrs: None,
             tdx_tcb_status: None,
+            detail: Detail::None,
         }
     }
 
@@ -477,7 +709,7 @@ mod tests {
     }
 
     #[test]
-    fn toml_policy_reads_every_key() {
+    fn toml_policy_reads_every_common_key() {
         let text = format!(
             r#"
 platforms = ["snp", "emulated"]
@@ -540,5 +772,65 @@ fmc = 1
                 ..
             })
         ));
+        for status in ["Revoked", "uptodate", "Unknown"] {
+            assert!(
+                matches!(
+                    Policy::from_toml(&format!("tdx_tcb_statuses = [\"{status}\"]")),
+                    Err(PolicyError::Value {
+                        key: "tdx_tcb_statuses",
+                        ..
+                    })
+                ),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn settings_reach_every_key_spelled_as_in_the_file() {
+        let p = Policy::from_toml_with(
+            "allow_debug = false\n[snp.guest_policy]\nsmt = \"required\"\n",
+            &[
+                "allow_debug = true".into(),
+                "snp.guest_policy.smt=\"forbidden\"".into(),
+                "tdx.minimum_qe_svn = 7".into(),
+                "tdx.attributes.sept_ve_disable = \"required\"".into(),
+                format!("measurements = [\"{}\"]", "00".repeat(48)),
+            ],
+        )
+        .unwrap();
+        assert!(p.allow_debug);
+        assert_eq!(p.snp.guest_policy.smt, Some(BitRule::Forbidden));
+        assert_eq!(p.tdx.minimum_qe_svn, Some(7));
+        assert_eq!(p.tdx.attributes.sept_ve_disable, Some(BitRule::Required));
+        assert_eq!(p.measurements, Some(vec![[0; 48]]));
+        for bad in [
+            "novalue",
+            "=1",
+            "x = not toml",
+            "snp..smt = 1",
+            "allow_debug.x = 1",
+        ] {
+            assert!(
+                Policy::from_toml_with("allow_debug = true", &[bad.into()]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            Policy::from_toml_with("", &["snp.guest_policy.smtt = \"required\"".into()]),
+            Err(PolicyError::Toml(_))
+        ));
+    }
+
+    #[test]
+    fn the_digest_tells_policies_apart() {
+        let a = Policy::default();
+        let b = Policy {
+            allow_debug: true,
+            ..Policy::default()
+        };
+        assert_eq!(a.digest(), Policy::default().digest());
+        assert_ne!(a.digest(), b.digest());
+        assert_eq!(a.digest().len(), 64);
     }
 }
