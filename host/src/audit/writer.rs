@@ -17,13 +17,13 @@ use swiotlb_shared::audit::merkle::{leaf_hash, sha256};
 use swiotlb_shared::audit::note::NoteSignature;
 use swiotlb_shared::audit::verify::{self, Options, Tail, Verifier};
 use swiotlb_shared::audit::{
-    Checkpoint, CompactRange, DeviceIdentity, DmaChain, DmaChains, DmaSummary, Envelope, Event,
-    Hash, LogAction, LogEvent, Record, SignedNote, VerifierKey,
+    Checkpoint, CompactRange, DeviceIdentity, DmaSummary, Envelope, Event, Hash, LogAction,
+    LogEvent, PackedChains, Record, SignedNote, VerifierKey,
 };
 
 use super::dma::DmaAccumulator;
 use super::key::SigningKey;
-use super::{now_ms, AuditConfig, AuditError, Msg, MAX_DMA_BATCH};
+use super::{now_ms, AuditConfig, AuditError, Msg, MAX_DMA_BATCH_BYTES};
 
 /// Digits of the file counter.
 const INDEX_DIGITS: usize = 6;
@@ -528,43 +528,28 @@ impl Writer {
         self.checkpoint().map(drop)
     }
 
-    /// Writes the chains of `first` and those queued right behind it as records of up to
-    /// [`MAX_DMA_BATCH`] descriptors each (a longer chain is a record of its own, never
-    /// split), until the queue is empty or holds something else. Returns the message that
-    /// ended the run, to be handled next.
-    fn dma_chains(
+    /// Writes the chains of `first` and those queued right behind it as DMA batch records
+    /// of up to [`MAX_DMA_BATCH_BYTES`] of packed data each (whole chains: a longer chain is
+    /// a record of its own, never split), until the queue is empty or holds something else.
+    /// Returns the message that ended the run, to be handled next.
+    fn dma_batches(
         &mut self,
-        first: Vec<DmaChain>,
+        first: PackedChains,
         rx: &Receiver<Msg>,
     ) -> Result<Option<Msg>, AuditError> {
-        let weight = |c: &DmaChain| c.descriptors.len().max(1);
-        let mut held: std::collections::VecDeque<DmaChain> = first.into();
-        let mut n: usize = held.iter().map(weight).sum();
+        let mut held = first;
         let mut next = None;
         loop {
-            while n < MAX_DMA_BATCH && next.is_none() {
+            while held.packed_len() < MAX_DMA_BATCH_BYTES && next.is_none() {
                 match rx.try_recv() {
-                    Ok(Msg::Dma(cs)) => {
-                        n += cs.iter().map(weight).sum::<usize>();
-                        held.extend(cs);
-                    }
+                    Ok(Msg::Dma(more)) => held.append(&more),
                     Ok(other) => next = Some(other),
                     Err(_) => break,
                 }
             }
-            let mut chains = Vec::new();
-            let mut m = 0;
-            while let Some(c) = held.front() {
-                let w = weight(c);
-                if !chains.is_empty() && m + w > MAX_DMA_BATCH {
-                    break;
-                }
-                m += w;
-                chains.extend(held.pop_front());
-            }
-            n -= m;
-            if !chains.is_empty() {
-                self.record(now_ms(), Event::Dma(DmaChains { chains }))?;
+            let batch = held.split_front(MAX_DMA_BATCH_BYTES);
+            if !batch.is_empty() {
+                self.record(now_ms(), Event::DmaBatch(batch))?;
                 self.after_record()?;
             }
             if held.is_empty() {
@@ -580,7 +565,7 @@ impl Writer {
                 self.record(time, *e)?;
                 self.after_record()?;
             }
-            Msg::Dma(d) => return Ok((true, self.dma_chains(d, rx)?)),
+            Msg::Dma(d) => return Ok((true, self.dma_batches(d, rx)?)),
             Msg::Transcript(h) => self.transcript = h,
             Msg::Checkpoint(reply) => {
                 let cp = self.checkpoint()?;
