@@ -24,9 +24,9 @@ pub mod key;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use swiotlb_shared::audit::{
@@ -181,6 +181,8 @@ pub struct AuditHandle {
     tx: SyncSender<Msg>,
     dma: Arc<DmaAccumulator>,
     full: bool,
+    /// The writer thread, to wake when it may be looking only every few milliseconds.
+    writer: Thread,
 }
 
 /// Chains a full-mode batch holds before it sends them on its own.
@@ -252,8 +254,25 @@ pub struct PauseGuard {
 
 impl AuditHandle {
     fn send(&self, msg: Msg) -> Result<(), AuditError> {
-        // Blocks while the queue is full: the device waits rather than drop a record.
-        self.tx.send(msg).map_err(|_| AuditError::Closed)
+        // While chains arrive, the writer looks at the queue every few milliseconds instead
+        // of sleeping on it (writer.rs, `DMA_POLL`), so a pass wakes nobody. Anything else is
+        // rare and may be waited for (a checkpoint, a pause): the writer is woken for it. So
+        // it is when the queue is full, and then this blocks until there is room: the device
+        // waits rather than drop a record.
+        let dma = matches!(msg, Msg::Dma(_));
+        match self.tx.try_send(msg) {
+            Ok(()) => {
+                if !dma {
+                    self.writer.unpark();
+                }
+                Ok(())
+            }
+            Err(TrySendError::Full(m)) => {
+                self.writer.unpark();
+                self.tx.send(m).map_err(|_| AuditError::Closed)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(AuditError::Closed),
+        }
     }
 
     fn event(&self, e: Event) -> Result<(), AuditError> {
@@ -481,6 +500,7 @@ impl AuditLog {
             tx: tx.clone(),
             dma,
             full,
+            writer: thread.thread().clone(),
         };
         Ok((
             AuditLog {
@@ -515,6 +535,7 @@ impl AuditLog {
         };
         // If the writer already stopped (failed), the send fails and join reports why.
         let _ = self.tx.send(Msg::Stop);
+        t.thread().unpark();
         match t.join() {
             Ok(r) => r,
             Err(_) => Err(AuditError::Closed),

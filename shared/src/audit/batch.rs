@@ -27,7 +27,7 @@ use serde::ser::SerializeStruct as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
-use super::event::{DmaChains, Event};
+use super::event::{DmaChains, Envelope, Event};
 use super::ocsf::Record;
 
 /// `unmapped.dma_batch.format`: the packed form above. Any other value does not parse.
@@ -407,6 +407,32 @@ impl PackedChains {
     }
 }
 
+/// The line of the DMA batch record of `batch` in `env`: byte for byte
+/// `Record::build(env, Event::DmaBatch(batch)).to_line()`, but the base64 of the packed data
+/// is put in place rather than passed through the JSON serializer, which would scan it
+/// byte by byte for characters to escape (base64 has none): that scan was the largest single
+/// cost of writing a batch, a fifth of the writer's time.
+pub fn batch_line(env: &Envelope, batch: &PackedChains) -> String {
+    // The record of a batch with the same totals and no data: `"data_b64":""` appears once,
+    // as the key of that field (inside a JSON string every quote is escaped, so the sequence
+    // cannot occur in another value).
+    let shell = PackedChains {
+        data: Vec::new(),
+        ..*batch
+    };
+    let line = Record::build(env, Event::DmaBatch(shell)).to_line();
+    const EMPTY: &str = r#""data_b64":"""#;
+    let Some(at) = line.find(EMPTY) else {
+        return Record::build(env, Event::DmaBatch(batch.clone())).to_line();
+    };
+    let at = at + EMPTY.len() - 1;
+    let mut out = String::with_capacity(line.len() + batch.data.len().div_ceil(3) * 4);
+    out.push_str(&line[..at]);
+    B64.encode_string(&batch.data, &mut out);
+    out.push_str(&line[at..]);
+    out
+}
+
 /// One DMA: one descriptor of one chain the device checked and used, as a full-mode record
 /// holds it, with where it is in the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -744,6 +770,39 @@ mod tests {
             }),
         );
         assert_eq!(expand_dma_record(&summary), None);
+    }
+
+    #[test]
+    fn batch_line_is_the_record_line_byte_for_byte() {
+        let mut big = PackedChains::default();
+        for i in 0..700u16 {
+            let at = 0x80_0010_0000 + u64::from(i) * 0x1800;
+            big.push_chain(
+                i % 3,
+                i,
+                [
+                    (at, 16, false),
+                    (at + 0x800, 4096, true),
+                    (at + 16, 1, true),
+                ],
+            )
+            .unwrap();
+        }
+        for (i, p) in [pack(&sample()), pack(&sample()[2..]), big]
+            .into_iter()
+            .enumerate()
+        {
+            let e = env(i as u64);
+            let line = batch_line(&e, &p);
+            assert_eq!(
+                line,
+                Record::build(&e, Event::DmaBatch(p.clone())).to_line()
+            );
+            assert_eq!(
+                Record::parse(line.as_bytes()).unwrap().event(),
+                Some(Event::DmaBatch(p))
+            );
+        }
     }
 
     #[test]
