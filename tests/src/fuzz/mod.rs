@@ -14,6 +14,7 @@
 //! | [`rings::used_ring`] | the guest's used-ring handling against a device that writes anything |
 //! | [`evidence::snp_report`], [`evidence::tdx_quote`] | attestation parsing and verification |
 //! | [`audit::audit_log`] | audit-log parsing and verification |
+//! | [`audit::dma_batch`] | the packed chains of a full-mode DMA batch record |
 
 pub mod audit;
 pub mod device;
@@ -36,7 +37,7 @@ pub const DISK_SIZE: u64 = 1 << 20;
 pub type Harness = fn(&[u8]);
 
 /// Every harness, by the name of its fuzz target.
-pub const HARNESSES: [(&str, Harness); 8] = [
+pub const HARNESSES: [(&str, Harness); 9] = [
     ("vfio_user_server", wire::server),
     ("vfio_user_client", wire::client),
     ("device_registers", device::registers),
@@ -45,6 +46,7 @@ pub const HARNESSES: [(&str, Harness); 8] = [
     ("snp_report", evidence::snp_report),
     ("tdx_quote", evidence::tdx_quote),
     ("audit_log", audit::audit_log),
+    ("dma_batch", audit::dma_batch),
 ];
 
 /// A virtio-blk function on an in-memory disk with the smallest pool; with `verifier`,
