@@ -741,25 +741,24 @@ mod tests {
         let p = Record::parse(line.as_bytes()).unwrap();
         assert_eq!(p, r);
         let dmas = expand_dma_record(&p).unwrap();
-        let expected: Vec<(u64, u64, u32, u16, u16, u64, u32, bool)> = chains
+        let expected: Vec<DmaEvent> = chains
             .iter()
             .enumerate()
             .flat_map(|(c, (q, h, d))| {
-                d.iter()
-                    .enumerate()
-                    .map(move |(i, x)| (9, c as u64, i as u32, *q, *h, x.0, x.1, x.2))
+                d.iter().enumerate().map(move |(i, x)| DmaEvent {
+                    sequence: 9,
+                    time: r.time,
+                    chain: c as u64,
+                    index: i as u32,
+                    queue: *q,
+                    head: *h,
+                    addr: x.0,
+                    len: x.1,
+                    writable: x.2,
+                })
             })
             .collect();
-        let got: Vec<_> = dmas
-            .iter()
-            .map(|e| {
-                assert_eq!(e.time, r.time);
-                (
-                    e.sequence, e.chain, e.index, e.queue, e.head, e.addr, e.len, e.writable,
-                )
-            })
-            .collect();
-        assert_eq!(got, expected);
+        assert_eq!(dmas, expected);
         // Any other record expands to nothing.
         let summary = Record::build(
             &env(1),
