@@ -115,7 +115,7 @@ fn after_sigkill_checkpointed_records_verify_and_a_restart_records_the_torn_line
     }
     assert!(recs
         .iter()
-        .any(|r| matches!(r.event(), Some(Event::Dma(_)))));
+        .any(|r| matches!(r.event(), Some(Event::DmaBatch(_)))));
 }
 
 #[test]

@@ -290,3 +290,43 @@ fn a_checkpoint_whose_root_was_changed_fails_its_signature() {
     assert_eq!((f.reason, f.index), (Reason::Altered, cp as u64), "{f}");
     assert!(f.detail.contains("does not verify"), "{f}");
 }
+
+#[test]
+fn a_dma_address_changed_inside_a_batch_record_is_altered() {
+    use swiotlb_host::audit::{AuditLog, AuditMode};
+    use swiotlb_shared::audit::encoding::base64;
+
+    let s = Scratch::new("batch-altered");
+    let mut cfg = config(&s.base());
+    cfg.mode = AuditMode::Full;
+    let (log, h) = AuditLog::open(cfg, device()).unwrap();
+    dmas(&h);
+    send_findings(&h, 0, 3);
+    let key = log.verifier_key().clone();
+    log.close().unwrap();
+    let path = files(&s.base()).remove(0);
+    assert!(verify_paths(std::slice::from_ref(&path), &key, false).ok);
+    let recs = records(&path);
+    let i = recs
+        .iter()
+        .position(|r| matches!(r.event(), Some(Event::DmaBatch(_))))
+        .unwrap();
+    let Some(Event::DmaBatch(batch)) = recs[i].event() else {
+        unreachable!()
+    };
+    // Move the first DMA one page: the batch is still well formed, its totals unchanged.
+    let mut data = batch.as_bytes().to_vec();
+    data[9] ^= 0x10;
+    let mut l = lines(&path);
+    let line = String::from_utf8(l[i].clone()).unwrap();
+    let from = base64(batch.as_bytes());
+    assert!(line.contains(&from));
+    l[i] = line.replace(&from, &base64(&data)).into_bytes();
+    assert!(Record::parse(&l[i]).is_ok(), "still a valid record");
+    write_lines(&path, &l);
+    let f = verify_paths(&[path], &key, false).failure.unwrap();
+    assert_eq!(
+        (f.reason, f.index, f.line),
+        (Reason::Altered, i as u64, i as u64 + 1)
+    );
+}

@@ -10,11 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use audit_support::*;
-use swiotlb_host::audit::{AuditConfig, AuditError, AuditLog, AuditMode, KeyError, MAX_DMA_BATCH};
+use swiotlb_host::audit::{
+    AuditConfig, AuditError, AuditLog, AuditMode, KeyError, MAX_DMA_BATCH_BYTES,
+};
 use swiotlb_shared::audit::event::NO_TRANSCRIPT;
 use swiotlb_shared::audit::{
-    AttestationVerdict, ConfigChange, DmaChains, DmaDescriptor, Event, NoteError, PeripheralAction,
-    PeripheralEvent, Record, VerifierKey,
+    expand_dma_record, AttestationVerdict, ConfigChange, DmaEvent, Event, NoteError, PackedChains,
+    PeripheralAction, PeripheralEvent, Record, VerifierKey,
 };
 
 #[test]
@@ -87,31 +89,30 @@ fn a_full_queue_blocks_the_sender_and_nothing_is_dropped() {
     assert!(matches!(h.finding(&finding(0)), Err(AuditError::Closed)));
 }
 
-/// Every descriptor of the DMA chains records of `recs`, in order, with its chain's queue
-/// and head.
-fn dma_descriptors(recs: &[Record]) -> Vec<(u16, u16, DmaDescriptor)> {
-    dma_records(recs)
-        .into_iter()
-        .flat_map(|d| d.chains)
-        .flat_map(|c| c.descriptors.into_iter().map(move |x| (c.queue, c.head, x)))
+/// Every DMA of the full-mode records of `recs`, in order, as `swiotlb-audit export` sees
+/// them.
+fn dma_events(recs: &[Record]) -> Vec<DmaEvent> {
+    recs.iter()
+        .filter_map(expand_dma_record)
+        .flatten()
         .collect()
 }
 
-/// The DMA chains records of `recs`, in log order.
-fn dma_records(recs: &[Record]) -> Vec<DmaChains> {
+/// The DMA batch records of `recs`, in log order.
+fn dma_records(recs: &[Record]) -> Vec<PackedChains> {
     recs.iter()
         .filter_map(|r| match r.event() {
-            Some(Event::Dma(d)) => Some(d),
+            Some(Event::DmaBatch(d)) => Some(d),
             _ => None,
         })
         .collect()
 }
 
-/// Descriptors in each DMA chains record, in log order.
+/// Descriptors in each DMA batch record, in log order.
 fn dma_record_sizes(recs: &[Record]) -> Vec<u64> {
     dma_records(recs)
         .iter()
-        .map(DmaChains::descriptors)
+        .map(PackedChains::descriptors)
         .collect()
 }
 
@@ -119,7 +120,7 @@ fn dma_record_sizes(recs: &[Record]) -> Vec<u64> {
 fn dma_and_finding_kinds(recs: &[Record]) -> Vec<&'static str> {
     recs.iter()
         .filter_map(|r| match r.event() {
-            Some(Event::Dma(_)) => Some("dma"),
+            Some(Event::Dma(_) | Event::DmaBatch(_)) => Some("dma"),
             Some(Event::Finding(_)) => Some("finding"),
             _ => None,
         })
@@ -140,9 +141,7 @@ fn summary_mode_counts_every_dma_per_queue_and_direction() {
     let f = files(&s.base());
     assert!(verify_paths(&f, &key, false).ok);
     let recs = records(&f[0]);
-    assert!(!recs
-        .iter()
-        .any(|r| matches!(r.event(), Some(Event::Dma(_)))));
+    assert!(recs.iter().all(|r| expand_dma_record(r).is_none()));
     let sums: Vec<_> = recs
         .iter()
         .filter_map(|r| match r.event() {
@@ -176,31 +175,30 @@ fn full_mode_records_every_descriptor() {
     let f = files(&s.base());
     assert!(verify_paths(&f, &key, false).ok);
     let recs = records(&f[0]);
-    let descs = dma_descriptors(&recs);
+    let descs = dma_events(&recs);
     assert_eq!(descs.len() as u64, n);
-    assert_eq!(
-        descs.iter().map(|(_, _, d)| u64::from(d.len)).sum::<u64>(),
-        bytes
-    );
-    for (i, (q, head, d)) in descs.iter().enumerate() {
+    assert_eq!(descs.iter().map(|d| u64::from(d.len)).sum::<u64>(), bytes);
+    for (i, d) in descs.iter().enumerate() {
         let (i, j) = (i as u32, i as u32 / 4);
         assert_eq!(
-            (*q, *head, d.addr, d.len, d.writable),
+            (d.queue, d.head, d.addr, d.len, d.writable, d.index),
             (
                 (j % 3) as u16,
                 (j % 64) as u16,
                 0x80_0000_0000 + u64::from(i) * 4096,
                 512 + i,
-                i % 2 == 1
+                i % 2 == 1,
+                i % 4
             ),
             "descriptor {i}"
         );
     }
     for r in &recs {
-        if let Some(Event::Dma(d)) = r.event() {
+        if let Some(Event::DmaBatch(d)) = r.event() {
             assert_eq!((r.class_uid, r.activity_id, r.type_uid), (1004, 99, 100499));
+            assert_eq!(r.activity_name, "DMA Batch");
             assert_eq!((r.count, r.size), (Some(d.descriptors()), Some(d.bytes())));
-            assert!(d.descriptors() as usize <= MAX_DMA_BATCH);
+            assert!(d.packed_len() <= MAX_DMA_BATCH_BYTES);
         }
     }
     // The summaries agree with the per-DMA records.
@@ -221,9 +219,10 @@ fn full_mode_coalesces_queued_chains_into_records_of_bounded_size() {
     cfg.mode = AuditMode::Full;
     cfg.checkpoint_every_records = 1000;
     let (log, h) = AuditLog::open(cfg, device()).unwrap();
-    // Held paused, the writer finds all 250 chains (1000 descriptors) queued at once.
+    // Held paused, the writer finds all 750 chains (3000 descriptors, 60 packed bytes a
+    // chain) queued at once.
     let pause = h.pause().unwrap();
-    let (n, _) = dmas(&h);
+    let n: u64 = (0..3).map(|_| dmas(&h).0).sum();
     h.finding(&finding(0)).unwrap();
     drop(pause);
     let key = log.verifier_key().clone();
@@ -232,11 +231,11 @@ fn full_mode_coalesces_queued_chains_into_records_of_bounded_size() {
     assert!(verify_paths(&f, &key, false).ok);
     let recs = records(&f[0]);
     let sizes = dma_record_sizes(&recs);
-    // Whole chains, up to MAX_DMA_BATCH descriptors a record; the finding queued behind
-    // them ends the batch and comes after it.
-    assert_eq!(MAX_DMA_BATCH, 512);
-    assert_eq!(sizes, [512, 488]);
-    assert_eq!(dma_descriptors(&recs).len() as u64, n);
+    // Whole chains, up to MAX_DMA_BATCH_BYTES of packed data a record: 546 chains of 60
+    // bytes fit in 32 KiB; the finding queued behind them ends the batch and comes after it.
+    assert_eq!(MAX_DMA_BATCH_BYTES, 32 << 10);
+    assert_eq!(sizes, [546 * 4, 204 * 4]);
+    assert_eq!(dma_events(&recs).len() as u64, n);
     let kinds = dma_and_finding_kinds(&recs);
     assert_eq!(kinds, ["dma", "dma", "finding"]);
 }
@@ -249,15 +248,16 @@ fn full_mode_batches_are_split_into_bounded_records_in_order() {
     let (log, h) = AuditLog::open(cfg, device()).unwrap();
     let pause = h.pause().unwrap();
     let chain =
-        |i: u32, n: u32| (0..n).map(move |d| (u64::from(i * 1000 + d) << 12, 512, d % 2 == 1));
+        |i: u32, n: u32| (0..n).map(move |d| (u64::from(i * 10000 + d) << 12, 512, d % 2 == 1));
     {
         // 64 chains of 10: the batch sends itself when full.
         let mut b = h.dma_batch();
         for i in 0..64 {
             b.record_chain(0, i as u16, chain(i, 10)).unwrap();
         }
-        // One chain longer than a record may hold, then 5 chains left for the drop to send.
-        b.record_chain(1, 7, chain(64, 600)).unwrap();
+        // One chain longer than a record may hold (39,008 packed bytes), then 5 chains
+        // left for the drop to send.
+        b.record_chain(1, 7, chain(64, 3000)).unwrap();
         for i in 65..70 {
             b.record_chain(0, i as u16, chain(i, 2)).unwrap();
         }
@@ -270,19 +270,78 @@ fn full_mode_batches_are_split_into_bounded_records_in_order() {
     assert!(verify_paths(&f, &key, false).ok);
     let recs = records(&f[0]);
     let sizes = dma_record_sizes(&recs);
-    // 51 chains of 10 fill a record (a 52nd would pass 512); the other 13 cannot share one
-    // with the 600-descriptor chain, which is a record of its own; then the last 5.
-    assert_eq!(sizes, [510, 130, 600, 10]);
-    let heads: Vec<u16> = dma_records(&recs)
+    // The 64 chains of 10 cannot share a record with the long chain, which is a record of
+    // its own; then the last 5.
+    assert_eq!(sizes, [640, 3000, 10]);
+    let events = dma_events(&recs);
+    let mut heads: Vec<u16> = events
         .iter()
-        .flat_map(|d| d.chains.iter().map(|c| c.head))
+        .filter(|e| e.index == 0)
+        .map(|e| e.head)
         .collect();
+    heads.dedup();
     let mut expected: Vec<u16> = (0..64).collect();
     expected.push(7);
     expected.extend(65..70);
     assert_eq!(heads, expected, "every chain once, in the device's order");
+    // Every descriptor of the long chain, in chain order.
+    let long: Vec<u64> = events
+        .iter()
+        .filter(|e| e.queue == 1)
+        .map(|e| e.addr)
+        .collect();
+    assert_eq!(long, chain(64, 3000).map(|d| d.0).collect::<Vec<_>>());
     let kinds = dma_and_finding_kinds(&recs);
-    assert_eq!(kinds, ["dma", "dma", "dma", "dma", "finding"]);
+    assert_eq!(kinds, ["dma", "dma", "dma", "finding"]);
+}
+
+#[test]
+fn in_full_mode_a_full_queue_holds_the_device_back_and_no_dma_is_dropped() {
+    let s = Scratch::new("full-backpressure");
+    let mut cfg = config(&s.base());
+    cfg.mode = AuditMode::Full;
+    cfg.queue_capacity = 4;
+    let (log, h) = AuditLog::open(cfg, device()).unwrap();
+    let pause = h.pause().unwrap();
+    let passes = Arc::new(AtomicU64::new(0));
+    let (h2, passes2) = (h.clone(), Arc::clone(&passes));
+    // The device: 100 passes of 3 chains, each pass one message to the writer.
+    let device = std::thread::spawn(move || {
+        for p in 0..100u32 {
+            let mut b = h2.dma_batch();
+            for c in 0..3u32 {
+                let i = p * 3 + c;
+                let at = 0x80_0000_0000 + u64::from(i) * 0x1000;
+                b.record_chain(
+                    0,
+                    (i % 256) as u16,
+                    [(at, 16, false), (at + 16, 4096, true)],
+                )
+                .unwrap();
+            }
+            b.flush().unwrap();
+            passes2.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // The writer is stalled: the device got exactly as far as the queue holds, and waits.
+    assert_eq!(passes.load(Ordering::SeqCst), 4);
+    assert!(!device.is_finished());
+    drop(pause);
+    device.join().unwrap();
+    let key = log.verifier_key().clone();
+    log.close().unwrap();
+    let f = files(&s.base());
+    assert!(verify_paths(&f, &key, false).ok);
+    let events = dma_events(&records(&f[0]));
+    let addrs: Vec<u64> = events
+        .iter()
+        .filter(|e| !e.writable)
+        .map(|e| e.addr)
+        .collect();
+    let expected: Vec<u64> = (0..300u64).map(|i| 0x80_0000_0000 + i * 0x1000).collect();
+    assert_eq!(addrs, expected, "every chain recorded, in order");
+    assert_eq!(events.len(), 600);
 }
 
 #[test]

@@ -251,3 +251,75 @@ fn the_prove_tool_gives_the_naive_proofs_against_the_latest_checkpoint() {
     assert_eq!(proof, b64(subproof(a, &l.lines[..size], true)));
     assert_eq!(v["old_root"], B64.encode(mth(&l.lines[..a])));
 }
+
+/// A full-mode log of the earlier format (its DMAs in `dma_chains` records, one JSON object
+/// per descriptor), as the writer wrote it before DMA batches: 96 chains of three on queues
+/// 0 and 1, a finding, a summary.
+fn dma_chains_log() -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/full-mode-dma-chains");
+    (dir.join("audit.000001.jsonl"), dir.join("audit.key.pub"))
+}
+
+#[test]
+fn a_full_mode_log_of_dma_chains_records_still_verifies_shows_and_counts() {
+    let (log, key) = dma_chains_log();
+    let (p, k) = (log.to_str().unwrap(), key.to_str().unwrap());
+    let (code, out) = run(&["verify", p, "--key", k, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(&["show", p, "--class", "dma"]);
+    assert_eq!(code, 0);
+    let dmas: Vec<&str> = out.lines().filter(|l| l.contains(" desc ")).collect();
+    assert_eq!(dmas.len(), 288);
+    // Chain 5 (queue 1, head 5) at 0x8000100000 + 5 * 0x1800: its data, 0x800 further.
+    assert!(
+        dmas.contains(&"           queue 1 head 5 desc 1: 0x8000108000+4096 w"),
+        "{out}"
+    );
+    let (_, out) = run(&["stats", p, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let recorded: u64 = v["devices"][0]["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["dma_records"].as_u64().unwrap())
+        .sum();
+    assert_eq!(recorded, 288);
+}
+
+#[test]
+fn show_expands_a_dma_batch_into_one_line_per_dma_and_stats_counts_them() {
+    let s = Scratch::new("show-batch");
+    let mut cfg = config(&s.base());
+    cfg.mode = swiotlb_host::audit::AuditMode::Full;
+    let (log, h) = AuditLog::open(cfg, device()).unwrap();
+    let (n, _) = dmas(&h);
+    log.close().unwrap();
+    let f = files(&s.base());
+    let p = f[0].to_str().unwrap();
+    let (code, out) = run(&["show", p, "--class", "dma"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Memory Activity"), "{out}");
+    assert!(out.contains("DMA Batch"), "{out}");
+    let dmas: Vec<&str> = out.lines().filter(|l| l.contains(" desc ")).collect();
+    assert_eq!(dmas.len() as u64, n);
+    // Descriptor i = 4j + k of chain j (queue j % 3, head j % 64), as `dmas` sent them.
+    for (i, line) in dmas.iter().enumerate() {
+        let (i, j) = (i as u64, i as u64 / 4);
+        let dir = if i % 2 == 1 { 'w' } else { 'r' };
+        let want = format!(
+            "queue {} head {} desc {}: {:#x}+{} {dir}",
+            j % 3,
+            j % 64,
+            i % 4,
+            0x80_0000_0000 + i * 4096,
+            512 + i
+        );
+        assert_eq!(line.trim(), want);
+    }
+    let (_, out) = run(&["stats", p, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for q in v["devices"][0]["queues"].as_array().unwrap() {
+        assert_eq!(q["dma_records"], q["dmas"], "{q}");
+    }
+}

@@ -7,9 +7,10 @@
 //!   queue is full the caller waits (back-pressure), nothing is dropped;
 //! - [`DmaBatch::record_chain`] (a batch per pass over a queue, [`AuditHandle::dma_batch`])
 //!   is the per-chain hot path: in summary mode at most four relaxed atomic adds per chain,
-//!   summarised per interval; in full mode the pass's chains also go to the writer as one
-//!   queued message, which the writer coalesces with the chains queued behind it into
-//!   records of up to [`MAX_DMA_BATCH`] descriptors;
+//!   summarised per interval; in full mode the chain is also packed (13 bytes a descriptor,
+//!   `swiotlb_shared::audit::batch`) and the pass's chains go to the writer as one queued
+//!   message, which the writer coalesces with the chains queued behind it into DMA batch
+//!   records of up to [`MAX_DMA_BATCH_BYTES`] of packed data;
 //! - checkpoints every `checkpoint_every_records` records and every `checkpoint_every`
 //!   (also when nothing happened), each fsynced; rotation by size or age, each new file
 //!   naming the previous file's final checkpoint;
@@ -23,14 +24,14 @@ pub mod key;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use swiotlb_shared::audit::{
-    AttestationVerdict, AuditFinding, Checkpoint, ConfigChange, DeviceIdentity, DmaChain,
-    DmaDescriptor, Event, PeripheralEvent, VerifierKey,
+    AttestationVerdict, AuditFinding, BatchError, Checkpoint, ConfigChange, DeviceIdentity, Event,
+    PackedChains, PeripheralEvent, VerifierKey,
 };
 use thiserror::Error;
 
@@ -45,8 +46,8 @@ pub enum AuditMode {
     /// Counts per queue and direction, one summary record per interval (and every finding).
     #[default]
     Summary,
-    /// Also every descriptor (address, length, direction, queue, chain head), in Memory
-    /// Activity records of up to [`MAX_DMA_BATCH`] descriptors each.
+    /// Also every descriptor (address, length, direction, queue, chain head), packed in
+    /// Memory Activity records (DMA batch) of up to [`MAX_DMA_BATCH_BYTES`] each.
     Full,
 }
 
@@ -147,16 +148,21 @@ pub enum AuditError {
     /// The writer thread has stopped (closed, or failed: see [`AuditLog::close`]).
     #[error("the audit writer has stopped; records can no longer be written")]
     Closed,
+    /// A chain could not be packed (more descriptors than a batch's count field holds).
+    #[error("a DMA chain cannot be recorded")]
+    DmaChain(#[source] BatchError),
 }
 
-/// The most descriptors one DMA chains record holds: the writer coalesces the chains
-/// queued behind each other up to this many (a chain is never split, so one longer chain
-/// makes a longer record). Bounds a line to some tens of KiB.
-pub const MAX_DMA_BATCH: usize = 512;
+/// The most packed data one DMA batch record holds: the writer coalesces the chains queued
+/// behind each other up to this much (a chain is never split, so one longer chain makes a
+/// longer record). 32 KiB is ~700 chains of three descriptors, and a line of ~44 KiB: under
+/// the 64 KiB a torn line is kept whole in (`MAX_TORN_KEPT`), and enough that the record's
+/// fixed cost (its JSON envelope, one line) is a few nanoseconds a chain.
+pub const MAX_DMA_BATCH_BYTES: usize = 32 << 10;
 
 pub(crate) enum Msg {
     Event(u64, Box<Event>),
-    Dma(Vec<DmaChain>),
+    Dma(PackedChains),
     Transcript([u8; 32]),
     Checkpoint(SyncSender<Checkpoint>),
     Pause(SyncSender<()>, Receiver<()>),
@@ -176,6 +182,8 @@ pub struct AuditHandle {
     tx: SyncSender<Msg>,
     dma: Arc<DmaAccumulator>,
     full: bool,
+    /// The writer thread, to wake when it may be looking only every few milliseconds.
+    writer: Thread,
 }
 
 /// Chains a full-mode batch holds before it sends them on its own.
@@ -186,14 +194,18 @@ pub const DMA_BATCH_CHAINS: usize = 64;
 /// finding the device records after the pass lands after the chains that preceded it.
 pub struct DmaBatch<'a> {
     handle: &'a AuditHandle,
-    chains: Vec<DmaChain>,
+    chains: PackedChains,
 }
+
+/// Packed bytes a pass's batch starts with room for: 64 chains of three descriptors.
+const PASS_BYTES: usize = DMA_BATCH_CHAINS * (8 + 3 * 13);
 
 impl DmaBatch<'_> {
     /// The per-chain hot path: counts every descriptor `(addr, len, writable)` of the
     /// chain at `head` on `queue` (summed here, then at most four relaxed atomic adds for the
-    /// chain); in full mode also keeps the chain for a DMA chains record, sending the batch
-    /// when it holds [`DMA_BATCH_CHAINS`]. Summary mode allocates nothing.
+    /// chain); in full mode also packs the chain (13 bytes a descriptor, no allocation but
+    /// the batch's own), sending the batch when it holds [`DMA_BATCH_CHAINS`]. Summary mode
+    /// allocates nothing.
     #[inline]
     pub fn record_chain<I>(
         &mut self,
@@ -204,14 +216,16 @@ impl DmaBatch<'_> {
     where
         I: IntoIterator<Item = (u64, u32, bool)>,
     {
-        let Some(chain) = self.handle.count_chain(queue, head, descriptors) else {
+        if !self.handle.full {
+            self.handle.count_chain(queue, descriptors);
             return Ok(());
-        };
-        if self.chains.capacity() == 0 {
-            self.chains.reserve_exact(DMA_BATCH_CHAINS);
         }
-        self.chains.push(chain);
-        if self.chains.len() >= DMA_BATCH_CHAINS {
+        if self.chains.packed_len() == 0 {
+            self.chains = PackedChains::with_capacity(PASS_BYTES);
+        }
+        self.handle
+            .pack_chain(&mut self.chains, queue, head, descriptors)?;
+        if self.chains.chains() >= DMA_BATCH_CHAINS as u64 {
             self.flush()?;
         }
         Ok(())
@@ -241,8 +255,25 @@ pub struct PauseGuard {
 
 impl AuditHandle {
     fn send(&self, msg: Msg) -> Result<(), AuditError> {
-        // Blocks while the queue is full: the device waits rather than drop a record.
-        self.tx.send(msg).map_err(|_| AuditError::Closed)
+        // While chains arrive, the writer looks at the queue every few milliseconds instead
+        // of sleeping on it (writer.rs, `DMA_POLL`), so a pass wakes nobody. Anything else is
+        // rare and may be waited for (a checkpoint, a pause): the writer is woken for it. So
+        // it is when the queue is full, and then this blocks until there is room: the device
+        // waits rather than drop a record.
+        let dma = matches!(msg, Msg::Dma(_));
+        match self.tx.try_send(msg) {
+            Ok(()) => {
+                if !dma {
+                    self.writer.unpark();
+                }
+                Ok(())
+            }
+            Err(TrySendError::Full(m)) => {
+                self.writer.unpark();
+                self.tx.send(m).map_err(|_| AuditError::Closed)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(AuditError::Closed),
+        }
     }
 
     fn event(&self, e: Event) -> Result<(), AuditError> {
@@ -286,51 +317,57 @@ impl AuditHandle {
     where
         I: IntoIterator<Item = (u64, u32, bool)>,
     {
-        match self.count_chain(queue, head, descriptors) {
-            None => Ok(()),
-            Some(chain) => self.send(Msg::Dma(vec![chain])),
+        if !self.full {
+            self.count_chain(queue, descriptors);
+            return Ok(());
         }
+        let mut one = PackedChains::default();
+        self.pack_chain(&mut one, queue, head, descriptors)?;
+        self.send(Msg::Dma(one))
     }
 
-    /// Counts every descriptor `(addr, len, writable)` of the chain at `head` on `queue`
-    /// (summed here, then at most four relaxed atomic adds for the chain); in full mode
-    /// returns the chain for a DMA chains record. Summary mode allocates nothing.
+    /// Counts every descriptor `(addr, len, writable)` of a chain on `queue`: summed here,
+    /// then at most four relaxed atomic adds for the chain. Allocates nothing.
     #[inline]
-    fn count_chain<I>(&self, queue: u16, head: u16, descriptors: I) -> Option<DmaChain>
+    fn count_chain<I>(&self, queue: u16, descriptors: I)
     where
         I: IntoIterator<Item = (u64, u32, bool)>,
     {
-        let descriptors = descriptors.into_iter();
         // (descriptors, bytes) per direction.
         let mut readable = (0u64, 0u64);
         let mut writable = (0u64, 0u64);
-        let mut count = |len: u32, w: bool| {
+        for (_, len, w) in descriptors {
             let c = if w { &mut writable } else { &mut readable };
             c.0 = c.0.wrapping_add(1);
             c.1 = c.1.wrapping_add(u64::from(len));
-        };
-        if !self.full {
-            for (_, len, w) in descriptors {
-                count(len, w);
-            }
-            self.dma.record_counts(queue, readable, writable);
-            return None;
-        }
-        let mut v = Vec::with_capacity(descriptors.size_hint().0);
-        for (addr, len, w) in descriptors {
-            count(len, w);
-            v.push(DmaDescriptor {
-                addr,
-                len,
-                writable: w,
-            });
         }
         self.dma.record_counts(queue, readable, writable);
-        Some(DmaChain {
-            queue,
-            head,
-            descriptors: v,
-        })
+    }
+
+    /// Counts a chain as [`count_chain`](Self::count_chain) does and packs it into `into`,
+    /// in one walk over its descriptors.
+    #[inline]
+    fn pack_chain<I>(
+        &self,
+        into: &mut PackedChains,
+        queue: u16,
+        head: u16,
+        descriptors: I,
+    ) -> Result<(), AuditError>
+    where
+        I: IntoIterator<Item = (u64, u32, bool)>,
+    {
+        let mut readable = (0u64, 0u64);
+        let mut writable = (0u64, 0u64);
+        let counted = descriptors.into_iter().inspect(|&(_, len, w)| {
+            let c = if w { &mut writable } else { &mut readable };
+            c.0 = c.0.wrapping_add(1);
+            c.1 = c.1.wrapping_add(u64::from(len));
+        });
+        let packed = into.push_chain(queue, head, counted);
+        // Counted even when the chain could not be packed: the summary stays exact.
+        self.dma.record_counts(queue, readable, writable);
+        packed.map_err(AuditError::DmaChain)
     }
 
     /// A batch for the chains of one pass over a queue: in full mode they reach the writer
@@ -339,7 +376,7 @@ impl AuditHandle {
     pub fn dma_batch(&self) -> DmaBatch<'_> {
         DmaBatch {
             handle: self,
-            chains: Vec::new(),
+            chains: PackedChains::default(),
         }
     }
 
@@ -469,6 +506,7 @@ impl AuditLog {
             tx: tx.clone(),
             dma,
             full,
+            writer: thread.thread().clone(),
         };
         Ok((
             AuditLog {
@@ -503,6 +541,7 @@ impl AuditLog {
         };
         // If the writer already stopped (failed), the send fails and join reports why.
         let _ = self.tx.send(Msg::Stop);
+        t.thread().unpark();
         match t.join() {
             Ok(r) => r,
             Err(_) => Err(AuditError::Closed),

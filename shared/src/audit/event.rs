@@ -9,6 +9,7 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
+use super::batch::PackedChains;
 use super::encoding::{b64, b64_hashes, hex32, hex_u64};
 use super::merkle::Hash;
 
@@ -496,8 +497,10 @@ pub enum Event {
     Config(ConfigChange),
     /// Peripheral Activity 1010.
     Peripheral(PeripheralEvent),
-    /// Memory Activity 1004, Other (99): "DMA Chains".
+    /// Memory Activity 1004, Other (99): "DMA Chains" (full mode, older logs).
     Dma(DmaChains),
+    /// Memory Activity 1004, Other (99): "DMA Batch" (full mode).
+    DmaBatch(PackedChains),
     /// Memory Activity 1004, Other (99): "DMA Summary".
     DmaSummary(DmaSummary),
     /// Event Log Activity 1008: Start 6, Rotate 5, Restart 8, Stop 7.

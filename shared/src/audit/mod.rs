@@ -4,6 +4,8 @@
 //! - [`event`]: what a `swiotlb-audit/1` record is about, and its envelope;
 //! - [`ocsf`]: the record of an event, an OCSF-shaped JSON line, built and parsed strictly;
 //! - [`encoding`]: the hex and base64 forms of record fields;
+//! - [`batch`]: full mode's DMA batch, chains packed in a compact binary form, and its
+//!   expansion into one event per DMA ([`batch::expand_dma_record`]);
 //! - [`schema`]: the three above under one path;
 //! - [`merkle`]: RFC 6962 tree hashing, inclusion and consistency proofs;
 //! - [`note`]: C2SP signed notes with Ed25519, verifier keys, tlog checkpoints;
@@ -14,6 +16,7 @@
 //! `metadata.sequence`. Checkpoint lines are leaves too: the checkpoint at index `i` signs
 //! the tree of the `i` lines before it. See `docs/audit-schema.md`.
 
+pub mod batch;
 pub mod encoding;
 pub mod event;
 pub mod merkle;
@@ -22,6 +25,7 @@ pub mod ocsf;
 pub mod schema;
 pub mod verify;
 
+pub use batch::{expand_dma_record, BatchError, DmaEvent, PackedChains};
 pub use event::{
     AttestationVerdict, AuditFinding, ConfigChange, DeviceIdentity, DmaChain, DmaChains,
     DmaDescriptor, DmaSummary, Envelope, Event, EventError, FindingKind, LogAction, LogEvent,

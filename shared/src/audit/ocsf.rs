@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::batch::PackedChains;
 use super::encoding::hex32;
 use super::event::{
     AttestationVerdict, AuditFinding, CheckpointRecord, ConfigChange, DeviceIdentity, DmaChains,
@@ -252,9 +253,12 @@ pub struct Unmapped {
     /// Peripheral Activity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peripheral: Option<PeripheralEvent>,
-    /// Memory Activity, descriptor chains.
+    /// Memory Activity, descriptor chains (older logs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dma_chains: Option<DmaChains>,
+    /// Memory Activity, descriptor chains packed (`batch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dma_batch: Option<PackedChains>,
     /// Memory Activity, interval counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dma_summary: Option<DmaSummary>,
@@ -399,6 +403,7 @@ impl Record {
             config: None,
             peripheral: None,
             dma_chains: None,
+            dma_batch: None,
             dma_summary: None,
             log: None,
             checkpoint: None,
@@ -527,6 +532,16 @@ impl Record {
                 r.size = Some(bytes);
                 u.dma_chains = Some(d);
             }
+            Event::DmaBatch(p) => {
+                (class, activity, activity_name) = (class::MEMORY_ACTIVITY, 99, "DMA Batch");
+                let (n, bytes) = (p.descriptors(), p.bytes());
+                r.message = format!("{n} DMAs in {} chains, {bytes} bytes", p.chains());
+                r.process = Some(writer_process(env, version));
+                r.actor = writer_actor(env, version);
+                r.count = Some(n);
+                r.size = Some(bytes);
+                u.dma_batch = Some(p);
+            }
             Event::DmaSummary(s) => {
                 (class, activity, activity_name) = (class::MEMORY_ACTIVITY, 99, "DMA Summary");
                 r.message = format!("{} DMAs, {} bytes", s.descriptors(), s.bytes());
@@ -613,6 +628,9 @@ impl Record {
         }
         if let Some(v) = &u.dma_chains {
             found.push(Event::Dma(v.clone()));
+        }
+        if let Some(v) = &u.dma_batch {
+            found.push(Event::DmaBatch(v.clone()));
         }
         if let Some(v) = &u.dma_summary {
             found.push(Event::DmaSummary(v.clone()));

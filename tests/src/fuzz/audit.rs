@@ -37,3 +37,28 @@ pub fn audit_log(data: &[u8]) {
         Options { live: false },
     );
 }
+
+/// Bytes as the packed chains of a DMA batch: refused with an error, or accepted and then
+/// exactly what packing its own chains gives back, with totals that match its expansion.
+pub fn dma_batch(data: &[u8]) {
+    use swiotlb_shared::audit::batch::{expand_packed, PackedChains};
+
+    let Ok(p) = PackedChains::from_bytes(data.to_vec()) else {
+        return;
+    };
+    let mut again = PackedChains::default();
+    for c in p.iter() {
+        let descs = c.descriptors().map(|d| (d.addr, d.len, d.writable));
+        again
+            .push_chain(c.queue, c.head, descs)
+            .expect("a parsed chain packs again");
+    }
+    assert_eq!(
+        again, p,
+        "accepted bytes are the packing of their own chains"
+    );
+    let dmas = expand_packed(&p, 0, 0);
+    assert_eq!(dmas.len() as u64, p.descriptors());
+    let bytes: u64 = dmas.iter().map(|d| u64::from(d.len)).sum();
+    assert_eq!(bytes, p.bytes());
+}

@@ -15,6 +15,7 @@
 //! | [`evidence::snp_report`], [`evidence::tdx_quote`] | attestation parsing and verification |
 //! | [`evidence::crl`], [`evidence::ear_jwt`] | revocation lists given to the verifier; EAR JWTs a relying party checks |
 //! | [`audit::audit_log`] | audit-log parsing and verification |
+//! | [`audit::dma_batch`] | the packed chains of a full-mode DMA batch record |
 
 pub mod audit;
 pub mod device;
@@ -37,7 +38,7 @@ pub const DISK_SIZE: u64 = 1 << 20;
 pub type Harness = fn(&[u8]);
 
 /// Every harness, by the name of its fuzz target.
-pub const HARNESSES: [(&str, Harness); 10] = [
+pub const HARNESSES: [(&str, Harness); 11] = [
     ("vfio_user_server", wire::server),
     ("vfio_user_client", wire::client),
     ("device_registers", device::registers),
@@ -48,6 +49,7 @@ pub const HARNESSES: [(&str, Harness); 10] = [
     ("crl", evidence::crl),
     ("ear_jwt", evidence::ear_jwt),
     ("audit_log", audit::audit_log),
+    ("dma_batch", audit::dma_batch),
 ];
 
 /// A virtio-blk function on an in-memory disk with the smallest pool; with `verifier`,

@@ -198,3 +198,31 @@ fn real_crls_and_jwts_reach_their_checks() {
         .unwrap();
     evidence::ear_jwt(jwt.as_bytes());
 }
+
+#[test]
+fn the_dma_batch_harness_takes_well_formed_packings_and_refuses_the_rest() {
+    use swiotlb_shared::audit::PackedChains;
+
+    let mut p = PackedChains::default();
+    p.push_chain(
+        0,
+        3,
+        [(0x80_0000_0000, 16, false), (0x80_0000_0800, 4096, true)],
+    )
+    .unwrap();
+    p.push_chain(1, 9, []).unwrap();
+    let good = p.as_bytes().to_vec();
+    assert!(PackedChains::from_bytes(good.clone()).is_ok());
+    audit::dma_batch(&good);
+    // One byte short, one byte over, a reserved flag: each refused, none a panic.
+    let mut flag = good.clone();
+    flag[20] = 2;
+    for bad in [
+        &good[..good.len() - 1],
+        &[good.as_slice(), &[0]].concat(),
+        &flag,
+    ] {
+        assert!(PackedChains::from_bytes(bad.to_vec()).is_err());
+        audit::dma_batch(bad);
+    }
+}

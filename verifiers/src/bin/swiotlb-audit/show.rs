@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::ValueEnum;
 use swiotlb_shared::audit::ocsf::class;
-use swiotlb_shared::audit::{Event, Record};
+use swiotlb_shared::audit::{expand_dma_record, Record};
 use swiotlb_shared::time::format_rfc3339_ms as format_time;
 use thiserror::Error;
 
@@ -20,7 +20,7 @@ pub enum ShowClass {
     Finding,
     /// Device Config State Change and Peripheral Activity.
     Config,
-    /// Memory Activity: DMA chains (full mode) and summaries.
+    /// Memory Activity: DMA batches and chains (full mode) and summaries.
     Dma,
     /// Event Log Activity: lifecycle and checkpoints.
     Log,
@@ -58,28 +58,16 @@ pub fn parse_time(s: &str) -> Result<u64, TimeError> {
     swiotlb_shared::time::parse_rfc3339_ms(s).ok_or_else(|| TimeError::NotATime(s.to_string()))
 }
 
-/// Under a DMA chains record, one line per chain: its descriptors in order, each as
-/// `addr+len` and `r` (device-readable) or `w` (device-writable).
-fn show_dma_chains(out: &mut impl Write, r: &Record) -> io::Result<()> {
-    let Some(Event::Dma(d)) = r.event() else {
-        return Ok(());
-    };
-    for c in &d.chains {
-        let descs: Vec<String> = c
-            .descriptors
-            .iter()
-            .map(|x| {
-                let dir = if x.writable { 'w' } else { 'r' };
-                format!("{:#x}+{} {dir}", x.addr, x.len)
-            })
-            .collect();
+/// Under a full-mode record (a DMA batch, or the DMA chains of older logs), one line per
+/// DMA, in the order the device checked them: its chain's queue and head, its index in the
+/// chain, `addr+len`, and `r` (device-readable) or `w` (device-writable).
+fn show_dmas(out: &mut impl Write, r: &Record) -> io::Result<()> {
+    for d in expand_dma_record(r).unwrap_or_default() {
+        let dir = if d.writable { 'w' } else { 'r' };
         writeln!(
             out,
-            "{:>8}   queue {} head {}: {}",
-            "",
-            c.queue,
-            c.head,
-            descs.join(", ")
+            "{:>8}   queue {} head {} desc {}: {:#x}+{} {dir}",
+            "", d.queue, d.head, d.index, d.addr, d.len
         )?;
     }
     Ok(())
@@ -114,7 +102,7 @@ pub fn run(
                     r.severity,
                     r.message
                 )
-                .and_then(|()| show_dma_chains(&mut out, r))
+                .and_then(|()| show_dmas(&mut out, r))
             };
         },
         |p, t| {

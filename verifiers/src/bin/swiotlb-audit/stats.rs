@@ -53,10 +53,16 @@ pub fn run(logs: &[PathBuf], as_json: bool) -> Result<(), ToolError> {
                     }
                 }
                 Some(Event::Dma(x)) => {
-                    // Descriptors recorded one by one (full mode), per queue.
+                    // Descriptors recorded one by one (full mode, older logs), per queue.
                     for c in &x.chains {
                         d.queues.entry(Some(c.queue)).or_default().dma_records +=
                             c.descriptors.len() as u64;
+                    }
+                }
+                Some(Event::DmaBatch(x)) => {
+                    // Descriptors recorded one by one (full mode), per queue.
+                    for c in x.iter() {
+                        d.queues.entry(Some(c.queue)).or_default().dma_records += c.len() as u64;
                     }
                 }
                 Some(Event::Finding(f)) => {

@@ -2,16 +2,15 @@
 //! writer writes, each carrying where it was proven (`unmapped.proof`).
 //!
 //! [`ocsf_records`] is the one place where a stored record becomes the records a SIEM
-//! receives. A record that holds many DMAs (the DMA chains record of full mode, or any
-//! compact batch form) is expanded here, and only here, into one Memory Activity record per
-//! DMA: add its event to the match in [`ocsf_records`] and give it an expansion like
-//! [`dma_chains`].
+//! receives. A record that holds many DMAs (full mode's DMA batch record, or the DMA chains
+//! record of older logs) is expanded here, and only here, into one Memory Activity record
+//! per DMA ([`per_dma`]), from the DMAs `swiotlb_shared::audit::expand_dma_record` gives.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use swiotlb_shared::audit::ocsf::OcsfVersion;
-use swiotlb_shared::audit::{Checkpoint, DmaChains, Event, Record};
+use swiotlb_shared::audit::{expand_dma_record, Checkpoint, DmaEvent, Event, Record};
 use thiserror::Error;
 
 /// Errors of the mapping of a record to OCSF.
@@ -83,61 +82,62 @@ pub fn ocsf_records(
     };
     unmapped.insert("proof".into(), proof.to_json(from));
     match (upgraded.event(), dma) {
-        (Some(Event::Dma(chains)), DmaRecords::PerDma) => Ok(dma_chains(&base, &chains)),
+        (Some(Event::Dma(_) | Event::DmaBatch(_)), DmaRecords::PerDma) => {
+            let dmas = expand_dma_record(&upgraded).ok_or(RecordsError::NoEvent(index))?;
+            Ok(per_dma(&base, &dmas))
+        }
         (Some(_), _) => Ok(vec![base]),
         (None, _) => Err(RecordsError::NoEvent(index)),
     }
 }
 
-/// One Memory Activity record per descriptor of a DMA chains record `base` (already in
-/// OCSF form): activity Read (7) for a device-readable descriptor, which the device reads
-/// from the pool, Write (8) for a device-writable one; `base_address` and `size` the
-/// descriptor's; `unmapped.dma` the descriptor with its queue, chain head and position,
-/// in place of the chains. `unmapped.proof.part` numbers them within the record.
-fn dma_chains(base: &Value, chains: &DmaChains) -> Vec<Value> {
-    let total = chains.descriptors();
-    let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-    let mut part = 0u64;
-    for chain in &chains.chains {
-        for (position, d) in chain.descriptors.iter().enumerate() {
-            part += 1;
-            let (id, name) = if d.writable {
-                (8, "Write")
-            } else {
-                (7, "Read")
-            };
-            let mut r = base.clone();
-            r["activity_id"] = id.into();
-            r["activity_name"] = name.into();
-            r["type_uid"] = (1004u64 * 100 + id).into();
-            r["type_name"] = format!("Memory Activity: {name}").into();
-            r["message"] = format!(
-                "DMA {} {:#x}+{} (queue {}, chain {})",
-                if d.writable { "write" } else { "read" },
-                d.addr,
-                d.len,
-                chain.queue,
-                chain.head
-            )
-            .into();
-            r["base_address"] = format!("{:#x}", d.addr).into();
-            r["size"] = u64::from(d.len).into();
-            r["count"] = 1.into();
-            if let Some(u) = r["unmapped"].as_object_mut() {
-                u.remove("dma_chains");
-                u.insert(
-                    "dma".into(),
-                    json!({"queue": chain.queue, "head": chain.head, "position": position,
-                           "addr": format!("{:#x}", d.addr), "len": d.len,
-                           "writable": d.writable}),
-                );
-                if let Some(p) = u.get_mut("proof") {
-                    p["part"] = part.into();
-                    p["parts"] = total.into();
-                }
+/// One Memory Activity record per DMA of a record `base` (already in OCSF form) that holds
+/// `dmas`: activity Read (7) for a device-readable descriptor, which the device reads from
+/// the pool, Write (8) for a device-writable one; `base_address` and `size` the
+/// descriptor's; `unmapped.dma` the descriptor with its queue, chain head and position, in
+/// place of the packed or listed chains. `unmapped.proof.part` numbers them within the
+/// record.
+fn per_dma(base: &Value, dmas: &[DmaEvent]) -> Vec<Value> {
+    let total = dmas.len() as u64;
+    let mut out = Vec::with_capacity(dmas.len());
+    for (part, d) in (1u64..).zip(dmas) {
+        let (id, name) = if d.writable {
+            (8, "Write")
+        } else {
+            (7, "Read")
+        };
+        let mut r = base.clone();
+        r["activity_id"] = id.into();
+        r["activity_name"] = name.into();
+        r["type_uid"] = (1004u64 * 100 + id).into();
+        r["type_name"] = format!("Memory Activity: {name}").into();
+        r["message"] = format!(
+            "DMA {} {:#x}+{} (queue {}, chain {})",
+            if d.writable { "write" } else { "read" },
+            d.addr,
+            d.len,
+            d.queue,
+            d.head
+        )
+        .into();
+        r["base_address"] = format!("{:#x}", d.addr).into();
+        r["size"] = u64::from(d.len).into();
+        r["count"] = 1.into();
+        if let Some(u) = r["unmapped"].as_object_mut() {
+            u.remove("dma_chains");
+            u.remove("dma_batch");
+            u.insert(
+                "dma".into(),
+                json!({"queue": d.queue, "head": d.head, "position": d.index,
+                       "addr": format!("{:#x}", d.addr), "len": d.len,
+                       "writable": d.writable}),
+            );
+            if let Some(p) = u.get_mut("proof") {
+                p["part"] = part.into();
+                p["parts"] = total.into();
             }
-            out.push(r);
         }
+        out.push(r);
     }
     out
 }

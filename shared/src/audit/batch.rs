@@ -1,0 +1,832 @@
+//! Full mode's DMA batch: every descriptor of the chains the device checked, packed into a
+//! compact binary form ([`PackedChains`]) that one record carries as base64
+//! (`unmapped.dma_batch`), and its expansion back into one event per DMA
+//! ([`expand_dma_record`]).
+//!
+//! Why binary: written as JSON objects, a chain of three descriptors is ~180 bytes that the
+//! writer formats and hashes, about a microsecond of the writer's time per chain, which at
+//! line rate is half a CPU (BENCHMARKS.md). Packed, the same chain is 47 bytes, 64 in base64,
+//! appended by the device as it checks the chain and hashed once, as part of its line.
+//!
+//! The packed form, little-endian, one entry per chain in the order the device checked them
+//! (documented in `docs/audit-schema.md`, "DMA batch"):
+//!
+//! ```text
+//! chain:      queue u16 | head u16 | n u32 | n descriptors
+//! descriptor: addr u64 | len u32 | flags u8   (flags bit 0: device-writable; bits 1-7 zero)
+//! ```
+//!
+//! Parsing is strict: every chain whole, no byte after the last one, the reserved flag bits
+//! zero, at least one chain. A [`PackedChains`] is valid by construction, so expanding one
+//! cannot fail.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::de::Error as _;
+use serde::ser::SerializeStruct as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thiserror::Error;
+
+use super::event::{DmaChains, Envelope, Event};
+use super::ocsf::Record;
+
+/// `unmapped.dma_batch.format`: the packed form above. Any other value does not parse.
+pub const BATCH_FORMAT: &str = "chains-le/1";
+/// Bytes of a chain's header: queue, head, descriptor count.
+pub const CHAIN_HEADER_BYTES: usize = 8;
+/// Bytes of one packed descriptor: address, length, flags.
+pub const DESCRIPTOR_BYTES: usize = 13;
+/// Flag bit of a device-writable descriptor (device to driver).
+pub const FLAG_WRITABLE: u8 = 1;
+
+/// Errors of the packed form.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum BatchError {
+    /// A batch without a chain: the writer never records one.
+    #[error("a DMA batch holds no chain")]
+    Empty,
+    /// The bytes end inside a chain.
+    #[error("chain {chain} at byte {offset}: {needed} bytes needed, {left} left")]
+    Truncated {
+        /// Index of the chain in the batch.
+        chain: u64,
+        /// Where the chain starts.
+        offset: usize,
+        /// Bytes the chain needs (its header, or its header and descriptors).
+        needed: u64,
+        /// Bytes left from `offset`.
+        left: usize,
+    },
+    /// A descriptor's reserved flag bits are set.
+    #[error("chain {chain}, descriptor {index}: reserved flag bits set ({flags:#04x})")]
+    ReservedFlags {
+        /// Index of the chain in the batch.
+        chain: u64,
+        /// Index of the descriptor in its chain.
+        index: u32,
+        /// The flags byte.
+        flags: u8,
+    },
+    /// A chain of more descriptors than the count field holds.
+    #[error("a chain of more than {} descriptors cannot be packed", u32::MAX)]
+    ChainTooLong,
+    /// The record's `format` is not [`BATCH_FORMAT`].
+    #[error("unknown DMA batch format {0:?} (expected {BATCH_FORMAT:?})")]
+    UnknownFormat(String),
+    /// `data_b64` is not standard padded base64.
+    #[error("DMA batch data is not standard padded base64")]
+    Base64,
+    /// The record's `chains` disagrees with the chains in its data.
+    #[error("DMA batch says {stated} chains, its data holds {found}")]
+    ChainCount {
+        /// The `chains` field.
+        stated: u64,
+        /// Chains in `data_b64`.
+        found: u64,
+    },
+}
+
+/// Chains packed in the binary form above, with their totals: valid by construction (built
+/// with [`push_chain`](Self::push_chain), or checked by [`from_bytes`](Self::from_bytes)).
+/// An empty one is only a builder's start; a record never holds one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PackedChains {
+    data: Vec<u8>,
+    chains: u64,
+    descriptors: u64,
+    bytes: u64,
+}
+
+/// One chain of a [`PackedChains`], borrowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackedChain<'a> {
+    /// Queue index.
+    pub queue: u16,
+    /// The chain's head descriptor index.
+    pub head: u16,
+    /// Its packed descriptors (`DESCRIPTOR_BYTES` each, already checked).
+    descs: &'a [u8],
+}
+
+/// One descriptor of a packed chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackedDescriptor {
+    /// Bus address.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u32,
+    /// Device-writable (device to driver); `false`: device-readable.
+    pub writable: bool,
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+impl<'a> PackedChain<'a> {
+    /// Descriptors in the chain.
+    pub fn len(&self) -> usize {
+        self.descs.len() / DESCRIPTOR_BYTES
+    }
+
+    /// Whether the chain has no descriptor.
+    pub fn is_empty(&self) -> bool {
+        self.descs.is_empty()
+    }
+
+    /// Its descriptors, in chain order.
+    pub fn descriptors(&self) -> impl ExactSizeIterator<Item = PackedDescriptor> + 'a {
+        // Every slice indexed below is a whole DESCRIPTOR_BYTES chunk.
+        self.descs
+            .chunks_exact(DESCRIPTOR_BYTES)
+            .map(|d| PackedDescriptor {
+                addr: u64_at(d, 0),
+                len: u32_at(d, 8),
+                writable: d[12] & FLAG_WRITABLE != 0,
+            })
+    }
+}
+
+/// The chains of checked bytes, in order.
+struct Chains<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Iterator for Chains<'a> {
+    type Item = PackedChain<'a>;
+
+    fn next(&mut self) -> Option<PackedChain<'a>> {
+        let rest = self.data.get(self.at..)?;
+        if rest.len() < CHAIN_HEADER_BYTES {
+            return None;
+        }
+        // The bytes were checked whole (`check`), so the chain's descriptors are there; a
+        // short slice would end the walk rather than panic.
+        let end = (u32_at(rest, 4) as usize)
+            .checked_mul(DESCRIPTOR_BYTES)?
+            .checked_add(CHAIN_HEADER_BYTES)?;
+        let descs = rest.get(CHAIN_HEADER_BYTES..end)?;
+        self.at += end;
+        Some(PackedChain {
+            queue: u16_at(rest, 0),
+            head: u16_at(rest, 2),
+            descs,
+        })
+    }
+}
+
+impl PackedChains {
+    /// An empty batch to pack chains into, with room for `bytes` of packed data.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            data: Vec::with_capacity(bytes),
+            ..Self::default()
+        }
+    }
+
+    /// Packs the chain at `head` on `queue`: every descriptor `(addr, len, writable)` in
+    /// chain order. The device's per-chain hot path in full mode: no allocation beyond the
+    /// batch's own growth. A chain of more than `u32::MAX` descriptors is refused and leaves
+    /// the batch as it was.
+    #[inline]
+    pub fn push_chain<I>(&mut self, queue: u16, head: u16, descriptors: I) -> Result<(), BatchError>
+    where
+        I: IntoIterator<Item = (u64, u32, bool)>,
+    {
+        let descriptors = descriptors.into_iter();
+        let start = self.data.len();
+        self.data.reserve(
+            CHAIN_HEADER_BYTES + descriptors.size_hint().0.saturating_mul(DESCRIPTOR_BYTES),
+        );
+        let mut header = [0u8; CHAIN_HEADER_BYTES];
+        header[0..2].copy_from_slice(&queue.to_le_bytes());
+        header[2..4].copy_from_slice(&head.to_le_bytes());
+        self.data.extend_from_slice(&header);
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for (addr, len, writable) in descriptors {
+            let mut d = [0u8; DESCRIPTOR_BYTES];
+            d[0..8].copy_from_slice(&addr.to_le_bytes());
+            d[8..12].copy_from_slice(&len.to_le_bytes());
+            d[12] = if writable { FLAG_WRITABLE } else { 0 };
+            self.data.extend_from_slice(&d);
+            n += 1;
+            bytes += u64::from(len);
+        }
+        let Ok(count) = u32::try_from(n) else {
+            self.data.truncate(start);
+            return Err(BatchError::ChainTooLong);
+        };
+        self.data[start + 4..start + 8].copy_from_slice(&count.to_le_bytes());
+        self.chains += 1;
+        self.descriptors += n;
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    /// Appends the chains of `other` after these.
+    pub fn append(&mut self, other: &PackedChains) {
+        self.data.extend_from_slice(&other.data);
+        self.chains += other.chains;
+        self.descriptors += other.descriptors;
+        self.bytes += other.bytes;
+    }
+
+    /// Removes and returns the longest run of whole chains from the front whose packed data
+    /// fits in `max_bytes`, and at least one chain (a chain is never split, so one longer
+    /// chain comes out alone). Takes everything when it all fits.
+    pub fn split_front(&mut self, max_bytes: usize) -> PackedChains {
+        if self.data.len() <= max_bytes {
+            return std::mem::take(self);
+        }
+        let mut front = PackedChains::default();
+        let mut end = 0;
+        for c in self.iter() {
+            let size = CHAIN_HEADER_BYTES + c.descs.len();
+            if front.chains != 0 && end + size > max_bytes {
+                break;
+            }
+            end += size;
+            front.chains += 1;
+            front.descriptors += c.len() as u64;
+            front.bytes += c.descriptors().map(|d| u64::from(d.len)).sum::<u64>();
+        }
+        let rest = self.data.split_off(end);
+        front.data = std::mem::replace(&mut self.data, rest);
+        self.chains -= front.chains;
+        self.descriptors -= front.descriptors;
+        self.bytes -= front.bytes;
+        front
+    }
+
+    /// Checks packed bytes (as read from a record) and takes them.
+    pub fn from_bytes(data: Vec<u8>) -> Result<Self, BatchError> {
+        let (chains, descriptors, bytes) = check(&data)?;
+        Ok(Self {
+            data,
+            chains,
+            descriptors,
+            bytes,
+        })
+    }
+
+    /// The packed bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Chains in the batch.
+    pub fn chains(&self) -> u64 {
+        self.chains
+    }
+
+    /// Descriptors of every chain.
+    pub fn descriptors(&self) -> u64 {
+        self.descriptors
+    }
+
+    /// Bytes of every descriptor.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Whether no chain is packed yet.
+    pub fn is_empty(&self) -> bool {
+        self.chains == 0
+    }
+
+    /// Size of the packed data.
+    pub fn packed_len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The chains, in the order the device checked them.
+    pub fn iter(&self) -> impl Iterator<Item = PackedChain<'_>> {
+        Chains {
+            data: &self.data,
+            at: 0,
+        }
+    }
+}
+
+/// Walks packed bytes: (chains, descriptors, bytes), or the first defect.
+fn check(data: &[u8]) -> Result<(u64, u64, u64), BatchError> {
+    let (mut at, mut chains, mut descriptors, mut bytes) = (0usize, 0u64, 0u64, 0u64);
+    while at < data.len() {
+        let rest = &data[at..];
+        let truncated = |needed: u64| BatchError::Truncated {
+            chain: chains,
+            offset: at,
+            needed,
+            left: rest.len(),
+        };
+        if rest.len() < CHAIN_HEADER_BYTES {
+            return Err(truncated(CHAIN_HEADER_BYTES as u64));
+        }
+        let n = u32_at(rest, 4);
+        // At most 8 + (2^32 - 1) * 13 bytes: no overflow in u64.
+        let needed = CHAIN_HEADER_BYTES as u64 + u64::from(n) * DESCRIPTOR_BYTES as u64;
+        let Some(chain) = usize::try_from(needed).ok().and_then(|e| rest.get(..e)) else {
+            return Err(truncated(needed));
+        };
+        for (i, d) in chain[CHAIN_HEADER_BYTES..]
+            .chunks_exact(DESCRIPTOR_BYTES)
+            .enumerate()
+        {
+            let flags = d[12];
+            if flags & !FLAG_WRITABLE != 0 {
+                return Err(BatchError::ReservedFlags {
+                    chain: chains,
+                    index: i as u32,
+                    flags,
+                });
+            }
+            bytes += u64::from(u32_at(d, 8));
+        }
+        descriptors += u64::from(n);
+        chains += 1;
+        at += chain.len();
+    }
+    if chains == 0 {
+        return Err(BatchError::Empty);
+    }
+    Ok((chains, descriptors, bytes))
+}
+
+/// As the record carries it: `{"format", "chains", "data_b64"}`.
+impl Serialize for PackedChains {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("PackedChains", 3)?;
+        st.serialize_field("format", BATCH_FORMAT)?;
+        st.serialize_field("chains", &self.chains)?;
+        st.serialize_field("data_b64", &B64.encode(&self.data))?;
+        st.end()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    format: String,
+    chains: u64,
+    data_b64: String,
+}
+
+/// Strictly: the known format, canonical base64, whole chains, the stated chain count.
+impl<'de> Deserialize<'de> for PackedChains {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = Wire::deserialize(d)?;
+        PackedChains::from_wire(w).map_err(D::Error::custom)
+    }
+}
+
+impl PackedChains {
+    fn from_wire(w: Wire) -> Result<Self, BatchError> {
+        if w.format != BATCH_FORMAT {
+            return Err(BatchError::UnknownFormat(w.format));
+        }
+        let data = B64.decode(&w.data_b64).map_err(|_| BatchError::Base64)?;
+        let p = Self::from_bytes(data)?;
+        if p.chains != w.chains {
+            return Err(BatchError::ChainCount {
+                stated: w.chains,
+                found: p.chains,
+            });
+        }
+        Ok(p)
+    }
+}
+
+/// The line of the DMA batch record of `batch` in `env`: byte for byte
+/// `Record::build(env, Event::DmaBatch(batch)).to_line()`, but the base64 of the packed data
+/// is put in place rather than passed through the JSON serializer, which would scan it
+/// byte by byte for characters to escape (base64 has none): that scan was the largest single
+/// cost of writing a batch, a fifth of the writer's time.
+pub fn batch_line(env: &Envelope, batch: &PackedChains) -> String {
+    // The record of a batch with the same totals and no data: `"data_b64":""` appears once,
+    // as the key of that field (inside a JSON string every quote is escaped, so the sequence
+    // cannot occur in another value).
+    let shell = PackedChains {
+        data: Vec::new(),
+        ..*batch
+    };
+    let line = Record::build(env, Event::DmaBatch(shell)).to_line();
+    const EMPTY: &str = r#""data_b64":"""#;
+    let Some(at) = line.find(EMPTY) else {
+        return Record::build(env, Event::DmaBatch(batch.clone())).to_line();
+    };
+    let at = at + EMPTY.len() - 1;
+    let mut out = String::with_capacity(line.len() + batch.data.len().div_ceil(3) * 4);
+    out.push_str(&line[..at]);
+    B64.encode_string(&batch.data, &mut out);
+    out.push_str(&line[at..]);
+    out
+}
+
+/// One DMA: one descriptor of one chain the device checked and used, as a full-mode record
+/// holds it, with where it is in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaEvent {
+    /// The record's leaf index (`metadata.sequence`).
+    pub sequence: u64,
+    /// The record's time (when it was written), ms since the epoch.
+    pub time: u64,
+    /// Index of the chain within the record, from 0.
+    pub chain: u64,
+    /// Index of the descriptor within its chain, from 0.
+    pub index: u32,
+    /// Queue index.
+    pub queue: u16,
+    /// The chain's head descriptor index.
+    pub head: u16,
+    /// Bus address.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u32,
+    /// Device-writable (device to driver: the device wrote `len` bytes at `addr`);
+    /// `false`: device-readable (the device read them).
+    pub writable: bool,
+}
+
+/// The DMAs of one full-mode record, one event per descriptor, in the order the device
+/// checked them: a DMA batch record (`unmapped.dma_batch`) or a DMA chains record of older
+/// logs (`unmapped.dma_chains`). `None` for a record of any other event. Cannot fail: a
+/// parsed record's batch was checked whole.
+pub fn expand_dma_record(record: &Record) -> Option<Vec<DmaEvent>> {
+    let (sequence, time) = (record.sequence(), record.time);
+    match record.event()? {
+        Event::DmaBatch(p) => Some(expand_packed(&p, sequence, time)),
+        Event::Dma(d) => Some(expand_chains(&d, sequence, time)),
+        _ => None,
+    }
+}
+
+/// The DMAs of a packed batch, stamped with its record's `sequence` and `time`.
+pub fn expand_packed(p: &PackedChains, sequence: u64, time: u64) -> Vec<DmaEvent> {
+    let mut out = Vec::with_capacity(usize::try_from(p.descriptors()).unwrap_or(0));
+    for (chain, c) in p.iter().enumerate() {
+        for (index, d) in c.descriptors().enumerate() {
+            out.push(DmaEvent {
+                sequence,
+                time,
+                chain: chain as u64,
+                index: index as u32,
+                queue: c.queue,
+                head: c.head,
+                addr: d.addr,
+                len: d.len,
+                writable: d.writable,
+            });
+        }
+    }
+    out
+}
+
+/// The DMAs of an older DMA chains record, stamped with its record's `sequence` and `time`.
+pub fn expand_chains(d: &DmaChains, sequence: u64, time: u64) -> Vec<DmaEvent> {
+    let mut out = Vec::new();
+    for (chain, c) in d.chains.iter().enumerate() {
+        for (index, x) in c.descriptors.iter().enumerate() {
+            out.push(DmaEvent {
+                sequence,
+                time,
+                chain: chain as u64,
+                index: index as u32,
+                queue: c.queue,
+                head: c.head,
+                addr: x.addr,
+                len: x.len,
+                writable: x.writable,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Chain = (u16, u16, Vec<(u64, u32, bool)>);
+
+    fn sample() -> Vec<Chain> {
+        vec![
+            (
+                0,
+                3,
+                vec![
+                    (0x80_0010_0000, 16, false),
+                    (0x80_0010_0800, 4096, true),
+                    (0x80_0010_0010, 1, true),
+                ],
+            ),
+            (1, 65535, vec![(u64::MAX, u32::MAX, false)]),
+            (7, 0, vec![]),
+        ]
+    }
+
+    fn pack(chains: &[Chain]) -> PackedChains {
+        let mut p = PackedChains::default();
+        for (q, h, d) in chains {
+            p.push_chain(*q, *h, d.iter().copied()).unwrap();
+        }
+        p
+    }
+
+    fn unpack(p: &PackedChains) -> Vec<Chain> {
+        p.iter()
+            .map(|c| {
+                let d = c
+                    .descriptors()
+                    .map(|d| (d.addr, d.len, d.writable))
+                    .collect();
+                (c.queue, c.head, d)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chains_pack_to_the_documented_bytes() {
+        let mut p = PackedChains::default();
+        p.push_chain(2, 0x0102, [(0x1122_3344_5566_7788, 0x0a0b_0c0d, true)])
+            .unwrap();
+        assert_eq!(
+            p.as_bytes(),
+            [
+                2, 0, 2, 1, 1, 0, 0, 0, // queue 2, head 0x102, one descriptor
+                0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, // addr
+                0x0d, 0x0c, 0x0b, 0x0a, // len
+                1,    // writable
+            ]
+        );
+        assert_eq!(
+            (p.chains(), p.descriptors(), p.bytes()),
+            (1, 1, 0x0a0b_0c0d)
+        );
+    }
+
+    #[test]
+    fn packed_chains_read_back_exactly_with_their_totals() {
+        let p = pack(&sample());
+        assert_eq!(unpack(&p), sample());
+        assert_eq!(p.chains(), 3);
+        assert_eq!(p.descriptors(), 4);
+        assert_eq!(p.bytes(), 16 + 4096 + 1 + u64::from(u32::MAX));
+        let q = PackedChains::from_bytes(p.as_bytes().to_vec()).unwrap();
+        assert_eq!(q, p);
+    }
+
+    #[test]
+    fn appended_batches_are_one_batch_in_order() {
+        let s = sample();
+        let (mut a, b) = (pack(&s[..1]), pack(&s[1..]));
+        a.append(&b);
+        assert_eq!(a, pack(&s));
+    }
+
+    #[test]
+    fn split_front_takes_whole_chains_up_to_the_limit() {
+        let chains: Vec<Chain> = (0..10u16)
+            .map(|i| (0, i, vec![(u64::from(i) << 12, 512, i % 2 == 1); 3]))
+            .collect();
+        let mut p = pack(&chains);
+        let per_chain = CHAIN_HEADER_BYTES + 3 * DESCRIPTOR_BYTES;
+        let front = p.split_front(4 * per_chain + per_chain - 1);
+        assert_eq!(unpack(&front), chains[..4]);
+        assert_eq!(unpack(&p), chains[4..]);
+        assert_eq!(front.descriptors() + p.descriptors(), 30);
+        assert_eq!(front.bytes() + p.bytes(), 30 * 512);
+        // A limit smaller than one chain still takes one.
+        let one = p.split_front(1);
+        assert_eq!(unpack(&one), chains[4..5]);
+        // Everything when it fits.
+        let rest = p.split_front(usize::MAX);
+        assert_eq!(unpack(&rest), chains[5..]);
+        assert!(p.is_empty());
+        assert_eq!(p.packed_len(), 0);
+    }
+
+    #[test]
+    fn malformed_bytes_are_refused_with_what_is_wrong() {
+        let good = pack(&sample()).as_bytes().to_vec();
+        assert_eq!(PackedChains::from_bytes(Vec::new()), Err(BatchError::Empty));
+        // Cut inside the first chain's descriptors, and inside the second's header.
+        assert!(matches!(
+            PackedChains::from_bytes(good[..20].to_vec()),
+            Err(BatchError::Truncated {
+                chain: 0,
+                offset: 0,
+                needed: 47,
+                left: 20
+            })
+        ));
+        assert!(matches!(
+            PackedChains::from_bytes(good[..50].to_vec()),
+            Err(BatchError::Truncated {
+                chain: 1,
+                offset: 47,
+                needed: 8,
+                left: 3
+            })
+        ));
+        // A count far past the end allocates nothing and is refused.
+        let mut huge = good.clone();
+        huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            PackedChains::from_bytes(huge),
+            Err(BatchError::Truncated { chain: 0, .. })
+        ));
+        let mut flags = good.clone();
+        flags[CHAIN_HEADER_BYTES + DESCRIPTOR_BYTES - 1] = 0x81;
+        assert_eq!(
+            PackedChains::from_bytes(flags),
+            Err(BatchError::ReservedFlags {
+                chain: 0,
+                index: 0,
+                flags: 0x81
+            })
+        );
+        let mut trailing = good;
+        trailing.push(0);
+        assert!(matches!(
+            PackedChains::from_bytes(trailing),
+            Err(BatchError::Truncated { chain: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn the_json_form_is_strict() {
+        let p = pack(&sample());
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.starts_with(r#"{"format":"chains-le/1","chains":3,"data_b64":""#));
+        assert_eq!(serde_json::from_str::<PackedChains>(&json).unwrap(), p);
+        let err = |s: &str| {
+            serde_json::from_str::<PackedChains>(s)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(&json.replace("chains-le/1", "chains-le/2"));
+        assert!(
+            e.contains("unknown DMA batch format \"chains-le/2\""),
+            "{e}"
+        );
+        let e = err(&json.replace("\"chains\":3", "\"chains\":2"));
+        assert!(e.contains("says 2 chains, its data holds 3"), "{e}");
+        let e = err(&json.replace("\"data_b64\":\"", "\"data_b64\":\"*"));
+        assert!(e.contains("base64"), "{e}");
+        assert!(err(&json.replace("{", "{\"extra\":1,")).contains("unknown field"));
+        // Non-canonical base64 (trailing bits set) is a second spelling: refused.
+        let mut one = PackedChains::default();
+        one.push_chain(0, 0, []).unwrap();
+        let canonical = B64.encode(one.as_bytes());
+        assert_eq!(canonical, "AAAAAAAAAAA=");
+        let e = err(r#"{"format":"chains-le/1","chains":1,"data_b64":"AAAAAAAAAAB="}"#);
+        assert!(e.contains("base64"), "{e}");
+    }
+
+    #[test]
+    fn a_packed_batch_expands_to_one_event_per_descriptor_in_order() {
+        let p = pack(&sample());
+        let e = expand_packed(&p, 42, 1_700_000_000_000);
+        assert_eq!(e.len(), 4);
+        assert_eq!(
+            e[1],
+            DmaEvent {
+                sequence: 42,
+                time: 1_700_000_000_000,
+                chain: 0,
+                index: 1,
+                queue: 0,
+                head: 3,
+                addr: 0x80_0010_0800,
+                len: 4096,
+                writable: true,
+            }
+        );
+        assert_eq!((e[3].chain, e[3].index, e[3].head), (1, 0, 65535));
+    }
+
+    fn env(sequence: u64) -> crate::audit::Envelope {
+        crate::audit::Envelope {
+            sequence,
+            time: 1_700_000_000_123,
+            device: crate::audit::DeviceIdentity {
+                uid: "dev0".into(),
+                name: "virtio-blk swiotlb".into(),
+            },
+            pid: 4242,
+            uid: Some(0),
+            product_version: "0.1.0".into(),
+            transcript: [0; 32],
+            prev_leaf: [0xab; 32],
+        }
+    }
+
+    #[test]
+    fn a_batch_record_parses_back_and_expands_to_the_dmas_packed() {
+        let chains = sample();
+        let r = Record::build(&env(9), Event::DmaBatch(pack(&chains)));
+        assert_eq!((r.class_uid, r.activity_id, r.type_uid), (1004, 99, 100499));
+        assert_eq!(r.activity_name, "DMA Batch");
+        let line = r.to_line();
+        let p = Record::parse(line.as_bytes()).unwrap();
+        assert_eq!(p, r);
+        let dmas = expand_dma_record(&p).unwrap();
+        let expected: Vec<DmaEvent> = chains
+            .iter()
+            .enumerate()
+            .flat_map(|(c, (q, h, d))| {
+                d.iter().enumerate().map(move |(i, x)| DmaEvent {
+                    sequence: 9,
+                    time: r.time,
+                    chain: c as u64,
+                    index: i as u32,
+                    queue: *q,
+                    head: *h,
+                    addr: x.0,
+                    len: x.1,
+                    writable: x.2,
+                })
+            })
+            .collect();
+        assert_eq!(dmas, expected);
+        // Any other record expands to nothing.
+        let summary = Record::build(
+            &env(1),
+            Event::DmaSummary(crate::audit::DmaSummary {
+                interval_start: 1,
+                interval_end: 2,
+                queues: vec![],
+            }),
+        );
+        assert_eq!(expand_dma_record(&summary), None);
+    }
+
+    #[test]
+    fn batch_line_is_the_record_line_byte_for_byte() {
+        let mut big = PackedChains::default();
+        for i in 0..700u16 {
+            let at = 0x80_0010_0000 + u64::from(i) * 0x1800;
+            big.push_chain(
+                i % 3,
+                i,
+                [
+                    (at, 16, false),
+                    (at + 0x800, 4096, true),
+                    (at + 16, 1, true),
+                ],
+            )
+            .unwrap();
+        }
+        for (i, p) in [pack(&sample()), pack(&sample()[2..]), big]
+            .into_iter()
+            .enumerate()
+        {
+            let e = env(i as u64);
+            let line = batch_line(&e, &p);
+            assert_eq!(
+                line,
+                Record::build(&e, Event::DmaBatch(p.clone())).to_line()
+            );
+            assert_eq!(
+                Record::parse(line.as_bytes()).unwrap().event(),
+                Some(Event::DmaBatch(p))
+            );
+        }
+    }
+
+    #[test]
+    fn a_batch_record_whose_totals_or_data_were_changed_does_not_parse() {
+        let line = Record::build(&env(5), Event::DmaBatch(pack(&sample()))).to_line();
+        let data = B64.encode(pack(&sample()).as_bytes());
+        // The same chains with one length changed: well-formed, but the totals disagree.
+        let mut other = sample();
+        other[0].2[1].1 = 4095;
+        let changed = B64.encode(pack(&other).as_bytes());
+        for (from, to) in [
+            ("\"count\":4", "\"count\":3"),
+            ("\"size\":4294971408", "\"size\":4294971409"),
+            ("4 DMAs in 3 chains", "4 DMAs in 2 chains"),
+            (
+                "\"activity_name\":\"DMA Batch\"",
+                "\"activity_name\":\"DMA Chains\"",
+            ),
+            (data.as_str(), changed.as_str()),
+            ("\"chains\":3", "\"chains\":4"),
+        ] {
+            assert!(line.contains(from), "{from}");
+            let bad = line.replacen(from, to, 1);
+            assert!(Record::parse(bad.as_bytes()).is_err(), "{to}");
+        }
+    }
+}
