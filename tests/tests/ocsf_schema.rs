@@ -41,7 +41,7 @@ fn every_record_of_a_real_device_log_is_valid_ocsf_of_the_version_it_names() {
     let records = json_lines(&files);
     let kinds: BTreeSet<(u64, String)> = records.iter().map(kind).collect();
     for (class, activity) in [
-        (1004, "DMA Chains"),
+        (1004, "DMA Batch"),
         (1004, "DMA Summary"),
         (1008, "Start"),
         (1008, "Rotate"),

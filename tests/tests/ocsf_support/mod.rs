@@ -284,12 +284,12 @@ impl Device {
 }
 
 /// Chains in one pass over the queue, each an indirect table as long as the queue.
-pub const LONG_CHAINS: u16 = 6;
+pub const LONG_CHAINS: u16 = 12;
 
 /// Makes [`LONG_CHAINS`] OUT requests available at once and kicks once: each an indirect
 /// table of [`QSIZE`] descriptors (the header, 512-byte data descriptors, the status), so the
 /// device takes them in one pass and full mode records them in one DMA chains record of
-/// some hundreds of descriptors (some tens of KiB: longer than rsyslog's default message).
+/// some hundreds of descriptors (packed, over 8 KiB: longer than rsyslog's default message).
 fn one_pass_of_long_chains(d: &mut RawDriver) {
     let used = d.used_idx().unwrap();
     let data_descs = u32::from(QSIZE) - 2;
