@@ -164,6 +164,10 @@ fn device() -> Vec<Allow> {
             "DISCARD and WRITE_ZEROES on the image; zeroing the pool on reset",
         ),
         any(
+            sys!(SYS_restart_syscall),
+            "resuming a wait the kernel interrupted to run its own work (io_uring completions)",
+        ),
+        any(
             sys!(SYS_io_uring_enter),
             "batched disk reads and writes on the ring set up (and restricted to the image) before this filter",
         ),

@@ -98,7 +98,8 @@ pub enum PushError {
     TooManySegments(usize),
 }
 
-/// One ring, serving one queue's disk I/O.
+/// One ring, serving one queue's disk I/O. The thread that makes it must be the one that
+/// uses it (the ring is single-issuer where the kernel supports it).
 pub struct UringEngine<T> {
     ring: IoUring,
     /// The pool, registered as fixed buffer 0: `[start, start + len)` in this process.
@@ -140,19 +141,23 @@ impl<T> UringEngine<T> {
     /// process may lock memory; without it, reads and writes name pool addresses plainly).
     pub fn new(image: &File, entries: u32, pool: Option<PoolMapping>) -> Result<Self, UringError> {
         let entries = entries.clamp(1, 4096).next_power_of_two();
-        // Completions are reaped by the thread that submits, so the kernel need not
-        // interrupt it to run them (COOP_TASKRUN, 5.19); older kernels without it.
-        let ring = IoUring::builder()
-            .setup_r_disabled()
-            .setup_coop_taskrun()
-            .setup_cqsize(entries * 2)
-            .build(entries)
-            .or_else(|_| {
-                IoUring::builder()
-                    .setup_r_disabled()
-                    .setup_cqsize(entries * 2)
-                    .build(entries)
-            })
+        // One thread submits and reaps (the one that enables the ring), so the kernel's
+        // completion work waits until it asks for completions (DEFER_TASKRUN, 6.1) instead
+        // of interrupting whatever call the thread is in, `poll(2)` included. Older kernels:
+        // without an interrupt where the kernel can (COOP_TASKRUN, 5.19), else plainly.
+        let build = |flags: u8| {
+            let mut b = IoUring::builder();
+            b.setup_r_disabled().setup_cqsize(entries * 2);
+            if flags == 2 {
+                b.setup_single_issuer().setup_defer_taskrun();
+            } else if flags == 1 {
+                b.setup_coop_taskrun();
+            }
+            b.build(entries)
+        };
+        let ring = build(2)
+            .or_else(|_| build(1))
+            .or_else(|_| build(0))
             .map_err(UringError::Setup)?;
         let sub = ring.submitter();
         sub.register_files(&[image.as_raw_fd()])
