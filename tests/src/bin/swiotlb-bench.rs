@@ -665,6 +665,14 @@ fn uring_available(disk: &std::path::Path) -> bool {
         .is_some_and(|f| UringEngine::<()>::new(&f, 8, None).is_ok())
 }
 
+/// The 1-minute load average (`/proc/loadavg`), or NaN where it cannot be read.
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// memcpy bandwidth at `size` between two page-aligned buffers, warm: GB/s (median of 5).
 fn memcpy_gbs(size: usize) -> f64 {
     let mut src = AlignedBuf::new(size);
@@ -1148,6 +1156,8 @@ fn run(cfg: &Config) -> Result<(), BenchError> {
         cfg.poll
     ));
 
+    // How busy the machine is (other processes' runnable threads), at the start and end.
+    out.insert("loadavg_start".into(), json!(loadavg()));
     // Baselines.
     let base_t = if cfg.quick {
         Duration::from_millis(300)
@@ -1193,6 +1203,19 @@ fn run(cfg: &Config) -> Result<(), BenchError> {
     say(format!(
         "  the disk path's own limit ({engine} engine, {host_threads} thread(s), no guest, no pool): 4 KiB random reads at QD{LIMIT_QD} {limit_first:.0} IOPS; at QD1 {disk_qd1_us:.3} us a read"
     ));
+    // What the machine itself scales from one thread to two on the same path, now.
+    let limit_two = disk_limit_iops(&fx.disk, cfg.disk_bytes, base_t, uring, 2, LIMIT_QD)?;
+    let limit_one = disk_limit_iops(&fx.disk, cfg.disk_bytes, base_t, uring, 1, LIMIT_QD)?;
+    say(format!(
+        "  the same limit on two threads (QD{} each): {limit_two:.0} IOPS, {:.2} x one thread's {limit_one:.0}: what this machine scales to right now",
+        LIMIT_QD / 2,
+        limit_two / limit_one
+    ));
+    out.insert("disk_limit_2_threads_iops".into(), json!(limit_two));
+    out.insert(
+        "disk_limit_scaling_2_1".into(),
+        json!(limit_two / limit_one),
+    );
     out.insert("io_engine".into(), json!(engine));
     out.insert("host_threads".into(), json!(host_threads));
     out.insert("disk_qd1_us".into(), json!(disk_qd1_us));
@@ -1368,6 +1391,7 @@ fn run(cfg: &Config) -> Result<(), BenchError> {
         g.insert(k.into(), json!(ok));
     }
     out.insert("goals_met".into(), Value::Object(g));
+    out.insert("loadavg_end".into(), json!(loadavg()));
     out.insert("quick".into(), json!(cfg.quick));
     out.insert("poll_us".into(), json!(cfg.poll.as_micros() as u64));
     // One JSON object on stdout, last, in both output modes.
