@@ -525,6 +525,13 @@ fn run(args: &Args) -> Result<(), HostError> {
         ),
         (None, None) => return Err(HostError::NoDisk),
     };
+    // A passed-in listener is checked before this process opens anything of its own (the
+    // pool, the disk ring), so a number that was not passed is reported as not open rather
+    // than found to be one of ours.
+    let passed_listener = match (&args.socket, &args.listen_fd) {
+        (None, Some(spec)) => Some(passed.listener(spec).map_err(HostError::ListenFd)?),
+        _ => None,
+    };
     // A second descriptor of the image, to flush it at the orderly stop.
     let disk_sync = disk_file
         .try_clone()
@@ -566,7 +573,7 @@ fn run(args: &Args) -> Result<(), HostError> {
             (l, g, path.display().to_string())
         }
         (None, Some(spec)) => (
-            passed.listener(spec).map_err(HostError::ListenFd)?,
+            passed_listener.ok_or(HostError::NoSocket)?,
             BoundSocket { path: None },
             format!("fd {spec}"),
         ),

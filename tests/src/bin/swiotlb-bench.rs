@@ -553,7 +553,7 @@ fn disk_4k_us(
 /// `qd` in flight split over `threads` threads, each made as a device thread of the host
 /// makes them: with the host's own ring code (`UringEngine`: a batch of `qd / threads`
 /// reads submitted together and reaped, into a registered memfd mapping like the pool), or
-/// with `pread` for the sync engine. No guest, no rings, no pool checks: IOPS.
+/// with `pread` for the sync engine and for a lone request (depth 1), as the host does. No guest, no rings, no pool checks: IOPS.
 fn disk_limit_iops(
     disk: &std::path::Path,
     size: u64,
@@ -625,15 +625,16 @@ fn limit_thread(
     let t = Instant::now();
     let mut n = 0u64;
     while t.elapsed() < total {
-        match ring.as_mut() {
+        // A lone request goes the plain way in the host too (`Block::flush`).
+        match ring.as_mut().filter(|_| per > 1) {
             Some(r) => {
                 for i in 0..per {
                     let seg = Segment {
                         addr: LIMIT_BASE + (i * SMALL) as u64,
                         len: SMALL as u32,
                     };
-                    r.push(&mem, false, next(), vec![seg], ())
-                        .map_err(|e| BenchError::LimitRead(io::Error::other(e)))?;
+                    r.push(&mem, false, next(), &[seg], ())
+                        .map_err(|(e, ())| BenchError::LimitRead(io::Error::other(e)))?;
                 }
                 let mut failed = None;
                 r.reap(|d| {

@@ -17,7 +17,7 @@ use super::request::{
     self, gather, scatter, Request, RequestType, Segment, RANGE_SIZE, SECTOR_SIZE,
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
 };
-use super::uring::{Finished, PushError, UringEngine};
+use super::uring::{Finished, UringEngine, MAX_RING_SEGMENTS};
 use crate::pool::{PoolGuestMemory, PoolMapping};
 use crate::virtio::chain::CheckedChain;
 use crate::virtio::device::{Handled, VirtioDevice};
@@ -66,13 +66,26 @@ impl IoEngine {
     }
 }
 
-/// What a chain on the ring needs when its I/O completes.
+/// What a chain needs when its I/O completes.
 #[derive(Clone, Copy, Debug)]
 struct OnRing {
     /// The chain's head index.
     head: u16,
     /// Bus address of the status byte.
     status_addr: u64,
+}
+
+/// A read or write held until the end of the pass, to go to the ring with the others.
+#[derive(Debug)]
+struct Held {
+    tag: OnRing,
+    write: bool,
+    /// Image offset.
+    offset: u64,
+    /// The pool buffers.
+    segs: Vec<Segment>,
+    /// Total bytes of `segs`.
+    len: u64,
 }
 
 /// A virtio-blk device on a raw image.
@@ -84,7 +97,9 @@ pub struct Block {
     /// The engine asked for.
     wanted: IoEngine,
     /// The ring, once the pool is attached and the kernel allowed one.
-    ring: Option<UringEngine<OnRing>>,
+    ring: Option<UringEngine<Held>>,
+    /// Reads and writes of this pass, made when it ends.
+    held: Vec<Held>,
     /// Chains finished while the ring was drained in the middle of a pass (before a
     /// FLUSH, say): handed out with the pass's other completions.
     finished: Vec<(u16, u32)>,
@@ -110,6 +125,7 @@ impl Block {
             metrics: Arc::new(BlockMetrics::default()),
             wanted: IoEngine::Sync,
             ring: None,
+            held: Vec::new(),
             finished: Vec::new(),
         }
     }
@@ -130,93 +146,135 @@ impl Block {
         }
     }
 
-    /// Puts a read or write on the ring; `false` when it must go the synchronous way.
+    /// Holds a read or write for the ring, to go with the pass's others; `false` when it
+    /// must go the synchronous way.
     fn start(&mut self, mem: &PoolGuestMemory, req: &Request, offset: u64, head: u16) -> bool {
-        let Some(ring) = self.ring.as_mut() else {
+        if self.ring.is_none()
+            || req.data.len() > MAX_RING_SEGMENTS
+            || !self.disk.transfer_aligned(mem, offset, &req.data)
+        {
             return false;
-        };
-        if !self.disk.transfer_aligned(mem, offset, &req.data) {
-            return false;
         }
-        let write = req.ty == RequestType::Out;
-        let tag = OnRing {
-            head,
-            status_addr: req.status_addr,
-        };
-        if !ring.has_room() {
-            Self::drain(ring, &self.disk, &self.metrics, mem, &mut self.finished);
+        if self.held.len() >= usize::from(QUEUE_SIZE) {
+            self.flush(mem);
         }
-        match ring.push(mem, write, offset, req.data.clone(), tag) {
-            Ok(()) => true,
-            Err(PushError::Full | PushError::Buffer(_) | PushError::TooManySegments(_)) => false,
-        }
+        self.held.push(Held {
+            tag: OnRing {
+                head,
+                status_addr: req.status_addr,
+            },
+            write: req.ty == RequestType::Out,
+            offset,
+            segs: req.data.clone(),
+            len: req.data_len,
+        });
+        true
     }
 
-    /// Waits for everything on the ring and finishes each chain into `out`.
-    fn drain(
-        ring: &mut UringEngine<OnRing>,
-        disk: &DiskImage,
-        m: &BlockMetrics,
-        mem: &PoolGuestMemory,
-        out: &mut Vec<(u16, u32)>,
-    ) {
-        if ring.in_flight() == 0 {
+    /// Makes every held read and write and finishes each chain into `self.finished`: a
+    /// lone one with one plain call (there is nothing to batch, and a ring round trip costs
+    /// more than a `preadv` on this kind of machine: BENCHMARKS.md), several as one batch
+    /// on the ring.
+    fn flush(&mut self, mem: &PoolGuestMemory) {
+        let held = std::mem::take(&mut self.held);
+        let (disk, m) = (&self.disk, &*self.metrics);
+        let Some(ring) = self.ring.as_mut().filter(|_| held.len() > 1) else {
+            for h in held {
+                BlockMetrics::add(&m.single_calls, 1);
+                let r = Self::plain(disk, mem, h.write, h.offset, &h.segs).map(|()| h.len);
+                self.finished.push(Self::finish(m, mem, &h, r));
+            }
             return;
-        }
-        BlockMetrics::add(&m.ring_batches, 1);
-        BlockMetrics::add(&m.ring_requests, ring.in_flight() as u64);
-        ring.reap(|f| out.push(Self::finish(disk, m, mem, f)));
-    }
-
-    /// The status of a request back from the ring: a short transfer is finished with a
-    /// plain call; then the status byte, the metrics and the used length.
-    fn finish(
-        disk: &DiskImage,
-        m: &BlockMetrics,
-        mem: &PoolGuestMemory,
-        f: Finished<OnRing>,
-    ) -> (u16, u32) {
-        let Finished { req, result } = f;
-        let result = match result {
-            Ok(n) if n >= req.len => Ok(()),
-            Ok(n) => {
-                BlockMetrics::add(&m.short_transfers, 1);
-                let rest = skip(&req.segs, n);
-                if req.write {
-                    disk.write_from(mem, req.offset + n, &rest)
-                } else {
-                    disk.read_into(mem, req.offset + n, &rest)
+        };
+        let mut fallback = Vec::new();
+        for mut h in held {
+            // The ring keeps its own copy of the segments (for a short transfer).
+            let segs = std::mem::take(&mut h.segs);
+            match ring.push(mem, h.write, h.offset, &segs, h) {
+                Ok(()) => {}
+                Err((e, mut h)) => {
+                    h.segs = segs;
+                    // Cannot happen for a checked chain (every buffer is in the pool, the
+                    // ring has a slot per queue entry); a plain call still serves it.
+                    tracing::debug!(error = %e, "request not put on the ring");
+                    fallback.push(h);
                 }
             }
-            Err(e) => Err(e),
-        };
-        let (status, written) = match result {
-            Ok(()) => {
-                if req.write {
-                    BlockMetrics::add(&m.writes, 1);
-                    BlockMetrics::add(&m.write_bytes, req.len);
-                    (VIRTIO_BLK_S_OK, 0)
-                } else {
-                    BlockMetrics::add(&m.reads, 1);
-                    BlockMetrics::add(&m.read_bytes, req.len);
-                    (VIRTIO_BLK_S_OK, req.len as u32)
+        }
+        if ring.in_flight() != 0 {
+            BlockMetrics::add(&m.ring_batches, 1);
+            BlockMetrics::add(&m.ring_requests, ring.in_flight() as u64);
+        }
+        let finished = &mut self.finished;
+        ring.reap(|f: Finished<Held>| {
+            let segs = f.req.segs;
+            let h = f.req.tag;
+            let r = match f.result {
+                Ok(n) if n >= h.len => Ok(h.len),
+                Ok(n) => {
+                    // A short transfer: the rest with a plain call.
+                    BlockMetrics::add(&m.short_transfers, 1);
+                    let rest = skip(&segs, n);
+                    Self::plain(disk, mem, h.write, h.offset + n, &rest).map(|()| h.len)
                 }
+                Err(e) => Err(e),
+            };
+            finished.push(Self::finish(m, mem, &h, r));
+        });
+        for h in fallback {
+            let r = Self::plain(disk, mem, h.write, h.offset, &h.segs).map(|()| h.len);
+            finished.push(Self::finish(m, mem, &h, r));
+        }
+    }
+
+    /// One read or write with a plain call.
+    fn plain(
+        disk: &DiskImage,
+        mem: &PoolGuestMemory,
+        write: bool,
+        offset: u64,
+        segs: &[Segment],
+    ) -> std::io::Result<()> {
+        if write {
+            disk.write_from(mem, offset, segs)
+        } else {
+            disk.read_into(mem, offset, segs)
+        }
+    }
+
+    /// The status byte, the metrics and the used length of a held request that is done.
+    fn finish(
+        m: &BlockMetrics,
+        mem: &PoolGuestMemory,
+        h: &Held,
+        result: std::io::Result<u64>,
+    ) -> (u16, u32) {
+        let (status, written) = match result {
+            Ok(_) if h.write => {
+                BlockMetrics::add(&m.writes, 1);
+                BlockMetrics::add(&m.write_bytes, h.len);
+                (VIRTIO_BLK_S_OK, 0)
+            }
+            Ok(_) => {
+                BlockMetrics::add(&m.reads, 1);
+                BlockMetrics::add(&m.read_bytes, h.len);
+                (VIRTIO_BLK_S_OK, h.len as u32)
             }
             Err(e) => {
-                tracing::warn!(error = %e, offset = req.offset, "block I/O failed");
+                tracing::warn!(error = %e, offset = h.offset, "block I/O failed");
                 BlockMetrics::add(&m.io_errors, 1);
                 (VIRTIO_BLK_S_IOERR, 0)
             }
         };
         let used = if mem
-            .write_obj(status, GuestAddress(req.tag.status_addr))
+            .write_obj(status, GuestAddress(h.tag.status_addr))
             .is_ok()
         {
             written.saturating_add(1)
         } else {
             0
         };
-        (req.tag.head, used)
+        (h.tag.head, used)
     }
 
     /// The metrics, shared with whoever reports them.
@@ -236,9 +294,7 @@ impl Block {
         if !disk_rw {
             // FLUSH covers the writes before it; DISCARD and WRITE_ZEROES are not
             // reordered around them either: finish what is on the ring first.
-            if let Some(ring) = self.ring.as_mut() {
-                Self::drain(ring, &self.disk, &self.metrics, mem, &mut self.finished);
-            }
+            self.flush(mem);
         }
         if disk_rw && !(req.ty == RequestType::Out && self.disk.read_only()) {
             let offset = req.sector.checked_mul(SECTOR_SIZE);
@@ -505,9 +561,7 @@ impl VirtioDevice for Block {
     }
 
     fn complete(&mut self, _queue: u16, mem: &PoolGuestMemory, done: &mut dyn FnMut(u16, u32)) {
-        if let Some(ring) = self.ring.as_mut() {
-            Self::drain(ring, &self.disk, &self.metrics, mem, &mut self.finished);
-        }
+        self.flush(mem);
         for (head, used) in self.finished.drain(..) {
             done(head, used);
         }

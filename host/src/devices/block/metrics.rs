@@ -38,6 +38,9 @@ pub struct BlockMetrics {
     pub ring_requests: AtomicU64,
     /// Ring transfers that moved fewer bytes than asked, finished with a plain call.
     pub short_transfers: AtomicU64,
+    /// Reads and writes alone in their pass (queue depth 1), made with one plain call:
+    /// there is nothing to batch, and a ring round trip costs more than a `preadv`.
+    pub single_calls: AtomicU64,
 }
 
 /// A plain snapshot of [`BlockMetrics`], for summaries.
@@ -71,6 +74,8 @@ pub struct BlockMetricsSnapshot {
     pub ring_requests: u64,
     /// See [`BlockMetrics::short_transfers`].
     pub short_transfers: u64,
+    /// See [`BlockMetrics::single_calls`].
+    pub single_calls: u64,
 }
 
 impl BlockMetrics {
@@ -98,6 +103,7 @@ impl BlockMetrics {
             ring_batches: g(&self.ring_batches),
             ring_requests: g(&self.ring_requests),
             short_transfers: g(&self.short_transfers),
+            single_calls: g(&self.single_calls),
         }
     }
 }

@@ -211,25 +211,26 @@ impl<T> UringEngine<T> {
 
     /// Puts a read (or write) of `segs` at image `offset` on the ring; it goes to the kernel
     /// with the next [`reap`](Self::reap) (or sooner, when the submission queue fills).
+    /// Refused, it hands `tag` back.
     pub fn push(
         &mut self,
         mem: &PoolGuestMemory,
         write: bool,
         offset: u64,
-        segs: Vec<Segment>,
+        segs: &[Segment],
         tag: T,
-    ) -> Result<(), PushError> {
+    ) -> Result<(), (PushError, T)> {
         if segs.len() > MAX_RING_SEGMENTS {
-            return Err(PushError::TooManySegments(segs.len()));
+            return Err((PushError::TooManySegments(segs.len()), tag));
         }
         let Some(&slot) = self.free.last() else {
-            return Err(PushError::Full);
+            return Err((PushError::Full, tag));
         };
         let mut iov = Vec::with_capacity(segs.len());
-        for s in &segs {
-            let p = mem
-                .get_slice(GuestAddress(s.addr), s.len as usize)
-                .map_err(|_| PushError::Buffer(s.addr))?;
+        for s in segs {
+            let Ok(p) = mem.get_slice(GuestAddress(s.addr), s.len as usize) else {
+                return Err((PushError::Buffer(s.addr), tag));
+            };
             iov.push(libc::iovec {
                 iov_base: p.ptr_guard_mut().as_ptr().cast(),
                 iov_len: p.len(),
@@ -278,14 +279,14 @@ impl<T> UringEngine<T> {
             let _ = self.ring.submit();
             // SAFETY: as above.
             if unsafe { self.ring.submission().push(&sqe) }.is_err() {
-                return Err(PushError::Full);
+                return Err((PushError::Full, tag));
             }
         }
         self.free.pop();
         self.slots[slot as usize] = Some(InFlight {
             write,
             offset,
-            segs,
+            segs: segs.to_vec(),
             len,
             tag,
             _iov: IoVecs { _held: iov },
@@ -434,7 +435,7 @@ mod tests {
                 } else {
                     vec![Segment { addr, len: 4096 }]
                 };
-                e.push(&mem, false, u64::from(i) * 4096, segs, i).unwrap();
+                e.push(&mem, false, u64::from(i) * 4096, &segs, i).unwrap();
             }
             let mut seen = Vec::new();
             e.reap(|d| {
@@ -460,7 +461,7 @@ mod tests {
                 addr: BASE + 0x8_0000,
                 len: 4096,
             }];
-            e.push(&mem, true, 12 * 4096, seg, 99).unwrap();
+            e.push(&mem, true, 12 * 4096, &seg, 99).unwrap();
             e.reap(|d| assert_eq!(d.result.unwrap(), 4096));
             let mut back = vec![0u8; 4096];
             f.as_file_mut()
@@ -487,8 +488,8 @@ mod tests {
             len: 4096,
         }];
         assert!(matches!(
-            e.push(&mem, false, 0, out, ()),
-            Err(PushError::Buffer(_))
+            e.push(&mem, false, 0, &out, ()),
+            Err((PushError::Buffer(_), ()))
         ));
         let seg = || {
             vec![Segment {
@@ -496,12 +497,12 @@ mod tests {
                 len: 512,
             }]
         };
-        e.push(&mem, false, 0, seg(), ()).unwrap();
-        e.push(&mem, false, 512, seg(), ()).unwrap();
+        e.push(&mem, false, 0, &seg(), ()).unwrap();
+        e.push(&mem, false, 512, &seg(), ()).unwrap();
         assert!(!e.has_room());
         assert!(matches!(
-            e.push(&mem, false, 0, seg(), ()),
-            Err(PushError::Full)
+            e.push(&mem, false, 0, &seg(), ()),
+            Err((PushError::Full, ()))
         ));
         let mut n = 0;
         e.reap(|_| n += 1);
