@@ -119,6 +119,12 @@ struct Cli {
     #[arg(long, value_name = "ENGINE", default_value = "uring",
           value_parser = PossibleValuesParser::new(["uring", "sync"]))]
     io_engine: String,
+    /// Leave the host and the driver wherever the scheduler puts them. By default, on a
+    /// machine with two CPUs or more, each host runs on CPU 1 and the driver's thread on
+    /// CPU 0 while a pair runs: a polling side that shares its CPU with the side it waits
+    /// for spins its whole budget before the other can run.
+    #[arg(long)]
+    no_pin: bool,
     /// The baselines' child (this binary runs itself with it): `shm FD` or `eventfd A B`.
     #[arg(long, hide = true, num_args = 2..=3, value_names = ["MODE", "FD"])]
     child: Option<Vec<String>>,
@@ -249,6 +255,8 @@ struct Config {
     audit_only: bool,
     /// The hosts' disk engine.
     io_engine: String,
+    /// Pin each host to CPU 1 and the driver's thread to CPU 0 while a pair runs.
+    pin: bool,
 }
 
 fn main() -> ExitCode {
@@ -285,6 +293,7 @@ impl Config {
             audit_dir: cli.audit_dir,
             audit_only: cli.audit_only,
             io_engine: cli.io_engine,
+            pin: !cli.no_pin && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2),
         })
     }
 }
@@ -685,6 +694,26 @@ fn uring_available(disk: &std::path::Path) -> bool {
         .is_some_and(|f| UringEngine::<()>::new(&f, 8, None).is_ok())
 }
 
+/// The CPU a pinned host runs on.
+const HOST_CPU: usize = 1;
+/// The CPU a pinned driver runs on.
+const DRIVER_CPU: usize = 0;
+
+/// Pins the calling thread to `cpu`, or lets it run on every CPU the machine has (`None`).
+/// A failure leaves the thread where it was: pinning only steadies the figures.
+fn pin_to(cpu: Option<usize>) {
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for c in cpu.map_or(0..n, |c| c..c + 1) {
+        // SAFETY: `c` is below CPU_SETSIZE for any machine this runs on.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: sched_setaffinity reads `size_of::<cpu_set_t>()` bytes of `set`; pid 0 is the
+    // calling thread.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+}
+
 /// The 1-minute load average (`/proc/loadavg`), or NaN where it cannot be read.
 fn loadavg() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
@@ -864,6 +893,17 @@ impl Pair {
                 .arg(audit.name());
             audit_dir = Some(dir);
         }
+        if cfg.pin {
+            // SAFETY: between fork and exec the closure only calls sched_setaffinity,
+            // which is async-signal-safe, on a set built on its own stack.
+            unsafe {
+                cmd.pre_exec(|| {
+                    pin_to(Some(HOST_CPU));
+                    Ok(())
+                });
+            }
+            pin_to(Some(DRIVER_CPU));
+        }
         let mut host = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -925,6 +965,8 @@ impl Pair {
             ..
         } = self;
         drop(drv);
+        // The driver's thread may run anywhere again (a no-op when it was not pinned).
+        pin_to(None);
         let r = wait_exit(&mut host);
         if let Some(d) = &audit_dir {
             let _ = std::fs::remove_dir_all(d);
@@ -1488,6 +1530,7 @@ fn run(cfg: &Config) -> Result<(), BenchError> {
     out.insert("loadavg_end".into(), json!(loadavg()));
     out.insert("quick".into(), json!(cfg.quick));
     out.insert("poll_us".into(), json!(cfg.poll.as_micros() as u64));
+    out.insert("pinned".into(), json!(cfg.pin));
     // One JSON object on stdout, last, in both output modes.
     println!("{}", Value::Object(out));
     Ok(())
