@@ -14,7 +14,7 @@ use swiotlb_attest::ear::{EarError, EarSigner};
 use swiotlb_attest::emulated::EmulatedError;
 use swiotlb_attest::policy::PolicyError;
 use swiotlb_host::audit::{AuditError, WriterSetupError};
-use swiotlb_host::devices::block::{disk::DiskImage, Block};
+use swiotlb_host::devices::block::{disk::DiskImage, Block, CacheMode, IoEngine};
 use swiotlb_host::fds::{FdError, Passed};
 use swiotlb_host::pool::PoolError;
 use swiotlb_host::sandbox::{self, landlock, limits, privileges, seccomp, SandboxError};
@@ -54,6 +54,18 @@ struct Args {
     /// Serve the disk read-only.
     #[arg(long)]
     read_only: bool,
+    /// How disk I/O is made: `uring` (default) submits the reads and writes of each pass
+    /// over a queue together through an io_uring restricted to the image, reading straight
+    /// into the pool; `sync` makes one preadv/pwritev per request. Where the kernel refuses
+    /// io_uring (kernel.io_uring_disabled, a container profile), `uring` falls back to
+    /// `sync` and says so once.
+    #[arg(long, value_enum, default_value_t = IoEngineArg::Uring)]
+    io_engine: IoEngineArg,
+    /// Host cache mode of the image, as QEMU names them: `writeback` (default) through the
+    /// page cache; `none` opens it O_DIRECT (requests the filesystem's alignment does not
+    /// allow go through an aligned buffer of the device's own).
+    #[arg(long, value_enum, default_value_t = CacheArg::Writeback)]
+    cache: CacheArg,
     /// Relaxed policy: let a driver that declines VIRTIO_F_SWIOTLB reach FEATURES_OK.
     /// (The default strict policy refuses it.)
     #[arg(long)]
@@ -145,6 +157,24 @@ enum ProbeThread {
     Device,
     /// The audit log writer (needs `--audit-log`).
     AuditWriter,
+}
+
+/// `--io-engine`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum IoEngineArg {
+    /// A restricted io_uring, batched per pass, the pool as a fixed buffer.
+    Uring,
+    /// One preadv/pwritev per request.
+    Sync,
+}
+
+/// `--cache`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum CacheArg {
+    /// Through the host's page cache.
+    Writeback,
+    /// O_DIRECT.
+    None,
 }
 
 /// Whether the process sandboxes itself.
@@ -522,18 +552,36 @@ fn run(args: &Args) -> Result<(), HostError> {
         ),
         (None, None) => return Err(HostError::NoDisk),
     };
+    // A passed-in listener is checked before this process opens anything of its own (the
+    // pool, the disk ring), so a number that was not passed is reported as not open rather
+    // than found to be one of ours.
+    let passed_listener = match (&args.socket, &args.listen_fd) {
+        (None, Some(spec)) => Some(passed.listener(spec).map_err(HostError::ListenFd)?),
+        _ => None,
+    };
     // A second descriptor of the image, to flush it at the orderly stop.
     let disk_sync = disk_file
         .try_clone()
         .map_err(|source| HostError::Disk(disk_name.clone(), source))?;
-    let disk = DiskImage::from_file(disk_file, args.read_only)
+    let cache = match args.cache {
+        CacheArg::Writeback => CacheMode::Writeback,
+        CacheArg::None => CacheMode::None,
+    };
+    let disk = DiskImage::with_cache(disk_file, args.read_only, cache)
         .map_err(|source| HostError::Disk(disk_name.clone(), source))?;
+    let engine = match args.io_engine {
+        IoEngineArg::Uring => IoEngine::Uring,
+        IoEngineArg::Sync => IoEngine::Sync,
+    };
     let capacity = disk.capacity();
     let policy = Policy {
         require_swiotlb: !args.allow_no_swiotlb,
     };
-    let mut function = VirtioPciFunction::new(Box::new(Block::new(disk)), args.pool_size, policy)
-        .map_err(HostError::Pool)?;
+    // The ring is set up here, with the pool, before privileges are dropped and long
+    // before the device thread's seccomp filter.
+    let block = Block::new(disk).with_io_engine(engine);
+    let mut function =
+        VirtioPciFunction::new(Box::new(block), args.pool_size, policy).map_err(HostError::Pool)?;
     if args.attestation == AttestMode::Required {
         function = function.with_attestation(Box::new(verifier(args)?));
     } else if args.allow_emulated || args.attest_policy.is_some() || args.ear_key.is_some() {
@@ -552,7 +600,7 @@ fn run(args: &Args) -> Result<(), HostError> {
             (l, g, path.display().to_string())
         }
         (None, Some(spec)) => (
-            passed.listener(spec).map_err(HostError::ListenFd)?,
+            passed_listener.ok_or(HostError::NoSocket)?,
             BoundSocket { path: None },
             format!("fd {spec}"),
         ),
@@ -641,6 +689,7 @@ fn run(args: &Args) -> Result<(), HostError> {
         capacity,
         pool_size = args.pool_size,
         read_only = args.read_only,
+        cache = ?args.cache,
         strict = policy.require_swiotlb,
         attestation = ?args.attestation,
         "serving virtio-blk with a SWIOTLB pool"

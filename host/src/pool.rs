@@ -3,14 +3,22 @@
 //! The pool is the single region of the device's guest memory. Its bus address is whatever
 //! the driver programmed into the BAR; the device follows BAR moves and memory-decode
 //! changes, and while the BAR is not decoded the device has no memory at all.
+//!
+//! The memfd is mapped once, when the pool is made, and every view (one per placement on
+//! the bus) is that one mapping at another bus address. So the pool's pages sit at one host
+//! address for the life of the process, which is what lets the disk engine register them
+//! with the kernel once (io_uring fixed buffers) and read straight into them.
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd};
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use swiotlb_shared::layout::{LayoutError, PoolLayout, PoolWindow};
 use thiserror::Error;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::mmap::MmapRegionError;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionCollectionError};
+use vm_memory::{GuestRegionMmap, MmapRegion};
 
 /// The device's guest memory: one region, the pool.
 pub type PoolGuestMemory = GuestMemoryMmap<()>;
@@ -24,10 +32,30 @@ pub enum PoolError {
     /// memfd_create, ftruncate or sealing failed.
     #[error("creating the pool memfd failed")]
     Memfd(#[source] std::io::Error),
-    /// Mapping the pool at its bus address failed.
-    #[error("mapping the pool at bus address {0:#x} failed")]
-    Map(u64, #[source] vm_memory::mmap::FromRangesError),
+    /// Mapping the memfd into the process failed.
+    #[error("mapping the pool failed")]
+    Mmap(#[source] MmapRegionError),
+    /// Placing the pool at its bus address failed.
+    #[error("placing the pool at bus address {0:#x} failed")]
+    Map(u64, #[source] GuestRegionCollectionError),
+    /// The pool's window overflows the bus.
+    #[error("the pool does not fit at bus address {0:#x}")]
+    Overflow(u64),
 }
+
+/// Where the pool lives in this process: one shared mapping of the memfd, at the same host
+/// address for the life of the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolMapping {
+    /// First byte of the mapping.
+    pub ptr: NonNull<u8>,
+    /// Bytes mapped (the pool size).
+    pub len: usize,
+}
+
+// SAFETY: a `PoolMapping` is an address and a length, handed to whoever registers the pages
+// with the kernel; the mapping it names is owned by the `Pool` and shared memory already.
+unsafe impl Send for PoolMapping {}
 
 /// A decoded pool: where it is on the bus, and the memory mapped there.
 #[derive(Clone, Debug)]
@@ -43,6 +71,11 @@ pub struct PoolView {
 pub struct Pool {
     file: File,
     size: u64,
+    /// The memfd mapped once; every view shares it.
+    mapping: Arc<MmapRegion<()>>,
+    /// The pages are registered with the kernel (io_uring fixed buffers): they must never
+    /// be replaced, so [`Pool::clear`] writes zeros instead of punching a hole.
+    pinned: bool,
     /// BAR address when decoded, else `None`.
     placed_at: Option<u64>,
     view: Option<PoolView>,
@@ -75,12 +108,43 @@ impl Pool {
         if rc < 0 {
             return Err(PoolError::Memfd(std::io::Error::last_os_error()));
         }
+        let len = Self::len_of(size)?;
+        let fd_for_map = file.try_clone().map_err(PoolError::Memfd)?;
+        let mapping =
+            MmapRegion::from_file(FileOffset::new(fd_for_map, 0), len).map_err(PoolError::Mmap)?;
         Ok(Self {
             file,
             size,
+            mapping: Arc::new(mapping),
+            pinned: false,
             placed_at: None,
             view: None,
         })
+    }
+
+    fn len_of(size: u64) -> Result<usize, PoolError> {
+        usize::try_from(size).map_err(|_| {
+            PoolError::Size(LayoutError::PoolSizeOutOfRange {
+                size,
+                min: 0,
+                max: usize::MAX as u64,
+            })
+        })
+    }
+
+    /// The pool's one mapping in this process.
+    pub fn mapping(&self) -> PoolMapping {
+        PoolMapping {
+            // `MmapRegion` never holds a null mapping; a dangling pointer would only be
+            // refused by the kernel when registered.
+            ptr: NonNull::new(self.mapping.as_ptr()).unwrap_or(NonNull::dangling()),
+            len: self.mapping.size(),
+        }
+    }
+
+    /// Records that the pages were registered with the kernel and must stay the same pages.
+    pub fn set_pinned(&mut self, pinned: bool) {
+        self.pinned = pinned;
     }
 
     /// Pool size in bytes (the BAR size).
@@ -126,20 +190,10 @@ impl Pool {
             return Ok(Some(v.clone()));
         }
         let window = PoolWindow::new(base, self.size).map_err(PoolError::Size)?;
-        let len = usize::try_from(self.size).map_err(|_| {
-            PoolError::Size(LayoutError::PoolSizeOutOfRange {
-                size: self.size,
-                min: 0,
-                max: usize::MAX as u64,
-            })
-        })?;
-        let file = self.file.try_clone().map_err(PoolError::Memfd)?;
-        let mem = GuestMemoryMmap::from_ranges_with_files([(
-            GuestAddress(base),
-            len,
-            Some(FileOffset::new(file, 0)),
-        )])
-        .map_err(|e| PoolError::Map(base, e))?;
+        let region = GuestRegionMmap::with_arc(self.mapping.clone(), GuestAddress(base))
+            .ok_or(PoolError::Overflow(base))?;
+        let mem =
+            GuestMemoryMmap::from_regions(vec![region]).map_err(|e| PoolError::Map(base, e))?;
         let view = PoolView {
             window,
             mem: Arc::new(mem),
@@ -150,6 +204,15 @@ impl Pool {
 
     /// Zeroes the whole pool (device reset gives the next driver a clean pool).
     pub fn clear(&mut self) -> Result<(), PoolError> {
+        if self.pinned {
+            // Registered pages must stay the file's pages: a punched hole would leave the
+            // kernel reading into pages the pool no longer holds. Write zeros instead.
+            // SAFETY: the mapping is `size()` bytes of shared memory owned by `self`; the
+            // device is being reset, so no request of its own is in flight, and bytes the
+            // client writes meanwhile are its own business (the pool is shared memory).
+            unsafe { std::ptr::write_bytes(self.mapping.as_ptr(), 0, self.mapping.size()) };
+            return Ok(());
+        }
         // Punching the whole range frees the pages and reads back as zeros.
         let len = libc::off_t::try_from(self.size)
             .map_err(|_| PoolError::Memfd(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
@@ -203,5 +266,30 @@ mod tests {
         assert!(Pool::new(3 << 20).is_err());
         let p = Pool::new(1 << 20).unwrap();
         assert!(p.file.set_len(1 << 19).is_err(), "shrink is sealed");
+    }
+}
+
+#[cfg(test)]
+mod pinned_tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn every_view_is_the_one_mapping_and_a_pinned_pool_is_zeroed_in_place() {
+        let mut p = Pool::new(1 << 20).unwrap();
+        let m = p.mapping();
+        p.place(Some(0x1_0000_0000));
+        let v = p.view().unwrap().unwrap();
+        v.mem
+            .write_obj(0x1234_u32, GuestAddress(0x1_0000_0040))
+            .unwrap();
+        // SAFETY: reading 4 bytes inside the pool's own mapping.
+        let seen = unsafe { std::ptr::read_unaligned(m.ptr.as_ptr().add(0x40).cast::<u32>()) };
+        assert_eq!(seen, 0x1234, "the view is the stable mapping");
+        p.set_pinned(true);
+        p.clear().unwrap();
+        let x: u32 = v.mem.read_obj(GuestAddress(0x1_0000_0040)).unwrap();
+        assert_eq!(x, 0, "zeroed");
+        assert_eq!(p.mapping(), m, "same mapping after a clear");
     }
 }

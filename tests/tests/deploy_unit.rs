@@ -174,6 +174,9 @@ const START_UP: &[&str] = &[
     "getrandom",
     "memfd_create",
     "ftruncate",
+    // The disk ring, set up and restricted before the sandbox.
+    "io_uring_setup",
+    "io_uring_register",
     "fcntl",
     "write",
     "gettid",

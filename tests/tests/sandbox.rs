@@ -269,6 +269,9 @@ fn during_io_the_device_maps_its_pool_binary_and_libraries_and_no_guest_memory()
                     lib || p == host_exe,
                     "unexpected file mapping {range} {perms} {path}"
                 );
+            } else if path == "anon_inode:[io_uring]" {
+                // The disk ring's submission and completion queues: no guest memory.
+                assert!(!perms.contains('x'), "ring executable: {perms}");
             } else {
                 // [heap], [stack], [vdso], [vvar], [vsyscall] and anonymous memory.
                 assert!(path.starts_with('['), "unexpected mapping {range} {path}");

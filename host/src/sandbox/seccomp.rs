@@ -4,7 +4,9 @@
 //!
 //! - the **device** thread (the main thread): accepts vfio-user clients, decodes every
 //!   message, runs the PCI function and serves the queues inline on each doorbell, moving
-//!   data between the pool mapping and the disk image;
+//!   data between the pool mapping and the disk image (through an io_uring locked down to
+//!   reads and writes of the image before this filter goes on: `io_uring_enter` is allowed,
+//!   `io_uring_setup` and `io_uring_register` are not);
 //! - the **audit writer**: appends records to the audit log, signs checkpoints and rotates
 //!   files.
 //!
@@ -161,6 +163,14 @@ fn device() -> Vec<Allow> {
             sys!(SYS_fallocate),
             "DISCARD and WRITE_ZEROES on the image; zeroing the pool on reset",
         ),
+        any(
+            sys!(SYS_restart_syscall),
+            "resuming a wait the kernel interrupted to run its own work (io_uring completions)",
+        ),
+        any(
+            sys!(SYS_io_uring_enter),
+            "batched disk reads and writes on the ring set up (and restricted to the image) before this filter",
+        ),
         any(sys!(SYS_fdatasync), "FLUSH"),
         any(sys!(SYS_fsync), "FLUSH"),
         any(sys!(SYS_lseek), "the image's size"),
@@ -291,6 +301,9 @@ mod tests {
             libc::SYS_process_vm_readv,
             libc::SYS_memfd_create,
             libc::SYS_seccomp,
+            // A ring is set up and restricted before the filter; none is made or changed after.
+            libc::SYS_io_uring_setup,
+            libc::SYS_io_uring_register,
         ];
         for role in [Role::Device, Role::AuditWriter] {
             let allowed: Vec<_> = allowed_syscalls(role).iter().map(|a| a.nr).collect();

@@ -1,7 +1,18 @@
 //! What a virtio device model provides to the virtio-pci transport.
 
-use crate::pool::PoolGuestMemory;
+use crate::pool::{PoolGuestMemory, PoolMapping};
 use crate::virtio::chain::CheckedChain;
+
+/// What a device did with a chain handed to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// Finished: this many bytes were written into device-writable buffers (the used
+    /// length).
+    Done(u32),
+    /// Started: the device finishes it in [`VirtioDevice::complete`], which the queue
+    /// engine calls before the pass over the queue ends.
+    Started,
+}
 
 /// A virtio device behind the transport. The transport owns negotiation, queues and the
 /// pool checks; the device sees only chains that were already checked against the pool.
@@ -19,9 +30,21 @@ pub trait VirtioDevice {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes device-specific configuration at `offset`. Read-only fields ignore writes.
     fn write_config(&mut self, offset: u64, data: &[u8]);
-    /// Handles one checked chain of queue `queue` and returns the number of bytes it wrote
-    /// into device-writable buffers (the used length).
-    fn handle_chain(&mut self, queue: u16, mem: &PoolGuestMemory, chain: &CheckedChain) -> u32;
+    /// Handles one checked chain of queue `queue`: finishes it, or starts it to be finished
+    /// in [`complete`](Self::complete) with the other chains of the same pass (one batch of
+    /// disk I/O).
+    fn handle_chain(&mut self, queue: u16, mem: &PoolGuestMemory, chain: &CheckedChain) -> Handled;
+    /// Finishes every chain of `queue` that [`handle_chain`](Self::handle_chain) started,
+    /// calling `done` with each chain's head index and used length. Returns only when none
+    /// is left. The default has nothing to finish.
+    fn complete(&mut self, _queue: u16, _mem: &PoolGuestMemory, _done: &mut dyn FnMut(u16, u32)) {}
+    /// The pool is mapped at `mapping` for the life of the process: a device may register
+    /// its pages with the kernel (before the sandbox closes the way to do so). Returns
+    /// whether it did, in which case the pool's pages must never be replaced. The default
+    /// does nothing.
+    fn attach_pool(&mut self, _mapping: PoolMapping) -> bool {
+        false
+    }
     /// Returns to the initial state (virtio reset). Metrics survive it.
     fn reset(&mut self);
     /// The device's metrics, for the session summary.

@@ -15,7 +15,7 @@ pub mod queue_engine;
 pub mod transport;
 
 pub use chain::{ChainContext, CheckedChain, CheckedDesc};
-pub use device::VirtioDevice;
+pub use device::{Handled, VirtioDevice};
 pub use metrics::DmaCounters;
 pub use queue_engine::Rearm;
 pub use transport::{Policy, StatusEffect, VirtioPciTransport};

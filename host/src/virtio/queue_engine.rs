@@ -18,7 +18,7 @@ use crate::audit::AuditHandle;
 use crate::findings::{Finding, FindingKind};
 use crate::pool::{Pool, PoolView};
 use crate::virtio::chain::ChainContext;
-use crate::virtio::device::VirtioDevice;
+use crate::virtio::device::{Handled, VirtioDevice};
 use crate::virtio::metrics::DmaCounters;
 use crate::virtio::transport::VirtioPciTransport;
 
@@ -309,21 +309,27 @@ fn process_queue(
                     if c.indirect_tables != 0 {
                         DmaCounters::add(&dma.indirect_tables, u64::from(c.indirect_tables));
                     }
-                    let used = device.handle_chain(q, mem, &c);
-                    if let Err(e) = queue.add_used(mem, head, used) {
-                        tracing::warn!(error = %e, "add_used failed");
+                    if let Handled::Done(used) = device.handle_chain(q, mem, &c) {
+                        if let Err(e) = queue.add_used(mem, head, used) {
+                            tracing::warn!(error = %e, "add_used failed");
+                        }
                     }
                     used_any = true;
                 }
                 Err(f) => {
                     DmaCounters::add(&dma.chains_rejected, 1);
-                    // Return the chain with nothing written so the driver is not left
-                    // waiting; the device then needs a reset.
+                    // The chains started before this one finish first; then the chain is
+                    // returned with nothing written so the driver is not left waiting; the
+                    // device then needs a reset.
+                    complete(device, queue, q, mem);
                     let _ = queue.add_used(mem, head, 0);
                     return Err(f);
                 }
             }
         }
+        // The chains the device started in this pass (one batch of disk I/O) finish here,
+        // before the driver is re-armed or interrupted.
+        complete(device, queue, q, mem);
         // Ask for the next doorbell, then look again for chains that raced in. Without
         // EVENT_IDX this clears NO_NOTIFY, and virtio-queue reports no race.
         if rearm == Rearm::No || !queue.enable_notification(mem).unwrap_or(false) {
@@ -335,4 +341,18 @@ fn process_queue(
         took: used_any,
         interrupt: interrupt.then_some(slot.msix_vector),
     })
+}
+
+/// Finishes the chains `device` started on queue `q` and puts each on the used ring.
+fn complete(
+    device: &mut dyn VirtioDevice,
+    queue: &mut virtio_queue::Queue,
+    q: u16,
+    mem: &crate::pool::PoolGuestMemory,
+) {
+    device.complete(q, mem, &mut |head, used| {
+        if let Err(e) = queue.add_used(mem, head, used) {
+            tracing::warn!(error = %e, "add_used failed");
+        }
+    });
 }

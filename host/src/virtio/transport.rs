@@ -462,8 +462,13 @@ mod tests {
         }
         fn read_config(&self, _: u64, _: &mut [u8]) {}
         fn write_config(&mut self, _: u64, _: &[u8]) {}
-        fn handle_chain(&mut self, _: u16, _: &PoolGuestMemory, _: &CheckedChain) -> u32 {
-            0
+        fn handle_chain(
+            &mut self,
+            _: u16,
+            _: &PoolGuestMemory,
+            _: &CheckedChain,
+        ) -> crate::virtio::device::Handled {
+            crate::virtio::device::Handled::Done(0)
         }
         fn reset(&mut self) {}
         fn metrics(&self) -> serde_json::Value {

@@ -14,12 +14,13 @@ use vm_memory::{Bytes, GuestAddress};
 use super::disk::DiskImage;
 use super::metrics::BlockMetrics;
 use super::request::{
-    self, gather, scatter, Request, RequestType, RANGE_SIZE, SECTOR_SIZE, VIRTIO_BLK_S_IOERR,
-    VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    self, gather, scatter, Request, RequestType, Segment, RANGE_SIZE, SECTOR_SIZE,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
 };
-use crate::pool::PoolGuestMemory;
+use super::uring::{Finished, UringEngine, MAX_RING_SEGMENTS};
+use crate::pool::{PoolGuestMemory, PoolMapping};
 use crate::virtio::chain::CheckedChain;
-use crate::virtio::device::VirtioDevice;
+use crate::virtio::device::{Handled, VirtioDevice};
 
 /// Size of each request queue. 256 is the largest queue the layout allows and what Linux's
 /// virtio-blk uses by default.
@@ -43,12 +44,65 @@ pub struct BlockConfig {
     pub read_only: bool,
 }
 
+/// How the device moves data between the image and the pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IoEngine {
+    /// A locked-down io_uring: the reads and writes of one pass over a queue in one batch,
+    /// into the pool registered as a fixed buffer. Falls back to [`IoEngine::Sync`], saying
+    /// so once, where the kernel refuses io_uring.
+    #[default]
+    Uring,
+    /// One `preadv`/`pwritev` per request.
+    Sync,
+}
+
+impl IoEngine {
+    /// The engine's name, as the command line and the metrics spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Uring => "uring",
+            Self::Sync => "sync",
+        }
+    }
+}
+
+/// What a chain needs when its I/O completes.
+#[derive(Clone, Copy, Debug)]
+struct OnRing {
+    /// The chain's head index.
+    head: u16,
+    /// Bus address of the status byte.
+    status_addr: u64,
+}
+
+/// A read or write held until the end of the pass, to go to the ring with the others.
+#[derive(Debug)]
+struct Held {
+    tag: OnRing,
+    write: bool,
+    /// Image offset.
+    offset: u64,
+    /// The pool buffers.
+    segs: Vec<Segment>,
+    /// Total bytes of `segs`.
+    len: u64,
+}
+
 /// A virtio-blk device on a raw image.
 #[derive(Debug)]
 pub struct Block {
     disk: DiskImage,
     config: [u8; CONFIG_LEN],
     metrics: Arc<BlockMetrics>,
+    /// The engine asked for.
+    wanted: IoEngine,
+    /// The ring, once the pool is attached and the kernel allowed one.
+    ring: Option<UringEngine<Held>>,
+    /// Reads and writes of this pass, made when it ends.
+    held: Vec<Held>,
+    /// Chains finished while the ring was drained in the middle of a pass (before a
+    /// FLUSH, say): handed out with the pass's other completions.
+    finished: Vec<(u16, u32)>,
 }
 
 impl Block {
@@ -69,7 +123,158 @@ impl Block {
             disk,
             config: c,
             metrics: Arc::new(BlockMetrics::default()),
+            wanted: IoEngine::Sync,
+            ring: None,
+            held: Vec::new(),
+            finished: Vec::new(),
         }
+    }
+
+    /// Moves data with `engine` (the default of [`Block::new`] is [`IoEngine::Sync`]). The
+    /// ring itself is set up when the pool is attached.
+    pub fn with_io_engine(mut self, engine: IoEngine) -> Self {
+        self.wanted = engine;
+        self
+    }
+
+    /// The engine in use: [`IoEngine::Uring`] only once a ring is set up.
+    pub fn io_engine(&self) -> IoEngine {
+        if self.ring.is_some() {
+            IoEngine::Uring
+        } else {
+            IoEngine::Sync
+        }
+    }
+
+    /// Holds a read or write for the ring, to go with the pass's others; `false` when it
+    /// must go the synchronous way.
+    fn start(&mut self, mem: &PoolGuestMemory, req: &Request, offset: u64, head: u16) -> bool {
+        if self.ring.is_none()
+            || req.data.len() > MAX_RING_SEGMENTS
+            || !self.disk.transfer_aligned(mem, offset, &req.data)
+        {
+            return false;
+        }
+        if self.held.len() >= usize::from(QUEUE_SIZE) {
+            self.flush(mem);
+        }
+        self.held.push(Held {
+            tag: OnRing {
+                head,
+                status_addr: req.status_addr,
+            },
+            write: req.ty == RequestType::Out,
+            offset,
+            segs: req.data.clone(),
+            len: req.data_len,
+        });
+        true
+    }
+
+    /// Makes every held read and write and finishes each chain into `self.finished`: a
+    /// lone one with one plain call (there is nothing to batch, and a ring round trip costs
+    /// more than a `preadv` on this kind of machine: BENCHMARKS.md), several as one batch
+    /// on the ring.
+    fn flush(&mut self, mem: &PoolGuestMemory) {
+        let held = std::mem::take(&mut self.held);
+        let (disk, m) = (&self.disk, &*self.metrics);
+        let Some(ring) = self.ring.as_mut().filter(|_| held.len() > 1) else {
+            for h in held {
+                BlockMetrics::add(&m.single_calls, 1);
+                let r = Self::plain(disk, mem, h.write, h.offset, &h.segs).map(|()| h.len);
+                self.finished.push(Self::finish(m, mem, &h, r));
+            }
+            return;
+        };
+        let mut fallback = Vec::new();
+        for mut h in held {
+            // The ring keeps its own copy of the segments (for a short transfer).
+            let segs = std::mem::take(&mut h.segs);
+            match ring.push(mem, h.write, h.offset, &segs, h) {
+                Ok(()) => {}
+                Err((e, mut h)) => {
+                    h.segs = segs;
+                    // Cannot happen for a checked chain (every buffer is in the pool, the
+                    // ring has a slot per queue entry); a plain call still serves it.
+                    tracing::debug!(error = %e, "request not put on the ring");
+                    fallback.push(h);
+                }
+            }
+        }
+        if ring.in_flight() != 0 {
+            BlockMetrics::add(&m.ring_batches, 1);
+            BlockMetrics::add(&m.ring_requests, ring.in_flight() as u64);
+        }
+        let finished = &mut self.finished;
+        ring.reap(|f: Finished<Held>| {
+            let segs = f.req.segs;
+            let h = f.req.tag;
+            let r = match f.result {
+                Ok(n) if n >= h.len => Ok(h.len),
+                Ok(n) => {
+                    // A short transfer: the rest with a plain call.
+                    BlockMetrics::add(&m.short_transfers, 1);
+                    let rest = skip(&segs, n);
+                    Self::plain(disk, mem, h.write, h.offset + n, &rest).map(|()| h.len)
+                }
+                Err(e) => Err(e),
+            };
+            finished.push(Self::finish(m, mem, &h, r));
+        });
+        for h in fallback {
+            let r = Self::plain(disk, mem, h.write, h.offset, &h.segs).map(|()| h.len);
+            finished.push(Self::finish(m, mem, &h, r));
+        }
+    }
+
+    /// One read or write with a plain call.
+    fn plain(
+        disk: &DiskImage,
+        mem: &PoolGuestMemory,
+        write: bool,
+        offset: u64,
+        segs: &[Segment],
+    ) -> std::io::Result<()> {
+        if write {
+            disk.write_from(mem, offset, segs)
+        } else {
+            disk.read_into(mem, offset, segs)
+        }
+    }
+
+    /// The status byte, the metrics and the used length of a held request that is done.
+    fn finish(
+        m: &BlockMetrics,
+        mem: &PoolGuestMemory,
+        h: &Held,
+        result: std::io::Result<u64>,
+    ) -> (u16, u32) {
+        let (status, written) = match result {
+            Ok(_) if h.write => {
+                BlockMetrics::add(&m.writes, 1);
+                BlockMetrics::add(&m.write_bytes, h.len);
+                (VIRTIO_BLK_S_OK, 0)
+            }
+            Ok(_) => {
+                BlockMetrics::add(&m.reads, 1);
+                BlockMetrics::add(&m.read_bytes, h.len);
+                (VIRTIO_BLK_S_OK, h.len as u32)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, offset = h.offset, "block I/O failed");
+                BlockMetrics::add(&m.io_errors, 1);
+                (VIRTIO_BLK_S_IOERR, 0)
+            }
+        };
+        let used = if mem
+            .write_obj(status, GuestAddress(h.tag.status_addr))
+            .is_ok()
+        {
+            written.saturating_add(1)
+        } else {
+            0
+        };
+        (h.tag.head, used)
     }
 
     /// The metrics, shared with whoever reports them.
@@ -82,8 +287,31 @@ impl Block {
         self.disk.capacity()
     }
 
-    /// Executes `req` and returns its status and the bytes written into writable data buffers.
-    fn execute(&self, mem: &PoolGuestMemory, req: &Request) -> (u8, u32) {
+    /// Executes `req`, or starts it on the ring (`None`); returns its status and the bytes
+    /// written into writable data buffers.
+    fn execute(&mut self, mem: &PoolGuestMemory, req: &Request, head: u16) -> Option<(u8, u32)> {
+        let disk_rw = matches!(req.ty, RequestType::In | RequestType::Out);
+        if !disk_rw {
+            // FLUSH covers the writes before it; DISCARD and WRITE_ZEROES are not
+            // reordered around them either: finish what is on the ring first.
+            self.flush(mem);
+        }
+        if disk_rw && !(req.ty == RequestType::Out && self.disk.read_only()) {
+            let offset = req.sector.checked_mul(SECTOR_SIZE);
+            let ok_range = offset.is_some_and(|o| self.disk.in_range(o, req.data_len));
+            if ok_range && req.data_len % SECTOR_SIZE == 0 {
+                if let Some(o) = offset {
+                    if self.start(mem, req, o, head) {
+                        return None;
+                    }
+                }
+            }
+        }
+        Some(self.execute_now(mem, req))
+    }
+
+    /// Executes `req` with plain calls.
+    fn execute_now(&self, mem: &PoolGuestMemory, req: &Request) -> (u8, u32) {
         let m = &self.metrics;
         let writes = matches!(
             req.ty,
@@ -233,7 +461,25 @@ impl Block {
     }
 }
 
-/// Copies `src` into the start of `segs`.
+/// `segs` without their first `n` bytes.
+fn skip(segs: &[Segment], mut n: u64) -> Vec<Segment> {
+    let mut out = Vec::with_capacity(segs.len());
+    for s in segs {
+        let len = u64::from(s.len);
+        if n >= len {
+            n -= len;
+            continue;
+        }
+        // n < len <= u32::MAX.
+        out.push(Segment {
+            addr: s.addr + n,
+            len: (len - n) as u32,
+        });
+        n = 0;
+    }
+    out
+}
+
 impl VirtioDevice for Block {
     fn device_type(&self) -> u16 {
         VIRTIO_ID_BLOCK
@@ -277,7 +523,12 @@ impl VirtioDevice for Block {
         // Only `writeback` is writable, and only with VIRTIO_BLK_F_CONFIG_WCE, not offered.
     }
 
-    fn handle_chain(&mut self, _queue: u16, mem: &PoolGuestMemory, chain: &CheckedChain) -> u32 {
+    fn handle_chain(
+        &mut self,
+        _queue: u16,
+        mem: &PoolGuestMemory,
+        chain: &CheckedChain,
+    ) -> Handled {
         let req = match request::parse(mem, chain) {
             Ok(r) => r,
             Err(e) => {
@@ -291,29 +542,129 @@ impl VirtioDevice for Block {
                 if let Some(last) = chain.writable().last() {
                     let at = last.addr + u64::from(last.len) - 1;
                     if mem.write_obj(VIRTIO_BLK_S_IOERR, GuestAddress(at)).is_ok() {
-                        return 1;
+                        return Handled::Done(1);
                     }
                 }
-                return 0;
+                return Handled::Done(0);
             }
         };
-        let (status, written) = self.execute(mem, &req);
+        let Some((status, written)) = self.execute(mem, &req, chain.head) else {
+            return Handled::Started;
+        };
         if mem
             .write_obj(status, GuestAddress(req.status_addr))
             .is_err()
         {
-            return 0;
+            return Handled::Done(0);
         }
-        written.saturating_add(1)
+        Handled::Done(written.saturating_add(1))
+    }
+
+    fn complete(&mut self, _queue: u16, mem: &PoolGuestMemory, done: &mut dyn FnMut(u16, u32)) {
+        self.flush(mem);
+        for (head, used) in self.finished.drain(..) {
+            done(head, used);
+        }
+    }
+
+    fn attach_pool(&mut self, mapping: PoolMapping) -> bool {
+        if self.wanted != IoEngine::Uring || self.ring.is_some() {
+            return self.ring.as_ref().is_some_and(UringEngine::pinned);
+        }
+        match UringEngine::new(self.disk.file(), u32::from(QUEUE_SIZE), Some(mapping)) {
+            Ok(r) => {
+                tracing::info!(
+                    fixed_buffer = r.pinned(),
+                    "disk I/O through a restricted io_uring"
+                );
+                let pinned = r.pinned();
+                self.ring = Some(r);
+                pinned
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %swiotlb_shared::error_chain(&e),
+                    "io_uring unavailable: disk I/O falls back to preadv/pwritev"
+                );
+                false
+            }
+        }
     }
 
     fn reset(&mut self) {}
 
     fn metrics(&self) -> serde_json::Value {
-        serde_json::to_value(self.metrics.snapshot()).unwrap_or_default()
+        let mut v = serde_json::to_value(self.metrics.snapshot()).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("io_engine".into(), self.io_engine().name().into());
+        }
+        v
     }
 
     fn clear_metrics(&mut self) {
         self.metrics = Arc::new(BlockMetrics::default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::Pool;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn without_io_uring_the_device_falls_back_to_plain_calls() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(1 << 20).unwrap();
+        let pool = Pool::new(1 << 20).unwrap();
+        let mapping = pool.mapping();
+        let disk = DiskImage::open(f.path(), false).unwrap();
+        // As under kernel.io_uring_disabled or a container profile: io_uring_setup fails.
+        let refuse = seccompiler::SeccompFilter::new(
+            BTreeMap::from([(libc::SYS_io_uring_setup, vec![])]),
+            seccompiler::SeccompAction::Allow,
+            seccompiler::SeccompAction::Errno(libc::EPERM as u32),
+            std::env::consts::ARCH.try_into().unwrap(),
+        )
+        .unwrap();
+        let prog: seccompiler::BpfProgram = refuse.try_into().unwrap();
+        let engine = std::thread::spawn(move || {
+            seccompiler::apply_filter(&prog).unwrap();
+            let mut b = Block::new(disk).with_io_engine(IoEngine::Uring);
+            let pinned = b.attach_pool(mapping);
+            (pinned, b.io_engine())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(engine, (false, IoEngine::Sync));
+        // Where the kernel allows it, the same device gets its ring.
+        let disk = DiskImage::open(f.path(), false).unwrap();
+        let mut b = Block::new(disk).with_io_engine(IoEngine::Uring);
+        b.attach_pool(mapping);
+        assert_eq!(b.io_engine(), IoEngine::Uring);
+        drop(pool);
+    }
+
+    #[test]
+    fn skip_drops_bytes_across_segments() {
+        let segs = [
+            Segment {
+                addr: 0x1000,
+                len: 512,
+            },
+            Segment {
+                addr: 0x3000,
+                len: 1024,
+            },
+        ];
+        assert_eq!(skip(&segs, 0), segs.to_vec());
+        assert_eq!(
+            skip(&segs, 700),
+            vec![Segment {
+                addr: 0x3000 + 188,
+                len: 836
+            }]
+        );
+        assert!(skip(&segs, 1536).is_empty());
     }
 }

@@ -30,6 +30,17 @@ pub struct BlockMetrics {
     pub unsupported: AtomicU64,
     /// Requests whose framing was malformed (no header, no status byte).
     pub malformed: AtomicU64,
+    /// Batches of reads and writes submitted to the io_uring (one per pass over a queue
+    /// that started any, and one per drain before a FLUSH, DISCARD or WRITE_ZEROES).
+    pub ring_batches: AtomicU64,
+    /// Reads and writes that went through the io_uring; `ring_requests / ring_batches` is
+    /// the mean batch.
+    pub ring_requests: AtomicU64,
+    /// Ring transfers that moved fewer bytes than asked, finished with a plain call.
+    pub short_transfers: AtomicU64,
+    /// Reads and writes alone in their pass (queue depth 1), made with one plain call:
+    /// there is nothing to batch, and a ring round trip costs more than a `preadv`.
+    pub single_calls: AtomicU64,
 }
 
 /// A plain snapshot of [`BlockMetrics`], for summaries.
@@ -57,6 +68,14 @@ pub struct BlockMetricsSnapshot {
     pub unsupported: u64,
     /// See [`BlockMetrics::malformed`].
     pub malformed: u64,
+    /// See [`BlockMetrics::ring_batches`].
+    pub ring_batches: u64,
+    /// See [`BlockMetrics::ring_requests`].
+    pub ring_requests: u64,
+    /// See [`BlockMetrics::short_transfers`].
+    pub short_transfers: u64,
+    /// See [`BlockMetrics::single_calls`].
+    pub single_calls: u64,
 }
 
 impl BlockMetrics {
@@ -81,6 +100,10 @@ impl BlockMetrics {
             io_errors: g(&self.io_errors),
             unsupported: g(&self.unsupported),
             malformed: g(&self.malformed),
+            ring_batches: g(&self.ring_batches),
+            ring_requests: g(&self.ring_requests),
+            short_transfers: g(&self.short_transfers),
+            single_calls: g(&self.single_calls),
         }
     }
 }

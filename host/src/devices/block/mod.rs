@@ -4,6 +4,8 @@ pub mod device;
 pub mod disk;
 pub mod metrics;
 pub mod request;
+pub mod uring;
 
-pub use device::{Block, BlockConfig};
+pub use device::{Block, BlockConfig, IoEngine};
+pub use disk::CacheMode;
 pub use metrics::BlockMetrics;

@@ -107,11 +107,13 @@ pub struct VirtioPciFunction {
 impl VirtioPciFunction {
     /// A function presenting `device` with a pool of `pool_size` bytes.
     pub fn new(
-        device: Box<dyn VirtioDevice + Send>,
+        mut device: Box<dyn VirtioDevice + Send>,
         pool_size: u64,
         policy: Policy,
     ) -> Result<Self, PoolError> {
-        let pool = Pool::new(pool_size)?;
+        let mut pool = Pool::new(pool_size)?;
+        let pinned = device.attach_pool(pool.mapping());
+        pool.set_pinned(pinned);
         let msix_vectors = device.num_queues() + 1;
         let template = config_template::build(device.device_type(), pool_size, msix_vectors);
         let transport = VirtioPciTransport::new(device.as_ref(), policy, msix_vectors);
