@@ -468,7 +468,7 @@ run_qemu() {
         "${QEMU_ARGS[@]}" -append "$append" "$@" </dev/null >"$log" 2>&1 &
     QEMU_PID=$!
     while kill -0 "$QEMU_PID" 2>/dev/null; do
-        if [ -z "$T_INIT" ] && grep -aq '^SWIOTLB-E2E: BOOT' "$log"; then T_INIT=$(now); fi
+        if [ -z "$T_INIT" ] && grep -aq '^SWIOTLB-E2E: BOOT' "$log" 2>/dev/null; then T_INIT=$(now); fi
         if [ $(($(date +%s) - t0)) -ge "$timeout" ]; then
             stop_pid "$QEMU_PID" qemu
             QEMU_PID=""
