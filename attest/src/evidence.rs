@@ -18,6 +18,7 @@
 //! The total must be exactly `20 + R + E + C`. Decoding never panics and never allocates
 //! more than the input it was given.
 
+use swiotlb_shared::little_endian::u32_at;
 use swiotlb_shared::transcript::PlatformKind;
 
 /// Magic at offset 0.
@@ -95,12 +96,6 @@ pub struct Evidence {
     pub chain: Vec<u8>,
 }
 
-fn le32(b: &[u8], off: usize) -> usize {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[off..off + 4]);
-    u32::from_le_bytes(a) as usize
-}
-
 impl Evidence {
     /// Checks limits and the shape each platform requires.
     pub fn check(&self) -> Result<(), EvidenceError> {
@@ -174,7 +169,16 @@ impl Evidence {
         if bytes[6] != 0 || bytes[7] != 0 {
             return Err(EvidenceError::Reserved);
         }
-        let (r, e, c) = (le32(bytes, 8), le32(bytes, 12), le32(bytes, 16));
+        // Inside the HEADER_LEN bytes checked above.
+        let len_at = |at| {
+            u32_at(bytes, at)
+                .map(|n| n as usize)
+                .map_err(|_| EvidenceError::Length {
+                    got: bytes.len(),
+                    want: HEADER_LEN,
+                })
+        };
+        let (r, e, c) = (len_at(8)?, len_at(12)?, len_at(16)?);
         for (part, len, max) in [
             ("report", r, MAX_REPORT_LEN),
             ("endorsement", e, MAX_ENDORSEMENT_LEN),

@@ -11,6 +11,10 @@
 //!   TCB, measurements, REPORT_DATA, HOST_DATA, RTMRs); unset options are not checked and
 //!   every mismatch is reported at once.
 //!
+//! Beside them: [`verdict`], the outcome with every reason; [`x509`], the little of X.509
+//! the certificate chains need (parsing, PEM stacks, one signature checked by another);
+//! [`time`], Unix seconds from the clock or from RFC 3339 text (`--now`).
+//!
 //! [`Verifier`] runs all three on an evidence blob and returns a [`Verdict`] with every
 //! reason. The REPORT_DATA the device expects is the transcript hash of
 //! [`swiotlb_shared::transcript`]. `docs/attestation.md` says what each verifier checks and

@@ -8,7 +8,11 @@
 //! - [`pool`]: the mapped pool and its 2 KiB bounce-slot allocator;
 //! - [`ring`]: the split virtqueue, in the pool;
 //! - [`block`]: the block API: read, write, flush, discard, write zeroes, get id;
-//! - [`ublk`]: the guest disk, a ublk server that serves `/dev/ublkbN` through the block API.
+//! - [`attest`]: the platforms that sign the session's REPORT_DATA, and the device's
+//!   attestation mailbox;
+//! - [`ublk`]: the guest disk, a ublk server that serves `/dev/ublkbN` through the block API;
+//! - `testing` (feature `test-utils`): a raw driver and a fake device that misbehave on
+//!   purpose, for adversarial tests.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod attest;

@@ -9,17 +9,18 @@ use std::time::{Duration, Instant};
 
 use clap::{ArgGroup, Parser, Subcommand};
 use serde_json::json;
-use swiotlb_guest::attest::{self, AttesterChoice};
-use swiotlb_guest::pci::discovery::{self, bdf_of};
+use swiotlb_guest::attest::{self, AttestError, AttesterChoice};
+use swiotlb_guest::pci::discovery::{self, bdf_of, DiscoveryError};
 use swiotlb_guest::pci::pool_map::PoolMapMode;
 use swiotlb_guest::pci::sysfs::SysfsPci;
 use swiotlb_guest::pci::vfio::{VfioPci, VFIO_PCI_DRIVER};
 use swiotlb_guest::pci::vfio_user::VfioUserClient;
-use swiotlb_guest::pci::PciAccess;
-use swiotlb_guest::ublk::{serve, ServeOptions};
-use swiotlb_guest::{BlockDriver, Options};
+use swiotlb_guest::pci::{PciAccess, PciError};
+use swiotlb_guest::ublk::{serve, ServeOptions, UblkError};
+use swiotlb_guest::{BlockDriver, BlockError, Options};
 use swiotlb_shared::error_chain;
 use swiotlb_shared::units::parse_size;
+use thiserror::Error;
 
 /// Drive a virtio-blk device through its SWIOTLB pool.
 #[derive(Parser, Debug)]
@@ -131,19 +132,129 @@ enum PciSpec {
     Bdf(Backend, String),
 }
 
-fn parse_pci_spec(s: &str) -> Result<PciSpec, String> {
-    let usage = "expected sysfs:auto, sysfs:DDDD:BB:DD.F, vfio:auto or vfio:DDDD:BB:DD.F (e.g. vfio:0000:00:04.0)";
+/// What `--pci` takes, for messages.
+const PCI_SPEC_USAGE: &str = "expected sysfs:auto, sysfs:DDDD:BB:DD.F, vfio:auto or vfio:DDDD:BB:DD.F (e.g. vfio:0000:00:04.0)";
+
+/// Why the command failed. `main` prints it with its sources, on one line.
+#[derive(Debug, Error)]
+enum CliError {
+    /// `--pci` names no back end this program has.
+    #[error("unknown PCI back end in {spec:?}; {PCI_SPEC_USAGE}")]
+    UnknownBackend {
+        /// What `--pci` said.
+        spec: String,
+    },
+    /// `--pci` names no PCI address. (The address's error is part of the message, not a
+    /// source: clap prints only the message of a value's error.)
+    #[error("{why}; {PCI_SPEC_USAGE}")]
+    BadAddress {
+        /// What is wrong with the address.
+        why: DiscoveryError,
+    },
+    /// No function the `auto` spec could mean.
+    #[error("no virtio-blk function (1af4:1042) under {}", .dir.display())]
+    NoFunction {
+        /// The devices directory searched.
+        dir: PathBuf,
+    },
+    /// `vfio:auto` found several candidates, or only functions other drivers own.
+    #[error("not exactly one virtio-blk function (1af4:1042) under {} bound to vfio-pci (or, failing that, free of a driver): {found}; choose one with --pci vfio:<BDF>", .dir.display())]
+    NotOneForVfio {
+        /// The devices directory searched.
+        dir: PathBuf,
+        /// The functions found, with their drivers.
+        found: String,
+    },
+    /// `sysfs:auto` found several candidates and not exactly one free of a driver.
+    #[error("several virtio-blk functions (1af4:1042) under {} and not exactly one free of a kernel driver: {found}; choose one with --pci sysfs:<BDF>", .dir.display())]
+    NotOneForSysfs {
+        /// The devices directory searched.
+        dir: PathBuf,
+        /// The functions found, with their drivers.
+        found: String,
+    },
+    /// Both or neither of `--socket` and `--pci`.
+    #[error("exactly one of --socket and --pci names the device")]
+    DeviceFlags,
+    /// The vfio-user socket could not be used.
+    #[error("connecting to {}", .socket.display())]
+    Connect {
+        /// The socket.
+        socket: PathBuf,
+        /// Why.
+        #[source]
+        source: PciError,
+    },
+    /// Opening the PCI function failed (the error names the file or ioctl).
+    #[error(transparent)]
+    Open(PciError),
+    /// `--attester emulated` without its key.
+    #[error("--attester emulated needs --emulated-key FILE")]
+    EmulatedKeyMissing,
+    /// `--emulated-key` with another attester.
+    #[error("--emulated-key is only used with --attester emulated")]
+    EmulatedKeyUnused,
+    /// The attester could not be set up.
+    #[error(transparent)]
+    Attester(#[from] AttestError),
+    /// The device failed a request, or could not be brought up.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// A length that does not fit this machine's memory.
+    #[error("{0} too large")]
+    TooLarge(&'static str),
+    /// Writing the output failed.
+    #[error("writing {}", .path.display())]
+    Write {
+        /// The file (`-`: stdout).
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading the input failed.
+    #[error("reading {}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// What was read back is not what was written.
+    #[error("read-back data differs: wrote sha256 {wrote}, read {read}")]
+    ReadBackDiffers {
+        /// SHA-256 of what was written.
+        wrote: String,
+        /// SHA-256 of what was read.
+        read: String,
+    },
+    /// `--max-io` out of range.
+    #[error("--max-io {0}: a multiple of 4K between 4K and 16M")]
+    MaxIo(u64),
+    /// The ublk server failed.
+    #[error(transparent)]
+    Ublk(#[from] UblkError),
+    /// A queue of the ublk server failed; the summary says which and how.
+    #[error("the device failed: {summary}")]
+    DeviceFailed {
+        /// The JSON summary printed when the server stopped.
+        summary: serde_json::Value,
+    },
+}
+
+fn parse_pci_spec(s: &str) -> Result<PciSpec, CliError> {
     let (backend, rest) = match s.split_once(':') {
         Some(("sysfs", rest)) => (Backend::Sysfs, rest),
         Some(("vfio", rest)) => (Backend::Vfio, rest),
-        _ => return Err(format!("unknown PCI back end in {s:?}; {usage}")),
+        _ => return Err(CliError::UnknownBackend { spec: s.into() }),
     };
     if rest == "auto" {
         return Ok(PciSpec::Auto(backend));
     }
     discovery::parse_bdf(rest)
         .map(|bdf| PciSpec::Bdf(backend, bdf))
-        .map_err(|e| format!("{e}; {usage}"))
+        .map_err(|why| CliError::BadAddress { why })
 }
 
 /// Lists `found` with the driver each is bound to, for messages.
@@ -159,17 +270,14 @@ fn describe(found: &[PathBuf]) -> String {
 }
 
 /// The sysfs directory of the function `spec` names, under `sysfs_root`.
-fn resolve_pci(spec: &PciSpec, sysfs_root: &Path) -> Result<PathBuf, String> {
+fn resolve_pci(spec: &PciSpec, sysfs_root: &Path) -> Result<PathBuf, CliError> {
     let dir = discovery::devices_dir(sysfs_root);
     match spec {
         PciSpec::Bdf(_, bdf) => Ok(dir.join(bdf)),
         PciSpec::Auto(Backend::Vfio) => {
             let found = discovery::find_devices(sysfs_root);
             if found.is_empty() {
-                return Err(format!(
-                    "no virtio-blk function (1af4:1042) under {}",
-                    dir.display()
-                ));
+                return Err(CliError::NoFunction { dir });
             }
             // The one vfio-pci owns; failing that, the one no driver owns (opening it then
             // says how to bind it to vfio-pci).
@@ -184,22 +292,16 @@ fn resolve_pci(spec: &PciSpec, sysfs_root: &Path) -> Result<PathBuf, String> {
                 with(None).as_slice(),
             ) {
                 ([one], _) | ([], [one]) => Ok((*one).clone()),
-                _ => Err(format!(
-                    "not exactly one virtio-blk function (1af4:1042) under {} bound to vfio-pci (or, failing that, free of a driver): {}; choose one with --pci vfio:<BDF>",
-                    dir.display(),
-                    describe(&found)
-                )),
+                _ => Err(CliError::NotOneForVfio {
+                    found: describe(&found),
+                    dir,
+                }),
             }
         }
         PciSpec::Auto(Backend::Sysfs) => {
             let found = discovery::find_devices(sysfs_root);
             match found.as_slice() {
-                [] => {
-                    return Err(format!(
-                        "no virtio-blk function (1af4:1042) under {}",
-                        dir.display()
-                    ))
-                }
+                [] => return Err(CliError::NoFunction { dir }),
                 [one] => return Ok(one.clone()),
                 _ => {}
             }
@@ -212,11 +314,10 @@ fn resolve_pci(spec: &PciSpec, sysfs_root: &Path) -> Result<PathBuf, String> {
             if let [one] = free.as_slice() {
                 return Ok((*one).clone());
             }
-            Err(format!(
-                "several virtio-blk functions (1af4:1042) under {} and not exactly one free of a kernel driver: {}; choose one with --pci sysfs:<BDF>",
-                dir.display(),
-                describe(&found)
-            ))
+            Err(CliError::NotOneForSysfs {
+                found: describe(&found),
+                dir,
+            })
         }
     }
 }
@@ -310,6 +411,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let e = error_chain(&e);
             if args.json {
                 println!("{}", json!({ "ok": false, "error": e }));
             }
@@ -327,11 +429,11 @@ fn ublk<P: PciAccess>(
     max_io: u64,
     sandbox: bool,
     json_out: bool,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, CliError> {
     let max_io_bytes = u32::try_from(max_io)
         .ok()
         .filter(|m| *m >= 4096 && *m <= 16 << 20 && m % 4096 == 0)
-        .ok_or_else(|| format!("--max-io {max_io}: a multiple of 4K between 4K and 16M"))?;
+        .ok_or(CliError::MaxIo(max_io))?;
     let opts = ServeOptions {
         dev_id: id,
         depth,
@@ -364,8 +466,7 @@ fn ublk<P: PciAccess>(
             );
         }
         let _ = std::io::stdout().flush();
-    })
-    .map_err(|e| error_chain(&e))?;
+    })?;
     let failed = summary.queues.iter().any(|q| q.failure.is_some());
     let out = json!({ "ok": !failed, "event": "ublk_stopped", "summary": summary });
     if !json_out {
@@ -375,7 +476,7 @@ fn ublk<P: PciAccess>(
         );
     }
     if failed {
-        return Err(format!("the device failed: {out}"));
+        return Err(CliError::DeviceFailed { summary: out });
     }
     Ok(out)
 }
@@ -388,11 +489,13 @@ fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
-fn run(args: &Args) -> Result<(), String> {
+fn run(args: &Args) -> Result<(), CliError> {
     match (&args.socket, &args.pci) {
         (Some(socket), None) => {
-            let client = VfioUserClient::connect(socket)
-                .map_err(|e| format!("connecting to {}: {}", socket.display(), error_chain(&e)))?;
+            let client = VfioUserClient::connect(socket).map_err(|source| CliError::Connect {
+                socket: socket.clone(),
+                source,
+            })?;
             drive(args, client)
         }
         (None, Some(spec)) => {
@@ -400,21 +503,21 @@ fn run(args: &Args) -> Result<(), String> {
             // Every error of opening names the file or ioctl it concerns.
             match spec {
                 PciSpec::Auto(Backend::Sysfs) | PciSpec::Bdf(Backend::Sysfs, _) => {
-                    let pci = SysfsPci::open(&dir).map_err(|e| error_chain(&e))?;
+                    let pci = SysfsPci::open(&dir).map_err(CliError::Open)?;
                     drive(args, pci.with_pool_map(args.pool_map.into()))
                 }
                 PciSpec::Auto(Backend::Vfio) | PciSpec::Bdf(Backend::Vfio, _) => {
-                    let pci = VfioPci::open(&dir).map_err(|e| error_chain(&e))?;
+                    let pci = VfioPci::open(&dir).map_err(CliError::Open)?;
                     drive(args, pci.with_pool_map(args.pool_map.into()))
                 }
             }
         }
-        _ => Err("exactly one of --socket and --pci names the device".into()),
+        _ => Err(CliError::DeviceFlags),
     }
 }
 
 /// Opens the device on back end `pci` and runs the subcommand.
-fn drive<P: PciAccess>(args: &Args, pci: P) -> Result<(), String> {
+fn drive<P: PciAccess>(args: &Args, pci: P) -> Result<(), CliError> {
     let opts = Options {
         decline_swiotlb: args.decline_swiotlb,
         timeout: Duration::from_millis(args.timeout_ms),
@@ -423,21 +526,18 @@ fn drive<P: PciAccess>(args: &Args, pci: P) -> Result<(), String> {
     };
     let choice = match (args.attester, &args.emulated_key) {
         (AttesterArg::Emulated, Some(k)) => Some(AttesterChoice::Emulated(k.clone())),
-        (AttesterArg::Emulated, None) => {
-            return Err("--attester emulated needs --emulated-key FILE".into())
-        }
-        (_, Some(_)) => return Err("--emulated-key is only used with --attester emulated".into()),
+        (AttesterArg::Emulated, None) => return Err(CliError::EmulatedKeyMissing),
+        (_, Some(_)) => return Err(CliError::EmulatedKeyUnused),
         (AttesterArg::Auto, None) => Some(AttesterChoice::Auto),
         (AttesterArg::Snp, None) => Some(AttesterChoice::Snp),
         (AttesterArg::Tdx, None) => Some(AttesterChoice::Tdx),
         (AttesterArg::None, None) => None,
     };
     let attester = match &choice {
-        Some(c) => attest::choose(c).map_err(|e| error_chain(&e))?,
+        Some(c) => attest::choose(c)?,
         None => None,
     };
-    let mut dev =
-        BlockDriver::open_attested(pci, &opts, attester.as_deref()).map_err(|e| error_chain(&e))?;
+    let mut dev = BlockDriver::open_attested(pci, &opts, attester.as_deref())?;
     let info = dev.info().clone();
     let out = match &args.cmd {
         Cmd::Info => {
@@ -474,23 +574,23 @@ fn drive<P: PciAccess>(args: &Args, pci: P) -> Result<(), String> {
             length,
             output,
         } => {
-            let len = usize::try_from(*length).map_err(|_| "length too large".to_string())?;
+            let len = usize::try_from(*length).map_err(|_| CliError::TooLarge("length"))?;
             // Filled, so every page is touched before the timer (a fresh zeroed buffer would
             // take its page faults during the transfer): the figure is the device's.
             let mut buf = vec![0xa5u8; len];
             let t0 = Instant::now();
-            dev.read_at(*offset, &mut buf)
-                .map_err(|e| error_chain(&e))?;
+            dev.read_at(*offset, &mut buf)?;
             // The device transfer alone: no set-up, no digest, no output.
             let secs = t0.elapsed().as_secs_f64();
-            if output.as_os_str() == "-" {
-                std::io::stdout()
-                    .write_all(&buf)
-                    .map_err(|e| e.to_string())?;
+            let written = if output.as_os_str() == "-" {
+                std::io::stdout().write_all(&buf)
             } else {
                 std::fs::write(output, &buf)
-                    .map_err(|e| format!("writing {}: {e}", output.display()))?;
-            }
+            };
+            written.map_err(|source| CliError::Write {
+                path: output.clone(),
+                source,
+            })?;
             let mib_s = len as f64 / (1024.0 * 1024.0) / secs.max(1e-9);
             json!({
                 "ok": true, "read": len, "sha256": sha256_hex(&buf),
@@ -498,17 +598,19 @@ fn drive<P: PciAccess>(args: &Args, pci: P) -> Result<(), String> {
             })
         }
         Cmd::Write { offset, input } => {
-            let data =
-                std::fs::read(input).map_err(|e| format!("reading {}: {e}", input.display()))?;
-            dev.write_at(*offset, &data).map_err(|e| error_chain(&e))?;
+            let data = std::fs::read(input).map_err(|source| CliError::Read {
+                path: input.clone(),
+                source,
+            })?;
+            dev.write_at(*offset, &data)?;
             json!({ "ok": true, "written": data.len(), "sha256": sha256_hex(&data) })
         }
         Cmd::Flush => {
-            dev.flush().map_err(|e| error_chain(&e))?;
+            dev.flush()?;
             json!({ "ok": true })
         }
         Cmd::GetId => {
-            let id = dev.get_id().map_err(|e| error_chain(&e))?;
+            let id = dev.get_id()?;
             let s = String::from_utf8_lossy(&id)
                 .trim_end_matches('\0')
                 .to_string();
@@ -518,7 +620,7 @@ fn drive<P: PciAccess>(args: &Args, pci: P) -> Result<(), String> {
             json!({ "ok": true, "id": s })
         }
         Cmd::Discard { offset, length } => {
-            dev.discard(*offset, *length).map_err(|e| error_chain(&e))?;
+            dev.discard(*offset, *length)?;
             json!({ "ok": true })
         }
         Cmd::WriteZeroes {
@@ -526,8 +628,7 @@ fn drive<P: PciAccess>(args: &Args, pci: P) -> Result<(), String> {
             length,
             unmap,
         } => {
-            dev.write_zeroes(*offset, *length, *unmap)
-                .map_err(|e| error_chain(&e))?;
+            dev.write_zeroes(*offset, *length, *unmap)?;
             json!({ "ok": true })
         }
         Cmd::Roundtrip { offset, size } => roundtrip(&mut dev, *offset, *size, args.json)?,
@@ -566,8 +667,8 @@ fn roundtrip<P: PciAccess>(
     offset: u64,
     size: u64,
     quiet: bool,
-) -> Result<serde_json::Value, String> {
-    let len = usize::try_from(size).map_err(|_| "size too large".to_string())?;
+) -> Result<serde_json::Value, CliError> {
+    let len = usize::try_from(size).map_err(|_| CliError::TooLarge("size"))?;
     // Deterministic pseudo-random data (xorshift), so a rerun writes the same bytes.
     let mut data = vec![0u8; len];
     let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ offset;
@@ -579,13 +680,12 @@ fn roundtrip<P: PciAccess>(
         chunk.copy_from_slice(&b[..chunk.len()]);
     }
     let t0 = Instant::now();
-    dev.write_at(offset, &data).map_err(|e| error_chain(&e))?;
-    dev.flush().map_err(|e| error_chain(&e))?;
+    dev.write_at(offset, &data)?;
+    dev.flush()?;
     let tw = t0.elapsed();
     let mut back = vec![0u8; len];
     let t1 = Instant::now();
-    dev.read_at(offset, &mut back)
-        .map_err(|e| error_chain(&e))?;
+    dev.read_at(offset, &mut back)?;
     let tr = t1.elapsed();
     let (w, r) = (sha256_hex(&data), sha256_hex(&back));
     let mib = size as f64 / (1024.0 * 1024.0);
@@ -597,9 +697,7 @@ fn roundtrip<P: PciAccess>(
         println!("checksums {}", if w == r { "match" } else { "DIFFER" });
     }
     if w != r {
-        return Err(format!(
-            "read-back data differs: wrote sha256 {w}, read {r}"
-        ));
+        return Err(CliError::ReadBackDiffers { wrote: w, read: r });
     }
     Ok(json!({
         "ok": true, "bytes": size, "sha256": w,
@@ -610,6 +708,11 @@ fn roundtrip<P: PciAccess>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `parse_pci_spec`'s value, or `Err(())`: its error is not comparable.
+    fn parse_pci_spec_ok(s: &str) -> Result<PciSpec, ()> {
+        parse_pci_spec(s).map_err(|_| ())
+    }
 
     fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
         Args::try_parse_from(std::iter::once("swiotlb-guest").chain(argv.iter().copied()))
@@ -644,23 +747,23 @@ mod tests {
     #[test]
     fn pci_specs() {
         assert_eq!(
-            parse_pci_spec("sysfs:auto"),
+            parse_pci_spec_ok("sysfs:auto"),
             Ok(PciSpec::Auto(Backend::Sysfs))
         );
         assert_eq!(
-            parse_pci_spec("sysfs:0000:00:04.0"),
+            parse_pci_spec_ok("sysfs:0000:00:04.0"),
             Ok(PciSpec::Bdf(Backend::Sysfs, "0000:00:04.0".into()))
         );
         assert_eq!(
-            parse_pci_spec("vfio:auto"),
+            parse_pci_spec_ok("vfio:auto"),
             Ok(PciSpec::Auto(Backend::Vfio))
         );
         assert_eq!(
-            parse_pci_spec("vfio:0000:00:04.0"),
+            parse_pci_spec_ok("vfio:0000:00:04.0"),
             Ok(PciSpec::Bdf(Backend::Vfio, "0000:00:04.0".into()))
         );
         assert_eq!(
-            parse_pci_spec("vfio:00:1F.7"),
+            parse_pci_spec_ok("vfio:00:1F.7"),
             Ok(PciSpec::Bdf(Backend::Vfio, "0000:00:1f.7".into()))
         );
         for bad in [
@@ -695,7 +798,9 @@ mod tests {
     fn auto_needs_exactly_one_match() {
         let t = tempfile::tempdir().unwrap();
         let root = t.path();
-        let e = resolve_pci(&PciSpec::Auto(Backend::Sysfs), root).unwrap_err();
+        let e = resolve_pci(&PciSpec::Auto(Backend::Sysfs), root)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no virtio-blk function"), "{e}");
         function(root, "0000:00:03.0", "0x8086\n", "0x100e\n");
         function(root, "0000:00:04.0", "0x1af4\n", "0x1042\n");
@@ -704,7 +809,9 @@ mod tests {
             discovery::devices_dir(root).join("0000:00:04.0")
         );
         function(root, "0000:00:05.0", "0x1af4\n", "0x1042\n");
-        let e = resolve_pci(&PciSpec::Auto(Backend::Sysfs), root).unwrap_err();
+        let e = resolve_pci(&PciSpec::Auto(Backend::Sysfs), root)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("several") && e.contains("0000:00:04.0, 0000:00:05.0"),
             "{e}"
@@ -720,7 +827,9 @@ mod tests {
         );
         // Both owned: refused, saying so.
         std::os::unix::fs::symlink(&drv, devs.join("0000:00:05.0/driver")).unwrap();
-        let e = resolve_pci(&PciSpec::Auto(Backend::Sysfs), root).unwrap_err();
+        let e = resolve_pci(&PciSpec::Auto(Backend::Sysfs), root)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("0000:00:04.0 (bound to virtio-pci), 0000:00:05.0 (bound to virtio-pci)"),
             "{e}"
@@ -750,7 +859,7 @@ mod tests {
             let _ = std::fs::remove_file(&link);
             std::os::unix::fs::symlink(&drv, link).unwrap();
         };
-        let e = resolve_pci(&auto, root).unwrap_err();
+        let e = resolve_pci(&auto, root).unwrap_err().to_string();
         assert!(e.contains("no virtio-blk function"), "{e}");
         function(root, "0000:00:03.0", "0x8086\n", "0x100e\n");
         bind("0000:00:03.0", "vfio-pci"); // vfio-pci, but not virtio-blk: never chosen
@@ -759,7 +868,7 @@ mod tests {
         assert_eq!(resolve_pci(&auto, root).unwrap(), devs.join("0000:00:04.0"));
         // One, bound to another driver: refused, naming it.
         bind("0000:00:04.0", "virtio-pci");
-        let e = resolve_pci(&auto, root).unwrap_err();
+        let e = resolve_pci(&auto, root).unwrap_err().to_string();
         assert!(e.contains("0000:00:04.0 (bound to virtio-pci)"), "{e}");
         // A second one bound to vfio-pci: that one.
         function(root, "0000:00:05.0", "0x1af4\n", "0x1042\n");
@@ -770,7 +879,7 @@ mod tests {
         assert_eq!(resolve_pci(&auto, root).unwrap(), devs.join("0000:00:05.0"));
         // Two bound to vfio-pci: refused, listing both.
         bind("0000:00:04.0", "vfio-pci");
-        let e = resolve_pci(&auto, root).unwrap_err();
+        let e = resolve_pci(&auto, root).unwrap_err().to_string();
         assert!(
             e.contains("0000:00:04.0 (bound to vfio-pci), 0000:00:05.0 (bound to vfio-pci)")
                 && e.contains("--pci vfio:<BDF>"),
@@ -779,7 +888,7 @@ mod tests {
         // Two free, none bound: refused.
         std::fs::remove_file(devs.join("0000:00:04.0/driver")).unwrap();
         std::fs::remove_file(devs.join("0000:00:05.0/driver")).unwrap();
-        let e = resolve_pci(&auto, root).unwrap_err();
+        let e = resolve_pci(&auto, root).unwrap_err().to_string();
         assert!(e.contains("0000:00:04.0, 0000:00:05.0"), "{e}");
         // A BDF is taken as given.
         assert_eq!(

@@ -22,20 +22,20 @@
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
+use swiotlb_shared::descriptor::{Descriptor, DESC_SIZE};
 use swiotlb_shared::layout::{
-    avail_ring_size, desc_table_size, used_ring_size, PoolWindow, QueueLayout, DESC_SIZE,
+    avail_ring_size, desc_table_size, used_ring_size, PoolWindow, QueueLayout,
     INDIRECT_TABLE_DESCS, MAX_QUEUE_SIZE,
 };
 use thiserror::Error;
 
 use crate::pool::{PoolAccessError, PoolMemory};
 
-/// Descriptor flag: the chain continues in `next`.
-pub const VIRTQ_DESC_F_NEXT: u16 = 1;
-/// Descriptor flag: the buffer is device-writable.
-pub const VIRTQ_DESC_F_WRITE: u16 = 2;
-/// Descriptor flag: the buffer is an indirect descriptor table.
-pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+// Re-exported: the adversarial tests build descriptors by these names.
+pub use swiotlb_shared::descriptor::{
+    VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
+
 /// Used-ring flag: the device asks not to be notified (without EVENT_IDX).
 pub const VIRTQ_USED_F_NO_NOTIFY: u16 = 1;
 
@@ -209,23 +209,6 @@ struct HeadState {
     tail: u16,
     /// Device-writable bytes posted.
     posted_writable: u32,
-}
-
-/// A validated descriptor about to be written.
-#[derive(Clone, Copy, Debug, Default)]
-struct RawDesc {
-    addr: u64,
-    len: u32,
-    flags: u16,
-}
-
-fn encode_desc(addr: u64, len: u32, flags: u16, next: u16) -> [u8; DESC_SIZE as usize] {
-    let mut b = [0u8; DESC_SIZE as usize];
-    b[0..8].copy_from_slice(&addr.to_le_bytes());
-    b[8..12].copy_from_slice(&len.to_le_bytes());
-    b[12..14].copy_from_slice(&flags.to_le_bytes());
-    b[14..16].copy_from_slice(&next.to_le_bytes());
-    b
 }
 
 /// `vring_need_event` (virtio 1.2, 2.7.10): whether moving the index from `old` to `new`
@@ -424,7 +407,8 @@ impl SplitRing {
         if n == 0 || n > MAX_SEGS {
             return Err(RingError::BadSegmentCount(n));
         }
-        let mut descs = [RawDesc::default(); MAX_SEGS];
+        // Validated descriptors about to be written; `next` is set as they are linked.
+        let mut descs = [Descriptor::default(); MAX_SEGS];
         let mut writable_seen = false;
         let mut posted_writable: u32 = 0;
         for (index, (seg, d)) in segs.iter().zip(descs.iter_mut()).enumerate() {
@@ -446,7 +430,7 @@ impl SplitRing {
                     len: seg.len,
                 },
             )?;
-            *d = RawDesc {
+            *d = Descriptor {
                 addr,
                 len: seg.len,
                 flags: if seg.device_writable {
@@ -454,6 +438,7 @@ impl SplitRing {
                 } else {
                     0
                 },
+                next: 0,
             };
         }
         let descs = descs.get(..n).unwrap_or(&[]);
@@ -499,7 +484,7 @@ impl SplitRing {
     }
 
     /// Writes `descs` into `head`'s indirect table and `head` as the ring descriptor.
-    fn write_indirect(&self, head: u16, descs: &[RawDesc]) -> Result<(), RingError> {
+    fn write_indirect(&self, head: u16, descs: &[Descriptor]) -> Result<(), RingError> {
         let mut table = [0u8; MAX_SEGS * DESC_SIZE as usize];
         let n = descs.len();
         for (i, (d, chunk)) in descs
@@ -510,7 +495,7 @@ impl SplitRing {
             let last = i + 1 == n;
             let flags = d.flags | if last { 0 } else { VIRTQ_DESC_F_NEXT };
             let next = if last { 0 } else { (i + 1) as u16 };
-            chunk.copy_from_slice(&encode_desc(d.addr, d.len, flags, next));
+            chunk.copy_from_slice(&Descriptor { flags, next, ..*d }.to_bytes());
         }
         let bytes = n as u64 * DESC_SIZE; // n <= 64
         let table_off = self.layout.indirect_table(head); // in range: checked in `new`
@@ -528,13 +513,19 @@ impl SplitRing {
         )?;
         self.mem.write(
             self.desc_off(head),
-            &encode_desc(table_bus, bytes as u32, VIRTQ_DESC_F_INDIRECT, 0),
+            &Descriptor {
+                addr: table_bus,
+                len: bytes as u32,
+                flags: VIRTQ_DESC_F_INDIRECT,
+                next: 0,
+            }
+            .to_bytes(),
         )?;
         Ok(())
     }
 
     /// Writes `descs` as a direct chain along the free list from `head`; returns the tail.
-    fn write_direct(&self, head: u16, descs: &[RawDesc]) -> Result<u16, RingError> {
+    fn write_direct(&self, head: u16, descs: &[Descriptor]) -> Result<u16, RingError> {
         let mut i = head;
         let n = descs.len();
         for (k, d) in descs.iter().enumerate() {
@@ -545,8 +536,10 @@ impl SplitRing {
             } else {
                 (d.flags | VIRTQ_DESC_F_NEXT, nx)
             };
-            self.mem
-                .write(self.desc_off(i), &encode_desc(d.addr, d.len, flags, next))?;
+            self.mem.write(
+                self.desc_off(i),
+                &Descriptor { flags, next, ..*d }.to_bytes(),
+            )?;
             if last {
                 break;
             }
@@ -714,12 +707,14 @@ mod tests {
 
     impl FakeDevice {
         fn read_desc(&mut self, off: u64) -> (u64, u32, u16, u16) {
-            let mut b = [0u8; 16];
+            let mut b = [0u8; Descriptor::SIZE];
             self.mem.read(off, &mut b).unwrap();
-            let addr = u64::from_le_bytes(b[0..8].try_into().unwrap());
-            let len = u32::from_le_bytes(b[8..12].try_into().unwrap());
-            let flags = u16::from_le_bytes(b[12..14].try_into().unwrap());
-            let next = u16::from_le_bytes(b[14..16].try_into().unwrap());
+            let Descriptor {
+                addr,
+                len,
+                flags,
+                next,
+            } = Descriptor::from_bytes(&b);
             self.addrs.push((addr, u64::from(len)));
             assert!(
                 self.window.contains(addr, u64::from(len)),

@@ -28,9 +28,11 @@ use std::time::{Duration, Instant};
 
 use swiotlb_host::audit::{AuditConfig, AuditHandle, AuditLog, AuditMode};
 use swiotlb_host::pool::{Pool, PoolGuestMemory};
-use swiotlb_host::virtio::chain::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 use swiotlb_host::virtio::{ChainContext, DmaCounters};
 use swiotlb_shared::audit::DeviceIdentity;
+use swiotlb_shared::descriptor::{
+    Descriptor, DESC_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
 use swiotlb_shared::layout::PoolWindow;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -65,14 +67,15 @@ fn request(i: u64) -> [(u64, u32, bool); 3] {
 }
 
 fn put(mem: &PoolGuestMemory, table: u64, i: u16, d: (u64, u32, bool), flags: u16, next: u16) {
-    let mut b = [0u8; 16];
-    b[0..8].copy_from_slice(&d.0.to_le_bytes());
-    b[8..12].copy_from_slice(&d.1.to_le_bytes());
-    let flags = flags | if d.2 { VIRTQ_DESC_F_WRITE } else { 0 };
-    b[12..14].copy_from_slice(&flags.to_le_bytes());
-    b[14..16].copy_from_slice(&next.to_le_bytes());
+    let b = Descriptor {
+        addr: d.0,
+        len: d.1,
+        flags: flags | if d.2 { VIRTQ_DESC_F_WRITE } else { 0 },
+        next,
+    }
+    .to_bytes();
     // Cannot fail: every table written lies inside the pool.
-    mem.write_slice(&b, GuestAddress(table + u64::from(i) * 16))
+    mem.write_slice(&b, GuestAddress(table + u64::from(i) * DESC_SIZE))
         .expect("descriptor inside the pool");
 }
 

@@ -12,11 +12,12 @@ use clap::Parser;
 use serde_json::Value;
 use swiotlb_attest::emulated::EmulatedError;
 use swiotlb_attest::policy::PolicyError;
-use swiotlb_host::audit::AuditError;
+use swiotlb_host::audit::{AuditError, WriterSetupError};
 use swiotlb_host::devices::block::{disk::DiskImage, Block};
 use swiotlb_host::fds::{FdError, Passed};
 use swiotlb_host::pool::PoolError;
 use swiotlb_host::sandbox::{self, landlock, limits, privileges, seccomp, SandboxError};
+use swiotlb_host::stop::{signal_name, StopSignals, STOP_DEADLINE};
 use swiotlb_host::vfio_user::{Server, SessionEnd};
 use swiotlb_host::virtio::Policy;
 use swiotlb_host::VirtioPciFunction;
@@ -210,6 +211,12 @@ enum HostError {
     /// The pool cannot be created.
     #[error("creating the pool")]
     Pool(#[source] PoolError),
+    /// SIGTERM and SIGINT cannot be routed to the orderly stop.
+    #[error("blocking SIGTERM and SIGINT for the orderly stop")]
+    StopSignals(#[source] io::Error),
+    /// The image could not be flushed at the orderly stop.
+    #[error("flushing the disk image {0} at the stop")]
+    FlushDisk(String, #[source] io::Error),
     /// A stale socket cannot be removed.
     #[error("removing stale socket {}", .0.display())]
     RemoveStaleSocket(PathBuf, #[source] io::Error),
@@ -468,6 +475,8 @@ fn run(args: &Args) -> Result<(), HostError> {
     if args.sandbox_probe_syscall == Some(ProbeThread::AuditWriter) && args.audit_log.is_none() {
         return Err(HostError::ProbeNeedsAuditLog);
     }
+    // Before any thread exists, so that every thread inherits the mask.
+    let stop = StopSignals::block().map_err(HostError::StopSignals)?;
     let mut passed = Passed::from_env().map_err(HostError::PassedFds)?;
     let (disk_file, disk_name) = match (&args.disk, &args.disk_fd) {
         (Some(path), _) => (
@@ -486,6 +495,10 @@ fn run(args: &Args) -> Result<(), HostError> {
         ),
         (None, None) => return Err(HostError::NoDisk),
     };
+    // A second descriptor of the image, to flush it at the orderly stop.
+    let disk_sync = disk_file
+        .try_clone()
+        .map_err(|source| HostError::Disk(disk_name.clone(), source))?;
     let disk = DiskImage::from_file(disk_file, args.read_only)
         .map_err(|source| HostError::Disk(disk_name.clone(), source))?;
     let capacity = disk.capacity();
@@ -539,17 +552,17 @@ fn run(args: &Args) -> Result<(), HostError> {
             };
             cfg.key_path = args.audit_key.clone();
             if on {
-                // The audit log takes the writer's setup error as a String.
-                let setup: fn() -> Result<(), String> = match args.sandbox_probe_syscall {
+                // The audit log keeps the setup's error whole, as its error's source.
+                let setup: fn() -> Result<(), WriterSetupError> = match args.sandbox_probe_syscall {
                     Some(ProbeThread::AuditWriter) => {
-                        || audit_writer_sandbox_then_forbidden_call().map_err(|e| error_chain(&e))
+                        || Ok(audit_writer_sandbox_then_forbidden_call()?)
                     }
-                    _ => || audit_writer_sandbox().map_err(|e| error_chain(&e)),
+                    _ => || Ok(audit_writer_sandbox()?),
                 };
                 cfg.writer_setup = Some(setup);
             }
             let id = function.gate().instance_id();
-            let identity = swiotlb_shared::audit::schema::DeviceIdentity {
+            let identity = swiotlb_shared::audit::DeviceIdentity {
                 uid: id.iter().map(|b| format!("{b:02x}")).collect(),
                 name: format!("virtio-blk swiotlb ({disk_name})"),
             };
@@ -599,13 +612,16 @@ fn run(args: &Args) -> Result<(), HostError> {
         attestation = ?args.attestation,
         "serving virtio-blk with a SWIOTLB pool"
     );
-    let mut server =
-        Server::new(function).with_polling(std::time::Duration::from_micros(args.poll_us));
+    let watch = stop.watch().map_err(HostError::StopSignals)?;
+    let mut server = Server::new(function)
+        .with_polling(std::time::Duration::from_micros(args.poll_us))
+        .with_stop(watch);
     server
         .run(&listener, args.sessions, |end, summary, proto| {
             let ended = match end {
                 SessionEnd::Closed => "closed".to_string(),
                 SessionEnd::ProtocolError(e) => format!("protocol error: {e}"),
+                SessionEnd::Stopped => "stopped".to_string(),
             };
             event(serde_json::json!({
                 "event": "session_end",
@@ -615,7 +631,25 @@ fn run(args: &Args) -> Result<(), HostError> {
             }));
         })
         .map_err(HostError::Serve)?;
+    if server.stopped() {
+        let signal = stop.take().map_or("a signal", signal_name);
+        tracing::info!(
+            signal,
+            deadline_s = STOP_DEADLINE.as_secs(),
+            "stopping: no new requests; flushing the image and closing the audit log (a \
+             second signal, or the deadline, ends the process at once)"
+        );
+        if let Err(e) = stop.arm_forced_stop(STOP_DEADLINE) {
+            tracing::warn!(error = %e, "the forced-stop deadline could not be set");
+        }
+        event(serde_json::json!({"event": "stopping", "signal": signal}));
+    }
     drop(server);
+    if !args.read_only {
+        disk_sync
+            .sync_data()
+            .map_err(|source| HostError::FlushDisk(disk_name.clone(), source))?;
+    }
     if let Some(log) = audit {
         log.close().map_err(HostError::CloseAuditLog)?;
     }

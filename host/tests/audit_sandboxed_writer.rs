@@ -9,7 +9,7 @@ mod audit_support;
 use std::time::Duration;
 
 use audit_support::*;
-use swiotlb_host::audit::{AuditLog, AuditMode};
+use swiotlb_host::audit::{AuditError, AuditLog, AuditMode, WriterSetupError};
 use swiotlb_host::sandbox::seccomp::{install, Role};
 use swiotlb_host::sandbox::SandboxError;
 
@@ -18,8 +18,8 @@ fn writer_filter() -> Result<(), SandboxError> {
     install(Role::AuditWriter)
 }
 
-/// [`writer_filter`] as the audit log takes a writer setup: its error as text.
-const WRITER_SETUP: fn() -> Result<(), String> = || writer_filter().map_err(|e| e.to_string());
+/// [`writer_filter`] as the audit log takes a writer setup: its error kept whole.
+const WRITER_SETUP: fn() -> Result<(), WriterSetupError> = || Ok(writer_filter()?);
 
 #[test]
 fn a_sandboxed_writer_rotates_checkpoints_and_its_log_verifies() {
@@ -65,5 +65,8 @@ fn a_writer_setup_that_fails_stops_the_open_with_its_reason() {
     let mut cfg = config(&s.base());
     cfg.writer_setup = Some(|| Err("no filter for this test".into()));
     let err = AuditLog::open(cfg, device()).err().expect("open must fail");
-    assert!(err.to_string().contains("no filter for this test"), "{err}");
+    assert!(matches!(err, AuditError::WriterSetup(_)), "{err:?}");
+    // The reason is the error's source, so it is in the chain an operator reads.
+    let err = swiotlb_shared::error_chain(&err);
+    assert!(err.contains("no filter for this test"), "{err}");
 }

@@ -9,9 +9,10 @@ use std::fs;
 use audit_support::*;
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
+use swiotlb_shared::audit::event::CheckpointRecord;
 use swiotlb_shared::audit::merkle::{leaf_hash, CompactRange};
 use swiotlb_shared::audit::note::NoteSignature;
-use swiotlb_shared::audit::schema::CheckpointRecord;
+use swiotlb_shared::audit::verify::{OpenEnd, Verdict};
 use swiotlb_shared::audit::{Checkpoint, Event, Reason, Record, SignedNote, VerifierKey};
 
 #[test]
@@ -110,7 +111,10 @@ fn a_line_moved_far_back_is_reordered() {
 }
 
 #[test]
-fn a_truncated_file_is_named_with_reason_truncated() {
+fn a_log_cut_at_its_end_is_open_with_the_unproven_records_named_never_tampered() {
+    // A writer killed mid-way leaves exactly this; so would someone cutting the end off.
+    // Nothing in the log tells them apart, so the verdict is "open", naming what no
+    // checkpoint proves, and never "tampered".
     let (_s, path, key) = closed_log("truncated", 30);
     let l = lines(&path);
     let cp = records(&path)
@@ -120,30 +124,74 @@ fn a_truncated_file_is_named_with_reason_truncated() {
         .find(|(_, r)| r.checkpoint_note().is_some())
         .map(|(i, _)| i)
         .unwrap();
-    // Cut at a line boundary: the last lines (stop record, final checkpoint) are gone.
+    let open = |live: bool| -> OpenEnd {
+        let r = verify_paths(std::slice::from_ref(&path), &key, live);
+        assert_eq!(r.ok, live, "open logs are ok only when expected live");
+        match r.verdict() {
+            Verdict::Open(o) => o,
+            v => panic!("expected an open end, got {v:?}"),
+        }
+    };
+    let all = records(&path);
+    let last_cp_before = |keep: usize| {
+        all[..keep]
+            .iter()
+            .rposition(|r| r.checkpoint_note().is_some())
+            .map(|i| i as u64)
+    };
+    // Cut at a line boundary: the final checkpoint, then the stop record, then more, gone.
     for keep in [l.len() - 1, l.len() - 2, l.len() - 5] {
         write_lines(&path, &l[..keep]);
-        let f = verify_paths(std::slice::from_ref(&path), &key, false)
-            .failure
-            .unwrap();
-        assert_eq!(f.reason, Reason::Truncated, "{keep}: {f}");
+        let o = open(false);
+        let proven = last_cp_before(keep).unwrap();
+        assert_eq!(o.proven, Some(proven), "{keep}");
+        assert_eq!(o.first_unproven, proven + 1, "{keep}");
+        assert_eq!(o.unproven, keep as u64 - proven - 1, "{keep}");
+        assert!(!o.torn);
+        // Only the first cut keeps the stop record (its checkpoint is what is missing).
+        assert_eq!(o.stop_record, keep == l.len() - 1, "{keep}");
     }
-    // Cut in the middle of a line.
+    // Cut in the middle of a line: the torn line is named, the complete ones counted.
     write_lines(&path, &l);
     let data = fs::read(&path).unwrap();
     fs::write(&path, &data[..data.len() - 40]).unwrap();
-    let f = verify_paths(std::slice::from_ref(&path), &key, false)
-        .failure
-        .unwrap();
-    assert_eq!((f.reason, f.index), (Reason::Truncated, l.len() as u64 - 1));
-    // Cut right after a checkpoint in the middle: no stop record at the end.
+    let o = open(false);
+    assert!(o.torn);
+    let proven = last_cp_before(l.len() - 1).unwrap();
+    assert_eq!(
+        (o.first_unproven, o.unproven),
+        (proven + 1, l.len() as u64 - 2 - proven)
+    );
+    // Cut right after a checkpoint in the middle: all proven, no stop record.
     write_lines(&path, &l[..=cp]);
-    let f = verify_paths(std::slice::from_ref(&path), &key, false)
-        .failure
-        .unwrap();
-    assert_eq!((f.reason, f.index), (Reason::Truncated, cp as u64 + 1));
-    // The same prefix is a valid live log.
-    assert!(verify_paths(&[path], &key, true).ok);
+    let o = open(false);
+    assert_eq!(
+        (o.proven, o.first_unproven, o.unproven, o.stop_record),
+        (Some(cp as u64), cp as u64 + 1, 0, false)
+    );
+    // The same prefix is a valid live log, still open.
+    let o = open(true);
+    assert_eq!(o.unproven, 0);
+}
+
+#[test]
+fn a_rotated_file_cut_short_is_still_tampered() {
+    // Only the last file may be open: a file the writer rotated away from ends with its
+    // checkpoint, always.
+    let s = Scratch::new("cut-rotated");
+    let mut cfg = config(&s.base());
+    cfg.rotate_bytes = Some(4096);
+    let key = write_findings(cfg, 120);
+    let f = files(&s.base());
+    assert!(f.len() >= 3, "{} files", f.len());
+    let l = lines(&f[0]);
+    write_lines(&f[0], &l[..l.len() - 1]);
+    let r = verify_paths(&f, &key, false);
+    match r.verdict() {
+        Verdict::Tampered(fail) => assert_eq!(fail.reason, Reason::Truncated, "{fail}"),
+        v => panic!("expected tampered, got {v:?}"),
+    }
+    assert!(!verify_paths(&f, &key, true).ok);
 }
 
 /// Rewrites the whole log consistently (chain and roots) and signs every checkpoint with

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use audit_support::*;
-use swiotlb_host::audit::{AuditConfig, AuditError, AuditLog, AuditMode, MAX_DMA_BATCH};
-use swiotlb_shared::audit::schema::NO_TRANSCRIPT;
+use swiotlb_host::audit::{AuditConfig, AuditError, AuditLog, AuditMode, KeyError, MAX_DMA_BATCH};
+use swiotlb_shared::audit::event::NO_TRANSCRIPT;
 use swiotlb_shared::audit::{
-    AttestationVerdict, ConfigChange, DmaChains, DmaDescriptor, Event, PeripheralAction,
+    AttestationVerdict, ConfigChange, DmaChains, DmaDescriptor, Event, NoteError, PeripheralAction,
     PeripheralEvent, Record, VerifierKey,
 };
 
@@ -349,6 +349,32 @@ fn the_signing_key_is_created_0600_with_its_verifier_beside_it_and_reused() {
         Err(AuditError::Key { .. })
     ));
     assert_eq!(std::fs::read(&k).unwrap(), b"not a key");
+}
+
+#[test]
+fn key_errors_say_which_file_and_what_is_wrong() {
+    let s = Scratch::new("keyerr");
+    let mut cfg = config(&s.base());
+    cfg.origin = Some("two words".into());
+    let err = AuditLog::open(cfg, device())
+        .err()
+        .expect("a bad origin must refuse");
+    let AuditError::Key(KeyError::Origin { path, source }) = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(path, &s.0.join("audit.key"));
+    assert!(matches!(source, NoteError::BadKey(_)), "{source:?}");
+
+    std::fs::write(s.0.join("audit.key"), b"not a key").unwrap();
+    let err = AuditLog::open(config(&s.base()), device()).err().unwrap();
+    assert!(
+        matches!(&err, AuditError::Key(KeyError::NotEd25519 { path }) if path == &s.0.join("audit.key")),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("not an Ed25519 PKCS#8 key"),
+        "{err}"
+    );
 }
 
 #[test]

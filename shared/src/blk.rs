@@ -1,5 +1,7 @@
 //! virtio-blk wire values both sides use (virtio 1.2, 5.2.6), defined once.
 
+use crate::little_endian::{self, OutOfBounds};
+
 /// Read from the device.
 pub const VIRTIO_BLK_T_IN: u32 = 0;
 /// Write to the device.
@@ -114,27 +116,19 @@ impl BlkConfig {
             bit, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_SEG_MAX,
             VIRTIO_BLK_F_WRITE_ZEROES,
         };
+        let too_short = |field: &'static str| {
+            move |e: OutOfBounds| BlkConfigError::TooShort {
+                len: bytes.len(),
+                field,
+                need: e.needed(),
+            }
+        };
         let u32_at = |at: usize, field: &'static str| -> Result<u32, BlkConfigError> {
-            bytes
-                .get(at..at + 4)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_le_bytes)
-                .ok_or(BlkConfigError::TooShort {
-                    len: bytes.len(),
-                    field,
-                    need: at + 4,
-                })
+            little_endian::u32_at(bytes, at).map_err(too_short(field))
         };
         let has = |f: u32| features & bit(f) != 0;
-        let sectors = bytes
-            .get(config::CAPACITY..config::CAPACITY + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-            .ok_or(BlkConfigError::TooShort {
-                len: bytes.len(),
-                field: "capacity",
-                need: 8,
-            })?;
+        let sectors =
+            little_endian::u64_at(bytes, config::CAPACITY).map_err(too_short("capacity"))?;
         let capacity = sectors
             .checked_mul(SECTOR_SIZE)
             .ok_or(BlkConfigError::CapacityOverflow(sectors))?;

@@ -5,6 +5,9 @@
 
 use thiserror::Error;
 
+/// Tables and rings are sized in descriptors; the descriptor is defined with its layout.
+pub use crate::descriptor::DESC_SIZE;
+
 /// Bytes of one bounce slot, as Linux swiotlb's `IO_TLB_SIZE` (2 KiB).
 pub const SLOT_SIZE: u64 = 2048;
 /// Largest single mapping, as Linux swiotlb's `IO_TLB_SEGSIZE` × `IO_TLB_SIZE` (256 KiB).
@@ -20,8 +23,6 @@ pub const MIN_POOL_SIZE: u64 = 1024 * 1024;
 pub const MAX_POOL_SIZE: u64 = 1024 * 1024 * 1024;
 /// Largest queue size either side accepts (virtio-blk devices rarely exceed 256).
 pub const MAX_QUEUE_SIZE: u16 = 256;
-/// Bytes of one split-ring descriptor.
-pub const DESC_SIZE: u64 = 16;
 /// Descriptors in one indirect table the driver builds (1 KiB a table). Also the largest
 /// indirect table the device accepts: it bounds the work one chain can cause.
 pub const INDIRECT_TABLE_DESCS: u16 = 64;

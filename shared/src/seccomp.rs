@@ -4,6 +4,7 @@
 //! it is the caller's.
 //!
 //! - [`runtime`]: what any thread of a Rust program needs to run at all;
+//! - [`restate`]: a list with a program's own reasons for some of its calls;
 //! - [`compile`]: a list to a program;
 //! - [`describe`]: a list as the docs and `--print-sandbox` show it.
 
@@ -154,6 +155,19 @@ pub fn runtime() -> Vec<Allow> {
     v
 }
 
+/// `list` with the reasons of `reasons` (call name, why) in place of its own: a program
+/// says why *its* threads need a call of a shared list such as [`runtime`]. The calls and
+/// their argument rules are unchanged; a name not in `list` is ignored, so a caller should
+/// test that each one it gives is there.
+pub fn restate(mut list: Vec<Allow>, reasons: &[(&str, &'static str)]) -> Vec<Allow> {
+    for a in &mut list {
+        if let Some((_, why)) = reasons.iter().find(|(name, _)| *name == a.name) {
+            a.why = why;
+        }
+    }
+    list
+}
+
 /// One allowed call, as the docs and `--print-sandbox` show it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct AllowedCall {
@@ -254,5 +268,18 @@ mod tests {
         let d = describe(&runtime());
         assert!(d.iter().any(|c| c.name == "mmap" && c.arguments_checked));
         assert!(d.iter().any(|c| c.name == "futex" && !c.arguments_checked));
+    }
+
+    #[test]
+    fn restating_changes_reasons_only() {
+        let list = restate(runtime(), &[("mmap", "ours"), ("no_such_call", "ignored")]);
+        let before = describe(&runtime());
+        let after = describe(&list);
+        assert_eq!(before.len(), after.len());
+        for (b, a) in before.iter().zip(&after) {
+            assert_eq!((b.nr, b.arguments_checked), (a.nr, a.arguments_checked));
+            let why = if a.name == "mmap" { "ours" } else { b.why };
+            assert_eq!(a.why, why, "{}", a.name);
+        }
     }
 }

@@ -14,6 +14,8 @@
 
 use ring::digest;
 
+use crate::little_endian::Cursor;
+
 /// Domain separation string hashed in front of the transcript. It names the protocol and its
 /// version, so a hash made for anything else can never be mistaken for a transcript hash.
 pub const DOMAIN: &[u8] = b"swiotlb-virtio attestation transcript v1";
@@ -245,30 +247,30 @@ impl Transcript {
     /// Decodes a canonical encoding. Strict: the version, platform and instance ID length
     /// must be known, queues in increasing order, and no byte may be missing or left over.
     pub fn decode(bytes: &[u8]) -> Result<Self, TranscriptError> {
-        let mut r = Reader { b: bytes, pos: 0 };
+        let mut r = Cursor::new(bytes);
         let bad_len = || TranscriptError::Length(bytes.len());
-        let version = r.u8().ok_or_else(bad_len)?;
+        let version = r.u8().map_err(|_| bad_len())?;
         if version != VERSION {
             return Err(TranscriptError::Version(version));
         }
-        let p = r.u8().ok_or_else(bad_len)?;
+        let p = r.u8().map_err(|_| bad_len())?;
         let platform = PlatformKind::from_u8(p).ok_or(TranscriptError::Platform(p))?;
-        let nonce = r.array::<NONCE_LEN>().ok_or_else(bad_len)?;
-        let vendor_id = r.u16().ok_or_else(bad_len)?;
-        let device_id = r.u16().ok_or_else(bad_len)?;
-        let subsystem_vendor_id = r.u16().ok_or_else(bad_len)?;
-        let subsystem_id = r.u16().ok_or_else(bad_len)?;
-        let id_len = r.u8().ok_or_else(bad_len)?;
+        let nonce = r.array::<NONCE_LEN>().map_err(|_| bad_len())?;
+        let vendor_id = r.u16().map_err(|_| bad_len())?;
+        let device_id = r.u16().map_err(|_| bad_len())?;
+        let subsystem_vendor_id = r.u16().map_err(|_| bad_len())?;
+        let subsystem_id = r.u16().map_err(|_| bad_len())?;
+        let id_len = r.u8().map_err(|_| bad_len())?;
         let instance_id = match id_len {
-            16 => InstanceId::Short(r.array::<16>().ok_or_else(bad_len)?),
-            32 => InstanceId::Long(r.array::<32>().ok_or_else(bad_len)?),
+            16 => InstanceId::Short(r.array::<16>().map_err(|_| bad_len())?),
+            32 => InstanceId::Long(r.array::<32>().map_err(|_| bad_len())?),
             n => return Err(TranscriptError::InstanceIdLength(n)),
         };
-        let device_features = r.u64().ok_or_else(bad_len)?;
-        let driver_features = r.u64().ok_or_else(bad_len)?;
-        let pool_base = r.u64().ok_or_else(bad_len)?;
-        let pool_size = r.u64().ok_or_else(bad_len)?;
-        let count = usize::from(r.u16().ok_or_else(bad_len)?);
+        let device_features = r.u64().map_err(|_| bad_len())?;
+        let driver_features = r.u64().map_err(|_| bad_len())?;
+        let pool_base = r.u64().map_err(|_| bad_len())?;
+        let pool_size = r.u64().map_err(|_| bad_len())?;
+        let count = usize::from(r.u16().map_err(|_| bad_len())?);
         if count > MAX_QUEUES {
             return Err(TranscriptError::TooManyQueues(count));
         }
@@ -278,11 +280,11 @@ impl Transcript {
         let mut queues = Vec::with_capacity(count);
         for _ in 0..count {
             queues.push(QueueRings {
-                index: r.u16().ok_or_else(bad_len)?,
-                desc: r.u64().ok_or_else(bad_len)?,
-                avail: r.u64().ok_or_else(bad_len)?,
-                used: r.u64().ok_or_else(bad_len)?,
-                size: r.u16().ok_or_else(bad_len)?,
+                index: r.u16().map_err(|_| bad_len())?,
+                desc: r.u64().map_err(|_| bad_len())?,
+                avail: r.u64().map_err(|_| bad_len())?,
+                used: r.u64().map_err(|_| bad_len())?,
+                size: r.u16().map_err(|_| bad_len())?,
             });
         }
         let t = Transcript {
@@ -315,36 +317,6 @@ pub fn report_data_of(encoded: &[u8]) -> [u8; REPORT_DATA_LEN] {
     let mut out = [0u8; REPORT_DATA_LEN];
     out.copy_from_slice(d.as_ref());
     out
-}
-
-/// A bounds-checked little-endian reader.
-struct Reader<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        let end = self.pos.checked_add(n)?;
-        let s = self.b.get(self.pos..end)?;
-        self.pos = end;
-        Some(s)
-    }
-    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
-        self.take(N)?.try_into().ok()
-    }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.array::<1>()?[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_le_bytes(self.array()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.array()?))
-    }
-    fn remaining(&self) -> usize {
-        self.b.len().saturating_sub(self.pos)
-    }
 }
 
 #[cfg(test)]

@@ -273,6 +273,7 @@ impl InProcessHost {
                     let e = match end {
                         SessionEnd::Closed => "closed".to_string(),
                         SessionEnd::ProtocolError(e) => format!("protocol error: {e}"),
+                        SessionEnd::Stopped => "stopped".to_string(),
                     };
                     records.push((e, summary.clone(), *proto));
                 })

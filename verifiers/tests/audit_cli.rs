@@ -1,5 +1,5 @@
 //! The `swiotlb-audit` tool on real logs written by the device's own writer: `verify` exits
-//! 0 intact, 1 tampered, 2 unreadable and names the record; `show` filters by class and
+//! 0 intact, 1 tampered, 2 unreadable, 3 open, and names the record; `show` filters by class and
 //! time and `stats` counts per device and queue; `prove` gives the proofs of the naive
 //! RFC 6962 computation against the latest checkpoint.
 
@@ -105,6 +105,64 @@ fn the_tool_exits_0_intact_1_tampered_2_unreadable_and_names_the_record() {
         .output()
         .unwrap();
     assert_eq!(nokey.status.code(), Some(2));
+}
+
+#[test]
+fn a_log_its_writer_did_not_close_is_open_exit_3_naming_the_unproven_records() {
+    let (s, path, _key) = closed_log("open", 16);
+    let pubkey = s.0.join("audit.key.pub");
+    let l = lines(&path);
+    // The writer died before its stop record: the last records after the last checkpoint
+    // are unproven.
+    let cut = l.len() - 2;
+    write_lines(&path, &l[..cut]);
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            path.to_str().unwrap(),
+            "--key",
+            pubkey.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        tool().args(&args).output().unwrap()
+    };
+    let out = verify(&[]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("OPEN:"), "{text}");
+    assert!(text.contains("no stop record"), "{text}");
+    assert!(!text.contains("TAMPERED"), "{text}");
+
+    let out = verify(&["--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verdict"], "open");
+    assert_eq!(v["ok"], false);
+    let recs = records(&path);
+    let last_cp = recs
+        .iter()
+        .rposition(|r| r.checkpoint_note().is_some())
+        .unwrap() as u64;
+    assert_eq!(v["open"]["last_checkpoint"], last_cp);
+    assert_eq!(v["open"]["first_unproven"], last_cp + 1);
+    assert_eq!(v["open"]["unproven"], cut as u64 - last_cp - 1);
+    assert_eq!(v["open"]["stop_record"], false);
+
+    // A live log is expected to be open.
+    let out = verify(&["--live", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["verdict"].as_str(), v["ok"].as_bool()),
+        (Some("open"), Some(true))
+    );
+
+    // The closed log is intact.
+    write_lines(&path, &l);
+    let out = verify(&["--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verdict"], "intact");
 }
 
 #[test]

@@ -38,6 +38,8 @@
 //! | 0x208 | reserved (152) | zero |
 //! | 0x2A0 | SIGNATURE: R (72, little-endian), S (72, little-endian), reserved (368) | reserved zero |
 
+use swiotlb_shared::little_endian::{array_at, bytes_at, u32_at, u64_at, OutOfBounds};
+
 use super::tcb::Tcb;
 
 /// Size of a report.
@@ -181,26 +183,26 @@ pub struct Report {
     pub mit_vectors: Option<(u64, u64)>,
 }
 
-fn le32(b: &[u8], off: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[off..off + 4]);
-    u32::from_le_bytes(a)
+/// A field read past the end: the report's length is wrong. (Every field is at a constant
+/// offset inside [`REPORT_LEN`], checked first, so this is only the bounds-checked reader's
+/// answer, never a panic.)
+impl From<OutOfBounds> for ReportError {
+    fn from(e: OutOfBounds) -> Self {
+        Self::Length(e.actual)
+    }
 }
 
-fn le64(b: &[u8], off: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(a)
-}
-
-fn arr<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
-    let mut a = [0u8; N];
-    a.copy_from_slice(&b[off..off + N]);
-    a
+/// A firmware version stored as build, minor, major bytes at `at`, as (major, minor, build).
+fn version_at(b: &[u8], at: usize) -> Result<(u8, u8, u8), ReportError> {
+    let [build, minor, major] = array_at(b, at)?;
+    Ok((major, minor, build))
 }
 
 fn mbz(b: &[u8], start: usize, end: usize) -> Result<(), ReportError> {
-    if b[start..end].iter().all(|&x| x == 0) {
+    if bytes_at(b, start, end.saturating_sub(start))?
+        .iter()
+        .all(|&x| x == 0)
+    {
         Ok(())
     } else {
         Err(ReportError::Reserved { start, end })
@@ -215,25 +217,25 @@ impl Report {
                 .try_into()
                 .map_err(|_| ReportError::Length(bytes.len()))?,
         );
-        // All offsets below are constants inside REPORT_LEN.
+        // All offsets below are constants inside REPORT_LEN: the reads cannot fail.
         let b: &[u8] = &raw[..];
-        let version = le32(b, 0x00);
+        let version = u32_at(b, 0x00)?;
         if !(2..=5).contains(&version) {
             return Err(ReportError::Version(version));
         }
-        let policy = le64(b, 0x08);
+        let policy = u64_at(b, 0x08)?;
         if policy & POLICY_RESERVED_ONE == 0 || policy >> POLICY_MBZ_FROM_BIT != 0 {
             return Err(ReportError::Policy(policy));
         }
-        let vmpl = le32(b, 0x30);
+        let vmpl = u32_at(b, 0x30)?;
         if vmpl > 3 {
             return Err(ReportError::Vmpl(vmpl));
         }
-        let algo = le32(b, 0x34);
+        let algo = u32_at(b, 0x34)?;
         if algo != SIG_ALGO_ECDSA_P384_SHA384 {
             return Err(ReportError::SignatureAlgo(algo));
         }
-        let signer = le32(b, 0x48);
+        let signer = u32_at(b, 0x48)?;
         let signing_key = match (signer >> 2) & 7 {
             0 => SigningKey::Vcek,
             1 => SigningKey::Vlek,
@@ -246,7 +248,8 @@ impl Report {
         mbz(b, 0x4C, 0x50)?;
         let cpuid = if version >= 3 {
             mbz(b, 0x18B, 0x1A0)?;
-            Some((b[0x188], b[0x189], b[0x18A]))
+            let [family, model, stepping] = array_at(b, 0x188)?;
+            Some((family, model, stepping))
         } else {
             mbz(b, 0x188, 0x1A0)?;
             None
@@ -255,7 +258,7 @@ impl Report {
         mbz(b, 0x1EF, 0x1F0)?;
         let mit_vectors = if version >= 5 {
             mbz(b, 0x208, SIGNED_LEN)?;
-            Some((le64(b, 0x1F8), le64(b, 0x200)))
+            Some((u64_at(b, 0x1F8)?, u64_at(b, 0x200)?))
         } else {
             mbz(b, 0x1F8, SIGNED_LEN)?;
             None
@@ -263,30 +266,30 @@ impl Report {
         mbz(b, SIG_S_OFFSET + SIG_COMPONENT_LEN, REPORT_LEN)?;
         Ok(Self {
             version,
-            guest_svn: le32(b, 0x04),
+            guest_svn: u32_at(b, 0x04)?,
             policy,
-            family_id: arr(b, 0x10),
-            image_id: arr(b, 0x20),
+            family_id: array_at(b, 0x10)?,
+            image_id: array_at(b, 0x20)?,
             vmpl,
-            current_tcb: le64(b, 0x38),
-            platform_info: le64(b, 0x40),
+            current_tcb: u64_at(b, 0x38)?,
+            platform_info: u64_at(b, 0x40)?,
             author_key_en: signer & 1 != 0,
             mask_chip_id: signer & 2 != 0,
             signing_key,
-            report_data: arr(b, 0x50),
-            measurement: arr(b, 0x90),
-            host_data: arr(b, 0xC0),
-            id_key_digest: arr(b, 0xE0),
-            author_key_digest: arr(b, 0x110),
-            report_id: arr(b, 0x140),
-            report_id_ma: arr(b, 0x160),
-            reported_tcb: le64(b, 0x180),
+            report_data: array_at(b, 0x50)?,
+            measurement: array_at(b, 0x90)?,
+            host_data: array_at(b, 0xC0)?,
+            id_key_digest: array_at(b, 0xE0)?,
+            author_key_digest: array_at(b, 0x110)?,
+            report_id: array_at(b, 0x140)?,
+            report_id_ma: array_at(b, 0x160)?,
+            reported_tcb: u64_at(b, 0x180)?,
             cpuid,
-            chip_id: arr(b, 0x1A0),
-            committed_tcb: le64(b, 0x1E0),
-            current_version: (b[0x1EA], b[0x1E9], b[0x1E8]),
-            committed_version: (b[0x1EE], b[0x1ED], b[0x1EC]),
-            launch_tcb: le64(b, 0x1F0),
+            chip_id: array_at(b, 0x1A0)?,
+            committed_tcb: u64_at(b, 0x1E0)?,
+            current_version: version_at(b, 0x1E8)?,
+            committed_version: version_at(b, 0x1EC)?,
+            launch_tcb: u64_at(b, 0x1F0)?,
             mit_vectors,
             raw,
         })

@@ -22,6 +22,8 @@
 //! buffers are padded). The reserved header words are not checked: they are signed, and
 //! Intel's libraries put QE and PCE SVNs there.
 
+use swiotlb_shared::little_endian::{array_at, u16_at, Cursor, OutOfBounds};
+
 /// Bytes of the header.
 pub const HEADER_LEN: usize = 48;
 /// Bytes of a TDX 1.0 TD report body.
@@ -137,35 +139,10 @@ pub struct Quote {
     pub pck_chain_pem: Vec<u8>,
 }
 
-struct Cursor<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], QuoteError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or(QuoteError::Structure("a length runs past the end"))?;
-        let s = &self.b[self.pos..end];
-        self.pos = end;
-        Ok(s)
-    }
-    fn arr<const N: usize>(&mut self) -> Result<[u8; N], QuoteError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
-    }
-    fn u16(&mut self) -> Result<u16, QuoteError> {
-        Ok(u16::from_le_bytes(self.arr()?))
-    }
-    fn u32(&mut self) -> Result<u32, QuoteError> {
-        Ok(u32::from_le_bytes(self.arr()?))
-    }
-    fn u64(&mut self) -> Result<u64, QuoteError> {
-        Ok(u64::from_le_bytes(self.arr()?))
+/// A field read past the end of the quote or of its signature data.
+impl From<OutOfBounds> for QuoteError {
+    fn from(_: OutOfBounds) -> Self {
+        Self::Structure("a length runs past the end")
     }
 }
 
@@ -175,7 +152,7 @@ impl Quote {
         if bytes.len() < SIGNED_LEN + 4 || bytes.len() > MAX_QUOTE_LEN {
             return Err(QuoteError::Length(bytes.len()));
         }
-        let mut c = Cursor { b: bytes, pos: 0 };
+        let mut c = Cursor::new(bytes);
         let version = c.u16()?;
         let key_type = c.u16()?;
         let tee_type = c.u32()?;
@@ -192,26 +169,26 @@ impl Quote {
                 "TEE type {tee_type:#x}, expected 0x81 (TDX)"
             )));
         }
-        c.take(4)?; // reserved words (QE/PCE SVN in Intel's libraries); signed
-        let qe_vendor_id = c.arr()?;
-        c.take(20)?; // user data
+        c.bytes(4)?; // reserved words (QE/PCE SVN in Intel's libraries); signed
+        let qe_vendor_id = c.array()?;
+        c.bytes(20)?; // user data
         let body = TdReport {
-            tee_tcb_svn: c.arr()?,
-            mr_seam: c.arr()?,
-            mr_signer_seam: c.arr()?,
+            tee_tcb_svn: c.array()?,
+            mr_seam: c.array()?,
+            mr_signer_seam: c.array()?,
             seam_attributes: c.u64()?,
             td_attributes: c.u64()?,
             xfam: c.u64()?,
-            mr_td: c.arr()?,
-            mr_config_id: c.arr()?,
-            mr_owner: c.arr()?,
-            mr_owner_config: c.arr()?,
-            rtmrs: [c.arr()?, c.arr()?, c.arr()?, c.arr()?],
-            report_data: c.arr()?,
+            mr_td: c.array()?,
+            mr_config_id: c.array()?,
+            mr_owner: c.array()?,
+            mr_owner_config: c.array()?,
+            rtmrs: [c.array()?, c.array()?, c.array()?, c.array()?],
+            report_data: c.array()?,
         };
-        debug_assert_eq!(c.pos, SIGNED_LEN);
+        debug_assert_eq!(c.position(), SIGNED_LEN);
         let sig_len = c.u32()? as usize;
-        let sig_start = c.pos;
+        let sig_start = c.position();
         let sig_end = sig_start
             .checked_add(sig_len)
             .filter(|&e| e <= bytes.len())
@@ -219,52 +196,44 @@ impl Quote {
         if bytes[sig_end..].iter().any(|&b| b != 0) {
             return Err(QuoteError::Trailing);
         }
-        let mut s = Cursor {
-            b: &bytes[..sig_end],
-            pos: sig_start,
-        };
-        let signature = s.arr()?;
-        let attestation_key = s.arr()?;
+        let mut s = Cursor::new(&bytes[sig_start..sig_end]);
+        let signature = s.array()?;
+        let attestation_key = s.array()?;
         if s.u16()? != CERT_TYPE_QE_REPORT {
             return Err(QuoteError::Structure(
                 "certification data is not QE report certification data (type 6)",
             ));
         }
         let cd_len = s.u32()? as usize;
-        if s.pos.checked_add(cd_len) != Some(sig_end) {
+        if s.remaining() != cd_len {
             return Err(QuoteError::Structure(
                 "QE report certification data size disagrees with the signature data size",
             ));
         }
-        let qe_report_raw: [u8; QE_REPORT_LEN] = s.arr()?;
-        let qe_report_signature = s.arr()?;
+        let qe_report_raw: [u8; QE_REPORT_LEN] = s.array()?;
+        let qe_report_signature = s.array()?;
         let auth_len = usize::from(s.u16()?);
-        let qe_auth_data = s.take(auth_len)?.to_vec();
+        let qe_auth_data = s.bytes(auth_len)?.to_vec();
         if s.u16()? != CERT_TYPE_PCK_CHAIN {
             return Err(QuoteError::Structure(
                 "QE certification data is not a PCK certificate chain (type 5)",
             ));
         }
         let chain_len = s.u32()? as usize;
-        if s.pos.checked_add(chain_len) != Some(sig_end) {
+        if s.remaining() != chain_len {
             return Err(QuoteError::Structure(
                 "PCK chain size disagrees with the certification data size",
             ));
         }
-        let pck_chain_pem = s.take(chain_len)?.to_vec();
-        let q = &qe_report_raw;
-        let mut mr_enclave = [0u8; 32];
-        mr_enclave.copy_from_slice(&q[64..96]);
-        let mut mr_signer = [0u8; 32];
-        mr_signer.copy_from_slice(&q[128..160]);
-        let mut qe_rd = [0u8; 64];
-        qe_rd.copy_from_slice(&q[320..384]);
+        let pck_chain_pem = s.bytes(chain_len)?.to_vec();
+        // SGX report body offsets, all inside its QE_REPORT_LEN bytes.
+        let q = &qe_report_raw[..];
         let qe_report = QeReport {
-            mr_enclave,
-            mr_signer,
-            isv_prod_id: u16::from_le_bytes([q[256], q[257]]),
-            isv_svn: u16::from_le_bytes([q[258], q[259]]),
-            report_data: qe_rd,
+            mr_enclave: array_at(q, 64)?,
+            mr_signer: array_at(q, 128)?,
+            isv_prod_id: u16_at(q, 256)?,
+            isv_svn: u16_at(q, 258)?,
+            report_data: array_at(q, 320)?,
         };
         Ok(Self {
             raw: bytes[..sig_end].to_vec(),

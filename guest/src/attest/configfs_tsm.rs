@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use swiotlb_attest::Evidence;
+use swiotlb_shared::little_endian;
 use swiotlb_shared::transcript::PlatformKind;
 
 use super::{io, AttestError, Attester};
@@ -94,8 +95,8 @@ fn endorsement_from_cert_table(table: &[u8]) -> Option<Vec<u8>> {
         if guid == [0; 16] {
             break;
         }
-        let off = u32::from_le_bytes(entry[16..20].try_into().ok()?) as usize;
-        let len = u32::from_le_bytes(entry[20..24].try_into().ok()?) as usize;
+        let off = little_endian::u32_at(entry, 16).ok()? as usize;
+        let len = little_endian::u32_at(entry, 20).ok()? as usize;
         if guid == VCEK_GUID || guid == VLEK_GUID {
             return table.get(off..off.checked_add(len)?).map(<[u8]>::to_vec);
         }

@@ -11,6 +11,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use swiotlb_shared::pci::{VIRTIO_PCI_DEVICE_ID_BLOCK, VIRTIO_PCI_VENDOR_ID};
+use thiserror::Error;
 
 use super::PciError;
 
@@ -78,78 +79,170 @@ pub(super) fn excerpt(s: &str) -> String {
     e
 }
 
+/// What is wrong with a sysfs text this module parses (a `resource` file, an ID file) or
+/// with a PCI address.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum DiscoveryError {
+    /// Not a hexadecimal number.
+    #[error("{0:?} is not a hexadecimal number")]
+    NotHex(String),
+    /// A hexadecimal number wider than 64 bits.
+    #[error("{0:?} does not fit 64 bits")]
+    HexTooWide(String),
+    /// A BAR line that is not three words.
+    #[error("BAR {bar}: expected `start end flags`, found {line:?}")]
+    BarLine {
+        /// The BAR.
+        bar: usize,
+        /// The start of the line.
+        line: String,
+    },
+    /// A word of a BAR line that is not a number.
+    #[error("BAR {bar} {field}")]
+    BarField {
+        /// The BAR.
+        bar: usize,
+        /// Which word: `start`, `end` or `flags`.
+        field: &'static str,
+        /// What is wrong with it.
+        #[source]
+        source: Box<DiscoveryError>,
+    },
+    /// A BAR that ends before it starts.
+    #[error("BAR {bar}: end {end:#x} lies below start {start:#x}")]
+    EndBelowStart {
+        /// The BAR.
+        bar: usize,
+        /// Its first address.
+        start: u64,
+        /// Its last address.
+        end: u64,
+    },
+    /// A BAR whose size does not fit 64 bits.
+    #[error("BAR {bar}: [{start:#x}, {end:#x}] overflows 64 bits")]
+    SizeOverflow {
+        /// The BAR.
+        bar: usize,
+        /// Its first address.
+        start: u64,
+        /// Its last address.
+        end: u64,
+    },
+    /// A BAR whose flags say neither or both of I/O and memory.
+    #[error("BAR {bar}: flags {flags:#x} say neither or both of I/O and memory")]
+    Kind {
+        /// The BAR.
+        bar: usize,
+        /// Its `IORESOURCE_*` flags.
+        flags: u64,
+    },
+    /// A BAR whose size is not a power of two.
+    #[error("BAR {bar}: size {size:#x} is not a power of two")]
+    NotPowerOfTwo {
+        /// The BAR.
+        bar: usize,
+        /// Its size.
+        size: u64,
+    },
+    /// A BAR smaller than PCI allows.
+    #[error("BAR {bar}: size {size:#x} is below the {min} bytes PCI allows")]
+    TooSmall {
+        /// The BAR.
+        bar: usize,
+        /// Its size.
+        size: u64,
+        /// The least PCI allows for its kind.
+        min: u64,
+    },
+    /// A BAR not aligned to its size.
+    #[error("BAR {bar}: address {start:#x} is not aligned to its size {size:#x}")]
+    Unaligned {
+        /// The BAR.
+        bar: usize,
+        /// Its address.
+        start: u64,
+        /// Its size.
+        size: u64,
+    },
+    /// A `resource` file with fewer lines than BARs.
+    #[error("{lines} lines, expected at least {NUM_BARS} (one per BAR)")]
+    TooFewLines {
+        /// Lines there were.
+        lines: usize,
+    },
+    /// Not a PCI address.
+    #[error("{0:?} is not a PCI address (DDDD:BB:DD.F)")]
+    NotBdf(String),
+}
+
 /// A hexadecimal number of at most 64 bits, with or without `0x`.
-fn parse_hex(s: &str) -> Result<u64, String> {
+fn parse_hex(s: &str) -> Result<u64, DiscoveryError> {
     let digits = s
         .strip_prefix("0x")
         .or_else(|| s.strip_prefix("0X"))
         .unwrap_or(s);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("{:?} is not a hexadecimal number", excerpt(s)));
+        return Err(DiscoveryError::NotHex(excerpt(s)));
     }
-    u64::from_str_radix(digits, 16).map_err(|_| format!("{:?} does not fit 64 bits", excerpt(s)))
+    u64::from_str_radix(digits, 16).map_err(|_| DiscoveryError::HexTooWide(excerpt(s)))
 }
 
 /// Checks one BAR line (`start end flags`) of the `resource` file.
-fn parse_bar(bar: usize, line: &str) -> Result<BarResource, String> {
+fn parse_bar(bar: usize, line: &str) -> Result<BarResource, DiscoveryError> {
     let mut words = line.split_ascii_whitespace();
     let (Some(a), Some(b), Some(c), None) =
         (words.next(), words.next(), words.next(), words.next())
     else {
-        return Err(format!(
-            "BAR {bar}: expected `start end flags`, found {:?}",
-            excerpt(line)
-        ));
+        return Err(DiscoveryError::BarLine {
+            bar,
+            line: excerpt(line),
+        });
     };
-    let field = |what: &str, s: &str| parse_hex(s).map_err(|e| format!("BAR {bar} {what}: {e}"));
+    let field = |field: &'static str, s: &str| {
+        parse_hex(s).map_err(|e| DiscoveryError::BarField {
+            bar,
+            field,
+            source: Box::new(e),
+        })
+    };
     let (start, end, flags) = (field("start", a)?, field("end", b)?, field("flags", c)?);
     if start == 0 && end == 0 {
         // Unused (or the upper half of a 64-bit BAR).
         return Ok(BarResource::default());
     }
     if end < start {
-        return Err(format!(
-            "BAR {bar}: end {end:#x} lies below start {start:#x}"
-        ));
+        return Err(DiscoveryError::EndBelowStart { bar, start, end });
     }
     let size = (end - start)
         .checked_add(1)
-        .ok_or_else(|| format!("BAR {bar}: [{start:#x}, {end:#x}] overflows 64 bits"))?;
+        .ok_or(DiscoveryError::SizeOverflow { bar, start, end })?;
     match (flags & IORESOURCE_IO != 0, flags & IORESOURCE_MEM != 0) {
         (true, false) | (false, true) => {}
-        _ => {
-            return Err(format!(
-                "BAR {bar}: flags {flags:#x} say neither or both of I/O and memory"
-            ))
-        }
+        _ => return Err(DiscoveryError::Kind { bar, flags }),
     }
     if !size.is_power_of_two() {
-        return Err(format!("BAR {bar}: size {size:#x} is not a power of two"));
+        return Err(DiscoveryError::NotPowerOfTwo { bar, size });
     }
     // The smallest BARs PCI allows: 16 bytes of memory, 4 of I/O ports.
     let min = if flags & IORESOURCE_MEM != 0 { 16 } else { 4 };
     if size < min {
-        return Err(format!(
-            "BAR {bar}: size {size:#x} is below the {min} bytes PCI allows"
-        ));
+        return Err(DiscoveryError::TooSmall { bar, size, min });
     }
     if start % size != 0 {
-        return Err(format!(
-            "BAR {bar}: address {start:#x} is not aligned to its size {size:#x}"
-        ));
+        return Err(DiscoveryError::Unaligned { bar, start, size });
     }
     Ok(BarResource { start, size, flags })
 }
 
 /// Parses the `resource` file: its first six lines are BARs 0 to 5 (later lines, the ROM
 /// and bridge or SR-IOV windows, are not used and not looked at).
-pub fn parse_resource(text: &str) -> Result<[BarResource; NUM_BARS], String> {
+pub fn parse_resource(text: &str) -> Result<[BarResource; NUM_BARS], DiscoveryError> {
     let mut bars = [BarResource::default(); NUM_BARS];
     let mut lines = text.lines();
     for (i, bar) in bars.iter_mut().enumerate() {
         let line = lines
             .next()
-            .ok_or_else(|| format!("{i} lines, expected at least {NUM_BARS} (one per BAR)"))?;
+            .ok_or(DiscoveryError::TooFewLines { lines: i })?;
         *bar = parse_bar(i, line)?;
     }
     Ok(bars)
@@ -158,9 +251,9 @@ pub fn parse_resource(text: &str) -> Result<[BarResource; NUM_BARS], String> {
 /// Parses a PCI address: `DDDD:BB:DD.F`, or `BB:DD.F` in domain 0. Returns it as sysfs
 /// names the function (lower-case, zero-padded), so it can only ever name an entry of the
 /// devices directory.
-pub fn parse_bdf(s: &str) -> Result<String, String> {
-    let bad = || format!("{:?} is not a PCI address (DDDD:BB:DD.F)", excerpt(s));
-    let num = |t: &str, max_digits: usize, max: u32| -> Result<u32, String> {
+pub fn parse_bdf(s: &str) -> Result<String, DiscoveryError> {
+    let bad = || DiscoveryError::NotBdf(excerpt(s));
+    let num = |t: &str, max_digits: usize, max: u32| -> Result<u32, DiscoveryError> {
         if t.is_empty() || t.len() > max_digits || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
@@ -241,7 +334,7 @@ pub fn read_resources(dir: &Path) -> Result<[BarResource; NUM_BARS], PciError> {
         .and_then(|f| f.take(MAX_RESOURCE_BYTES).read_to_end(&mut raw))
         .map_err(sysfs_err(&path, "reading"))?;
     let text = String::from_utf8_lossy(&raw);
-    parse_resource(&text).map_err(|why| PciError::SysfsInvalid { path, why })
+    parse_resource(&text).map_err(|source| PciError::Resource { path, source })
 }
 
 /// The name of the function in `dir` (its BDF: the directory's name), for messages.
@@ -372,7 +465,10 @@ mod tests {
             .take(5)
             .collect::<Vec<_>>()
             .join("\n");
-        assert!(parse_resource(&five).unwrap_err().contains("at least 6"));
+        assert!(parse_resource(&five)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 6"));
     }
 
     proptest! {
@@ -471,7 +567,7 @@ mod tests {
         fs::write(dir.join("resource"), "0x1 0x0 0x200\n").unwrap();
         assert!(matches!(
             read_resources(&dir),
-            Err(PciError::SysfsInvalid { .. })
+            Err(PciError::Resource { .. })
         ));
     }
 }

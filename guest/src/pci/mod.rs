@@ -30,6 +30,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use swiotlb_shared::pci::{cfg, VIRTIO_PCI_DEVICE_ID_BLOCK, VIRTIO_PCI_VENDOR_ID};
+use swiotlb_shared::vfio_user::RegionInfoError;
 use thiserror::Error;
 
 use crate::pool::{Mapping, PoolAccessError};
@@ -80,6 +81,15 @@ pub enum PciError {
         path: PathBuf,
         /// What is wrong with it.
         why: String,
+    },
+    /// The function's `resource` file is not what the kernel writes.
+    #[error("{}", .path.display())]
+    Resource {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: discovery::DiscoveryError,
     },
     /// The function is not the one the back end drives.
     #[error("{} is {vendor:04x}:{device:04x}, not a modern virtio-blk function (1af4:1042)", .path.display())]
@@ -135,7 +145,16 @@ pub enum PciError {
         #[source]
         source: vfio_ioctls::VfioError,
     },
-    /// A VFIO answer the back end refuses (region sizes, offsets, capability chains).
+    /// A region's info as VFIO gave it is malformed (offsets, capability chain).
+    #[error("{what}")]
+    RegionInfo {
+        /// The ioctl and region concerned.
+        what: String,
+        /// What is wrong with it.
+        #[source]
+        source: RegionInfoError,
+    },
+    /// A VFIO answer the back end refuses (region sizes and flags, registers).
     #[error("{what}: {why}")]
     VfioInvalid {
         /// The ioctl or region concerned.
@@ -299,11 +318,15 @@ impl RegisterAccess {
     }
 }
 
-/// One volatile load of exactly `buf.len()` bytes (1, 2, 4 or 8) at `offset` of a register
-/// mapping, as device registers want. Refuses other widths, unaligned offsets and ranges
-/// past the mapping's end.
-pub(crate) fn mmio_read(map: &Mapping, offset: u64, buf: &mut [u8]) -> Result<(), String> {
-    let at = mmio_check(map, offset, buf.len())?;
+/// One volatile load of exactly `buf.len()` bytes (1, 2, 4 or 8) at `access.offset` of a
+/// register mapping, as device registers want. Refuses other widths, unaligned offsets and
+/// ranges past the mapping's end, as `access` says.
+pub(crate) fn mmio_read(
+    map: &Mapping,
+    access: RegisterAccess,
+    buf: &mut [u8],
+) -> Result<(), PciError> {
+    let at = mmio_check(map, access, buf.len())?;
     // SAFETY: `mmio_check` proved `[offset, offset + len)` lies inside the mapping and
     // `offset` is a multiple of the width; the mapping is page aligned, so each access below
     // is naturally aligned and wholly inside it. The mapping is device memory that no Rust
@@ -321,8 +344,12 @@ pub(crate) fn mmio_read(map: &Mapping, offset: u64, buf: &mut [u8]) -> Result<()
 }
 
 /// One volatile store of exactly `data.len()` bytes (1, 2, 4 or 8); see [`mmio_read`].
-pub(crate) fn mmio_write(map: &Mapping, offset: u64, data: &[u8]) -> Result<(), String> {
-    let at = mmio_check(map, offset, data.len())?;
+pub(crate) fn mmio_write(
+    map: &Mapping,
+    access: RegisterAccess,
+    data: &[u8],
+) -> Result<(), PciError> {
+    let at = mmio_check(map, access, data.len())?;
     let mut b = [0u8; 8];
     b[..data.len()].copy_from_slice(data);
     // SAFETY: as in `mmio_read`: in bounds, naturally aligned, device memory.
@@ -342,22 +369,23 @@ pub(crate) fn mmio_write(map: &Mapping, offset: u64, data: &[u8]) -> Result<(), 
     Ok(())
 }
 
-/// Checks a register access of `len` bytes at `offset` of `map`; returns the offset as an
-/// index.
-fn mmio_check(map: &Mapping, offset: u64, len: usize) -> Result<usize, String> {
+/// Checks a register access of `len` bytes at `access.offset` of `map`; returns the offset
+/// as an index, or `access` refused.
+fn mmio_check(map: &Mapping, access: RegisterAccess, len: usize) -> Result<usize, PciError> {
+    let offset = access.offset;
     if !matches!(len, 1 | 2 | 4 | 8) {
-        return Err("registers are 1, 2, 4 or 8 bytes wide".into());
+        return Err(access.refuse("registers are 1, 2, 4 or 8 bytes wide"));
     }
     if offset % len as u64 != 0 {
-        return Err(format!("not aligned to its width of {len}"));
+        return Err(access.refuse(format!("not aligned to its width of {len}")));
     }
     let end = offset.checked_add(len as u64);
     match (end, usize::try_from(offset)) {
         (Some(end), Ok(at)) if end <= map.byte_len() as u64 => Ok(at),
-        _ => Err(format!(
+        _ => Err(access.refuse(format!(
             "outside the {:#x}-byte register mapping",
             map.byte_len()
-        )),
+        ))),
     }
 }
 

@@ -275,13 +275,13 @@ impl PciAccess for SysfsPci {
     fn bar_read(&mut self, bar: u8, offset: u64, buf: &mut [u8]) -> Result<(), PciError> {
         let access = RegisterAccess::read(bar, offset, buf.len());
         let map = self.register(access)?;
-        mmio_read(map, offset, buf).map_err(|why| access.refuse(why))
+        mmio_read(map, access, buf)
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Result<(), PciError> {
         let access = RegisterAccess::write(bar, offset, data.len());
         let map = self.register(access)?;
-        mmio_write(map, offset, data).map_err(|why| access.refuse(why))
+        mmio_write(map, access, data)
     }
 
     fn bar_size(&mut self, bar: u8) -> Result<u64, PciError> {
@@ -471,8 +471,9 @@ mod tests {
         );
         let e = t.open().unwrap_err();
         match &e {
-            PciError::SysfsInvalid { path, why } => {
+            PciError::Resource { path, source } => {
                 assert!(path.ends_with("0000:00:04.0/resource"));
+                let why = source.to_string();
                 assert!(why.contains("power of two"), "{why}");
             }
             other => panic!("{other:?}"),
@@ -480,7 +481,7 @@ mod tests {
         // Binary garbage is an error, not a panic.
         let t = Tree::new();
         t.write("resource", &[0xff, 0xfe, 0, 0x80, b'\n'].repeat(10));
-        assert!(matches!(t.open(), Err(PciError::SysfsInvalid { .. })));
+        assert!(matches!(t.open(), Err(PciError::Resource { .. })));
     }
 
     #[test]

@@ -10,10 +10,12 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use swiotlb_shared::error_chain;
 use swiotlb_shared::pci::cfg;
-use swiotlb_shared::vfio_user::region::{
-    IO_FD_TYPE_IOEVENTFD, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ,
-};
+use swiotlb_shared::vfio_user::device::{pci_irq, pci_region};
+use swiotlb_shared::vfio_user::limits::{MAX_IO_FDS_ARGSZ, MAX_REGION_INFO_ARGSZ};
+use swiotlb_shared::vfio_user::region::IO_FD_TYPE_IOEVENTFD;
+use swiotlb_shared::vfio_user::region_info::{REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ};
 use swiotlb_shared::vfio_user::socket::{recv_message, send_message, RecvError};
 use swiotlb_shared::vfio_user::{
     check_reply, encode_request, ArgszReply, CodecError, Command, DeviceInfo, IrqAction, IrqSet,
@@ -21,26 +23,18 @@ use swiotlb_shared::vfio_user::{
     MAX_DATA_XFER_SIZE,
 };
 
+use super::discovery::NUM_BARS;
 use super::{PciAccess, PciError};
 use crate::pool::Mapping;
 
 /// VFIO region index of PCI config space.
-pub const CONFIG_REGION: u32 = 7;
-/// VFIO IRQ index of MSI-X.
-const MSIX_IRQ_INDEX: u32 = 2;
+const CONFIG_REGION: u32 = pci_region::CONFIG;
 /// Where the client places 32-bit memory BARs (below 4 GiB, as firmware does).
 pub const MEM32_BASE: u64 = 0xc000_0000;
 /// Where the client places 64-bit memory BARs (above 4 GiB).
 pub const MEM64_BASE: u64 = 0x80_0000_0000;
 /// How long to wait for a reply before giving up on the server.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest region-info reply the client accepts (bounds the retry's argsz).
-const MAX_REGION_INFO_ARGSZ: u32 = 4096;
-/// Largest IO-FD reply the client accepts (the codec's 128 sub-regions of 40 bytes, plus
-/// the fixed part).
-const MAX_IO_FDS_ARGSZ: u32 = 16 + 128 * 40;
-/// Number of BAR regions.
-const NUM_BARS: u32 = 6;
 /// KVM's ioeventfd flag: only writes of exactly `datamatch` signal the fd.
 const IOEVENTFD_FLAG_DATAMATCH: u32 = 1;
 
@@ -81,7 +75,7 @@ fn codec(e: CodecError) -> PciError {
             what: command.to_string(),
             errno,
         },
-        other => PciError::Protocol(other.to_string()),
+        other => PciError::Protocol(error_chain(&other)),
     }
 }
 
@@ -127,7 +121,7 @@ impl VfioUserClient {
     /// the ioeventfds. A server that refuses the command, or offers another kind of fd, is
     /// served by messages; a malformed reply is an error like any other.
     fn io_fds(&mut self) -> Result<(), PciError> {
-        for index in 0..NUM_BARS {
+        for index in 0..NUM_BARS as u32 {
             let Some(r) = self.regions.get(index as usize) else {
                 break;
             };
@@ -376,7 +370,7 @@ impl VfioUserClient {
         self.config_write(cfg::COMMAND, &0u16.to_le_bytes())?;
         let (mut next32, mut next64) = (mem32, mem64);
         let mut bar = 0u8;
-        while bar < 6 {
+        while usize::from(bar) < NUM_BARS {
             let reg = cfg::BAR0 + u16::from(bar) * 4;
             let orig = self.config_u32(reg)?;
             if orig & cfg::BAR_IO != 0 {
@@ -518,7 +512,7 @@ impl PciAccess for VfioUserClient {
         let set = IrqSet {
             action: IrqAction::Trigger,
             data: IrqSetData::Eventfd,
-            index: MSIX_IRQ_INDEX,
+            index: pci_irq::MSIX,
             start: 0,
             count: u32::from(count),
         };

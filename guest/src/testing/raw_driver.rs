@@ -21,19 +21,17 @@
 
 use std::path::Path;
 
+use swiotlb_shared::descriptor::{DESC_SIZE, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 use swiotlb_shared::features::{
     bit, VIRTIO_F_SWIOTLB, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
 };
-use swiotlb_shared::layout::{
-    avail_ring_size, desc_table_size, used_ring_size, PoolLayout, DESC_SIZE,
-};
+use swiotlb_shared::layout::{avail_ring_size, desc_table_size, used_ring_size, PoolLayout};
 use swiotlb_shared::pci::{cfg, common, status};
 use thiserror::Error;
 
 use crate::pci::vfio_user::VfioUserClient;
 use crate::pci::{PciAccess, PciError};
 use crate::pool::{PoolAccessError, PoolMemory};
-use crate::ring::{VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 use crate::virtio_pci::{Region, TransportError, VirtioPci};
 
 /// Features negotiated by [`RawDriver::connect`]: VERSION_1, SWIOTLB, INDIRECT_DESC.
@@ -74,29 +72,7 @@ impl From<PciError> for RawError {
 }
 
 /// One split-ring descriptor, exactly as it goes into memory.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Desc {
-    /// Bus address.
-    pub addr: u64,
-    /// Length in bytes.
-    pub len: u32,
-    /// `VIRTQ_DESC_F_*` flags.
-    pub flags: u16,
-    /// Next index (when `flags` has NEXT).
-    pub next: u16,
-}
-
-impl Desc {
-    /// The 16 little-endian bytes.
-    pub fn to_bytes(&self) -> [u8; 16] {
-        let mut b = [0u8; 16];
-        b[0..8].copy_from_slice(&self.addr.to_le_bytes());
-        b[8..12].copy_from_slice(&self.len.to_le_bytes());
-        b[12..14].copy_from_slice(&self.flags.to_le_bytes());
-        b[14..16].copy_from_slice(&self.next.to_le_bytes());
-        b
-    }
-}
+pub use swiotlb_shared::descriptor::Descriptor as Desc;
 
 /// Where the standard queue's rings are, as pool offsets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

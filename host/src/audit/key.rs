@@ -10,9 +10,43 @@ use std::path::{Path, PathBuf};
 
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
-use swiotlb_shared::audit::VerifierKey;
+use swiotlb_shared::audit::{NoteError, VerifierKey};
+use thiserror::Error;
 
-use super::AuditError;
+/// Errors of loading or creating the signing key.
+#[derive(Debug, Error)]
+pub enum KeyError {
+    /// Reading, creating or writing a key file failed.
+    #[error("audit log I/O on {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The key file holds something else.
+    #[error("audit key {path}: not an Ed25519 PKCS#8 key")]
+    NotEd25519 {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The origin cannot name a verifier key.
+    #[error("audit key {path}")]
+    Origin {
+        /// The key file.
+        path: PathBuf,
+        /// Why the name is refused.
+        #[source]
+        source: NoteError,
+    },
+    /// The system gave no randomness to generate a key with.
+    #[error("audit key {path}: no randomness to generate a key")]
+    NoRandomness {
+        /// The key file that was to be created.
+        path: PathBuf,
+    },
+}
 
 /// A loaded signing key and its verifier.
 pub struct SigningKey {
@@ -29,15 +63,27 @@ pub fn pub_path(key_path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn key_err(path: &Path, source: io::Error) -> AuditError {
-    AuditError::Io {
+fn key_err(path: &Path, source: io::Error) -> KeyError {
+    KeyError::Io {
         path: path.to_path_buf(),
         source,
     }
 }
 
+/// The name checkpoints are signed under.
+#[derive(Clone, Copy, Debug)]
+pub enum Origin<'a> {
+    /// This name, always.
+    Given(&'a str),
+    /// The name the key's `.pub` file already gives it, when that file names this key: a
+    /// log keeps one origin across restarts of its device, as a verifier holding the
+    /// `.pub` file needs; this name for a new key (or a `.pub` that is missing or names
+    /// another key).
+    Default(&'a str),
+}
+
 /// Loads the key at `path`, or creates it (0600) when absent; writes `path.pub`.
-pub fn load_or_create(path: &Path, origin: &str) -> Result<SigningKey, AuditError> {
+pub fn load_or_create(path: &Path, origin: Origin<'_>) -> Result<SigningKey, KeyError> {
     let pkcs8 = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => create(path)?,
@@ -45,26 +91,38 @@ pub fn load_or_create(path: &Path, origin: &str) -> Result<SigningKey, AuditErro
     };
     let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
         .or_else(|_| Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8))
-        .map_err(|_| AuditError::Key {
+        .map_err(|_| KeyError::NotEd25519 {
             path: path.to_path_buf(),
-            detail: "not an Ed25519 PKCS#8 key".into(),
         })?;
     let mut pk = [0u8; 32];
     pk.copy_from_slice(pair.public_key().as_ref());
-    let verifier = VerifierKey::new(origin, pk).map_err(|e| AuditError::Key {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
-    write_pub(&pub_path(path), &verifier)?;
+    let pub_file = pub_path(path);
+    let existing = match origin {
+        Origin::Given(_) => None,
+        Origin::Default(_) => fs::read_to_string(&pub_file)
+            .ok()
+            .and_then(|t| VerifierKey::from_file_text(&t).ok())
+            .filter(|k| k.public_key == pk),
+    };
+    let verifier = match (existing, origin) {
+        (Some(k), _) => k,
+        (None, Origin::Given(name) | Origin::Default(name)) => {
+            VerifierKey::new(name, pk).map_err(|source| KeyError::Origin {
+                path: path.to_path_buf(),
+                source,
+            })?
+        }
+    };
+    write_pub(&pub_file, &verifier)?;
     Ok(SigningKey { pair, verifier })
 }
 
-fn create(path: &Path) -> Result<Vec<u8>, AuditError> {
-    let doc =
-        Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| AuditError::Key {
+fn create(path: &Path) -> Result<Vec<u8>, KeyError> {
+    let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| {
+        KeyError::NoRandomness {
             path: path.to_path_buf(),
-            detail: "no randomness to generate a key".into(),
-        })?;
+        }
+    })?;
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -77,7 +135,7 @@ fn create(path: &Path) -> Result<Vec<u8>, AuditError> {
 }
 
 /// Writes the verifier key atomically (temp file, rename) unless it is already there.
-fn write_pub(path: &Path, key: &VerifierKey) -> Result<(), AuditError> {
+fn write_pub(path: &Path, key: &VerifierKey) -> Result<(), KeyError> {
     let line = format!("{key}\n");
     if fs::read_to_string(path).ok().as_deref() == Some(line.as_str()) {
         return Ok(());

@@ -36,6 +36,7 @@ use thiserror::Error;
 
 use crate::findings::Finding;
 pub use dma::DmaAccumulator;
+pub use key::KeyError;
 pub use writer::{discover, file_name};
 
 /// What is recorded per DMA.
@@ -68,7 +69,8 @@ pub struct AuditConfig {
     pub mode: AuditMode,
     /// Signing key (PKCS#8); created 0600 when absent. `None`: `<dir>/<stem>.key`.
     pub key_path: Option<PathBuf>,
-    /// Checkpoint origin and key name. `None`: `swiotlb-audit/<device uid>`.
+    /// Checkpoint origin and key name. `None`: the one the key's `.pub` file already names
+    /// (a log keeps its origin across restarts), else `swiotlb-audit/<device uid>`.
     pub origin: Option<String>,
     /// Checkpoint after this many records (at least 1).
     pub checkpoint_every_records: u64,
@@ -81,8 +83,9 @@ pub struct AuditConfig {
     /// Records the queue holds before senders wait (at least 1).
     pub queue_capacity: usize,
     /// Run first thing on the writer thread, before it handles any record: the process's
-    /// sandbox for this thread (its seccomp filter). An error stops the open.
-    pub writer_setup: Option<fn() -> Result<(), String>>,
+    /// sandbox for this thread (its seccomp filter). An error stops the open, and is its
+    /// [`AuditError::WriterSetup`] source.
+    pub writer_setup: Option<fn() -> Result<(), WriterSetupError>>,
 }
 
 impl AuditConfig {
@@ -113,6 +116,10 @@ impl AuditConfig {
     }
 }
 
+/// Why the writer thread's setup failed: the caller's own error, kept whole (its type and
+/// its sources), as this module cannot know it (a sandbox error, a probe's, a test's).
+pub type WriterSetupError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Errors of the audit log.
 #[derive(Debug, Error)]
 pub enum AuditError {
@@ -125,20 +132,18 @@ pub enum AuditError {
         #[source]
         source: std::io::Error,
     },
-    /// The signing or verifier key is unusable.
-    #[error("audit key {path}: {detail}")]
-    Key {
-        /// The key file.
-        path: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
-    /// The configuration is unusable.
+    /// The signing key cannot be loaded or created, or its verifier key written.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The configuration is unusable (message says which setting).
     #[error("audit configuration: {0}")]
-    Config(String),
+    Config(&'static str),
     /// The writer thread's setup (its sandbox) failed.
-    #[error("setting up the audit writer thread: {0}")]
-    WriterSetup(String),
+    #[error("setting up the audit writer thread")]
+    WriterSetup(#[source] WriterSetupError),
+    /// The writer thread ended before it reported on its setup.
+    #[error("setting up the audit writer thread: the thread ended during setup")]
+    WriterEndedInSetup,
     /// The writer thread has stopped (closed, or failed: see [`AuditLog::close`]).
     #[error("the audit writer has stopped; records can no longer be written")]
     Closed,
@@ -360,7 +365,7 @@ impl AuditHandle {
 /// The host's finding in the schema's form.
 pub fn audit_finding(f: &Finding) -> AuditFinding {
     AuditFinding {
-        kind: f.kind.name().to_string(),
+        kind: f.kind,
         dma_violation: f.kind.is_dma_violation(),
         queue: f.queue,
         head: f.head,
@@ -388,15 +393,13 @@ impl AuditLog {
     ) -> Result<(AuditLog, AuditHandle), AuditError> {
         if config.queue_capacity == 0 || config.checkpoint_every_records == 0 {
             return Err(AuditError::Config(
-                "queue capacity and checkpoint record count must be at least 1".into(),
+                "queue capacity and checkpoint record count must be at least 1",
             ));
         }
         if config.checkpoint_every.is_zero() {
-            return Err(AuditError::Config(
-                "checkpoint interval must be positive".into(),
-            ));
+            return Err(AuditError::Config("checkpoint interval must be positive"));
         }
-        let origin = config.origin.clone().unwrap_or_else(|| {
+        let default_origin = || {
             let uid: String = device
                 .uid
                 .chars()
@@ -409,7 +412,12 @@ impl AuditLog {
                 })
                 .collect();
             format!("swiotlb-audit/{uid}")
-        });
+        };
+        let default_origin = default_origin();
+        let origin = match &config.origin {
+            Some(o) => key::Origin::Given(o),
+            None => key::Origin::Default(&default_origin),
+        };
         let key_path = config.key_file();
         let (dir, _, _) = writer::split_base(&config.path);
         for d in [Some(dir.as_path()), key_path.parent()]
@@ -423,7 +431,7 @@ impl AuditLog {
                 })?;
             }
         }
-        let key = key::load_or_create(&key_path, &origin)?;
+        let key = key::load_or_create(&key_path, origin)?;
         let verifier = key.verifier.clone();
         let dma = Arc::new(DmaAccumulator::default());
         let full = config.mode == AuditMode::Full;
@@ -454,9 +462,7 @@ impl AuditLog {
             }
             Err(_) => {
                 let _ = thread.join();
-                return Err(AuditError::WriterSetup(
-                    "the thread ended during setup".into(),
-                ));
+                return Err(AuditError::WriterEndedInSetup);
             }
         }
         let handle = AuditHandle {

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ring::signature::Ed25519KeyPair;
+use swiotlb_shared::audit::encoding::base64;
+use swiotlb_shared::audit::event::{
+    CheckpointRecord, PreviousCheckpoint, TornTail, MAX_TORN_KEPT, NO_TRANSCRIPT,
+};
 use swiotlb_shared::audit::merkle::{leaf_hash, sha256};
 use swiotlb_shared::audit::note::NoteSignature;
-use swiotlb_shared::audit::schema::{
-    base64, CheckpointRecord, PreviousCheckpoint, TornTail, MAX_TORN_KEPT, NO_TRANSCRIPT,
-};
 use swiotlb_shared::audit::verify::{self, Options, Tail, Verifier};
 use swiotlb_shared::audit::{
     Checkpoint, CompactRange, DeviceIdentity, DmaChain, DmaChains, DmaSummary, Envelope, Event,

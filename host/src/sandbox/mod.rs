@@ -45,9 +45,18 @@ pub enum SandboxError {
     /// A resource limit could not be set.
     #[error("resource limit: {0}")]
     Limits(String),
-    /// A seccomp filter could not be built or installed.
-    #[error("seccomp filter {0}")]
-    Seccomp(String),
+    /// A seccomp filter could not be built.
+    #[error("seccomp filter")]
+    Seccomp(#[from] swiotlb_shared::seccomp::SeccompError),
+    /// A seccomp filter could not be installed.
+    #[error("installing the {role} seccomp filter")]
+    SeccompInstall {
+        /// The thread role whose filter it is.
+        role: &'static str,
+        /// What seccompiler said.
+        #[source]
+        source: seccompiler::Error,
+    },
 }
 
 /// How much of the filesystem sandbox the kernel enforces.

@@ -17,15 +17,18 @@
 //! Every allowed call is listed with why. Arguments are checked where that narrows the
 //! call to what is needed: no `PROT_EXEC` on `mmap`/`mprotect`, `fcntl` to four commands,
 //! `getsockopt` to `SO_PEERCRED`, the `stat` family to an open fd (`AT_EMPTY_PATH`).
+//!
+//! The lists are data for the allow-list builder in `swiotlb_shared::seccomp`, which the
+//! guest's ublk server uses too: the runtime calls come from there, with this process's
+//! reasons; the roles' own calls, and the probe, are here.
 
-use std::collections::BTreeMap;
-
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
+use seccompiler::BpfProgram;
+use swiotlb_shared::seccomp::{self, any, when, Allow, Arg, Violation};
+use swiotlb_shared::sys;
 
 use super::SandboxError;
+
+pub use swiotlb_shared::seccomp::AllowedCall;
 
 /// The threads that differ in what they may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,96 +49,37 @@ impl Role {
     }
 }
 
-/// A system call's number and name.
-type Sys = (libc::c_long, &'static str);
-
-/// `sys!(SYS_futex)`: the number and the name of `futex`.
-macro_rules! sys {
-    ($nr:ident) => {
-        (libc::$nr, stringify!($nr).trim_start_matches("SYS_"))
-    };
-}
-
-/// One allowed call: its number and name, why, and the argument rules (empty: any
-/// arguments; several: any one of them).
-struct Allow {
-    nr: libc::c_long,
-    name: &'static str,
-    /// Why the thread needs it; shown by `allowed_syscalls` for the docs and the closing
-    /// notes of the sandbox.
-    why: &'static str,
-    rules: Vec<Vec<Arg>>,
-}
-
-/// One argument condition.
-#[derive(Clone, Copy)]
-enum Arg {
-    /// Argument `index` equals `value`.
-    Eq(u8, u64),
-    /// Argument `index` has none of the bits of `mask`.
-    NoBits(u8, u64),
-    /// Argument `index` has all of the bits of `mask`.
-    AllBits(u8, u64),
-}
-
-fn any((nr, name): Sys, why: &'static str) -> Allow {
-    Allow {
-        nr,
-        name,
-        why,
-        rules: Vec::new(),
-    }
-}
-
-fn when((nr, name): Sys, why: &'static str, rules: Vec<Vec<Arg>>) -> Allow {
-    Allow {
-        nr,
-        name,
-        why,
-        rules,
-    }
-}
-
 // Flag values as the kernel compares them (32-bit arguments).
-const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
 const AT_EMPTY_PATH: u64 = libc::AT_EMPTY_PATH as u64;
 
-/// What every thread of the process needs to run Rust code at all.
+/// Why this process's threads need the runtime calls whose shared reason does not say it
+/// all (the others keep the shared reason).
+const RUNTIME_REASONS: &[(&str, &str)] = &[
+    ("futex", "locks, condition variables and the audit queue"),
+    (
+        "write",
+        "the log on stderr; (device) JSON events on stdout and interrupt eventfds; (writer) the audit file",
+    ),
+    (
+        "close",
+        "dropping fds (per-session fds from the client; rotated files)",
+    ),
+    (
+        "mmap",
+        "the allocator and (device) the pool memfd at its bus address; never executable",
+    ),
+    ("mprotect", "the allocator's guard pages; never executable"),
+    (
+        "munmap",
+        "the allocator and (device) the pool on a BAR move",
+    ),
+    ("getrandom", "hash-map keys; (device) the attestation nonce"),
+];
+
+/// What every thread of the process needs to run Rust code at all: the shared runtime
+/// list, with this process's reasons.
 fn runtime() -> Vec<Allow> {
-    let mut v = vec![
-        any(sys!(SYS_futex), "locks, condition variables and the audit queue"),
-        any(sys!(SYS_write), "the log on stderr; (device) JSON events on stdout and interrupt eventfds; (writer) the audit file"),
-        any(sys!(SYS_writev), "vectored writes of the same streams"),
-        any(sys!(SYS_close), "dropping fds (per-session fds from the client; rotated files)"),
-        when(sys!(SYS_mmap),
-            "the allocator and (device) the pool memfd at its bus address; never executable",
-            vec![vec![Arg::NoBits(2, PROT_EXEC)]],
-        ),
-        when(sys!(SYS_mprotect),
-            "the allocator's guard pages; never executable",
-            vec![vec![Arg::NoBits(2, PROT_EXEC)]],
-        ),
-        any(sys!(SYS_munmap), "the allocator and (device) the pool on a BAR move"),
-        any(sys!(SYS_mremap), "the allocator growing a large buffer"),
-        any(sys!(SYS_madvise), "the allocator returning freed memory"),
-        any(sys!(SYS_brk), "the allocator's main heap"),
-        any(sys!(SYS_clock_gettime), "timestamps (when the vDSO falls back to the kernel)"),
-        any(sys!(SYS_getrandom), "hash-map keys; (device) the attestation nonce"),
-        any(sys!(SYS_rt_sigreturn), "returning from a signal handler"),
-        any(sys!(SYS_rt_sigprocmask), "the runtime's signal masks (thread exit)"),
-        any(sys!(SYS_sigaltstack), "the runtime's stack-overflow handler (thread exit)"),
-        any(sys!(SYS_sched_yield), "lock and channel back-off"),
-        any(sys!(SYS_gettid), "the runtime's thread bookkeeping"),
-        any(sys!(SYS_getpid), "the runtime's process bookkeeping"),
-        any(sys!(SYS_exit), "a thread ending"),
-        any(sys!(SYS_exit_group), "the process ending"),
-    ];
-    #[cfg(target_arch = "x86_64")]
-    v.push(any(
-        sys!(SYS_fstat),
-        "metadata of an open file (older C libraries; x86_64 only)",
-    ));
-    v
+    seccomp::restate(seccomp::runtime(), RUNTIME_REASONS)
 }
 
 /// The `stat` family restricted to an open fd: metadata of the memfd, the image and the log.
@@ -220,6 +164,10 @@ fn device() -> Vec<Allow> {
         any(sys!(SYS_fdatasync), "FLUSH"),
         any(sys!(SYS_fsync), "FLUSH"),
         any(sys!(SYS_lseek), "the image's size"),
+        any(
+            sys!(SYS_setitimer),
+            "the deadline of the orderly stop (SIGALRM ends a stop that hangs)",
+        ),
     ];
     #[cfg(target_arch = "x86_64")]
     v.push(any(
@@ -255,85 +203,28 @@ fn allow_list(role: Role) -> Vec<Allow> {
     v
 }
 
-/// One allowed call, as the docs and `--print-sandbox` show it.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct AllowedCall {
-    /// The call's name.
-    pub name: &'static str,
-    /// Its number on this architecture.
-    pub nr: libc::c_long,
-    /// Why the thread needs it.
-    pub why: &'static str,
-    /// Whether its arguments are restricted too.
-    pub arguments_checked: bool,
-}
-
 /// The allowed calls of `role`, each with why: for the docs and for operators.
 pub fn allowed_syscalls(role: Role) -> Vec<AllowedCall> {
-    allow_list(role)
-        .into_iter()
-        .map(|a| AllowedCall {
-            name: a.name,
-            nr: a.nr,
-            why: a.why,
-            arguments_checked: !a.rules.is_empty(),
-        })
-        .collect()
-}
-
-fn condition(a: Arg) -> Result<SeccompCondition, seccompiler::BackendError> {
-    let (index, op, value) = match a {
-        Arg::Eq(i, v) => (i, SeccompCmpOp::Eq, v),
-        Arg::NoBits(i, m) => (i, SeccompCmpOp::MaskedEq(m), 0),
-        Arg::AllBits(i, m) => (i, SeccompCmpOp::MaskedEq(m), m),
-    };
-    // Every condition here is on an int or flag word: compare the low 32 bits.
-    SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value)
-}
-
-fn target_arch() -> Result<TargetArch, SandboxError> {
-    TargetArch::try_from(std::env::consts::ARCH)
-        .map_err(|_| SandboxError::Seccomp(format!("no filter for {}", std::env::consts::ARCH)))
+    seccomp::describe(&allow_list(role))
 }
 
 /// Compiles the filter of `role`: the allow-list, anything else kills the process.
 pub fn compile(role: Role) -> Result<BpfProgram, SandboxError> {
-    let err = |e: &dyn std::fmt::Display| SandboxError::Seccomp(format!("{}: {e}", role.name()));
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for a in allow_list(role) {
-        let mut compiled = Vec::new();
-        for r in a.rules {
-            let conds = r
-                .into_iter()
-                .map(condition)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| err(&e))?;
-            compiled.push(SeccompRule::new(conds).map_err(|e| err(&e))?);
-        }
-        if rules.insert(a.nr, compiled).is_some() {
-            return Err(SandboxError::Seccomp(format!(
-                "{}: system call {} listed twice",
-                role.name(),
-                a.nr
-            )));
-        }
-    }
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::KillProcess,
-        SeccompAction::Allow,
-        target_arch()?,
-    )
-    .map_err(|e| err(&e))?;
-    BpfProgram::try_from(filter).map_err(|e| err(&e))
+    Ok(seccomp::compile(
+        role.name(),
+        allow_list(role),
+        Violation::Kill,
+    )?)
 }
 
 /// Installs the filter of `role` on the calling thread (and the threads it starts later,
 /// which it may not). Sets `no_new_privs`, which seccomp needs.
 pub fn install(role: Role) -> Result<(), SandboxError> {
     let prog = compile(role)?;
-    seccompiler::apply_filter(&prog)
-        .map_err(|e| SandboxError::Seccomp(format!("{}: installing: {e}", role.name())))
+    seccompiler::apply_filter(&prog).map_err(|source| SandboxError::SeccompInstall {
+        role: role.name(),
+        source,
+    })
 }
 
 /// Makes a call no role allows (a TCP socket); under the filter the process dies of
@@ -363,6 +254,24 @@ mod tests {
                 assert!(!c.name.starts_with("SYS_"));
             }
         }
+    }
+
+    #[test]
+    fn every_restated_reason_is_that_of_a_runtime_call() {
+        let shared = seccomp::runtime();
+        let ours = runtime();
+        for (name, why) in RUNTIME_REASONS {
+            assert!(
+                shared.iter().any(|a| a.name == *name),
+                "{name} is not in the runtime list"
+            );
+            assert!(
+                ours.iter().any(|a| a.name == *name && a.why == *why),
+                "{name}"
+            );
+        }
+        let nrs = |l: &[Allow]| l.iter().map(|a| a.nr).collect::<Vec<_>>();
+        assert_eq!(nrs(&shared), nrs(&ours), "restating changes no call");
     }
 
     #[test]

@@ -21,13 +21,12 @@ use swiotlb_shared::vfio_user::{
 };
 use swiotlb_shared::vfio_user::{region::IO_FD_TYPE_IOEVENTFD, IoFdSubRegion};
 
-use crate::pci::function::{
-    AccessError, Rearm, SessionSummary, NUM_REGIONS, REGION_POOL, REGION_REGS,
-};
+use crate::pci::function::{AccessError, SessionSummary, NUM_REGIONS, REGION_POOL, REGION_REGS};
 use crate::pci::interrupts::{
     IrqAction, IrqError, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_NUM_IRQS,
 };
 use crate::pci::VirtioPciFunction;
+use crate::virtio::Rearm;
 use swiotlb_shared::vfio_user::socket::{recv_message, send_message, Message, RecvError};
 
 /// How a session ended.
@@ -37,6 +36,8 @@ pub enum SessionEnd {
     Closed,
     /// The session was ended for a protocol error.
     ProtocolError(String),
+    /// The device was told to stop (the stop descriptor became readable).
+    Stopped,
 }
 
 /// Per-session protocol counters.
@@ -76,6 +77,10 @@ pub struct Server {
     /// How long to keep polling the rings after the last chain before sleeping; zero:
     /// never poll, sleep until a doorbell.
     poll: Duration,
+    /// Readable when the device must stop (see [`Server::with_stop`]).
+    stop: Option<OwnedFd>,
+    /// The stop descriptor was seen readable.
+    stopped: bool,
 }
 
 impl Server {
@@ -87,7 +92,23 @@ impl Server {
             stats: ProtocolStats::default(),
             doorbells: Vec::new(),
             poll: Duration::ZERO,
+            stop: None,
+            stopped: false,
         }
+    }
+
+    /// Stops when `fd` becomes readable (a signalfd for SIGTERM and SIGINT: see
+    /// `crate::stop`): the session in progress ends after the pass it is in, every chain
+    /// taken completed and published, chains not yet taken left in the ring, as
+    /// [`SessionEnd::Stopped`], and [`Server::run`] returns. The server never reads `fd`.
+    pub fn with_stop(mut self, fd: OwnedFd) -> Self {
+        self.stop = Some(fd);
+        self
+    }
+
+    /// The stop descriptor was seen readable.
+    pub fn stopped(&self) -> bool {
+        self.stopped
     }
 
     /// Polls the rings for up to `budget` after the last chain taken, with doorbells
@@ -105,7 +126,8 @@ impl Server {
     }
 
     /// Accepts clients one after another; `on_end` is called after each session. With
-    /// `max_sessions`, returns after that many.
+    /// `max_sessions`, returns after that many; with a stop descriptor, when it becomes
+    /// readable.
     pub fn run(
         &mut self,
         listener: &UnixListener,
@@ -114,8 +136,22 @@ impl Server {
     ) -> std::io::Result<()> {
         let mut n = 0u64;
         loop {
-            if max_sessions.is_some_and(|m| n >= m) {
+            if self.stopped || max_sessions.is_some_and(|m| n >= m) {
                 return Ok(());
+            }
+            if let Some(stop) = &self.stop {
+                let mut fds = [listener.as_raw_fd(), stop.as_raw_fd()].map(|fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                if !wait_readable(&mut fds, -1)? {
+                    continue;
+                }
+                if fds[1].revents != 0 {
+                    self.stopped = true;
+                    continue;
+                }
             }
             let (stream, _) = match listener.accept() {
                 Ok(s) => s,
@@ -125,6 +161,9 @@ impl Server {
             n += 1;
             let end = self.serve(&stream);
             on_end(&end, &self.function.summary(), &self.stats);
+            if matches!(end, SessionEnd::Stopped) {
+                self.stopped = true;
+            }
         }
     }
 
@@ -141,6 +180,9 @@ impl Server {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => break SessionEnd::ProtocolError(format!("waiting for the client: {e}")),
+            }
+            if self.stopped {
+                break SessionEnd::Stopped;
             }
             let msg = match recv_message(stream) {
                 Ok(m) => m,
@@ -200,8 +242,9 @@ impl Server {
     /// Serves doorbells (and, when polling, the rings) until the socket has a message:
     /// `Ok(true)` then; `Ok(false)` after doorbells were served, for the caller to look
     /// again.
+    /// `Ok(true)` too when the stop descriptor became readable (`self.stopped`).
     fn wait(&mut self, stream: &UnixStream) -> std::io::Result<bool> {
-        if self.doorbells.is_empty() && self.poll.is_zero() {
+        if self.doorbells.is_empty() && self.poll.is_zero() && self.stop.is_none() {
             return Ok(true); // Nothing but the socket: block in recvmsg.
         }
         if !self.poll.is_zero() && self.spin(stream)? {
@@ -212,7 +255,16 @@ impl Server {
             return Ok(false);
         }
         self.serve_doorbells(&fds);
-        Ok(fds[0].revents != 0)
+        Ok(fds[0].revents != 0 || self.stop_seen(&fds))
+    }
+
+    /// Whether the stop descriptor (last of `fds`, when there is one) is readable; marks
+    /// the server stopped if so.
+    fn stop_seen(&mut self, fds: &[libc::pollfd]) -> bool {
+        if self.stop.is_some() && fds.last().is_some_and(|p| p.revents != 0) {
+            self.stopped = true;
+        }
+        self.stopped
     }
 
     /// Polls the rings until `poll` passes without a chain, then asks for doorbells again
@@ -229,7 +281,7 @@ impl Server {
                 let mut fds = self.pollfds(stream);
                 if wait_readable(&mut fds, 0)? {
                     self.serve_doorbells(&fds);
-                    if fds[0].revents != 0 {
+                    if fds[0].revents != 0 || self.stop_seen(&fds) {
                         return Ok(true);
                     }
                 }
@@ -244,10 +296,11 @@ impl Server {
     }
 
     /// What the device thread waits on: the socket first, then each doorbell eventfd in
-    /// queue order.
+    /// queue order, then the stop descriptor if there is one.
     fn pollfds(&self, stream: &UnixStream) -> Vec<libc::pollfd> {
         std::iter::once(stream.as_raw_fd())
             .chain(self.doorbells.iter().map(AsRawFd::as_raw_fd))
+            .chain(self.stop.iter().map(AsRawFd::as_raw_fd))
             .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -264,7 +317,7 @@ impl Server {
         } else {
             Rearm::No
         };
-        for (q, p) in fds.iter().skip(1).enumerate() {
+        for (q, p) in fds.iter().skip(1).take(self.doorbells.len()).enumerate() {
             if p.revents & libc::POLLIN == 0 {
                 continue;
             }

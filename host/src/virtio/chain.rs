@@ -6,18 +6,14 @@
 //! ended, so the device walks chains here instead and keeps `virtio-queue` for the rings.
 //! The walk validates the whole chain into a [`CheckedChain`] before any side effect.
 
-use swiotlb_shared::layout::{PoolWindow, DESC_SIZE};
+use swiotlb_shared::descriptor::{
+    Descriptor, DESC_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
+use swiotlb_shared::layout::PoolWindow;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::findings::{Finding, FindingKind};
 use crate::pool::PoolGuestMemory;
-
-/// Descriptor flag: the chain continues in `next`.
-pub const VIRTQ_DESC_F_NEXT: u16 = 1;
-/// Descriptor flag: device-writable buffer.
-pub const VIRTQ_DESC_F_WRITE: u16 = 2;
-/// Descriptor flag: the buffer is a table of descriptors.
-pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
 
 /// One checked buffer: `[addr, addr + len)` lies inside the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,15 +72,6 @@ pub struct ChainContext<'a> {
     pub queue: u16,
 }
 
-/// A raw descriptor, copied once out of shared memory.
-#[derive(Clone, Copy, Debug)]
-struct RawDesc {
-    addr: u64,
-    len: u32,
-    flags: u16,
-    next: u16,
-}
-
 impl ChainContext<'_> {
     fn finding(
         &self,
@@ -100,7 +87,7 @@ impl ChainContext<'_> {
     }
 
     /// Reads entry `index` of the table at `table` (of `table_len` entries), checking the
-    /// entry's own address first.
+    /// entry's own address first. The entry is copied once out of shared memory.
     fn read_desc(
         &self,
         head: u16,
@@ -108,7 +95,7 @@ impl ChainContext<'_> {
         table_len: u16,
         index: u16,
         in_indirect: bool,
-    ) -> Result<RawDesc, Finding> {
+    ) -> Result<Descriptor, Finding> {
         if index >= table_len {
             return Err(self.finding(
                 FindingKind::DescriptorIndexOutOfRange,
@@ -135,7 +122,7 @@ impl ChainContext<'_> {
                     "descriptor entry outside the pool".into(),
                 )
             })?;
-        let raw: [u8; 16] = self.mem.read_obj(GuestAddress(at)).map_err(|e| {
+        let raw: [u8; Descriptor::SIZE] = self.mem.read_obj(GuestAddress(at)).map_err(|e| {
             self.finding(
                 kind,
                 head,
@@ -144,14 +131,7 @@ impl ChainContext<'_> {
                 format!("descriptor entry unreadable: {e}"),
             )
         })?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&raw[0..8]);
-        Ok(RawDesc {
-            addr: u64::from_le_bytes(a),
-            len: u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]),
-            flags: u16::from_le_bytes([raw[12], raw[13]]),
-            next: u16::from_le_bytes([raw[14], raw[15]]),
-        })
+        Ok(Descriptor::from_bytes(&raw))
     }
 
     /// Walks and checks the chain starting at `head`.
@@ -269,7 +249,7 @@ impl ChainContext<'_> {
     /// Checks an indirect descriptor. It may end a chain of direct descriptors (virtio 1.2,
     /// 2.7.5.3.2: the device MUST handle zero or more normal chained descriptors followed by
     /// a single indirect one); it may not be nested, nor have NEXT set.
-    fn check_indirect(&self, head: u16, d: &RawDesc, in_indirect: bool) -> Result<(), Finding> {
+    fn check_indirect(&self, head: u16, d: &Descriptor, in_indirect: bool) -> Result<(), Finding> {
         let len = u64::from(d.len);
         let bad = |why: &str| {
             self.finding(
@@ -334,13 +314,15 @@ mod tests {
     }
 
     fn put(f: &Fixture, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut b = [0u8; 16];
-        b[0..8].copy_from_slice(&addr.to_le_bytes());
-        b[8..12].copy_from_slice(&len.to_le_bytes());
-        b[12..14].copy_from_slice(&flags.to_le_bytes());
-        b[14..16].copy_from_slice(&next.to_le_bytes());
+        let b = Descriptor {
+            addr,
+            len,
+            flags,
+            next,
+        }
+        .to_bytes();
         f.mem
-            .write_slice(&b, GuestAddress(table + u64::from(i) * 16))
+            .write_slice(&b, GuestAddress(table + u64::from(i) * DESC_SIZE))
             .unwrap();
     }
 

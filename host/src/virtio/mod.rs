@@ -1,11 +1,21 @@
-//! The virtio-pci transport: negotiation, queues, and the pool checks every DMA passes.
+//! virtio under the function: the transport, the pool checks every DMA passes, and the
+//! engine that serves the queues.
+//!
+//! - [`transport`]: common configuration, negotiation, device status and queue registers;
+//! - [`chain`]: descriptor chains checked against the pool before the device sees them;
+//! - [`queue_engine`]: doorbells and polls: chains taken, handed to the device, returned,
+//!   and the driver re-armed;
+//! - [`device`]: what a device model provides to the transport;
+//! - [`metrics`]: the DMA counters.
 
 pub mod chain;
 pub mod device;
 pub mod metrics;
+pub mod queue_engine;
 pub mod transport;
 
 pub use chain::{ChainContext, CheckedChain, CheckedDesc};
 pub use device::VirtioDevice;
 pub use metrics::DmaCounters;
+pub use queue_engine::Rearm;
 pub use transport::{Policy, StatusEffect, VirtioPciTransport};

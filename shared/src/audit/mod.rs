@@ -1,7 +1,10 @@
 //! The audit log: its record schema and its pure verification. The writer (files, threads,
 //! keys) is the host's `audit` module; the `swiotlb-audit` tool verifies, shows and proves.
 //!
-//! - [`schema`]: the `swiotlb-audit/1` records, OCSF-shaped JSON lines;
+//! - [`event`]: what a `swiotlb-audit/1` record is about, and its envelope;
+//! - [`ocsf`]: the record of an event, an OCSF-shaped JSON line, built and parsed strictly;
+//! - [`encoding`]: the hex and base64 forms of record fields;
+//! - [`schema`]: the three above under one path;
 //! - [`merkle`]: RFC 6962 tree hashing, inclusion and consistency proofs;
 //! - [`note`]: C2SP signed notes with Ed25519, verifier keys, tlog checkpoints;
 //! - [`verify`]: checking files of a log against a verifier key.
@@ -11,16 +14,20 @@
 //! `metadata.sequence`. Checkpoint lines are leaves too: the checkpoint at index `i` signs
 //! the tree of the `i` lines before it. See `docs/audit-schema.md`.
 
+pub mod encoding;
+pub mod event;
 pub mod merkle;
 pub mod note;
+pub mod ocsf;
 pub mod schema;
 pub mod verify;
 
+pub use event::{
+    AttestationVerdict, AuditFinding, ConfigChange, DeviceIdentity, DmaChain, DmaChains,
+    DmaDescriptor, DmaSummary, Envelope, Event, EventError, FindingKind, LogAction, LogEvent,
+    PeripheralAction, PeripheralEvent, QueueDma,
+};
 pub use merkle::{CompactRange, Hash, PartialTree, ProofError};
 pub use note::{Checkpoint, NoteError, SignedNote, VerifierKey};
-pub use schema::{
-    AttestationVerdict, AuditFinding, ConfigChange, DeviceIdentity, DmaChain, DmaChains,
-    DmaDescriptor, DmaSummary, Envelope, Event, LogAction, LogEvent, PeripheralAction,
-    PeripheralEvent, QueueDma, Record, SchemaError, SCHEMA,
-};
-pub use verify::{verify_files, Failure, Options, Reason, Report, Verifier};
+pub use ocsf::{Record, SchemaError, SCHEMA};
+pub use verify::{verify_files, Failure, OpenEnd, Options, Reason, Report, Verdict, Verifier};

@@ -12,15 +12,21 @@
 //! 5. a checkpoint is signed by the key, names the key's origin, its size is its own index
 //!    and its root is the tree of every line before it.
 //!
-//! At the end: every file must end with a checkpoint, no line may be torn, and the last file
-//! must end with a stop record and its checkpoint. With `live`, the log may still be being
-//! written: the lines after the last checkpoint and a torn last line are warnings.
+//! At the end: every file but the last must end with a checkpoint, with no torn line. The
+//! last file of a log its writer closed ends with a stop record and its checkpoint: the
+//! verdict is [`Verdict::Intact`]. A last file that does not (records after the last
+//! checkpoint, a torn last line, no stop record: a log still being written, or a writer that
+//! died) gives [`Verdict::Open`], with the records that no checkpoint proves named: every
+//! record up to the last checkpoint is proven; what follows it may be genuine or not, and
+//! nothing in the log can tell (records removed from after the last checkpoint leave no
+//! trace either). A failure anywhere is [`Verdict::Tampered`].
 
 use std::fmt;
 
+use super::event::{Event, LogAction};
 use super::merkle::{leaf_hash, CompactRange, Hash};
 use super::note::{Checkpoint, NoteError, VerifierKey};
-use super::schema::{Event, LogAction, Record};
+use super::ocsf::Record;
 
 /// Why verification failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,7 +127,7 @@ pub struct Tail {
 /// The outcome.
 #[derive(Clone, Debug)]
 pub struct Report {
-    /// No failure.
+    /// Intact: no failure, and no open end unless [`Options::live`] expects one.
     pub ok: bool,
     /// The first failure.
     pub failure: Option<Failure>,
@@ -135,13 +141,106 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// State after the last line (absent after a failure).
     pub tail: Option<Tail>,
+    /// The open end of a log its writer did not close (absent after a failure).
+    pub open: Option<OpenEnd>,
+}
+
+impl Report {
+    /// The verdict: tampered if anything failed, else open or intact.
+    pub fn verdict(&self) -> Verdict {
+        match (&self.failure, &self.open) {
+            (Some(f), _) => Verdict::Tampered(f.clone()),
+            (None, Some(o)) => Verdict::Open(o.clone()),
+            (None, None) => Verdict::Intact,
+        }
+    }
 }
 
 /// Options.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
-    /// The log may still be being written (see the module docs).
+    /// The log may still be being written: an open end is expected (the verdict is still
+    /// [`Verdict::Open`]; the tool then exits 0 for it).
     pub live: bool,
+}
+
+/// The end of a log that its writer did not close: what no checkpoint proves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenEnd {
+    /// The last file.
+    pub file: String,
+    /// Sequence of the last checkpoint, which signs every record before it; `None`: no
+    /// checkpoint at all in the log.
+    pub proven: Option<u64>,
+    /// Sequence of the first record after that checkpoint.
+    pub first_unproven: u64,
+    /// Complete records after that checkpoint (their sequences are
+    /// `first_unproven .. first_unproven + unproven`).
+    pub unproven: u64,
+    /// The last line is torn (no newline): a write cut short.
+    pub torn: bool,
+    /// A stop record was written (the writer closed the log but did not get its final
+    /// checkpoint down).
+    pub stop_record: bool,
+}
+
+impl fmt::Display for OpenEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.proven {
+            Some(cp) => write!(
+                f,
+                "records 0..{} are proven (the last checkpoint, record {cp}, signs every \
+                 record before it)",
+                self.first_unproven
+            )?,
+            None => write!(f, "no checkpoint proves any record")?,
+        }
+        if self.unproven > 0 {
+            write!(
+                f,
+                "; {} record(s) after it ({}..{} in {}) are covered by no checkpoint: their \
+                 authenticity is unknown",
+                self.unproven,
+                self.first_unproven,
+                self.first_unproven + self.unproven,
+                self.file
+            )?;
+        }
+        if self.torn {
+            write!(f, "; {} ends with a torn line", self.file)?;
+        }
+        if !self.stop_record {
+            write!(
+                f,
+                "; no stop record: the log is still being written, or its writer ended \
+                 without closing it (a crash, SIGKILL, power loss)"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What verification concluded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every record is covered by a signed checkpoint and the log ends with its stop record
+    /// and that record's checkpoint: closed by its writer, nothing missing, nothing altered.
+    Intact,
+    /// Intact up to the last checkpoint; the end is open (see [`OpenEnd`]).
+    Open(OpenEnd),
+    /// Altered, deleted, reordered, cut, or signed by another key: the first failure.
+    Tampered(Failure),
+}
+
+impl Verdict {
+    /// Stable name (JSON output).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Intact => "intact",
+            Self::Open(_) => "open",
+            Self::Tampered(_) => "tampered",
+        }
+    }
 }
 
 struct Pending {
@@ -168,6 +267,7 @@ pub struct Verifier {
     warnings: Vec<String>,
     pending: Option<Pending>,
     lines: u64,
+    open: Option<OpenEnd>,
 }
 
 impl Verifier {
@@ -189,6 +289,7 @@ impl Verifier {
             warnings: Vec::new(),
             pending: None,
             lines: 0,
+            open: None,
         }
     }
 
@@ -225,46 +326,41 @@ impl Verifier {
             return;
         };
         let next = self.next_index();
-        if f.lines == 0 && !f.torn {
+        if f.lines == 0 && !f.torn && (!last || self.files.len() == 1) {
+            // An empty last file after others is a rotation cut short: an open end.
             self.fail(Reason::Truncated, 1, next, "file is empty".into());
             return;
         }
-        let live = last && self.opts.live;
-        if f.torn {
-            let msg = format!("{} ends with a torn line (no newline)", f.name);
-            if live {
-                self.warnings.push(msg);
-            } else {
+        if !last {
+            // A rotated file always ends with its checkpoint, whole.
+            if f.torn {
+                let msg = format!("{} ends with a torn line (no newline)", f.name);
                 self.fail(Reason::Truncated, f.lines + 1, next, msg);
                 return;
             }
-        }
-        if self.unsigned > 0 {
-            let msg = format!(
-                "{} records at the end of {} are not covered by a checkpoint",
-                self.unsigned, f.name
-            );
-            if live {
-                self.warnings.push(msg);
-            } else {
+            if self.unsigned > 0 {
+                let msg = format!(
+                    "{} records at the end of {} are not covered by a checkpoint",
+                    self.unsigned, f.name
+                );
                 self.fail(
                     Reason::Truncated,
                     f.lines.saturating_sub(self.unsigned) + 1,
                     next.saturating_sub(self.unsigned),
                     msg,
                 );
-                return;
             }
+            return;
         }
-        if last && !self.stopped && !self.opts.live {
-            self.fail(
-                Reason::Truncated,
-                f.lines + 1,
-                next,
-                "the log does not end with a stop record and its checkpoint (cut short, or \
-                 still being written: use live verification)"
-                    .into(),
-            );
+        if f.torn || self.unsigned > 0 || !self.stopped {
+            self.open = Some(OpenEnd {
+                file: f.name.clone(),
+                proven: self.last_cp.as_ref().map(|(_, size, _)| *size),
+                first_unproven: next.saturating_sub(self.unsigned),
+                unproven: self.unsigned,
+                torn: f.torn,
+                stop_record: self.stop_seen && self.unsigned > 0,
+            });
         }
     }
 
@@ -587,14 +683,16 @@ impl Verifier {
             }),
             _ => None,
         };
+        let open = if failure.is_none() { self.open } else { None };
         Report {
-            ok: failure.is_none(),
+            ok: failure.is_none() && (open.is_none() || self.opts.live),
             failure,
             files: self.files,
             lines: self.lines,
             latest: self.latest,
             warnings: self.warnings,
             tail,
+            open,
         }
     }
 }
@@ -624,17 +722,24 @@ pub fn feed(v: &mut Verifier, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::event::{
+        AuditFinding, CheckpointRecord, DeviceIdentity, Envelope, FindingKind, LogEvent,
+        NO_TRANSCRIPT,
+    };
     use crate::audit::merkle::CompactRange;
     use crate::audit::note::{NoteSignature, SignedNote};
-    use crate::audit::schema::{
-        AuditFinding, CheckpointRecord, DeviceIdentity, Envelope, LogEvent, NO_TRANSCRIPT,
-    };
     use proptest::prelude::*;
     use ring::rand::SystemRandom;
     use ring::signature::{Ed25519KeyPair, KeyPair};
 
     /// A closed log of `n` findings, a checkpoint every 3 records, as the writer makes it.
     fn log(n: u64) -> (Vec<u8>, VerifierKey) {
+        log_edited(n, |line| line)
+    }
+
+    /// [`log`], with each record line passed through `edit` before it is chained and signed
+    /// (a log a writer of another schema would make, signed by the trusted key).
+    fn log_edited(n: u64, edit: impl Fn(String) -> String) -> (Vec<u8>, VerifierKey) {
         let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
         let kp = Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
         let key =
@@ -657,7 +762,7 @@ mod tests {
         let mut events = vec![log_ev(LogAction::Start)];
         for i in 0..n {
             events.push(Event::Finding(AuditFinding {
-                kind: "zero_length_descriptor".into(),
+                kind: FindingKind::ZeroLengthDescriptor,
                 dma_violation: false,
                 queue: Some(0),
                 head: Some(i as u16),
@@ -683,7 +788,7 @@ mod tests {
                     transcript: NO_TRANSCRIPT,
                     prev_leaf: *prev,
                 };
-                let line = Record::build(&env, ev).to_line();
+                let line = edit(Record::build(&env, ev).to_line());
                 *prev = leaf_hash(line.as_bytes());
                 tree.append(*prev);
                 out.extend_from_slice(line.as_bytes());
@@ -741,6 +846,24 @@ mod tests {
             let r = verify_files(&[("f", data)], &key, Options { live: true });
             assert!(!r.ok);
         }
+    }
+
+    #[test]
+    fn a_signed_finding_of_an_unknown_kind_is_refused_naming_the_kind() {
+        let (data, key) = log_edited(2, |l| {
+            l.replace("zero_length_descriptor", "zero_length_descriptor_v2")
+        });
+        let r = verify_files(&[("f", &data)], &key, Options::default());
+        let f = r
+            .failure
+            .expect("an unknown kind is not a swiotlb-audit/1 record");
+        assert_eq!((f.reason, f.line, f.index), (Reason::Altered, 2, 1));
+        assert!(
+            f.detail
+                .contains("unknown finding kind \"zero_length_descriptor_v2\""),
+            "{}",
+            f.detail
+        );
     }
 
     proptest! {

@@ -3,6 +3,7 @@
 use thiserror::Error;
 
 use super::header::{Command, HEADER_SIZE};
+use super::region_info::RegionInfoError;
 
 /// Linux errno values used in vfio-user error replies (the `error` header field).
 ///
@@ -141,6 +142,10 @@ pub enum CodecError {
         /// The request's command.
         expected: Command,
     },
+    /// A region's info (the `DEVICE_GET_REGION_INFO` reply's layout and capability chain)
+    /// is malformed.
+    #[error("DEVICE_GET_REGION_INFO reply")]
+    RegionInfo(#[from] RegionInfoError),
     /// The peer answered with an error reply.
     #[error("peer failed {command} with errno {errno}")]
     Remote {
@@ -158,7 +163,11 @@ impl CodecError {
     /// `ENOTSUP`. A [`CodecError::Remote`] gives back the peer's errno (`EIO` if it was 0).
     pub fn errno(&self) -> u32 {
         match self {
-            Self::MessageTooLarge { .. } | Self::LimitExceeded { .. } => errno::E2BIG,
+            Self::MessageTooLarge { .. }
+            | Self::LimitExceeded { .. }
+            | Self::RegionInfo(
+                RegionInfoError::TooManyCaps | RegionInfoError::TooManyAreas { .. },
+            ) => errno::E2BIG,
             Self::UnknownCommand(_) | Self::Unsupported(_) | Self::IncompatibleVersion { .. } => {
                 errno::ENOTSUP
             }
@@ -175,6 +184,7 @@ impl CodecError {
             | Self::CapabilitiesNotTerminated
             | Self::CapabilitiesJson(_)
             | Self::InvalidCapability(_)
+            | Self::RegionInfo(_)
             | Self::UnexpectedReply { .. } => errno::EINVAL,
         }
     }

@@ -3,6 +3,8 @@
 //! walk us off the end of a buffer.
 
 use super::header::HEADER_SIZE;
+use super::region::{IoFdSubRegion, RegionIoFds};
+use super::region_info::{SparseArea, REGION_INFO_FIXED_SIZE, SPARSE_CAP_FIXED_SIZE};
 
 /// Largest `count` of data in one `REGION_READ`/`REGION_WRITE`, `DMA_READ`/`DMA_WRITE` or
 /// `MIG_DATA_READ`/`MIG_DATA_WRITE` message that we accept, and the `max_data_xfer_size` we
@@ -48,6 +50,11 @@ pub const MAX_IRQ_SET_COUNT: u32 = 2048;
 /// queue count of this device while keeping the reply near 5 KiB.
 pub const MAX_IO_FD_SUBREGIONS: u32 = 128;
 
+/// Largest `DEVICE_GET_REGION_IO_FDS` reply (`argsz`) a client will retry with: the fixed
+/// 16 bytes and [`MAX_IO_FD_SUBREGIONS`] sub-regions of 40 bytes (5136 bytes).
+pub const MAX_IO_FDS_ARGSZ: u32 =
+    (RegionIoFds::FIXED_SIZE + MAX_IO_FD_SUBREGIONS as usize * IoFdSubRegion::SIZE) as u32;
+
 /// Most writes in one `REGION_WRITE_MULTI`: QEMU's `VFIO_USER_MULTI_MAX` (200), the size of
 /// the buffer it coalesces posted writes into.
 pub const MAX_WRITE_MULTI: u64 = 200;
@@ -73,10 +80,13 @@ pub const MAX_MESSAGE_SIZE: u32 =
 
 // The fixed parts named above all fit in MAX_FIXED_PAYLOAD.
 const _: () = assert!(8 + MAX_WRITE_MULTI as usize * 24 <= MAX_FIXED_PAYLOAD);
-const _: () = assert!(16 + MAX_IO_FD_SUBREGIONS as usize * 40 <= MAX_FIXED_PAYLOAD);
+const _: () = assert!(MAX_IO_FDS_ARGSZ as usize <= MAX_FIXED_PAYLOAD);
 const _: () = assert!(4 + MAX_CAPABILITIES_JSON <= MAX_FIXED_PAYLOAD);
 const _: () = assert!(MAX_REGION_INFO_ARGSZ as usize <= MAX_FIXED_PAYLOAD);
-const _: () = assert!(32 + 16 + MAX_SPARSE_AREAS as usize * 16 <= MAX_REGION_INFO_ARGSZ as usize);
+const _: () = assert!(
+    REGION_INFO_FIXED_SIZE + SPARSE_CAP_FIXED_SIZE + MAX_SPARSE_AREAS as usize * SparseArea::SIZE
+        <= MAX_REGION_INFO_ARGSZ as usize
+);
 const _: () = assert!(20 + MAX_IRQ_SET_COUNT as usize <= MAX_FIXED_PAYLOAD);
 // The message size fits the header's u32 field without truncation.
 const _: () =

@@ -72,6 +72,8 @@
 //!
 //! [`header`] (header, commands, flags, protocol version), [`limits`] (every bound),
 //! [`capabilities`] (VERSION), [`dma`], [`device`], [`region`] (payload structs),
+//! [`region_info`] (the one parse of a region's info and capability chain, shared with the
+//! guest's kernel VFIO back end),
 //! [`request`] / [`reply`] (message-level entry points), [`error`] ([`CodecError`], errno).
 //! With the `socket` feature, `socket` frames whole messages on a Unix stream socket with
 //! their SCM_RIGHTS descriptors; it is the only part of this crate that performs I/O.
@@ -83,6 +85,7 @@ pub mod error;
 pub mod header;
 pub mod limits;
 pub mod region;
+pub mod region_info;
 pub mod reply;
 pub mod request;
 #[cfg(feature = "socket")]
@@ -105,8 +108,8 @@ pub use limits::{
     MAX_MESSAGE_SIZE, MAX_MSG_FDS, MAX_SPARSE_AREAS,
 };
 pub use region::{
-    ArgszReply, IoFdSubRegion, RegionAccess, RegionInfo, RegionIoFds, RegionWriteMulti, SparseArea,
-    WriteOne,
+    ArgszReply, IoFdSubRegion, RegionAccess, RegionInfo, RegionIoFds, RegionWriteMulti, WriteOne,
 };
+pub use region_info::{Region, RegionInfoError, SparseArea};
 pub use reply::{check_reply, encode_error_reply, encode_reply, expect_empty_reply};
 pub use request::{encode_request, parse_request, Request};

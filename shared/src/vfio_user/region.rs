@@ -4,28 +4,19 @@
 use super::error::CodecError;
 use super::header::to_usize;
 use super::limits::{
-    MAX_DATA_XFER_SIZE, MAX_IO_FD_SUBREGIONS, MAX_REGION_CAPS, MAX_REGION_INFO_ARGSZ,
-    MAX_SPARSE_AREAS, MAX_WRITE_MULTI,
+    MAX_DATA_XFER_SIZE, MAX_IO_FD_SUBREGIONS, MAX_REGION_INFO_ARGSZ, MAX_SPARSE_AREAS,
+    MAX_WRITE_MULTI,
+};
+use super::region_info::RegionInfoHeader;
+// The region-info layout has its home in `region_info`; its names are here too, beside the
+// message that carries it.
+pub use super::region_info::{
+    SparseArea, CAP_HEADER_SIZE, REGION_INFO_CAP_SPARSE_MMAP, REGION_INFO_FLAG_CAPS,
+    REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE, SPARSE_MMAP_CAP_VERSION,
 };
 use super::wire::{
     array_size, check_argsz, check_limit, expect_len, len_u32, put_u16, put_u32, put_u64, Reader,
 };
-
-/// `vfio_region_info.flags`: the client may read the region.
-pub const REGION_INFO_FLAG_READ: u32 = 1 << 0;
-/// `vfio_region_info.flags`: the client may write the region.
-pub const REGION_INFO_FLAG_WRITE: u32 = 1 << 1;
-/// `vfio_region_info.flags`: the client may mmap the fd sent with the reply.
-pub const REGION_INFO_FLAG_MMAP: u32 = 1 << 2;
-/// `vfio_region_info.flags`: a capability chain follows at `cap_offset`.
-pub const REGION_INFO_FLAG_CAPS: u32 = 1 << 3;
-
-/// Capability id of the sparse-mmap capability (`VFIO_REGION_INFO_CAP_SPARSE_MMAP`).
-pub const REGION_INFO_CAP_SPARSE_MMAP: u16 = 1;
-/// Version of the sparse-mmap capability we write and accept.
-pub const SPARSE_MMAP_CAP_VERSION: u16 = 1;
-/// Bytes of a capability header (`struct vfio_info_cap_header`): id, version, next.
-pub const CAP_HEADER_SIZE: usize = 8;
 
 /// IO-FD sub-region type: ioeventfd (`VFIO_USER_IO_FD_TYPE_IOEVENTFD`).
 pub const IO_FD_TYPE_IOEVENTFD: u32 = 0;
@@ -45,20 +36,6 @@ pub enum ArgszReply<T> {
     },
 }
 
-/// One mmap-able window of a region (`struct vfio_region_sparse_mmap_area`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SparseArea {
-    /// Offset of the window within the region.
-    pub offset: u64,
-    /// Length of the window.
-    pub size: u64,
-}
-
-impl SparseArea {
-    /// Encoded size.
-    pub const SIZE: usize = 16;
-}
-
 /// `DEVICE_GET_REGION_INFO` reply (`struct vfio_region_info`, then the capability chain).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegionInfo {
@@ -76,9 +53,9 @@ pub struct RegionInfo {
 
 impl RegionInfo {
     /// Bytes of the fixed structure: argsz, flags, index, cap_offset, size, offset.
-    pub const FIXED_SIZE: usize = 32;
+    pub const FIXED_SIZE: usize = super::region_info::REGION_INFO_FIXED_SIZE;
     /// Bytes of the sparse-mmap capability before its areas: header, nr_areas, reserved.
-    pub const SPARSE_CAP_FIXED_SIZE: usize = CAP_HEADER_SIZE + 8;
+    pub const SPARSE_CAP_FIXED_SIZE: usize = super::region_info::SPARSE_CAP_FIXED_SIZE;
 
     /// `argsz` of the full reply: the fixed part, plus the sparse-mmap capability if there
     /// are areas. Refused above [`MAX_SPARSE_AREAS`] areas.
@@ -153,126 +130,33 @@ impl RegionInfo {
 
     /// Parses the reply. A 32-byte reply whose `argsz` is larger is a request to retry
     /// ([`ArgszReply::Retry`], `argsz` bounded by [`MAX_REGION_INFO_ARGSZ`]). Otherwise the
-    /// payload must be exactly `argsz` bytes; with CAPS set, the chain is walked from
-    /// `cap_offset`, strictly forward, at most [`MAX_REGION_CAPS`] entries, every entry inside
-    /// the payload. Unknown capabilities are skipped; one sparse-mmap capability is read, its
-    /// `nr_areas` bounded by [`MAX_SPARSE_AREAS`] and each area inside the region.
+    /// payload must be exactly `argsz` bytes; with CAPS set, `cap_offset` must point past the
+    /// fixed part (QEMU's rule) and the chain is checked by the one region-info parse
+    /// ([`RegionInfoHeader::caps`]); only the sparse-mmap areas are kept.
     pub fn parse(payload: &[u8]) -> Result<ArgszReply<Self>, CodecError> {
-        let what = "DEVICE_GET_REGION_INFO reply";
-        let mut r = Reader::new(payload, what);
-        let argsz = r.u32()?;
-        let flags = r.u32()?;
-        let index = r.u32()?;
-        let cap_offset = r.u32()?;
-        let size = r.u64()?;
-        let offset = r.u64()?;
-        check_argsz(argsz, Self::FIXED_SIZE)?;
+        let h = RegionInfoHeader::parse(payload)?;
+        check_argsz(h.argsz, Self::FIXED_SIZE)?;
         check_limit(
-            u64::from(argsz),
+            u64::from(h.argsz),
             u64::from(MAX_REGION_INFO_ARGSZ),
             "region info argsz",
         )?;
-        if to_usize(argsz) > payload.len() && payload.len() == Self::FIXED_SIZE {
-            return Ok(ArgszReply::Retry { argsz });
+        if to_usize(h.argsz) > payload.len() && payload.len() == Self::FIXED_SIZE {
+            return Ok(ArgszReply::Retry { argsz: h.argsz });
         }
-        expect_len(payload, to_usize(argsz), what)?;
+        expect_len(payload, to_usize(h.argsz), "DEVICE_GET_REGION_INFO reply")?;
         let mut info = Self {
-            flags,
-            index,
-            size,
-            offset,
+            flags: h.flags,
+            index: h.index,
+            size: h.size,
+            offset: h.offset,
             sparse_areas: Vec::new(),
         };
-        if flags & REGION_INFO_FLAG_CAPS != 0 {
-            info.sparse_areas = parse_cap_chain(payload, cap_offset, size)?;
+        if h.flags & REGION_INFO_FLAG_CAPS != 0 {
+            info.sparse_areas = h.caps(payload)?.sparse.unwrap_or_default();
         }
         Ok(ArgszReply::Complete(info))
     }
-}
-
-/// Walks the capability chain and returns the sparse-mmap areas (empty if none).
-fn parse_cap_chain(
-    payload: &[u8],
-    cap_offset: u32,
-    region_size: u64,
-) -> Result<Vec<SparseArea>, CodecError> {
-    let invalid_offset = |v: u32| CodecError::InvalidField {
-        what: "region capability offset",
-        value: u64::from(v),
-    };
-    let mut areas: Option<Vec<SparseArea>> = None;
-    let mut at = cap_offset;
-    let mut walked: usize = 0;
-    loop {
-        if to_usize(at) < RegionInfo::FIXED_SIZE {
-            return Err(invalid_offset(at));
-        }
-        walked = walked.saturating_add(1);
-        if walked > MAX_REGION_CAPS {
-            return Err(CodecError::LimitExceeded {
-                what: "region capabilities",
-                value: u64::try_from(walked).unwrap_or(u64::MAX),
-                max: u64::try_from(MAX_REGION_CAPS).unwrap_or(u64::MAX),
-            });
-        }
-        let cap = payload.get(to_usize(at)..).ok_or(invalid_offset(at))?;
-        let mut r = Reader::new(cap, "region capability");
-        let id = r.u16()?;
-        let version = r.u16()?;
-        let next = r.u32()?;
-        if id == REGION_INFO_CAP_SPARSE_MMAP {
-            if version != SPARSE_MMAP_CAP_VERSION {
-                return Err(CodecError::InvalidField {
-                    what: "sparse mmap capability version",
-                    value: u64::from(version),
-                });
-            }
-            if areas.is_some() {
-                return Err(CodecError::InvalidField {
-                    what: "duplicate sparse mmap capability",
-                    value: u64::from(at),
-                });
-            }
-            areas = Some(parse_sparse_areas(&mut r, region_size)?);
-        }
-        if next == 0 {
-            break;
-        }
-        // Strictly forward: the chain cannot loop.
-        if next <= at {
-            return Err(invalid_offset(next));
-        }
-        at = next;
-    }
-    Ok(areas.unwrap_or_default())
-}
-
-fn parse_sparse_areas(r: &mut Reader<'_>, region_size: u64) -> Result<Vec<SparseArea>, CodecError> {
-    let nr_areas = r.u32()?;
-    let _reserved = r.u32()?;
-    check_limit(
-        u64::from(nr_areas),
-        u64::from(MAX_SPARSE_AREAS),
-        "sparse mmap nr_areas",
-    )?;
-    // Bounded by MAX_SPARSE_AREAS above.
-    let mut areas = Vec::with_capacity(to_usize(nr_areas));
-    for _ in 0..nr_areas {
-        let area = SparseArea {
-            offset: r.u64()?,
-            size: r.u64()?,
-        };
-        match area.offset.checked_add(area.size) {
-            Some(end) if end <= region_size => areas.push(area),
-            _ => {
-                return Err(CodecError::InvalidField {
-                    what: "sparse mmap area",
-                    value: area.offset,
-                })
-            }
-        }
-    }
-    Ok(areas)
 }
 
 /// One sub-region of a `DEVICE_GET_REGION_IO_FDS` reply.
@@ -648,6 +532,7 @@ fn decode_write_one(chunk: &[u8]) -> Result<WriteOne, CodecError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::region_info::RegionInfoError;
     use super::*;
 
     fn info(areas: Vec<SparseArea>) -> RegionInfo {
@@ -764,16 +649,16 @@ mod tests {
         assert!(RegionInfo::parse(&with_caps(1, 0, 32)).is_ok());
         assert!(matches!(
             RegionInfo::parse(&with_caps(u32::MAX, 0, 32)),
-            Err(CodecError::LimitExceeded { .. })
+            Err(CodecError::RegionInfo(RegionInfoError::TooManyAreas { .. }))
         ));
         assert!(matches!(
             RegionInfo::parse(&with_caps(MAX_SPARSE_AREAS + 1, 0, 32)),
-            Err(CodecError::LimitExceeded { .. })
+            Err(CodecError::RegionInfo(RegionInfoError::TooManyAreas { .. }))
         ));
         // Within the limit but beyond the payload.
         assert!(matches!(
             RegionInfo::parse(&with_caps(2, 0, 32)),
-            Err(CodecError::Truncated { .. })
+            Err(CodecError::RegionInfo(RegionInfoError::AreaPastEnd { .. }))
         ));
     }
 
@@ -781,11 +666,15 @@ mod tests {
     fn region_info_cap_chain_loop_or_bad_offset_is_refused() {
         assert!(matches!(
             RegionInfo::parse(&with_caps(1, 32, 32)),
-            Err(CodecError::InvalidField { .. })
+            Err(CodecError::RegionInfo(
+                RegionInfoError::ChainBackwards { .. }
+            ))
         ));
         assert!(matches!(
             RegionInfo::parse(&with_caps(1, 8, 32)),
-            Err(CodecError::InvalidField { .. })
+            Err(CodecError::RegionInfo(
+                RegionInfoError::ChainBackwards { .. }
+            ))
         ));
         assert!(RegionInfo::parse(&with_caps(1, 0, 0)).is_err());
         assert!(RegionInfo::parse(&with_caps(1, 0, 16)).is_err());
@@ -802,7 +691,7 @@ mod tests {
         let b = i.to_bytes_for(4096).unwrap();
         assert!(matches!(
             RegionInfo::parse(&b),
-            Err(CodecError::InvalidField { .. })
+            Err(CodecError::RegionInfo(RegionInfoError::AreaOutside { .. }))
         ));
         i.sparse_areas = vec![SparseArea {
             offset: u64::MAX,

@@ -1,45 +1,46 @@
-//! Little-endian field access on untrusted bytes. Every read is bounds-checked with
-//! `.get(..)` and reports what was short; nothing here can panic.
+//! The codec's view of untrusted bytes: fields read in order through the crate's one
+//! little-endian reader ([`crate::little_endian`]), each short read reported as
+//! [`CodecError::Truncated`] naming the structure; and the length checks every message
+//! shares. Nothing here can panic.
 
 use super::error::CodecError;
+use crate::little_endian::{Cursor, OutOfBounds};
 
 /// A cursor over a payload that reads little-endian fields in order.
 pub(crate) struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+    cursor: Cursor<'a>,
     what: &'static str,
 }
 
 impl<'a> Reader<'a> {
     /// A reader over `buf`; `what` names the structure in errors.
     pub(crate) fn new(buf: &'a [u8], what: &'static str) -> Self {
-        Self { buf, pos: 0, what }
+        Self {
+            cursor: Cursor::new(buf),
+            what,
+        }
+    }
+
+    fn truncated(&self) -> impl FnOnce(OutOfBounds) -> CodecError {
+        let what = self.what;
+        move |e| CodecError::Truncated {
+            what,
+            needed: e.needed(),
+            actual: e.actual,
+        }
     }
 
     /// The next `n` bytes.
     pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
-        let truncated = |needed| CodecError::Truncated {
-            what: self.what,
-            needed,
-            actual: self.buf.len(),
-        };
-        let end = self.pos.checked_add(n).ok_or(truncated(usize::MAX))?;
-        let out = self.buf.get(self.pos..end).ok_or(truncated(end))?;
-        self.pos = end;
-        Ok(out)
+        let err = self.truncated();
+        self.cursor.bytes(n).map_err(err)
     }
 
     /// The next `N` bytes as an array.
     pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
-        let what = self.what;
-        let actual = self.buf.len();
-        self.bytes(N)?
-            .try_into()
-            .map_err(|_| CodecError::Truncated {
-                what,
-                needed: N,
-                actual,
-            })
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.bytes(N)?);
+        Ok(a)
     }
 
     /// The next `u16`.
@@ -59,9 +60,7 @@ impl<'a> Reader<'a> {
 
     /// Everything not yet read.
     pub(crate) fn rest(&mut self) -> &'a [u8] {
-        let out = self.buf.get(self.pos..).unwrap_or(&[]);
-        self.pos = self.buf.len();
-        out
+        self.cursor.rest()
     }
 }
 

@@ -5,6 +5,7 @@ use super::device::prelude;
 use super::rings::{run_chains, run_used, ChainInput, UsedInput};
 use super::wire::{ClientSession, WireMessage};
 use super::*;
+use swiotlb_shared::descriptor::{Descriptor, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 use swiotlb_shared::vfio_user::{Header, HEADER_SIZE};
 
 /// A small deterministic generator (xorshift64*), so failures reproduce.
@@ -90,13 +91,25 @@ fn good_chain() -> ChainInput {
     let mut contents = vec![0u8; 4096];
     let base = 0x80_0000_0000u64;
     // desc 0: readable 16 bytes at +0x800, NEXT -> 1; desc 1: writable 1 byte at +0x900.
-    let descs = [(base + 0x800, 16u32, 1u16, 1u16), (base + 0x900, 1, 2, 0)];
-    for (i, (addr, len, flags, next)) in descs.iter().enumerate() {
-        let o = i * 16;
-        contents[o..o + 8].copy_from_slice(&addr.to_le_bytes());
-        contents[o + 8..o + 12].copy_from_slice(&len.to_le_bytes());
-        contents[o + 12..o + 14].copy_from_slice(&flags.to_le_bytes());
-        contents[o + 14..o + 16].copy_from_slice(&next.to_le_bytes());
+    let descs = [
+        Descriptor {
+            addr: base + 0x800,
+            len: 16,
+            flags: VIRTQ_DESC_F_NEXT,
+            next: 1,
+        },
+        Descriptor {
+            addr: base + 0x900,
+            len: 1,
+            flags: VIRTQ_DESC_F_WRITE,
+            next: 0,
+        },
+    ];
+    for (d, entry) in descs
+        .iter()
+        .zip(contents.chunks_exact_mut(Descriptor::SIZE))
+    {
+        entry.copy_from_slice(&d.to_bytes());
     }
     ChainInput {
         queue_size_log2: 4,

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use swiotlb_shared::features::{bit, VIRTIO_BLK_F_RO};
 use swiotlb_shared::layout::{PoolWindow, PAGE_SIZE};
+use swiotlb_shared::little_endian;
 use swiotlb_shared::pci::{cfg, common, device_layout as dl};
 use thiserror::Error;
 
@@ -104,28 +105,17 @@ pub(super) fn put(b: &mut [u8], at: usize, v: &[u8]) {
     }
 }
 
+// Register reads of the fake's own buffers: a field past the end reads as 0.
 pub(super) fn get_u16(b: &[u8], at: usize) -> u16 {
-    let mut x = [0u8; 2];
-    if let Some(s) = b.get(at..at + 2) {
-        x.copy_from_slice(s);
-    }
-    u16::from_le_bytes(x)
+    little_endian::u16_at(b, at).unwrap_or(0)
 }
 
 pub(super) fn get_u32(b: &[u8], at: usize) -> u32 {
-    let mut x = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        x.copy_from_slice(s);
-    }
-    u32::from_le_bytes(x)
+    little_endian::u32_at(b, at).unwrap_or(0)
 }
 
 pub(super) fn get_u64(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    if let Some(s) = b.get(at..at + 8) {
-        x.copy_from_slice(s);
-    }
-    u64::from_le_bytes(x)
+    little_endian::u64_at(b, at).unwrap_or(0)
 }
 
 impl FakeDevice {

@@ -9,13 +9,15 @@ use swiotlb_shared::blk::{
     VIRTIO_BLK_T_FLUSH as T_FLUSH, VIRTIO_BLK_T_GET_ID as T_GET_ID, VIRTIO_BLK_T_IN as T_IN,
     VIRTIO_BLK_T_OUT as T_OUT, VIRTIO_BLK_T_WRITE_ZEROES as T_WRITE_ZEROES,
 };
+use swiotlb_shared::descriptor::{
+    Descriptor, DESC_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
 use swiotlb_shared::features::{bit, VIRTIO_RING_F_EVENT_IDX};
-use swiotlb_shared::layout::{DESC_SIZE, INDIRECT_TABLE_DESCS};
+use swiotlb_shared::layout::INDIRECT_TABLE_DESCS;
 use swiotlb_shared::pci::status;
 
 use super::behavior::{Behavior, SelfReset, SPILL_BYTE};
-use super::device::{get_u16, get_u32, get_u64, Inner};
-use crate::ring::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+use super::device::{get_u32, get_u64, Inner};
 
 /// The device ID GET_ID returns (NUL-padded to 20 bytes).
 pub const DEVICE_ID: &[u8] = b"fake-swiotlb-blk";
@@ -65,14 +67,14 @@ pub(super) struct Buf {
 impl Inner {
     pub(super) fn read_desc(&mut self, at: u64, in_table: bool) -> Option<(u64, u32, u16, u16)> {
         let o = self.check_window("descriptor", at, DESC_SIZE)?;
-        let mut b = [0u8; DESC_SIZE as usize];
+        let mut b = [0u8; Descriptor::SIZE];
         self.pool.read(o, &mut b).ok()?;
-        let (addr, len, flags, next) = (
-            get_u64(&b, 0),
-            get_u32(&b, 8),
-            get_u16(&b, 12),
-            get_u16(&b, 14),
-        );
+        let Descriptor {
+            addr,
+            len,
+            flags,
+            next,
+        } = Descriptor::from_bytes(&b);
         self.descriptors.push(SeenDescriptor {
             at,
             in_indirect_table: in_table,

@@ -14,7 +14,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::disk::DiskImage;
 use super::metrics::BlockMetrics;
 use super::request::{
-    self, gather, Request, RequestType, Segment, RANGE_SIZE, SECTOR_SIZE, VIRTIO_BLK_S_IOERR,
+    self, gather, scatter, Request, RequestType, RANGE_SIZE, SECTOR_SIZE, VIRTIO_BLK_S_IOERR,
     VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
 };
 use crate::pool::PoolGuestMemory;
@@ -147,12 +147,12 @@ impl Block {
             RequestType::GetId => {
                 let id = self.disk.id();
                 let n = (req.data_len as usize).min(id.len());
-                match write_scatter(mem, &req.data, &id[..n]) {
+                match scatter(mem, &req.data, &id[..n]) {
                     Ok(()) => {
                         BlockMetrics::add(&m.get_ids, 1);
                         (VIRTIO_BLK_S_OK, n as u32)
                     }
-                    Err(()) => {
+                    Err(_) => {
                         BlockMetrics::add(&m.io_errors, 1);
                         (VIRTIO_BLK_S_IOERR, 0)
                     }
@@ -234,20 +234,6 @@ impl Block {
 }
 
 /// Copies `src` into the start of `segs`.
-fn write_scatter(mem: &PoolGuestMemory, segs: &[Segment], src: &[u8]) -> Result<(), ()> {
-    let mut done = 0usize;
-    for s in segs {
-        if done == src.len() {
-            break;
-        }
-        let n = (s.len as usize).min(src.len() - done);
-        mem.write_slice(&src[done..done + n], GuestAddress(s.addr))
-            .map_err(|_| ())?;
-        done += n;
-    }
-    Ok(())
-}
-
 impl VirtioDevice for Block {
     fn device_type(&self) -> u16 {
         VIRTIO_ID_BLOCK
@@ -295,7 +281,11 @@ impl VirtioDevice for Block {
         let req = match request::parse(mem, chain) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(error = %e, head = chain.head, "malformed block request");
+                tracing::warn!(
+                    error = %swiotlb_shared::error_chain(&e),
+                    head = chain.head,
+                    "malformed block request"
+                );
                 BlockMetrics::add(&self.metrics.malformed, 1);
                 // With a status byte, answer IOERR; without one there is nothing to say.
                 if let Some(last) = chain.writable().last() {

@@ -5,7 +5,7 @@
 //! Parsing only slices the checked chain; no byte of the data is touched here.
 
 use thiserror::Error;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
 use crate::pool::PoolGuestMemory;
 use crate::virtio::chain::{CheckedChain, CheckedDesc};
@@ -16,8 +16,8 @@ pub use swiotlb_shared::blk::{
     VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
 
-/// Framing errors: the request cannot even be answered properly.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
+/// Errors of framing a request and of copying its bytes.
+#[derive(Debug, Error)]
 pub enum RequestError {
     /// Fewer than 16 device-readable bytes.
     #[error("request has {0} readable bytes, fewer than the 16-byte header")]
@@ -25,9 +25,32 @@ pub enum RequestError {
     /// No device-writable byte for the status.
     #[error("request has no device-writable status byte")]
     NoStatus,
-    /// The header could not be read from the pool.
-    #[error("request header unreadable: {0}")]
-    Unreadable(String),
+    /// Request bytes could not be read from the pool.
+    #[error("request bytes at {addr:#x} unreadable")]
+    Unreadable {
+        /// Bus address of the segment.
+        addr: u64,
+        /// What the pool mapping said.
+        #[source]
+        source: GuestMemoryError,
+    },
+    /// Request bytes could not be written to the pool.
+    #[error("request bytes at {addr:#x} unwritable")]
+    Unwritable {
+        /// Bus address of the segment.
+        addr: u64,
+        /// What the pool mapping said.
+        #[source]
+        source: GuestMemoryError,
+    },
+    /// The segments hold fewer bytes than asked for.
+    #[error("only {got} of {want} bytes present")]
+    Short {
+        /// Bytes the segments hold.
+        got: usize,
+        /// Bytes asked for.
+        want: usize,
+    },
 }
 
 /// Operation of a request.
@@ -114,7 +137,7 @@ fn carve(descs: &[CheckedDesc], front: u64, back: u64) -> (Vec<Segment>, u64) {
 }
 
 /// Copies `out.len()` bytes from the start of `segs` (which hold at least that many).
-pub fn gather(mem: &PoolGuestMemory, segs: &[Segment], out: &mut [u8]) -> Result<(), String> {
+pub fn gather(mem: &PoolGuestMemory, segs: &[Segment], out: &mut [u8]) -> Result<(), RequestError> {
     let mut done = 0usize;
     for s in segs {
         if done == out.len() {
@@ -122,14 +145,38 @@ pub fn gather(mem: &PoolGuestMemory, segs: &[Segment], out: &mut [u8]) -> Result
         }
         let n = (s.len as usize).min(out.len() - done);
         mem.read_slice(&mut out[done..done + n], GuestAddress(s.addr))
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| RequestError::Unreadable {
+                addr: s.addr,
+                source,
+            })?;
         done += n;
     }
     if done == out.len() {
         Ok(())
     } else {
-        Err(format!("only {done} of {} bytes present", out.len()))
+        Err(RequestError::Short {
+            got: done,
+            want: out.len(),
+        })
     }
+}
+
+/// Copies `src` to the start of `segs`; bytes beyond what `segs` hold are not written.
+pub fn scatter(mem: &PoolGuestMemory, segs: &[Segment], src: &[u8]) -> Result<(), RequestError> {
+    let mut done = 0usize;
+    for s in segs {
+        if done == src.len() {
+            break;
+        }
+        let n = (s.len as usize).min(src.len() - done);
+        mem.write_slice(&src[done..done + n], GuestAddress(s.addr))
+            .map_err(|source| RequestError::Unwritable {
+                addr: s.addr,
+                source,
+            })?;
+        done += n;
+    }
+    Ok(())
 }
 
 /// Frames a checked chain as a virtio-blk request.
@@ -142,7 +189,7 @@ pub fn parse(mem: &PoolGuestMemory, chain: &CheckedChain) -> Result<Request, Req
     let status_addr = last.addr + u64::from(last.len) - 1;
     let (hdr_segs, _) = carve(chain.readable(), 0, chain.readable_len - HEADER_SIZE as u64);
     let mut hdr = [0u8; HEADER_SIZE];
-    gather(mem, &hdr_segs, &mut hdr).map_err(RequestError::Unreadable)?;
+    gather(mem, &hdr_segs, &mut hdr)?;
     let ty = RequestType::from(u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]));
     let mut s = [0u8; 8];
     s.copy_from_slice(&hdr[8..16]);
@@ -199,5 +246,31 @@ mod tests {
         );
         assert_eq!(carve(&descs, 40, 0).1, 0);
         assert_eq!(carve(&descs, 0, 40).1, 0);
+    }
+
+    #[test]
+    fn gather_reports_short_segments_and_addresses_outside_the_pool() {
+        const BASE: u64 = 0x80_0000_0000;
+        let mut pool = crate::pool::Pool::new(1 << 20).unwrap();
+        pool.place(Some(BASE));
+        let view = pool.view().unwrap().unwrap();
+        let mut out = [0u8; 16];
+        let short = [Segment { addr: BASE, len: 8 }];
+        assert!(matches!(
+            gather(&view.mem, &short, &mut out),
+            Err(RequestError::Short { got: 8, want: 16 })
+        ));
+        let outside = [Segment {
+            addr: BASE - 0x1000,
+            len: 16,
+        }];
+        assert!(matches!(
+            gather(&view.mem, &outside, &mut out),
+            Err(RequestError::Unreadable { addr, .. }) if addr == BASE - 0x1000
+        ));
+        assert!(matches!(
+            scatter(&view.mem, &outside, &out),
+            Err(RequestError::Unwritable { addr, .. }) if addr == BASE - 0x1000
+        ));
     }
 }

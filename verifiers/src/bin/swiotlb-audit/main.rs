@@ -1,7 +1,7 @@
 //! `swiotlb-audit`: verify, show, count and prove the device's audit log.
 //!
 //! ```text
-//! swiotlb-audit verify LOG... --key PUBKEY [--live] [--json]   exit 0 intact, 1 tampered, 2 unreadable
+//! swiotlb-audit verify LOG... --key PUBKEY [--live] [--json]   exit 0 intact, 1 tampered, 2 unreadable, 3 open
 //! swiotlb-audit show LOG... [--class C] [--since T] [--json]
 //! swiotlb-audit stats LOG... [--json]
 //! swiotlb-audit prove LOG... --index N [--key PUBKEY] [--json]
@@ -38,7 +38,10 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Check the files of a log, in order: exit 0 intact, 1 tampered, 2 unreadable.
+    /// Check the files of a log, in order: exit 0 intact (closed by its writer, every record
+    /// covered by a signed checkpoint), 1 tampered, 2 unreadable, 3 open (intact up to the
+    /// last checkpoint; the records after it are named and unproven: a live log, or a writer
+    /// that died).
     Verify {
         /// Log files, oldest first.
         #[arg(required = true)]
@@ -46,8 +49,8 @@ enum Cmd {
         /// Verifier key file (`<origin>+<id>+<key>`, the `.pub` beside the signing key).
         #[arg(long)]
         key: PathBuf,
-        /// The log may still be being written: unsigned last records and a torn last line
-        /// are warnings, and no stop record is required.
+        /// The log may still be being written: an open end exits 0 (the verdict still says
+        /// what is unproven).
         #[arg(long)]
         live: bool,
         /// One JSON object on stdout.
@@ -102,6 +105,7 @@ enum Cmd {
 /// Exit statuses of `verify` (and of other commands: 0 done, 2 unreadable input).
 const EXIT_TAMPERED: u8 = 1;
 const EXIT_UNREADABLE: u8 = 2;
+const EXIT_OPEN: u8 = 3;
 
 /// Why a command failed; [`ToolError::exit_status`] says how it exits.
 #[derive(Debug, Error)]
@@ -136,6 +140,10 @@ enum ToolError {
     /// The log does not verify (`verify` has printed why).
     #[error("the log does not verify")]
     Tampered,
+    /// The log is intact up to its last checkpoint but not closed (`verify` has printed
+    /// what is unproven).
+    #[error("the log is open: not closed by its writer")]
+    Open,
     /// The first line of the given files is not a record.
     #[error("{}:{line}: not a record", path.display())]
     NotARecord {
@@ -198,7 +206,8 @@ enum ToolError {
 }
 
 impl ToolError {
-    /// 1 when the log is shown tampered with, 2 when an input cannot be read or used.
+    /// 1 when the log is shown tampered with, 2 when an input cannot be read or used, 3 when
+    /// the log is open.
     fn exit_status(&self) -> u8 {
         match self {
             Self::Tampered
@@ -206,6 +215,7 @@ impl ToolError {
             | Self::CheckpointTree(_)
             | Self::RootMismatch
             | Self::NotIncluded(_) => EXIT_TAMPERED,
+            Self::Open => EXIT_OPEN,
             Self::Read { .. }
             | Self::KeyFile { .. }
             | Self::Key { .. }
@@ -249,7 +259,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // `verify` has printed its verdict.
-            if !matches!(e, ToolError::Tampered) {
+            if !matches!(e, ToolError::Tampered | ToolError::Open) {
                 eprintln!("swiotlb-audit: {}", error_chain(&e));
             }
             ExitCode::from(e.exit_status())

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use clap::ValueEnum;
-use swiotlb_shared::audit::schema::class;
+use swiotlb_shared::audit::ocsf::class;
 use swiotlb_shared::audit::{Event, Record};
 use swiotlb_shared::time::format_rfc3339_ms as format_time;
 use thiserror::Error;

@@ -23,7 +23,8 @@ struct QueueStats {
 struct DeviceStats {
     name: String,
     queues: BTreeMap<Option<u16>, QueueStats>,
-    findings: BTreeMap<String, u64>,
+    /// By kind name (the order the tool prints them in).
+    findings: BTreeMap<&'static str, u64>,
     findings_by_queue: BTreeMap<Option<u16>, u64>,
     dma_violations: u64,
     attestations_passed: u64,
@@ -59,7 +60,7 @@ pub fn run(logs: &[PathBuf], as_json: bool) -> Result<(), ToolError> {
                     }
                 }
                 Some(Event::Finding(f)) => {
-                    *d.findings.entry(f.kind).or_default() += 1;
+                    *d.findings.entry(f.kind.name()).or_default() += 1;
                     *d.findings_by_queue.entry(f.queue).or_default() += 1;
                     d.dma_violations += u64::from(f.dma_violation);
                 }

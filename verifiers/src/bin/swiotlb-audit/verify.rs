@@ -1,18 +1,20 @@
 //! `swiotlb-audit verify`: every file of a log checked in order against the verifier key;
-//! exit 0 intact, 1 tampered, 2 unreadable.
+//! exit 0 intact, 1 tampered, 2 unreadable, 3 open (intact up to its last checkpoint, not
+//! closed by its writer; 0 with `--live`).
 
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::json;
-use swiotlb_shared::audit::verify::{Options, Verifier};
+use swiotlb_shared::audit::verify::{Options, Verdict, Verifier};
 
 use crate::input::{each_line, file_label, load_key};
 use crate::ToolError;
 
 /// Verifies `logs` with the key in the file `key`, printing the verdict (as JSON with
-/// `as_json`); a tampered log is [`ToolError::Tampered`].
+/// `as_json`); a tampered log is [`ToolError::Tampered`], an open one (unless `live`)
+/// [`ToolError::Open`].
 pub fn run(logs: &[PathBuf], key: &Path, live: bool, as_json: bool) -> Result<(), ToolError> {
     let key = load_key(key)?;
     let cell = std::cell::RefCell::new(Verifier::new(key.clone(), Options { live }));
@@ -40,32 +42,44 @@ pub fn run(logs: &[PathBuf], key: &Path, live: bool, as_json: bool) -> Result<()
                        "checkpoints": f.checkpoints, "torn": f.torn})
             })
             .collect();
-        let out = json!({"ok": report.ok, "key": key.to_string(), "records": report.lines,
+        let open = report.open.as_ref().map(|o| {
+            json!({"file": o.file, "last_checkpoint": o.proven,
+                   "first_unproven": o.first_unproven, "unproven": o.unproven,
+                   "torn": o.torn, "stop_record": o.stop_record, "detail": o.to_string()})
+        });
+        let out = json!({"ok": report.ok, "verdict": report.verdict().name(),
+                         "key": key.to_string(), "records": report.lines,
                          "files": files, "latest_checkpoint": latest, "failure": failure,
-                         "warnings": report.warnings});
+                         "open": open, "warnings": report.warnings});
         println!("{out}");
     } else {
         for w in &report.warnings {
             eprintln!("warning: {w}");
         }
-        match &report.failure {
-            None => {
-                let (size, root) = report
-                    .latest
-                    .as_ref()
-                    .map_or((0, String::new()), |c| (c.size, B64.encode(c.root)));
-                println!(
-                    "OK: {} records in {} file(s); latest checkpoint: size {size}, root {root}",
-                    report.lines,
-                    report.files.len()
-                );
-            }
-            Some(f) => println!("TAMPERED: {f}"),
+        let (size, root) = report
+            .latest
+            .as_ref()
+            .map_or((0, String::new()), |c| (c.size, B64.encode(c.root)));
+        match report.verdict() {
+            Verdict::Intact => println!(
+                "OK: {} records in {} file(s), every one covered by a signed checkpoint, \
+                 closed by its writer; latest checkpoint: size {size}, root {root}",
+                report.lines,
+                report.files.len()
+            ),
+            Verdict::Open(o) => println!(
+                "OPEN: {} records in {} file(s), intact up to the last checkpoint (size \
+                 {size}, root {root}); {o}",
+                report.lines,
+                report.files.len()
+            ),
+            Verdict::Tampered(f) => println!("TAMPERED: {f}"),
         }
     }
-    if report.ok {
-        Ok(())
-    } else {
-        Err(ToolError::Tampered)
+    match report.verdict() {
+        Verdict::Intact => Ok(()),
+        Verdict::Open(_) if live => Ok(()),
+        Verdict::Open(_) => Err(ToolError::Open),
+        Verdict::Tampered(_) => Err(ToolError::Tampered),
     }
 }

@@ -5,12 +5,17 @@
 //! `REPORT_DATA = SHA-512(domain || transcript)`, places the evidence in the pool and rings
 //! the mailbox doorbell. The device rebuilds the transcript from what *it* observed and
 //! asks its [`EvidenceVerifier`]; only an accepted verdict opens the gate.
+//!
+//! This module holds the gate's state and mailbox registers; `session` holds what the
+//! device observed and [`Gate::judge`], which reads the evidence and gives the verdict.
+
+mod session;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use swiotlb_shared::pci::attest_mailbox as mb;
-use swiotlb_shared::transcript::{
-    DeviceIdentity, InstanceId, PlatformKind, QueueRings, Transcript,
-};
+use swiotlb_shared::transcript::PlatformKind;
+
+pub use session::{Judgement, ObservedSession, Submission, VerdictRecord};
 
 /// Largest evidence the device reads from the pool: an SNP report (1184 bytes) with a VCEK
 /// and a PEM chain, or a TDX quote with its PCK chain, fit in well under 64 KiB.
@@ -33,62 +38,6 @@ pub struct Verdict {
 
 /// REPORT_DATA the device expects for evidence of a given platform.
 pub type ReportDataFor<'a> = dyn Fn(PlatformKind) -> Option<[u8; 64]> + 'a;
-
-/// What the device observed of a session, from which it rebuilds the transcript.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ObservedSession {
-    /// The nonce of this reset.
-    pub nonce: [u8; mb::NONCE_LEN],
-    /// The device's instance ID.
-    pub instance_id: [u8; mb::INSTANCE_ID_LEN],
-    /// PCI vendor, device, subsystem vendor, subsystem IDs.
-    pub pci_ids: [u16; 4],
-    /// Features offered.
-    pub device_features: u64,
-    /// Features the driver accepted.
-    pub driver_features: u64,
-    /// Pool bus address.
-    pub pool_base: u64,
-    /// Pool size.
-    pub pool_size: u64,
-    /// Enabled queues, in index order.
-    pub queues: Vec<QueueRings>,
-}
-
-impl ObservedSession {
-    /// The transcript of this session as signed by `platform`.
-    pub fn transcript(&self, platform: PlatformKind) -> Transcript {
-        Transcript {
-            platform,
-            nonce: self.nonce,
-            identity: DeviceIdentity {
-                vendor_id: self.pci_ids[0],
-                device_id: self.pci_ids[1],
-                subsystem_vendor_id: self.pci_ids[2],
-                subsystem_id: self.pci_ids[3],
-                instance_id: InstanceId::Short(self.instance_id),
-            },
-            device_features: self.device_features,
-            driver_features: self.driver_features,
-            pool_base: self.pool_base,
-            pool_size: self.pool_size,
-            queues: self.queues.clone(),
-        }
-    }
-
-    /// REPORT_DATA for every platform, or why it cannot be computed.
-    pub fn report_data_all(&self) -> Result<Vec<(PlatformKind, [u8; 64])>, String> {
-        PlatformKind::ALL
-            .iter()
-            .map(|p| {
-                self.transcript(*p)
-                    .report_data()
-                    .map(|rd| (*p, rd))
-                    .map_err(|e| format!("transcript: {e}"))
-            })
-            .collect()
-    }
-}
 
 /// The project's verifier: `swiotlb-attest`, with its policy.
 impl EvidenceVerifier for swiotlb_attest::Verifier {
