@@ -293,7 +293,8 @@ attempt() {
     RETRY_OK=1 BOOT_TRY=1 boot "$name" "$kind" "$@"
     wait_host 30
     if [ "$BOOT_ABORTED" = 1 ]; then
-        why=$(grep -a -m1 'Assertion\|hardware error\|qemu-system-x86_64: .*[Ff]ailed' "$FL/$name-console.txt" || echo "exit $QRC")
+        why=$(grep -a -m1 'Assertion' "$FL/$name-console.txt" || grep -a -m1 'hardware error' "$FL/$name-console.txt" ||
+            grep -a '^qemu-system' "$FL/$name-console.txt" | tail -n1 || echo "no message")
         for sc in "$@"; do figure "$sc" "qemu_died_boot_$name" "exit $QRC after SIG$KILL_SENT, before the guest finished: $why"; done
         say "   QEMU died under the guest (exit $QRC: $why): once more, on a new host on the same image"
         name=$name-2
@@ -418,10 +419,12 @@ signal_checks() {
     check "$sc" ok "swiotlb-host sent SIG$sig when the guest asked (exit status $HOST_RC)"
     [ -n "$T_UBLK_FAILED" ] && figure "$sc" host_clock_signal_to_server_failure_line_s "$(secs "$T_KILL" "$T_UBLK_FAILED")"
     [ -n "$T_IO_ERROR" ] && figure "$sc" host_clock_signal_to_first_io_error_line_s "$(secs "$T_KILL" "$T_IO_ERROR")"
-    if [ -n "$T_UBLK_FAILED" ] && awk -v a="$T_KILL" -v b="$T_UBLK_FAILED" -v t="$TIMEOUT_MS" 'BEGIN { exit !(b - a <= t / 1000 + 2) }'; then
-        check "$sc" ok "host clock: SIG$sig to the guest's \"the device failed\" line $(secs "$T_KILL" "$T_UBLK_FAILED") s (driver timeout $((TIMEOUT_MS / 1000)) s; the guest looks every 0.1 s, this script every 0.1 s)"
+    # The time the guest stood still meanwhile (its own measure, a FIGURE line).
+    frozen=$(awk -F'\t' -v sc="$sc" '$1 == sc && $2 == "guest_frozen_ms" { v = $3 } END { print v + 0 }' "$FIGURES")
+    if [ -n "$T_UBLK_FAILED" ] && awk -v a="$T_KILL" -v b="$T_UBLK_FAILED" -v t="$TIMEOUT_MS" -v f="$frozen" 'BEGIN { exit !(b - a <= (t + f) / 1000 + 2) }'; then
+        check "$sc" ok "host clock: SIG$sig to the guest's \"the device failed\" line $(secs "$T_KILL" "$T_UBLK_FAILED") s (driver timeout $((TIMEOUT_MS / 1000)) s; guest frozen ${frozen} ms meanwhile; the guest looks every 0.1 s, this script every 0.1 s)"
     else
-        check "$sc" FAIL "host clock: no \"the device failed\" line within the driver's timeout + 2 s of SIG$sig (${T_UBLK_FAILED:+$(secs "$T_KILL" "$T_UBLK_FAILED") s})"
+        check "$sc" FAIL "host clock: no \"the device failed\" line within the driver's timeout + the guest's frozen time ($frozen ms) + 2 s of SIG$sig (${T_UBLK_FAILED:+$(secs "$T_KILL" "$T_UBLK_FAILED") s})"
     fi
     # What QEMU printed once the server was gone (its own lines on the console).
     QEMU_SAID=$(sed -n '/^SWIOTLB-E2E: FAULT-KILL-HOST/,$p' "$FL/$BOOT_NAME-console.txt" | grep -a '^qemu' |
@@ -433,8 +436,15 @@ signal_checks() {
 attempt kill kill "$POOL" device-killed
 figure device-killed host_exit_status "$HOST_RC"
 signal_checks device-killed KILL
-# A killed writer leaves records after its last checkpoint: --live accepts an unsigned tail.
-audit_verify "$ATTEMPT" device-killed --live || true
+# A killed writer leaves records after its last checkpoint and no stop record: an open log
+# (swiotlb-audit verify says so, exit 3), which --live verification accepts: everything up to
+# the cut is checked as usual.
+audit_verify "$ATTEMPT" device-killed || true
+if audit_verify "$ATTEMPT" device-killed --live; then
+    check device-killed ok "swiotlb-audit verify --live on the killed host's log: intact up to the cut ($AUDIT_OUT)"
+else
+    check device-killed FAIL "swiotlb-audit verify --live on the killed host's log: exit $AUDIT_RC ($AUDIT_OUT)"
+fi
 
 # Boot 3: after the kill (journal, e2fsck, manifest), then device-stopped (SIGTERM), on a new host.
 attempt stop stop "$POOL" device-killed device-stopped
@@ -454,7 +464,16 @@ if signal_checks device-stopped TERM; then
         check device-stopped FAIL "swiotlb-audit verify after SIGTERM: exit $AUDIT_RC, not intact ($AUDIT_OUT)"
         audit_verify "$ATTEMPT" device-stopped --live || true
     fi
-    figure device-stopped host_last_events "$(jq -c 'select(.event != null) | {event, ended}' "$FL/$ATTEMPT-host.stdout" 2>/dev/null | tail -n 3 | tr '\n' ' ')"
+    figure device-stopped host_last_events "$(jq -c 'select(.event != null) | {event, ended, signal}' "$FL/$ATTEMPT-host.stdout" 2>/dev/null | tail -n 3 | tr '\n' ' ')"
+    # The orderly stop as the host reports it: the session ended "stopped", and every chain it
+    # took was served (each served request is counted by its kind) without an I/O error.
+    session_checks "$ATTEMPT" device-stopped
+    s=$(jq -c 'select(.event == "session_end")' "$FL/$ATTEMPT-host.stdout" 2>/dev/null | tail -n1 || true)
+    if jq -e '.ended == "stopped" and .summary.chains == (.summary.device | .reads + .writes + .flushes + .get_ids + .discards + .write_zeroes + .unsupported + .malformed) and .summary.device.io_errors == 0' <<<"$s" >/dev/null 2>&1; then
+        check device-stopped ok "the host's session ended \"stopped\": every one of the $(jq -r .summary.chains <<<"$s") chains it took was served, 0 I/O errors"
+    else
+        check device-stopped FAIL "the host's last session: $(jq -c '{ended, chains: .summary.chains, device: .summary.device}' <<<"$s" 2>/dev/null || echo none)"
+    fi
 fi
 
 # Boots 4 and 5, one host with a 1 MiB pool serving two sessions: QEMU SIGKILLed mid-I/O
