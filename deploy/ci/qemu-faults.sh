@@ -137,8 +137,13 @@ INIT
 chmod 755 "$IR/init"
 lib_initramfs_pack
 say "initramfs: $(du -h "$RUNDIR/initrd.gz" | cut -f1)"
-DISK=$WORK/faults-disk.img
+# The image every host serves lives where it is kept: no copy at the end. Sparse, it takes
+# what the guest writes: at most the whole image, so that much room must be free.
+DISK=$LOGS/faults-disk.img
 truncate -s "${DISK_MIB}M" "$DISK"
+FREE_MIB=$(($(df --output=avail -k "$LOGS" | tail -n1) >> 10))
+[ "$FREE_MIB" -ge $((DISK_MIB + 256)) ] ||
+    die "$LOGS has $FREE_MIB MiB free; the $FORM form's image may take $DISK_MIB MiB (a host whose image or logs hit a full disk fails the scenarios)"
 say "disk image: $DISK_MIB MiB (sparse); ext4 on the first $FS_MIB MiB; form: $FORM; driver timeout $TIMEOUT_MS ms"
 
 # ---------------------------------------------------------------------------------------------
@@ -520,8 +525,7 @@ PX_FIO=$(awk '$1 == "SWIOTLB-E2E:" && $2 == "FIO-BEGIN" && $3 == "PX" { getline;
 [ -n "$PX_FIO" ] && jq -c '.' <<<"$PX_FIO" >"$FL/exhaust-fio.json" 2>/dev/null || true
 # ---------------------------------------------------------------------------------------------
 phase "final image"
-cp --sparse=always "$DISK" "$LOGS/faults-disk.img" || die "copying the image failed"
-IMG=$LOGS/faults-disk.img
+IMG=$DISK
 if FSCK=$(e2fsck -fn "$IMG" 2>&1); then
     check final-image ok "host-side e2fsck -fn on the final image: clean ($(tail -n1 <<<"$FSCK"))"
 else
