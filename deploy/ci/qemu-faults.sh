@@ -207,7 +207,6 @@ fault_hook() {
 # sessions (QEMU is the client: one per boot) with a pool of POOL; its output and audit log
 # under $FL/NAME-host.* and $FL/NAME-audit.
 new_host() {
-    HOST_NAME=$1
     HOST_POOL=$2
     start_host "$FL/$1-host" "$DISK" "$2" "$FL/$1-audit" --sessions "$3"
     say "swiotlb-host ($1) pid $HOST_PID, pool $2, $3 session(s)"

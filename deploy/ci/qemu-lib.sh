@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034 # (sourced: the scripts that source it use its variables)
 # deploy/ci/qemu-lib.sh: what the QEMU runs share (deploy/ci/qemu-e2e.sh, the end-to-end
 # run, and deploy/ci/qemu-faults.sh, the fault scenarios), sourced by both after they set
 # LIB_NAME (the prefix of their messages) and REPO. It holds:
@@ -324,7 +325,7 @@ lib_chroot() { # the phase "chroot": builds or reuses the cached chroot; sets QE
 lib_build_host_tools() { # sets HOST_BIN, AUDIT_BIN, ATTEST_BIN
     local b
     phase "build host tools (release)"
-    cd "$REPO"
+    cd "$REPO" || die "cannot enter $REPO"
     cargo build --release -p swiotlb-host -p swiotlb-verifiers --bins --quiet || die "cargo build (host, verifiers) failed"
     HOST_BIN=$TARGET_DIR/release/swiotlb-host
     AUDIT_BIN=$TARGET_DIR/release/swiotlb-audit
