@@ -10,6 +10,7 @@
 //! output; it is printed only when the test that started it fails ([`ChildLog`]).
 
 pub mod fuzz;
+pub mod raw_session;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};

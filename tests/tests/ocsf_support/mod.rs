@@ -14,13 +14,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use swiotlb_attest::emulated::{ReportOptions, Signer};
+use swiotlb_attest::emulated::Signer;
 use swiotlb_guest::ring::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 use swiotlb_guest::testing::raw_driver::{Desc, RawDriver, BLK_T_OUT, DEFAULT_FEATURES};
-use swiotlb_shared::pci::{attest_mailbox as mb, cfg};
-use swiotlb_shared::transcript::{
-    DeviceIdentity, InstanceId, PlatformKind, QueueRings, Transcript,
-};
+use swiotlb_shared::pci::attest_mailbox as mb;
+use swiotlb_tests::raw_session::{ready, sign, submit, transcript_of, QSIZE};
 use swiotlb_tests::{bin, HostProcess};
 
 /// Python of a venv with `ocsf-json-schema` and `jsonschema` (set by `tests/run.sh`).
@@ -156,8 +154,6 @@ pub fn kind(r: &Value) -> (u64, String) {
         r["activity_name"].as_str().unwrap_or("").to_string(),
     )
 }
-
-const QSIZE: u16 = 64;
 
 /// A device with attestation required (emulated platform, a fresh ARK), its audit log in
 /// `<dir>/audit/device.jsonl`: full mode, files rotated at 16 KiB, a checkpoint every 8
@@ -351,82 +347,4 @@ pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn mailbox_u32(d: &mut RawDriver, off: u64) -> u32 {
-    let mut b = [0u8; 4];
-    d.transport().mailbox_read(off, &mut b).unwrap();
-    u32::from_le_bytes(b)
-}
-
-/// Sets up queue 0 and DRIVER_OK; returns the rings' bus addresses.
-fn ready(d: &mut RawDriver) -> (u64, u64, u64) {
-    let (r, ok) = d.setup_standard_queue(QSIZE).unwrap();
-    assert!(ok, "queue 0 enabled");
-    d.driver_ok().unwrap();
-    (d.bus(r.desc), d.bus(r.avail), d.bus(r.used))
-}
-
-/// The transcript of a raw driver's session as the device sees it, with the rings given.
-fn transcript_of(d: &mut RawDriver, features: u64, rings_bus: (u64, u64, u64)) -> Transcript {
-    let mut nonce = [0u8; 32];
-    d.transport().mailbox_read(mb::NONCE, &mut nonce).unwrap();
-    let mut inst = [0u8; 16];
-    d.transport()
-        .mailbox_read(mb::INSTANCE_ID, &mut inst)
-        .unwrap();
-    let mut ids = [0u8; 4];
-    let mut sub = [0u8; 4];
-    d.config_read(cfg::VENDOR_ID, &mut ids).unwrap();
-    d.config_read(cfg::SUBSYSTEM_VENDOR_ID, &mut sub).unwrap();
-    let offered = d.transport().device_features().unwrap();
-    Transcript {
-        platform: PlatformKind::Emulated,
-        nonce,
-        identity: DeviceIdentity {
-            vendor_id: u16::from_le_bytes([ids[0], ids[1]]),
-            device_id: u16::from_le_bytes([ids[2], ids[3]]),
-            subsystem_vendor_id: u16::from_le_bytes([sub[0], sub[1]]),
-            subsystem_id: u16::from_le_bytes([sub[2], sub[3]]),
-            instance_id: InstanceId::Short(inst),
-        },
-        device_features: offered,
-        driver_features: features,
-        pool_base: d.pool_base(),
-        pool_size: d.pool_size(),
-        queues: vec![QueueRings {
-            index: 0,
-            desc: rings_bus.0,
-            avail: rings_bus.1,
-            used: rings_bus.2,
-            size: QSIZE,
-        }],
-    }
-}
-
-/// Places `evidence` in the pool's scratch area, rings the mailbox, returns the gate state.
-fn submit(d: &mut RawDriver, evidence: &[u8]) -> u32 {
-    let off = d.scratch_area() + 64 * 1024;
-    d.pool().write(off, evidence).unwrap();
-    let bus = d.bus(off);
-    let t = d.transport();
-    t.mailbox_write(mb::EVIDENCE_ADDR, &bus.to_le_bytes())
-        .unwrap();
-    t.mailbox_write(mb::EVIDENCE_LEN, &(evidence.len() as u32).to_le_bytes())
-        .unwrap();
-    t.mailbox_write(mb::DOORBELL, &mb::SUBMIT.to_le_bytes())
-        .unwrap();
-    mailbox_u32(d, mb::STATE)
-}
-
-fn sign(signer: &Signer, t: &Transcript) -> Vec<u8> {
-    signer
-        .sign_report(
-            &t.report_data().unwrap(),
-            &[0; 48],
-            &ReportOptions::default(),
-        )
-        .unwrap()
-        .encode()
-        .unwrap()
 }
