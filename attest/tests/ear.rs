@@ -12,13 +12,7 @@ use swiotlb_attest::tdx::verify::Collateral;
 use swiotlb_attest::{Evidence, PlatformKind, Policy, Verifier};
 
 fn virtee() -> Evidence {
-    let c = common::virtee_from_sev_crate();
-    Evidence {
-        platform: PlatformKind::Snp,
-        report: c.report,
-        endorsement: c.vcek,
-        chain: Vec::new(),
-    }
+    common::virtee_from_sev_crate().evidence(false)
 }
 
 fn tdx(quote: Vec<u8>) -> Evidence {
@@ -111,15 +105,7 @@ fn a_rejected_real_report_is_contraindicated_with_the_failed_claims() {
         ..Policy::default()
     })
     .at_time(NOW);
-    let verdict = verifier.verify_evidence(
-        &Evidence {
-            platform: PlatformKind::Snp,
-            report: c.report,
-            endorsement: c.vcek,
-            chain: c.chain,
-        },
-        None,
-    );
+    let verdict = verifier.verify_evidence(&c.evidence(true), None);
     let ear: Value = serde_json::from_str(&verifier.ear(&verdict).unwrap()).unwrap();
     let snp = &ear["submods"]["snp"];
     assert_eq!(snp["ear.status"], "contraindicated");

@@ -8,23 +8,10 @@ use swiotlb_attest::snp::certs::{AmdRoots, Endorsement, Product};
 use swiotlb_attest::snp::report::{Report, ReportError, SigningKey, SIGNED_LEN};
 use swiotlb_attest::{Evidence, PlatformKind, Policy, ReasonKind, Verdict, Verifier};
 
-fn evidence(c: &SnpCase, with_chain: bool) -> Evidence {
-    Evidence {
-        platform: PlatformKind::Snp,
-        report: c.report.clone(),
-        endorsement: c.vcek.clone(),
-        chain: if with_chain {
-            c.chain.clone()
-        } else {
-            Vec::new()
-        },
-    }
-}
-
 fn verify(c: &SnpCase, policy: Policy) -> Verdict {
     Verifier::new(policy)
         .at_time(NOW)
-        .verify_evidence(&evidence(c, true), None)
+        .verify_evidence(&c.evidence(true), None)
 }
 
 fn allow_debug() -> Policy {
@@ -43,7 +30,7 @@ fn virtee_report_from_the_sev_crate_is_accepted_with_and_without_its_chain() {
     assert!(!v.emulated);
     let v = Verifier::new(Policy::default())
         .at_time(NOW)
-        .verify_evidence(&evidence(&c, false), None);
+        .verify_evidence(&c.evidence(false), None);
     assert!(v.accepted, "pinned roots alone suffice: {:?}", v.reasons);
     let json = serde_json::to_value(&v).unwrap();
     assert_eq!(json["platform"], "snp");
@@ -84,10 +71,10 @@ fn go_sev_guest_report_is_rejected_for_debug_and_accepted_when_debug_is_allowed(
 /// strict parse refuses it, or the signature (and usually the binding rules) fail.
 fn every_signed_byte_matters(c: &SnpCase) {
     let verifier = Verifier::new(allow_debug()).at_time(NOW);
-    assert!(verifier.verify_evidence(&evidence(c, false), None).accepted);
+    assert!(verifier.verify_evidence(&c.evidence(false), None).accepted);
     let mut parse_refused = 0;
     for i in 0..SIGNED_LEN {
-        let mut ev = evidence(c, false);
+        let mut ev = c.evidence(false);
         ev.report[i] ^= 0x01;
         let v = verifier.verify_evidence(&ev, None);
         assert!(!v.accepted, "{}: flipping byte {i:#x} was accepted", c.name);
@@ -124,13 +111,13 @@ fn a_changed_signature_is_rejected() {
     let c = common::virtee_from_sev_crate();
     let verifier = Verifier::new(Policy::default()).at_time(NOW);
     for off in [0x2A0, 0x2A0 + 47, 0x2E8, 0x2E8 + 47] {
-        let mut ev = evidence(&c, false);
+        let mut ev = c.evidence(false);
         ev.report[off] ^= 0x80;
         let v = verifier.verify_evidence(&ev, None);
         assert!(v.has(ReasonKind::Signature), "{off:#x}: {:?}", v.reasons);
     }
     // The unused high bytes of R and S must be zero: checked by the signature decoder.
-    let mut ev = evidence(&c, false);
+    let mut ev = c.evidence(false);
     ev.report[0x2A0 + 60] = 1;
     assert!(verifier
         .verify_evidence(&ev, None)
@@ -178,7 +165,7 @@ fn must_be_zero_violations_in_a_real_report_are_rejected_at_parse() {
             .verify_evidence(
                 &Evidence {
                     report: r,
-                    ..evidence(&c, false)
+                    ..c.evidence(false)
                 },
                 None,
             );
@@ -199,7 +186,7 @@ fn a_corrupted_certificate_or_a_foreign_chain_is_rejected() {
         .verify_evidence(
             &Evidence {
                 endorsement: bad,
-                ..evidence(&c, false)
+                ..c.evidence(false)
             },
             None,
         );
@@ -216,7 +203,7 @@ fn a_corrupted_certificate_or_a_foreign_chain_is_rejected() {
         .verify_evidence(
             &Evidence {
                 chain: turin_chain,
-                ..evidence(&c, false)
+                ..c.evidence(false)
             },
             None,
         );
@@ -229,7 +216,7 @@ fn certificates_outside_their_validity_are_rejected() {
     // The virtee VCEK is valid from 2023-04-03.
     let v = Verifier::new(Policy::default())
         .at_time(1_600_000_000)
-        .verify_evidence(&evidence(&c, false), None);
+        .verify_evidence(&c.evidence(false), None);
     assert!(v.has(ReasonKind::Validity), "{:?}", v.reasons);
 }
 
@@ -237,7 +224,7 @@ fn certificates_outside_their_validity_are_rejected() {
 fn a_vlek_claim_needs_a_vlek_chained_through_the_asvk() {
     let c = common::virtee_from_sev_crate();
     // SIGNING_KEY = VLEK (bits 2..4 of byte 0x48) with the VCEK certificate.
-    let mut ev = evidence(&c, false);
+    let mut ev = c.evidence(false);
     ev.report[0x48] |= 1 << 2;
     assert_eq!(
         Report::parse(&ev.report).unwrap().signing_key,
@@ -260,7 +247,7 @@ fn a_vlek_claim_needs_a_vlek_chained_through_the_asvk() {
 #[test]
 fn unsigned_reports_are_rejected() {
     let c = common::virtee_from_sev_crate();
-    let mut ev = evidence(&c, false);
+    let mut ev = c.evidence(false);
     ev.report[0x48] |= 7 << 2;
     let v = Verifier::new(Policy::default())
         .at_time(NOW)

@@ -13,16 +13,10 @@ mod common;
 use common::testpki::{self, TEST_NOW};
 use common::NOW;
 use swiotlb_attest::snp::report::Report;
-use swiotlb_attest::{Evidence, PlatformKind, Policy, ReasonKind, Verdict, Verifier};
+use swiotlb_attest::{Evidence, Policy, ReasonKind, Verdict, Verifier};
 
 fn real() -> Evidence {
-    let c = common::virtee_from_sev_crate();
-    Evidence {
-        platform: PlatformKind::Snp,
-        report: c.report,
-        endorsement: c.vcek,
-        chain: Vec::new(),
-    }
+    common::virtee_from_sev_crate().evidence(false)
 }
 
 fn report() -> Report {
@@ -154,12 +148,7 @@ fn debug_is_allow_debug_on_the_real_go_sev_guest_report() {
         return;
     };
     let c = common::gsg(&dir);
-    let ev = Evidence {
-        platform: PlatformKind::Snp,
-        report: c.report,
-        endorsement: c.vcek,
-        chain: c.chain,
-    };
+    let ev = c.evidence(true);
     for (allow, kinds) in [(false, &[ReasonKind::Debug][..]), (true, &[])] {
         let v = Verifier::new(Policy {
             allow_debug: allow,

@@ -119,6 +119,23 @@ pub struct SnpCase {
     pub chain: Vec<u8>,
 }
 
+impl SnpCase {
+    /// The case as SNP evidence: its report and VCEK, with its ASK/ARK chain or without it
+    /// (the pinned roots then serve).
+    pub fn evidence(&self, with_chain: bool) -> swiotlb_attest::Evidence {
+        swiotlb_attest::Evidence {
+            platform: swiotlb_attest::PlatformKind::Snp,
+            report: self.report.clone(),
+            endorsement: self.vcek.clone(),
+            chain: if with_chain {
+                self.chain.clone()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
 /// The virtee Milan report from the `sev` crate's published source (always available).
 pub fn virtee_from_sev_crate() -> SnpCase {
     let d = sev_certs_data();
