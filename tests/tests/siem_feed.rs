@@ -26,15 +26,9 @@ fn export_args(logs: &[&Path], key: &Path, extra: &[&str]) -> Command {
     c
 }
 
-/// `export` of the whole fixture, as lines.
-fn fixture_export(extra: &[&str]) -> Vec<String> {
-    let out = export_args(
-        &[&fixture().join("audit.jsonl")],
-        &fixture().join("audit.key.pub"),
-        extra,
-    )
-    .output()
-    .unwrap();
+/// `export` of `logs` that must succeed: its stdout, as lines.
+fn export_lines(logs: &[&Path], key: &Path, extra: &[&str]) -> Vec<String> {
+    let out = export_args(logs, key, extra).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -45,6 +39,15 @@ fn fixture_export(extra: &[&str]) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// `export` of the whole fixture, as lines.
+fn fixture_export(extra: &[&str]) -> Vec<String> {
+    export_lines(
+        &[&fixture().join("audit.jsonl")],
+        &fixture().join("audit.key.pub"),
+        extra,
+    )
 }
 
 fn index_of(line: &str) -> u64 {
@@ -224,19 +227,7 @@ fn a_restarted_export_goes_on_after_the_last_record_its_state_names() {
         .collect();
     let run = |files: &[PathBuf]| {
         let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-        let out = export_args(&refs, &key, &["--state", state.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect::<Vec<_>>()
+        export_lines(&refs, &key, &["--state", state.to_str().unwrap()])
     };
     let mut first = run(&files[..3]);
     assert!(!first.is_empty());
