@@ -30,6 +30,17 @@ use swiotlb_host::VirtioPciFunction;
 /// Default pool for tests: 16 MiB, as the host's default.
 pub const POOL_SIZE: u64 = 16 << 20;
 
+/// The `.jsonl` files of an audit log directory, oldest first (their names number them).
+pub fn audit_log_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading audit directory {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    v.sort();
+    v
+}
+
 /// Path of a workspace binary built beside the running test.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

@@ -1,14 +1,13 @@
 //! The device's audit log end to end: the real host binary writes it while a hostile driver
 //! and a normal one use the device; `swiotlb-audit` then verifies it and finds what happened.
 
-use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
 use swiotlb_guest::pci::vfio_user::VfioUserClient;
 use swiotlb_guest::testing::raw_driver::{Desc, RawDriver, BLK_T_OUT};
 use swiotlb_guest::{BlockDriver, Options};
-use swiotlb_tests::{bin, disk_image, HostProcess};
+use swiotlb_tests::{audit_log_files as log_files, bin, disk_image, HostProcess};
 
 fn audit(args: &[&str], files: &[std::path::PathBuf]) -> (i32, String) {
     let out = Command::new(bin("swiotlb-audit"))
@@ -21,16 +20,6 @@ fn audit(args: &[&str], files: &[std::path::PathBuf]) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
-}
-
-fn log_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

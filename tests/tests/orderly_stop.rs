@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use swiotlb_guest::pci::vfio_user::VfioUserClient;
 use swiotlb_guest::{BlockDriver, Options};
-use swiotlb_tests::{bin, disk_image, HostProcess};
+use swiotlb_tests::{audit_log_files, bin, disk_image, HostProcess};
 
 const BLOCK: usize = 4096;
 const DISK: u64 = 4 << 20;
@@ -26,12 +26,7 @@ fn block(i: u64, round: u64) -> Vec<u8> {
 
 /// `swiotlb-audit verify` on the log in `dir`: its exit status and stdout.
 fn verify(dir: &Path) -> (i32, String) {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    files.sort();
+    let files = audit_log_files(dir);
     let out = Command::new(bin("swiotlb-audit"))
         .arg("verify")
         .args(&files)

@@ -123,15 +123,7 @@ pub fn rsyslogd() -> Option<PathBuf> {
 }
 
 /// The numbered files of the log at `dir/<stem>.jsonl`, oldest first.
-pub fn log_files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    v.sort();
-    v
-}
+pub use swiotlb_tests::audit_log_files as log_files;
 
 /// Every line of `files`, parsed as JSON.
 pub fn json_lines(files: &[PathBuf]) -> Vec<Value> {
