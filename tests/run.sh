@@ -74,6 +74,9 @@ cargo test --workspace --quiet -- --ignored --list 2>/dev/null | grep ': test$' 
 step "QEMU end-to-end: a stock Linux guest drives swiotlb-host through QEMU's vfio-user client (TCG)"
 deploy/ci/qemu-e2e.sh
 
+step "QEMU fault scenarios, short form (docs/qemu-faults.md): verified fio soak, ext4 churn, the device process SIGKILLed and SIGTERMed mid-write, the ublk server and QEMU SIGKILLed, a 1 MiB pool at depth 128; the long form is deploy/ci/qemu-faults.sh --long"
+deploy/ci/qemu-faults.sh
+
 step "fuzz every target for a bounded time (fails on any crash; needs nightly, says so loudly if it is missing)"
 FUZZ_OPTIONAL=1 tests/fuzz.sh "${FUZZ_SECONDS:-20}"
 
