@@ -2,7 +2,8 @@
 //! keys) is the host's `audit` module; the `swiotlb-audit` tool verifies, shows and proves.
 //!
 //! - [`event`]: what a `swiotlb-audit/1` record is about, and its envelope;
-//! - [`ocsf`]: the record of an event, an OCSF-shaped JSON line, built and parsed strictly;
+//! - [`ocsf`]: the record of an event, an OCSF-shaped JSON line, built and parsed strictly,
+//!   and the reader of the older OCSF 1.5.0 records, which it upgrades;
 //! - [`encoding`]: the hex and base64 forms of record fields;
 //! - [`batch`]: full mode's DMA batch, chains packed in a compact binary form, and its
 //!   expansion into one event per DMA ([`batch::expand_dma_record`]);
