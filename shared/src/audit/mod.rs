@@ -10,7 +10,8 @@
 //! - [`schema`]: the three above under one path;
 //! - [`merkle`]: RFC 6962 tree hashing, inclusion and consistency proofs;
 //! - [`note`]: C2SP signed notes with Ed25519, verifier keys, tlog checkpoints;
-//! - [`verify`]: checking files of a log against a verifier key.
+//! - [`verify`]: checking files of a log against a verifier key;
+//! - [`verdict`]: what that check concludes (intact, open or tampered) and why.
 //!
 //! The log is one Merkle tree over every line of every file, in order: the leaf data of a
 //! line is its exact bytes without the newline, and its leaf index is its
@@ -24,6 +25,7 @@ pub mod merkle;
 pub mod note;
 pub mod ocsf;
 pub mod schema;
+pub mod verdict;
 pub mod verify;
 
 pub use batch::{expand_dma_record, BatchError, DmaEvent, PackedChains};
@@ -35,4 +37,5 @@ pub use event::{
 pub use merkle::{CompactRange, Hash, PartialTree, ProofError};
 pub use note::{Checkpoint, NoteError, SignedNote, VerifierKey};
 pub use ocsf::{Record, SchemaError, SCHEMA};
-pub use verify::{verify_files, Failure, OpenEnd, Options, Reason, Report, Verdict, Verifier};
+pub use verdict::{Failure, OpenEnd, Reason, Verdict};
+pub use verify::{verify_files, Options, Report, Verifier};
