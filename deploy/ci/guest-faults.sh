@@ -372,10 +372,22 @@ soak)
     i=0
     while [ -e "$FIRST" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
     figure $sc "kill_to_fio_end_ms=$t_fio fio_error=$(fio_err /tmp/gk.json gk) requests_before_kill=$ios_before block_device_after_kill=$([ -e "$FIRST" ] && echo present || echo removed) char_device_after_kill=$([ -e "/dev/ublkc${FIRST#/dev/ublkb}" ] && echo present || echo removed)"
+    # The dead server's ublk device, left behind by the kernel, deleted by the command for it.
+    dead_id=${FIRST#/dev/ublkb}
+    /swiotlb-guest ublk-delete --id "$dead_id" >/tmp/ublk-delete.out 2>&1
+    del_rc=$?
+    expect $sc "swiotlb-guest ublk-delete --id $dead_id removed the dead server's device (exit $del_rc: $(tail -n 1 /tmp/ublk-delete.out))" \
+        [ $del_rc = 0 -a ! -e "/dev/ublkc$dead_id" ]
     say "GUEST-KILLED-DONE"
     # A new server on the same device, in the same boot: the device reset, attested again.
     ublk_start ublk || finish FAIL "a new ublk server after the first one's death did not start: $(tail -n 3 /tmp/ublk.err | tr '\n' ' ')"
     check $sc ok "a new ublk server serves the device after the first one's death ($UBLK_DEV: $READY)"
+    live_id=${UBLK_DEV#/dev/ublkb}
+    /swiotlb-guest ublk-delete --id "$live_id" >/tmp/ublk-delete.out 2>&1
+    del_rc=$?
+    kill -0 $UBLK_PID 2>/dev/null && alive=1 || alive=0
+    expect $sc "ublk-delete refuses the device of a server that runs (exit $del_rc: $(tail -n 1 /tmp/ublk-delete.out)); the device and its server are still there" \
+        [ $del_rc != 0 -a -e "$UBLK_DEV" -a $alive = 1 ]
     dd if="$UBLK_DEV" of=/dev/null bs=1M count=4 iflag=direct 2>/dev/null
     expect $sc "the new server's disk reads (4 MiB)" [ $? = 0 ]
 

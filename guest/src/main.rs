@@ -25,7 +25,7 @@ use thiserror::Error;
 /// Drive a virtio-blk device through its SWIOTLB pool.
 #[derive(Parser, Debug)]
 #[command(name = "swiotlb-guest", version)]
-#[command(group(ArgGroup::new("device").required(true).args(["socket", "pci"])))]
+#[command(group(ArgGroup::new("device").args(["socket", "pci"])))]
 struct Args {
     /// vfio-user socket of the device.
     #[arg(long)]
@@ -176,6 +176,11 @@ enum CliError {
     /// Both or neither of `--socket` and `--pci`.
     #[error("exactly one of --socket and --pci names the device")]
     DeviceFlags,
+    /// `--socket` or `--pci` with a command that opens no device.
+    #[error(
+        "ublk-delete works on /dev/ublk-control, not on the virtio device: drop --socket and --pci"
+    )]
+    DeviceFlagsUnused,
     /// The vfio-user socket could not be used.
     #[error("connecting to {}", .socket.display())]
     Connect {
@@ -394,6 +399,18 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = OnOff::On)]
         sandbox: OnOff,
     },
+    /// Delete ublk device ID that a killed server left behind (its block device is gone,
+    /// /dev/ublkcID and the id stay). Needs no --socket or --pci. Refused while the
+    /// device's server process still runs, unless --force (which fails that server's
+    /// requests in flight and ends it).
+    UblkDelete {
+        /// The ublk device id (N of /dev/ublkcN).
+        #[arg(long)]
+        id: u32,
+        /// Delete even though its server still runs.
+        #[arg(long)]
+        force: bool,
+    },
     /// Write SIZE bytes of pseudo-random data at OFFSET, read them back, compare SHA-256
     /// digests, and report throughput.
     Roundtrip {
@@ -490,6 +507,29 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 fn run(args: &Args) -> Result<(), CliError> {
+    if let Cmd::UblkDelete { id, force } = args.cmd {
+        if args.socket.is_some() || args.pci.is_some() {
+            return Err(CliError::DeviceFlagsUnused);
+        }
+        let deleted = swiotlb_guest::ublk::delete::delete(id, force)?;
+        let out = json!({ "ok": true, "event": "ublk_deleted", "deleted": deleted });
+        if args.json {
+            println!("{out}");
+        } else {
+            println!(
+                "deleted ublk device {} (it was {}; server pid {}, {})",
+                deleted.dev_id,
+                deleted.state,
+                deleted.server_pid,
+                if deleted.server_running {
+                    "still running: forced"
+                } else {
+                    "gone"
+                }
+            );
+        }
+        return Ok(());
+    }
     match (&args.socket, &args.pci) {
         (Some(socket), None) => {
             let client = VfioUserClient::connect(socket).map_err(|source| CliError::Connect {
@@ -645,6 +685,8 @@ fn drive<P: PciAccess>(args: &Args, pci: P) -> Result<(), CliError> {
             *sandbox == OnOff::On,
             args.json,
         )?,
+        // `run` serves it without a device; with one it is refused there.
+        Cmd::UblkDelete { .. } => return Err(CliError::DeviceFlagsUnused),
     };
     // A device that reports more bytes written than were posted is lying: the driver clamps
     // the length, and says so here rather than silently.

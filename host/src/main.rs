@@ -2,11 +2,12 @@
 //! device-visible memory is the SWIOTLB pool.
 
 use std::fs::OpenOptions;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 use serde_json::Value;
@@ -317,7 +318,12 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("swiotlb-host: error: {}", error_chain(&e));
+            // Not eprintln!: a stderr that cannot be written must not turn an error into a panic.
+            let _ = writeln!(
+                std::io::stderr(),
+                "swiotlb-host: error: {}",
+                error_chain(&e)
+            );
             ExitCode::FAILURE
         }
     }
@@ -420,8 +426,22 @@ fn bind(path: &Path) -> Result<(UnixListener, BoundSocket), HostError> {
 }
 
 /// Prints one JSON event line on stdout.
+///
+/// The events are for the operator; the audit log is the record. A stdout that cannot take
+/// them (a closed pipe, a full disk) must not stop the device, and `println!` would panic
+/// (in the sandbox, the panic's own report would then die of a call the filter refuses):
+/// the first failure is said once on stderr, and later events are dropped.
 fn event(v: serde_json::Value) {
-    println!("{v}");
+    static DROPPING: AtomicBool = AtomicBool::new(false);
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{v}").and_then(|()| out.flush()) {
+        if !DROPPING.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                error = %e,
+                "stdout cannot take event lines: dropping them from now on (the audit log is not affected)"
+            );
+        }
+    }
 }
 
 /// Drops privileges and restricts the filesystem, before any thread starts.

@@ -116,6 +116,20 @@ impl Control {
         self.command(ctrl::ADD_DEV, cmd).map(drop)
     }
 
+    /// What the kernel knows of device `dev_id` (`ENODEV` in the error: there is none).
+    pub fn dev_info(&mut self, dev_id: u32) -> Result<DevInfo, UblkError> {
+        let mut info = DevInfo::default();
+        let cmd = CtrlCmd {
+            dev_id,
+            queue_id: u16::MAX,
+            len: std::mem::size_of::<DevInfo>() as u16,
+            addr: std::ptr::addr_of_mut!(info) as u64,
+            ..CtrlCmd::default()
+        };
+        self.command(ctrl::GET_DEV_INFO, cmd)?;
+        Ok(info)
+    }
+
     /// Sets the parameters of a device not yet started.
     pub fn set_params(&mut self, dev_id: u32, params: &Params) -> Result<(), UblkError> {
         let mut p = *params;
@@ -182,6 +196,7 @@ fn op_name(op: u32) -> &'static str {
     match op {
         ctrl::ADD_DEV => "ADD_DEV",
         ctrl::DEL_DEV => "DEL_DEV",
+        ctrl::GET_DEV_INFO => "GET_DEV_INFO",
         ctrl::START_DEV => "START_DEV",
         ctrl::STOP_DEV => "STOP_DEV",
         ctrl::SET_PARAMS => "SET_PARAMS",

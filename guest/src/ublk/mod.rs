@@ -7,7 +7,8 @@
 //! - [`control`]: `/dev/ublk-control` (add, set parameters, start, stop, delete);
 //! - [`queue`]: one queue's char device, request descriptors, tag buffers and io_uring;
 //! - [`params`]: the ublk device's shape from the virtio-blk configuration;
-//! - [`engine`]: the loop that serves one queue through one virtqueue.
+//! - [`engine`]: the loop that serves one queue through one virtqueue;
+//! - [`delete`]: deleting a device whose server is gone (`swiotlb-guest ublk-delete`).
 //!
 //! Why not libublk: the server needs the virtqueue's interrupt eventfd in the same io_uring
 //! as the ublk commands, rings restricted to exactly those operations, and no files or
@@ -16,6 +17,7 @@
 //! is seven control and two I/O commands, on the `io-uring` crate.
 
 pub mod control;
+pub mod delete;
 pub mod engine;
 pub mod params;
 pub mod queue;
@@ -89,6 +91,14 @@ pub enum UblkError {
     /// The queue thread panicked or could not start.
     #[error("the queue thread {0}")]
     Thread(&'static str),
+    /// `ublk-delete` of a device whose server still runs (without `--force`).
+    #[error("ublk device {dev_id} is served by process {pid}, which still runs: stop it (SIGTERM), or delete anyway with --force")]
+    ServerRunning {
+        /// The device.
+        dev_id: u32,
+        /// Its server.
+        pid: i32,
+    },
     /// Signal handling could not be set up.
     #[error("signal handling")]
     Signals(#[source] std::io::Error),

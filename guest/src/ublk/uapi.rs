@@ -19,6 +19,8 @@ const IOC_READ_WRITE: u32 = 3;
 pub mod ctrl {
     use super::{ioc, CtrlCmd, IOC_READ, IOC_READ_WRITE};
     const N: usize = std::mem::size_of::<CtrlCmd>();
+    /// A device's `DevInfo` (its state and its server's pid among them).
+    pub const GET_DEV_INFO: u32 = ioc(IOC_READ, 0x02, N);
     /// Adds a device; the kernel assigns its id when asked with `u32::MAX`.
     pub const ADD_DEV: u32 = ioc(IOC_READ_WRITE, 0x04, N);
     /// Deletes a stopped device (waits until its char device is closed).
@@ -52,6 +54,18 @@ pub const IO_RES_ABORT: i32 = -libc::ENODEV;
 pub const MAX_QUEUE_DEPTH: u16 = 4096;
 /// Offset of queue 0's descriptor array in the char device's mmap space.
 pub const CMD_BUF_OFFSET: u64 = 0;
+
+/// Device states (`DevInfo::state`).
+pub mod dev_state {
+    /// Not started, stopped, or its server died (no recovery).
+    pub const DEAD: u16 = 0;
+    /// Started: a server serves it.
+    pub const LIVE: u16 = 1;
+    /// Its server died and the device waits for a new one (user recovery).
+    pub const QUIESCED: u16 = 2;
+    /// Its server died; requests fail until a new one (user recovery, fail-I/O mode).
+    pub const FAIL_IO: u16 = 3;
+}
 
 /// Request operations (`op_flags & 0xff`).
 pub mod op {
@@ -288,6 +302,7 @@ mod tests {
         // _IOWR('u', 0x04, struct ublksrv_ctrl_cmd) and friends, as the header computes them.
         assert_eq!(ctrl::ADD_DEV, 0xc020_7504);
         assert_eq!(ctrl::DEL_DEV, 0xc020_7505);
+        assert_eq!(ctrl::GET_DEV_INFO, 0x8020_7502);
         assert_eq!(ctrl::START_DEV, 0xc020_7506);
         assert_eq!(ctrl::STOP_DEV, 0xc020_7507);
         assert_eq!(ctrl::SET_PARAMS, 0xc020_7508);
