@@ -30,6 +30,12 @@ pub(crate) struct Args {
     /// Size of the SWIOTLB pool BAR (a power of two, 1M to 1G).
     #[arg(long, default_value = "16M", value_parser = parse_size)]
     pub(crate) pool_size: u64,
+    /// Request queues (1 to 16), each served by a thread of its own once the driver accepts
+    /// VIRTIO_BLK_F_MQ (offered when there is more than one). Default: the CPUs this
+    /// process may run on, at most 8, as QEMU gives a virtio-blk device a queue per vCPU.
+    /// `--queues 1` is the device without MQ, served by the device thread alone.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub(crate) queues: Option<u16>,
     /// Serve the disk read-only.
     #[arg(long)]
     pub(crate) read_only: bool,
@@ -181,4 +187,21 @@ pub(crate) enum AttestMode {
     Required,
     /// Serve without evidence.
     Off,
+}
+
+/// Most queues `--queues` takes by default: past a handful, more queues than the guest
+/// drives only cost threads, rings and pool areas.
+const DEFAULT_QUEUES_MAX: u16 = 8;
+
+impl Args {
+    /// `--queues`, or its default: the CPUs this process may run on (its affinity and CPU
+    /// quota), at most [`DEFAULT_QUEUES_MAX`].
+    pub(crate) fn queues(&self) -> u16 {
+        self.queues.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+            u16::try_from(cpus)
+                .unwrap_or(u16::MAX)
+                .clamp(1, DEFAULT_QUEUES_MAX)
+        })
+    }
 }

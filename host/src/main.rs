@@ -32,6 +32,9 @@ use args::{Args, AttestMode, AuditModeArg, CacheArg, IoEngineArg, ProbeThread, S
 /// Why the device did not start, or stopped.
 #[derive(Debug, Error)]
 enum HostError {
+    /// The queue worker threads could not be started.
+    #[error("starting the queue workers")]
+    QueueWorkers(#[source] swiotlb_host::virtio::WorkerError),
     /// `--require-sandbox` with `--sandbox off`.
     #[error("--require-sandbox contradicts --sandbox off")]
     RequireSandboxOff,
@@ -294,6 +297,9 @@ fn print_sandbox(args: &Args) {
     if args.audit_log.is_some() {
         seccomp["audit-writer"] = serde_json::json!(calls(seccomp::Role::AuditWriter));
     }
+    if args.queues() > 1 {
+        seccomp["queue-worker"] = serde_json::json!(calls(seccomp::Role::QueueWorker));
+    }
     let plan = serde_json::json!({
         "sandbox": args.sandbox == SandboxArg::On,
         "user": args.user,
@@ -404,7 +410,8 @@ fn run(args: &Args) -> Result<(), HostError> {
     };
     // The ring is set up here, with the pool, before privileges are dropped and long
     // before the device thread's seccomp filter.
-    let block = Block::new(disk).with_io_engine(engine);
+    let queues = args.queues();
+    let block = Block::new(disk).with_queues(queues).with_io_engine(engine);
     let mut function =
         VirtioPciFunction::new(Box::new(block), args.pool_size, policy).map_err(HostError::Pool)?;
     if args.attestation == AttestMode::Required {
@@ -486,6 +493,18 @@ fn run(args: &Args) -> Result<(), HostError> {
         None => None,
     };
 
+    // A parked thread per queue, each with its own filter, before the device thread's
+    // filter (which allows no new thread) and the address-space limit.
+    let filter = if on {
+        Some(std::sync::Arc::new(
+            seccomp::compile(seccomp::Role::QueueWorker).map_err(HostError::Sandbox)?,
+        ))
+    } else {
+        None
+    };
+    function = function
+        .with_queue_workers(filter)
+        .map_err(HostError::QueueWorkers)?;
     if on {
         let limit = limits::address_space_limit(args.pool_size);
         limits::limit_address_space(limit).map_err(HostError::Sandbox)?;
@@ -498,6 +517,9 @@ fn run(args: &Args) -> Result<(), HostError> {
         let mut threads = vec!["device"];
         if audit.is_some() {
             threads.push("audit-writer");
+        }
+        if queues > 1 {
+            threads.push("queue-worker");
         }
         report["seccomp"] = threads.into();
         report["event"] = "sandbox".into();
@@ -513,6 +535,7 @@ fn run(args: &Args) -> Result<(), HostError> {
         disk = %disk_name,
         capacity,
         pool_size = args.pool_size,
+        queues,
         read_only = args.read_only,
         cache = ?args.cache,
         strict = policy.require_swiotlb,

@@ -643,7 +643,7 @@ fn limit_thread(
         .ok_or(BenchError::LimitThread)?;
     let mut ring = if uring {
         Some(
-            UringEngine::<()>::new(&f, 256, Some(pool.mapping()))
+            UringEngine::<()>::new(&f, 256, Some(pool.mapping()), true)
                 .map_err(|e| BenchError::LimitRead(io::Error::other(e)))?,
         )
     } else {
@@ -693,7 +693,7 @@ fn limit_thread(
 fn uring_available(disk: &std::path::Path) -> bool {
     File::open(disk)
         .ok()
-        .is_some_and(|f| UringEngine::<()>::new(&f, 8, None).is_ok())
+        .is_some_and(|f| UringEngine::<()>::new(&f, 8, None, true).is_ok())
 }
 
 /// The CPU a pinned host runs on.

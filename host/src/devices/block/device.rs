@@ -1,10 +1,11 @@
 //! The virtio-blk device model: configuration space and request execution.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use swiotlb_shared::blk::config as blk_config;
 use swiotlb_shared::features::{
-    bit, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
-    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_RING_F_EVENT_IDX,
+    bit, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
 };
 use swiotlb_shared::layout::INDIRECT_TABLE_DESCS;
@@ -20,7 +21,7 @@ use super::request::{
 use super::uring::{Finished, UringEngine, MAX_RING_SEGMENTS};
 use crate::pool::{PoolGuestMemory, PoolMapping};
 use crate::virtio::chain::CheckedChain;
-use crate::virtio::device::{Handled, VirtioDevice};
+use crate::virtio::device::{Handled, QueueDevice, VirtioDevice};
 
 /// Size of each request queue. 256 is the largest queue the layout allows and what Linux's
 /// virtio-blk uses by default.
@@ -88,14 +89,27 @@ struct Held {
     len: u64,
 }
 
+/// Request queues a device may have. Each has a worker thread, a disk ring and a share of
+/// the pool; 16 is more than the CPUs a device process is usually given and keeps those
+/// costs bounded (the MSI-X table and the notify area have room for far more).
+pub const MAX_QUEUES: u16 = 16;
+
 /// A virtio-blk device on a raw image.
 #[derive(Debug)]
 pub struct Block {
-    disk: DiskImage,
+    disk: Arc<DiskImage>,
     config: [u8; CONFIG_LEN],
     metrics: Arc<BlockMetrics>,
     /// The engine asked for.
     wanted: IoEngine,
+    /// Per request queue: its ring and the requests of its pass. A worker serving the
+    /// queue locks its own lane only, so queues never share a lock.
+    lanes: Vec<Arc<Mutex<LaneState>>>,
+}
+
+/// What one request queue's disk I/O keeps between chains.
+#[derive(Debug, Default)]
+struct LaneState {
     /// The ring, once the pool is attached and the kernel allowed one.
     ring: Option<UringEngine<Held>>,
     /// Reads and writes of this pass, made when it ends.
@@ -103,6 +117,51 @@ pub struct Block {
     /// Chains finished while the ring was drained in the middle of a pass (before a
     /// FLUSH, say): handed out with the pass's other completions.
     finished: Vec<(u16, u32)>,
+}
+
+/// One queue's disk I/O at work: the image, the metrics and the queue's own state.
+struct Lane<'a> {
+    disk: &'a DiskImage,
+    metrics: &'a BlockMetrics,
+    st: &'a mut LaneState,
+}
+
+/// The part of a [`Block`] that serves one request queue on its worker thread.
+#[derive(Debug)]
+pub struct BlockQueue {
+    disk: Arc<DiskImage>,
+    metrics: Arc<BlockMetrics>,
+    lane: Arc<Mutex<LaneState>>,
+}
+
+/// Locks a lane. A lane is only ever locked by the one thread serving its queue (a worker,
+/// or the function's own thread when no worker does), so a poisoned lock can only follow a
+/// panic, which aborts the process (`panic = "abort"`): its state is taken as it is.
+fn lock(lane: &Mutex<LaneState>) -> std::sync::MutexGuard<'_, LaneState> {
+    lane.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl QueueDevice for BlockQueue {
+    fn handle_chain(&mut self, mem: &PoolGuestMemory, chain: &CheckedChain) -> Handled {
+        let mut st = lock(&self.lane);
+        Lane {
+            disk: &self.disk,
+            metrics: &self.metrics,
+            st: &mut st,
+        }
+        .handle_chain(mem, chain)
+    }
+
+    fn complete(&mut self, mem: &PoolGuestMemory, done: &mut dyn FnMut(u16, u32)) {
+        let mut st = lock(&self.lane);
+        Lane {
+            disk: &self.disk,
+            metrics: &self.metrics,
+            st: &mut st,
+        }
+        .complete(mem, done);
+    }
 }
 
 impl Block {
@@ -120,14 +179,23 @@ impl Block {
         c[52..56].copy_from_slice(&MAX_RANGES.to_le_bytes());
         c[56] = 1;
         Self {
-            disk,
+            disk: Arc::new(disk),
             config: c,
             metrics: Arc::new(BlockMetrics::default()),
             wanted: IoEngine::Sync,
-            ring: None,
-            held: Vec::new(),
-            finished: Vec::new(),
+            lanes: vec![Arc::default()],
         }
+    }
+
+    /// Serves `n` request queues (1 to [`MAX_QUEUES`], clamped), offering VIRTIO_BLK_F_MQ
+    /// with `num_queues = n` when `n > 1`. One queue (the default) is the device without
+    /// MQ. Call before the pool is attached: each queue gets its own disk ring then.
+    pub fn with_queues(mut self, n: u16) -> Self {
+        let n = n.clamp(1, MAX_QUEUES);
+        self.lanes = (0..n).map(|_| Arc::default()).collect();
+        self.config[blk_config::NUM_QUEUES..blk_config::NUM_QUEUES + 2]
+            .copy_from_slice(&n.to_le_bytes());
+        self
     }
 
     /// Moves data with `engine` (the default of [`Block::new`] is [`IoEngine::Sync`]). The
@@ -139,26 +207,38 @@ impl Block {
 
     /// The engine in use: [`IoEngine::Uring`] only once a ring is set up.
     pub fn io_engine(&self) -> IoEngine {
-        if self.ring.is_some() {
+        if self.lanes.first().is_some_and(|l| lock(l).ring.is_some()) {
             IoEngine::Uring
         } else {
             IoEngine::Sync
         }
     }
 
+    /// The metrics, shared with whoever reports them.
+    pub fn metrics(&self) -> Arc<BlockMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.disk.capacity()
+    }
+}
+
+impl Lane<'_> {
     /// Holds a read or write for the ring, to go with the pass's others; `false` when it
     /// must go the synchronous way.
     fn start(&mut self, mem: &PoolGuestMemory, req: &Request, offset: u64, head: u16) -> bool {
-        if self.ring.is_none()
+        if self.st.ring.is_none()
             || req.data.len() > MAX_RING_SEGMENTS
             || !self.disk.transfer_aligned(mem, offset, &req.data)
         {
             return false;
         }
-        if self.held.len() >= usize::from(QUEUE_SIZE) {
+        if self.st.held.len() >= usize::from(QUEUE_SIZE) {
             self.flush(mem);
         }
-        self.held.push(Held {
+        self.st.held.push(Held {
             tag: OnRing {
                 head,
                 status_addr: req.status_addr,
@@ -171,18 +251,18 @@ impl Block {
         true
     }
 
-    /// Makes every held read and write and finishes each chain into `self.finished`: a
+    /// Makes every held read and write and finishes each chain into `self.st.finished`: a
     /// lone one with one plain call (there is nothing to batch, and a ring round trip costs
     /// more than a `preadv` on this kind of machine: BENCHMARKS.md), several as one batch
     /// on the ring.
     fn flush(&mut self, mem: &PoolGuestMemory) {
-        let held = std::mem::take(&mut self.held);
-        let (disk, m) = (&self.disk, &*self.metrics);
-        let Some(ring) = self.ring.as_mut().filter(|_| held.len() > 1) else {
+        let held = std::mem::take(&mut self.st.held);
+        let (disk, m) = (self.disk, self.metrics);
+        let Some(ring) = self.st.ring.as_mut().filter(|_| held.len() > 1) else {
             for h in held {
                 BlockMetrics::add(&m.single_calls, 1);
                 let r = Self::plain(disk, mem, h.write, h.offset, &h.segs).map(|()| h.len);
-                self.finished.push(Self::finish(m, mem, &h, r));
+                self.st.finished.push(Self::finish(m, mem, &h, r));
             }
             return;
         };
@@ -205,7 +285,7 @@ impl Block {
             BlockMetrics::add(&m.ring_batches, 1);
             BlockMetrics::add(&m.ring_requests, ring.in_flight() as u64);
         }
-        let finished = &mut self.finished;
+        let finished = &mut self.st.finished;
         ring.reap(|f: Finished<Held>| {
             let segs = f.req.segs;
             let h = f.req.tag;
@@ -277,16 +357,6 @@ impl Block {
         (h.tag.head, used)
     }
 
-    /// The metrics, shared with whoever reports them.
-    pub fn metrics(&self) -> Arc<BlockMetrics> {
-        self.metrics.clone()
-    }
-
-    /// Capacity in bytes.
-    pub fn capacity(&self) -> u64 {
-        self.disk.capacity()
-    }
-
     /// Executes `req`, or starts it on the ring (`None`); returns its status and the bytes
     /// written into writable data buffers.
     fn execute(&mut self, mem: &PoolGuestMemory, req: &Request, head: u16) -> Option<(u8, u32)> {
@@ -312,7 +382,7 @@ impl Block {
 
     /// Executes `req` with plain calls.
     fn execute_now(&self, mem: &PoolGuestMemory, req: &Request) -> (u8, u32) {
-        let m = &self.metrics;
+        let m = self.metrics;
         let writes = matches!(
             req.ty,
             RequestType::Out | RequestType::Discard | RequestType::WriteZeroes
@@ -397,7 +467,7 @@ impl Block {
 
     /// DISCARD / WRITE_ZEROES: every range is read once, checked, then applied.
     fn ranges(&self, mem: &PoolGuestMemory, req: &Request) -> (u8, u32) {
-        let m = &self.metrics;
+        let m = self.metrics;
         let n = req.data_len / RANGE_SIZE;
         if req.data_len % RANGE_SIZE != 0 || n == 0 || n > u64::from(MAX_RANGES) {
             BlockMetrics::add(&m.io_errors, 1);
@@ -459,6 +529,47 @@ impl Block {
         BlockMetrics::add(c, 1);
         (VIRTIO_BLK_S_OK, 0)
     }
+
+    /// Handles one checked chain of this queue: finishes it, or starts it on the ring.
+    fn handle_chain(&mut self, mem: &PoolGuestMemory, chain: &CheckedChain) -> Handled {
+        let req = match request::parse(mem, chain) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(
+                    error = %swiotlb_shared::error_chain(&e),
+                    head = chain.head,
+                    "malformed block request"
+                );
+                BlockMetrics::add(&self.metrics.malformed, 1);
+                // With a status byte, answer IOERR; without one there is nothing to say.
+                if let Some(last) = chain.writable().last() {
+                    let at = last.addr + u64::from(last.len) - 1;
+                    if mem.write_obj(VIRTIO_BLK_S_IOERR, GuestAddress(at)).is_ok() {
+                        return Handled::Done(1);
+                    }
+                }
+                return Handled::Done(0);
+            }
+        };
+        let Some((status, written)) = self.execute(mem, &req, chain.head) else {
+            return Handled::Started;
+        };
+        if mem
+            .write_obj(status, GuestAddress(req.status_addr))
+            .is_err()
+        {
+            return Handled::Done(0);
+        }
+        Handled::Done(written.saturating_add(1))
+    }
+
+    /// Finishes every chain this queue started.
+    fn complete(&mut self, mem: &PoolGuestMemory, done: &mut dyn FnMut(u16, u32)) {
+        self.flush(mem);
+        for (head, used) in self.st.finished.drain(..) {
+            done(head, used);
+        }
+    }
 }
 
 /// `segs` without their first `n` bytes.
@@ -496,11 +607,14 @@ impl VirtioDevice for Block {
         } else {
             f |= bit(VIRTIO_BLK_F_DISCARD) | bit(VIRTIO_BLK_F_WRITE_ZEROES);
         }
+        if self.lanes.len() > 1 {
+            f |= bit(VIRTIO_BLK_F_MQ);
+        }
         f
     }
 
     fn num_queues(&self) -> u16 {
-        1
+        self.lanes.len() as u16
     }
 
     fn queue_max_size(&self) -> u16 {
@@ -523,72 +637,80 @@ impl VirtioDevice for Block {
         // Only `writeback` is writable, and only with VIRTIO_BLK_F_CONFIG_WCE, not offered.
     }
 
-    fn handle_chain(
-        &mut self,
-        _queue: u16,
-        mem: &PoolGuestMemory,
-        chain: &CheckedChain,
-    ) -> Handled {
-        let req = match request::parse(mem, chain) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(
-                    error = %swiotlb_shared::error_chain(&e),
-                    head = chain.head,
-                    "malformed block request"
-                );
-                BlockMetrics::add(&self.metrics.malformed, 1);
-                // With a status byte, answer IOERR; without one there is nothing to say.
-                if let Some(last) = chain.writable().last() {
-                    let at = last.addr + u64::from(last.len) - 1;
-                    if mem.write_obj(VIRTIO_BLK_S_IOERR, GuestAddress(at)).is_ok() {
-                        return Handled::Done(1);
-                    }
-                }
-                return Handled::Done(0);
+    fn handle_chain(&mut self, queue: u16, mem: &PoolGuestMemory, chain: &CheckedChain) -> Handled {
+        match self.lanes.get(usize::from(queue)) {
+            Some(lane) => Lane {
+                disk: &self.disk,
+                metrics: &self.metrics,
+                st: &mut lock(lane),
             }
-        };
-        let Some((status, written)) = self.execute(mem, &req, chain.head) else {
-            return Handled::Started;
-        };
-        if mem
-            .write_obj(status, GuestAddress(req.status_addr))
-            .is_err()
-        {
-            return Handled::Done(0);
+            .handle_chain(mem, chain),
+            // The transport has exactly as many queues as lanes; nothing to do otherwise.
+            None => Handled::Done(0),
         }
-        Handled::Done(written.saturating_add(1))
     }
 
-    fn complete(&mut self, _queue: u16, mem: &PoolGuestMemory, done: &mut dyn FnMut(u16, u32)) {
-        self.flush(mem);
-        for (head, used) in self.finished.drain(..) {
-            done(head, used);
+    fn complete(&mut self, queue: u16, mem: &PoolGuestMemory, done: &mut dyn FnMut(u16, u32)) {
+        if let Some(lane) = self.lanes.get(usize::from(queue)) {
+            Lane {
+                disk: &self.disk,
+                metrics: &self.metrics,
+                st: &mut lock(lane),
+            }
+            .complete(mem, done);
         }
+    }
+
+    fn queue_device(&mut self, queue: u16) -> Option<Box<dyn QueueDevice + Send>> {
+        let lane = self.lanes.get(usize::from(queue))?.clone();
+        Some(Box::new(BlockQueue {
+            disk: self.disk.clone(),
+            metrics: self.metrics.clone(),
+            lane,
+        }))
     }
 
     fn attach_pool(&mut self, mapping: PoolMapping) -> bool {
-        if self.wanted != IoEngine::Uring || self.ring.is_some() {
-            return self.ring.as_ref().is_some_and(UringEngine::pinned);
+        if self.wanted != IoEngine::Uring {
+            return false;
         }
-        match UringEngine::new(self.disk.file(), u32::from(QUEUE_SIZE), Some(mapping)) {
-            Ok(r) => {
-                tracing::info!(
-                    fixed_buffer = r.pinned(),
-                    "disk I/O through a restricted io_uring"
-                );
-                let pinned = r.pinned();
-                self.ring = Some(r);
-                pinned
+        // One device thread uses a lone queue's ring; with several queues each ring is made
+        // here and used by its queue's worker.
+        let single_issuer = self.lanes.len() == 1;
+        let mut pinned = true;
+        for (q, lane) in self.lanes.iter().enumerate() {
+            let mut st = lock(lane);
+            if let Some(r) = &st.ring {
+                pinned &= r.pinned();
+                continue;
             }
-            Err(e) => {
-                tracing::warn!(
-                    error = %swiotlb_shared::error_chain(&e),
-                    "io_uring unavailable: disk I/O falls back to preadv/pwritev"
-                );
-                false
+            let ring = UringEngine::new(
+                self.disk.file(),
+                u32::from(QUEUE_SIZE),
+                Some(mapping),
+                single_issuer,
+            );
+            match ring {
+                Ok(r) => {
+                    tracing::info!(
+                        queue = q,
+                        fixed_buffer = r.pinned(),
+                        "disk I/O through a restricted io_uring"
+                    );
+                    pinned &= r.pinned();
+                    st.ring = Some(r);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        queue = q,
+                        error = %swiotlb_shared::error_chain(&e),
+                        "io_uring unavailable: disk I/O falls back to preadv/pwritev"
+                    );
+                    return false;
+                }
             }
         }
+        pinned
     }
 
     fn reset(&mut self) {}
@@ -643,6 +765,33 @@ mod tests {
         b.attach_pool(mapping);
         assert_eq!(b.io_engine(), IoEngine::Uring);
         drop(pool);
+    }
+
+    #[test]
+    fn several_queues_offer_mq_and_say_how_many_in_the_configuration() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(1 << 20).unwrap();
+        let open = || DiskImage::open(f.path(), false).unwrap();
+        let num_queues = |b: &Block| {
+            let mut n = [0u8; 2];
+            b.read_config(blk_config::NUM_QUEUES as u64, &mut n);
+            u16::from_le_bytes(n)
+        };
+        let one = Block::new(open());
+        assert_eq!((one.num_queues(), num_queues(&one)), (1, 1));
+        assert_eq!(
+            one.features() & bit(VIRTIO_BLK_F_MQ),
+            0,
+            "no MQ with one queue"
+        );
+        let three = Block::new(open()).with_queues(3);
+        assert_eq!((three.num_queues(), num_queues(&three)), (3, 3));
+        assert_ne!(three.features() & bit(VIRTIO_BLK_F_MQ), 0);
+        let mut three = three;
+        assert!(three.queue_device(2).is_some() && three.queue_device(3).is_none());
+        let many = Block::new(open()).with_queues(1000);
+        assert_eq!(many.num_queues(), MAX_QUEUES);
+        assert_eq!(Block::new(open()).with_queues(0).num_queues(), 1);
     }
 
     #[test]
