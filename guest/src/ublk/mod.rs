@@ -200,16 +200,19 @@ fn run_device<P: PciAccess + Send>(
     let dev_id = info.dev_id;
     ctl.set_params(dev_id, &params::params(shape))?;
     // Queue q of the ublk device is served through virtqueue q, whose interrupt it waits on.
+    let cdev = UblkQueue::open_cdev(dev_id)?;
     let mut kqs = Vec::with_capacity(drivers.len());
     for (q, d) in drivers.iter().enumerate() {
         kqs.push(UblkQueue::open(
-            dev_id,
+            &cdev,
             q as u16,
             info.queue_depth,
             info.max_io_buf_bytes as usize,
             d.interrupt_fd(),
         )?);
     }
+    // Each queue holds its own descriptor of it.
+    drop(cdev);
     // Set when any queue's loop ends: the device was stopped or deleted.
     let finished = Arc::new(AtomicBool::new(false));
     let device = format!("/dev/ublkb{dev_id}");
