@@ -165,6 +165,9 @@ pub fn serve<P: PciAccess + Send>(
     let dev_id = info.dev_id;
     let mut drivers: Vec<&mut BlockDriver<P>> =
         std::iter::once(driver).chain(siblings.iter_mut()).collect();
+    // The kernel gives a device at most one hardware queue per CPU and says how many it
+    // gave: the virtqueues past that stay set up and idle.
+    drivers.truncate(usize::from(info.nr_hw_queues).clamp(1, drivers.len()));
     let result = run_device(
         &mut drivers,
         &mut ctl,
