@@ -14,7 +14,7 @@ mod error;
 mod open;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use swiotlb_shared::features::{bit, VIRTIO_RING_F_INDIRECT_DESC};
@@ -27,7 +27,7 @@ use crate::ring::{Completion, RingError, Segment, SplitRing};
 use crate::virtio_pci::VirtioPci;
 
 pub use error::BlockError;
-pub use open::{BlockInfo, Options, DEFAULT_TIMEOUT};
+pub use open::{BlockInfo, Options, DEFAULT_TIMEOUT, MAX_QUEUES};
 
 mod pipeline;
 
@@ -132,7 +132,14 @@ struct Build<'a> {
 
 /// The virtio-blk driver.
 pub struct BlockDriver<P: PciAccess> {
-    vp: VirtioPci<P>,
+    /// The transport, shared by the drivers of every queue of the device: used to ring this
+    /// queue's doorbell and, off the data path, to read the status.
+    vp: Arc<Mutex<VirtioPci<P>>>,
+    /// The virtqueue this driver drives.
+    queue: u16,
+    /// The drivers of the device's other queues, set up at open until taken
+    /// ([`BlockDriver::take_queues`]).
+    siblings: Vec<BlockDriver<P>>,
     mem: Arc<PoolMemory>,
     layout: QueueLayout,
     ring: SplitRing,
@@ -157,9 +164,22 @@ impl<P: PciAccess> BlockDriver<P> {
         &self.info
     }
 
-    /// The underlying transport.
-    pub fn transport(&mut self) -> &mut VirtioPci<P> {
-        &mut self.vp
+    /// The underlying transport (shared by the drivers of every queue of the device).
+    pub fn transport(&self) -> MutexGuard<'_, VirtioPci<P>> {
+        lock(&self.vp)
+    }
+
+    /// The virtqueue this driver drives.
+    pub fn queue(&self) -> u16 {
+        self.queue
+    }
+
+    /// The drivers of the device's other request queues (VIRTIO_BLK_F_MQ), each driving its
+    /// own virtqueue with its own pool area, slot allocator and interrupt: nothing of the
+    /// data path is shared between them but the transport's lock, taken only to ring a
+    /// doorbell the device asked for. Empty after the first call, or with one queue.
+    pub fn take_queues(&mut self) -> Vec<BlockDriver<P>> {
+        std::mem::take(&mut self.siblings)
     }
 
     fn check_io(&self, offset: u64, len: u64) -> Result<(), BlockError> {
@@ -403,7 +423,7 @@ impl<P: PciAccess> BlockDriver<P> {
                 }
             }
             if posted && self.ring.should_notify()? {
-                self.vp.notify(0)?;
+                lock(&self.vp).notify(self.queue)?;
             }
             if self.ring.in_flight() == 0 {
                 if let Some(b) = builds.front() {
@@ -563,15 +583,16 @@ impl<P: PciAccess> BlockDriver<P> {
     }
 
     /// Why nothing completed: the device asked for a reset, reset itself (DRIVER_OK gone,
-    /// or queue 0 disabled), or simply did not answer.
+    /// or this queue disabled), or simply did not answer.
     fn timeout_error(&mut self) -> BlockError {
-        let Ok(s) = self.vp.status() else {
+        let mut vp = lock(&self.vp);
+        let Ok(s) = vp.status() else {
             return BlockError::Timeout(self.timeout);
         };
         if s & status::DEVICE_NEEDS_RESET != 0 {
             return BlockError::NeedsReset;
         }
-        let queue_enabled = self.vp.queue_enabled(0).unwrap_or(true);
+        let queue_enabled = vp.queue_enabled(self.queue).unwrap_or(true);
         if s & status::DRIVER_OK == 0 || !queue_enabled {
             return BlockError::DeviceReset {
                 status: s,
@@ -690,4 +711,10 @@ fn wait_eventfd(fd: &OwnedFd, timeout: Duration) -> std::io::Result<()> {
         unsafe { libc::read(fd.as_raw_fd(), v.as_mut_ptr().cast(), v.len()) };
     }
     Ok(())
+}
+
+/// Locks the shared transport. Only a panic while it is held could poison it, and a panic
+/// aborts the process (`panic = "abort"`).
+fn lock<P: PciAccess>(vp: &Mutex<VirtioPci<P>>) -> MutexGuard<'_, VirtioPci<P>> {
+    vp.lock().unwrap_or_else(PoisonError::into_inner)
 }

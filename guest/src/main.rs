@@ -65,6 +65,11 @@ struct Args {
     /// once (back ends without interrupts always poll).
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     poll_us: u64,
+    /// Request queues to set up when the device offers VIRTIO_BLK_F_MQ (default: every
+    /// queue it has, at most 16), each with its own share of the pool; `ublk` serves each
+    /// through a ublk hardware queue and a thread of its own, the other commands use queue 0.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=16))]
+    queues: Option<u16>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -562,6 +567,7 @@ fn drive<P: PciAccess>(args: &Args, pci: P) -> Result<(), CliError> {
         decline_swiotlb: args.decline_swiotlb,
         timeout: Duration::from_millis(args.timeout_ms),
         poll: Duration::from_micros(args.poll_us),
+        queues: args.queues.unwrap_or(swiotlb_guest::block::MAX_QUEUES),
         ..Options::default()
     };
     let choice = match (args.attester, &args.emulated_key) {

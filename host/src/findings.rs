@@ -53,6 +53,22 @@ impl Finding {
     }
 }
 
+/// Whether a finding of `kind` leaves the device needing a reset (DEVICE_NEEDS_RESET): every
+/// DMA violation, and every chain or ring the device cannot trust.
+pub fn needs_reset(kind: FindingKind) -> bool {
+    kind.is_dma_violation()
+        || matches!(
+            kind,
+            FindingKind::ChainTooLong
+                | FindingKind::DescriptorIndexOutOfRange
+                | FindingKind::ReadableAfterWritable
+                | FindingKind::ZeroLengthDescriptor
+                | FindingKind::ChainLengthOverflow
+                | FindingKind::BadIndirectTable
+                | FindingKind::AvailIndexJump
+        )
+}
+
 /// Per-kind finding counters of one device.
 #[derive(Debug, Default)]
 pub struct FindingCounters {

@@ -1,6 +1,8 @@
 //! `swiotlb-host`: serves a virtio-blk PCI function over vfio-user whose only
 //! device-visible memory is the SWIOTLB pool.
 
+mod args;
+
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -24,190 +26,16 @@ use swiotlb_host::vfio_user::{Server, SessionEnd};
 use swiotlb_host::virtio::Policy;
 use swiotlb_host::VirtioPciFunction;
 use swiotlb_shared::error_chain;
-use swiotlb_shared::units::parse_size;
 use thiserror::Error;
 
-/// Serve a virtio-blk device whose only DMA-reachable memory is a SWIOTLB pool BAR.
-#[derive(Parser, Debug)]
-#[command(name = "swiotlb-host", version)]
-struct Args {
-    /// Unix socket to listen on (vfio-user).
-    #[arg(
-        long,
-        required_unless_present = "listen_fd",
-        conflicts_with = "listen_fd"
-    )]
-    socket: Option<PathBuf>,
-    /// A listening Unix socket passed in: an fd number, or its name in `LISTEN_FDNAMES`
-    /// (systemd socket activation).
-    #[arg(long, value_name = "FD|NAME")]
-    listen_fd: Option<String>,
-    /// Raw disk image to serve.
-    #[arg(long, required_unless_present = "disk_fd", conflicts_with = "disk_fd")]
-    disk: Option<PathBuf>,
-    /// The disk image passed in as an open fd: a number, or its name in `LISTEN_FDNAMES`
-    /// (systemd `OpenFile=`). No path of the image is then reachable.
-    #[arg(long, value_name = "FD|NAME")]
-    disk_fd: Option<String>,
-    /// Size of the SWIOTLB pool BAR (a power of two, 1M to 1G).
-    #[arg(long, default_value = "16M", value_parser = parse_size)]
-    pool_size: u64,
-    /// Serve the disk read-only.
-    #[arg(long)]
-    read_only: bool,
-    /// How disk I/O is made: `uring` (default) submits the reads and writes of each pass
-    /// over a queue together through an io_uring restricted to the image, reading straight
-    /// into the pool; `sync` makes one preadv/pwritev per request. Where the kernel refuses
-    /// io_uring (kernel.io_uring_disabled, a container profile), `uring` falls back to
-    /// `sync` and says so once.
-    #[arg(long, value_enum, default_value_t = IoEngineArg::Uring)]
-    io_engine: IoEngineArg,
-    /// Host cache mode of the image, as QEMU names them: `writeback` (default) through the
-    /// page cache; `none` opens it O_DIRECT (requests the filesystem's alignment does not
-    /// allow go through an aligned buffer of the device's own).
-    #[arg(long, value_enum, default_value_t = CacheArg::Writeback)]
-    cache: CacheArg,
-    /// Relaxed policy: let a driver that declines VIRTIO_F_SWIOTLB reach FEATURES_OK.
-    /// (The default strict policy refuses it.)
-    #[arg(long)]
-    allow_no_swiotlb: bool,
-    /// Attestation: `required` (default) serves no queue until the driver's evidence
-    /// verifies; `off` serves without evidence.
-    #[arg(long, value_enum, default_value_t = AttestMode::Required)]
-    attestation: AttestMode,
-    /// Attestation policy (TOML): platforms, minimum TCB, measurements, debug, emulated.
-    #[arg(long)]
-    attest_policy: Option<PathBuf>,
-    /// Accept evidence from the EMULATED platform (CI and the demo only). Needs
-    /// `--emulated-ark`.
-    #[arg(long)]
-    allow_emulated: bool,
-    /// Public key of the emulated ARK (`swiotlb-attest emulated-keygen` writes it).
-    #[arg(long)]
-    emulated_ark: Option<PathBuf>,
-    /// Key that signs each verdict's EAT Attestation Result, kept in the audit log (Ed25519
-    /// or P-256 PKCS#8, DER or PEM; `swiotlb-attest ear-keygen` writes one). Without it the
-    /// EAR is kept unsigned.
-    #[arg(long)]
-    ear_key: Option<PathBuf>,
-    /// Tamper-evident audit log (JSON Lines; files `<stem>.<NNNNNN>.<ext>` beside PATH).
-    #[arg(long)]
-    audit_log: Option<PathBuf>,
-    /// Per-DMA recording: `summary` (counts per interval, findings in full) or `full`
-    /// (every descriptor).
-    #[arg(long, value_enum, default_value_t = AuditModeArg::Summary)]
-    audit_mode: AuditModeArg,
-    /// Ed25519 signing key of the audit log (PKCS#8), created when absent (default: beside
-    /// the log); its public key is written to FILE.pub for verifiers.
-    #[arg(long)]
-    audit_key: Option<PathBuf>,
-    /// Start the next audit log file when the current one reaches SIZE (default 64M).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    audit_rotate_size: Option<u64>,
-    /// Write a signed checkpoint after this many audit records (default 1000; one also
-    /// comes every 10 s). A live feed (`swiotlb-audit export --follow`) passes on records
-    /// only once a checkpoint covers them.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    audit_checkpoint_records: Option<u64>,
-    /// Sandbox the process: capabilities dropped; Landlock (only the disk, the socket's
-    /// directory and the audit log's directories are reachable; no TCP); an address-space
-    /// limit; a seccomp allow-list per thread. On by default.
-    #[arg(long, value_enum, default_value_t = SandboxArg::On)]
-    sandbox: SandboxArg,
-    /// Refuse to start unless the kernel fully enforces the sandbox.
-    #[arg(long)]
-    require_sandbox: bool,
-    /// When started as root, switch to this user (a name, or UID:GID) once the disk, the
-    /// socket and the configuration are open.
-    #[arg(long)]
-    user: Option<String>,
-    /// After sandboxing, try to read FILE and print whether the sandbox let it through
-    /// (a JSON line on stdout); for checking a deployment. Repeatable.
-    #[arg(long, value_name = "FILE")]
-    sandbox_probe: Vec<PathBuf>,
-    /// After the memory limit, try to map SIZE bytes and print whether it was let through.
-    /// Repeatable.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    sandbox_probe_map: Vec<u64>,
-    /// Print the sandbox this command line would apply (Landlock paths, seccomp allow-lists
-    /// with the reason for each call, the memory limit) as JSON, and exit.
-    #[arg(long)]
-    print_sandbox: bool,
-    /// Once sandboxed, make a forbidden system call (a TCP socket) from the named thread:
-    /// the process must die of SIGSYS. Proves the seccomp filter is on.
-    #[arg(long, value_enum, value_name = "THREAD")]
-    sandbox_probe_syscall: Option<ProbeThread>,
-    /// After taking a request, keep polling the rings this many microseconds for the next
-    /// before sleeping, with the driver's doorbells suppressed meanwhile (EVENT_IDX). Spends
-    /// a CPU while the driver is busy and saves a doorbell and a wake-up per request.
-    /// 0 (the default): never poll, sleep until a doorbell.
-    #[arg(long, value_name = "MICROSECONDS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
-    poll_us: u64,
-    /// Exit after this many client sessions (default: serve forever).
-    #[arg(long)]
-    sessions: Option<u64>,
-    /// Log filter (tracing `EnvFilter` syntax), also taken from RUST_LOG.
-    #[arg(long, default_value = "info")]
-    log: String,
-}
-
-/// The thread that makes the forbidden call of `--sandbox-probe-syscall`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum ProbeThread {
-    /// The vfio-user and queue thread.
-    Device,
-    /// The audit log writer (needs `--audit-log`).
-    AuditWriter,
-}
-
-/// `--io-engine`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum IoEngineArg {
-    /// A restricted io_uring, batched per pass, the pool as a fixed buffer.
-    Uring,
-    /// One preadv/pwritev per request.
-    Sync,
-}
-
-/// `--cache`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum CacheArg {
-    /// Through the host's page cache.
-    Writeback,
-    /// O_DIRECT.
-    None,
-}
-
-/// Whether the process sandboxes itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum SandboxArg {
-    /// Every layer.
-    On,
-    /// No sandbox (debugging only).
-    Off,
-}
-
-/// Audit log DMA recording mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum AuditModeArg {
-    /// Per-interval DMA counts; findings in full.
-    Summary,
-    /// Every descriptor recorded.
-    Full,
-}
-
-/// Whether evidence is required before queues are served.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum AttestMode {
-    /// Serve no queue until the evidence verifies.
-    Required,
-    /// Serve without evidence.
-    Off,
-}
+use args::{Args, AttestMode, AuditModeArg, CacheArg, IoEngineArg, ProbeThread, SandboxArg};
 
 /// Why the device did not start, or stopped.
 #[derive(Debug, Error)]
 enum HostError {
+    /// The queue worker threads could not be started.
+    #[error("starting the queue workers")]
+    QueueWorkers(#[source] swiotlb_host::virtio::WorkerError),
     /// `--require-sandbox` with `--sandbox off`.
     #[error("--require-sandbox contradicts --sandbox off")]
     RequireSandboxOff,
@@ -489,6 +317,9 @@ fn print_sandbox(args: &Args) {
     if args.audit_log.is_some() {
         seccomp["audit-writer"] = serde_json::json!(calls(seccomp::Role::AuditWriter));
     }
+    if args.queues() > 1 {
+        seccomp["queue-worker"] = serde_json::json!(calls(seccomp::Role::QueueWorker));
+    }
     let plan = serde_json::json!({
         "sandbox": args.sandbox == SandboxArg::On,
         "user": args.user,
@@ -599,7 +430,8 @@ fn run(args: &Args) -> Result<(), HostError> {
     };
     // The ring is set up here, with the pool, before privileges are dropped and long
     // before the device thread's seccomp filter.
-    let block = Block::new(disk).with_io_engine(engine);
+    let queues = args.queues();
+    let block = Block::new(disk).with_queues(queues).with_io_engine(engine);
     let mut function =
         VirtioPciFunction::new(Box::new(block), args.pool_size, policy).map_err(HostError::Pool)?;
     if args.attestation == AttestMode::Required {
@@ -681,6 +513,18 @@ fn run(args: &Args) -> Result<(), HostError> {
         None => None,
     };
 
+    // A parked thread per queue, each with its own filter, before the device thread's
+    // filter (which allows no new thread) and the address-space limit.
+    let filter = if on {
+        Some(std::sync::Arc::new(
+            seccomp::compile(seccomp::Role::QueueWorker).map_err(HostError::Sandbox)?,
+        ))
+    } else {
+        None
+    };
+    function = function
+        .with_queue_workers(filter)
+        .map_err(HostError::QueueWorkers)?;
     if on {
         let limit = limits::address_space_limit(args.pool_size);
         limits::limit_address_space(limit).map_err(HostError::Sandbox)?;
@@ -693,6 +537,9 @@ fn run(args: &Args) -> Result<(), HostError> {
         let mut threads = vec!["device"];
         if audit.is_some() {
             threads.push("audit-writer");
+        }
+        if queues > 1 {
+            threads.push("queue-worker");
         }
         report["seccomp"] = threads.into();
         report["event"] = "sandbox".into();
@@ -708,6 +555,7 @@ fn run(args: &Args) -> Result<(), HostError> {
         disk = %disk_name,
         capacity,
         pool_size = args.pool_size,
+        queues,
         read_only = args.read_only,
         cache = ?args.cache,
         strict = policy.require_swiotlb,

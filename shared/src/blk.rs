@@ -39,6 +39,8 @@ pub mod config {
     pub const SEG_MAX: usize = 12;
     /// `blk_size` (u32).
     pub const BLK_SIZE: usize = 20;
+    /// `num_queues` (u16), valid only with VIRTIO_BLK_F_MQ.
+    pub const NUM_QUEUES: usize = 34;
     /// `max_discard_sectors` (u32).
     pub const MAX_DISCARD_SECTORS: usize = 36;
     /// `max_discard_seg` (u32).
@@ -74,6 +76,9 @@ pub enum BlkConfigError {
     /// `blk_size` is not a power of two between 512 and 4096.
     #[error("blk_size {0} is not a power of two between 512 and 4096")]
     BadBlockSize(u32),
+    /// VIRTIO_BLK_F_MQ with `num_queues` 0.
+    #[error("the device offers VIRTIO_BLK_F_MQ with num_queues 0")]
+    NoQueues,
     /// The capacity in bytes does not fit 64 bits.
     #[error("capacity of {0} sectors overflows")]
     CapacityOverflow(u64),
@@ -95,6 +100,9 @@ pub struct BlkConfig {
     pub write_zeroes: Option<RangeLimits>,
     /// The device may deallocate on WRITE_ZEROES with the unmap flag.
     pub write_zeroes_may_unmap: bool,
+    /// Request queues the device has (`num_queues`, VIRTIO_BLK_F_MQ); 1 without MQ. Not
+    /// checked against the transport's queue count here: the driver does that.
+    pub num_queues: u16,
 }
 
 /// Limits of DISCARD or WRITE_ZEROES requests.
@@ -113,8 +121,8 @@ impl BlkConfig {
     /// for the negotiated `features`.
     pub fn parse(features: u64, bytes: &[u8]) -> Result<Self, BlkConfigError> {
         use crate::features::{
-            bit, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_SEG_MAX,
-            VIRTIO_BLK_F_WRITE_ZEROES,
+            bit, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_MQ,
+            VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
         };
         let too_short = |field: &'static str| {
             move |e: OutOfBounds| BlkConfigError::TooShort {
@@ -176,9 +184,20 @@ impl BlkConfig {
         } else {
             (None, false)
         };
+        let num_queues = if has(VIRTIO_BLK_F_MQ) {
+            let n = little_endian::u16_at(bytes, config::NUM_QUEUES)
+                .map_err(too_short("num_queues"))?;
+            if n == 0 {
+                return Err(BlkConfigError::NoQueues);
+            }
+            n
+        } else {
+            1
+        };
         Ok(Self {
             capacity,
             blk_size,
+            num_queues,
             seg_max,
             discard,
             write_zeroes,
@@ -257,5 +276,25 @@ mod tests {
             Err(BlkConfigError::CapacityOverflow(_))
         ));
         assert!(BlkConfig::parse(0, &c[..7]).is_err());
+    }
+
+    #[test]
+    fn num_queues_is_read_only_with_mq_and_zero_is_refused() {
+        use crate::features::VIRTIO_BLK_F_MQ;
+        let mut c = sample();
+        c[config::NUM_QUEUES..config::NUM_QUEUES + 2].copy_from_slice(&4u16.to_le_bytes());
+        assert_eq!(BlkConfig::parse(0, &c).unwrap().num_queues, 1);
+        let mq = bit(VIRTIO_BLK_F_MQ);
+        assert_eq!(BlkConfig::parse(mq, &c).unwrap().num_queues, 4);
+        c[config::NUM_QUEUES..config::NUM_QUEUES + 2].copy_from_slice(&0u16.to_le_bytes());
+        assert_eq!(BlkConfig::parse(mq, &c), Err(BlkConfigError::NoQueues));
+        assert_eq!(BlkConfig::parse(0, &c).unwrap().num_queues, 1);
+        assert!(matches!(
+            BlkConfig::parse(mq, &c[..35]),
+            Err(BlkConfigError::TooShort {
+                field: "num_queues",
+                ..
+            })
+        ));
     }
 }

@@ -31,6 +31,8 @@ pub const VIRTIO_BLK_F_RO: u32 = 5;
 pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
 /// virtio-blk: cache flush command support.
 pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
+/// Block: more than one request queue; `num_queues` in the configuration is valid.
+pub const VIRTIO_BLK_F_MQ: u32 = 12;
 /// virtio-blk: DISCARD support.
 pub const VIRTIO_BLK_F_DISCARD: u32 = 13;
 /// virtio-blk: WRITE_ZEROES support.
@@ -48,6 +50,7 @@ pub fn feature_names(features: u64) -> Vec<String> {
         (VIRTIO_BLK_F_RO, "BLK_RO"),
         (VIRTIO_BLK_F_BLK_SIZE, "BLK_BLK_SIZE"),
         (VIRTIO_BLK_F_FLUSH, "BLK_FLUSH"),
+        (VIRTIO_BLK_F_MQ, "BLK_MQ"),
         (VIRTIO_BLK_F_DISCARD, "BLK_DISCARD"),
         (VIRTIO_BLK_F_WRITE_ZEROES, "BLK_WRITE_ZEROES"),
         (VIRTIO_F_SWIOTLB, "SWIOTLB"),

@@ -98,3 +98,14 @@ pub fn sign(signer: &Signer, t: &Transcript) -> Vec<u8> {
         .encode()
         .unwrap()
 }
+
+/// A fresh emulated attestation root in `dir`: its private key (`emulated-ark.pk8`), its
+/// public key (`emulated-ark.pub`, for `swiotlb-host --emulated-ark`) and a signer with it.
+pub fn emulated_ark(dir: &std::path::Path) -> (Signer, std::path::PathBuf, std::path::PathBuf) {
+    let pk8 = Signer::generate_ark_pkcs8().unwrap();
+    let key = dir.join("emulated-ark.pk8");
+    std::fs::write(&key, &pk8).unwrap();
+    let pubfile = dir.join("emulated-ark.pub");
+    std::fs::write(&pubfile, Signer::public_key_of(&pk8).unwrap()).unwrap();
+    (Signer::from_pkcs8(&pk8).unwrap(), key, pubfile)
+}

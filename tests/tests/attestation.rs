@@ -13,7 +13,7 @@ use swiotlb_guest::{BlockDriver, BlockError, Options};
 use swiotlb_shared::features::{bit, VIRTIO_F_SWIOTLB};
 use swiotlb_shared::pci::attest_mailbox as mb;
 use swiotlb_tests::raw_session::{
-    mailbox_u32, ready, sign, submit, submit_at, transcript_of, QSIZE,
+    emulated_ark, mailbox_u32, ready, sign, submit, submit_at, transcript_of, QSIZE,
 };
 use swiotlb_tests::{bin, HostProcess};
 use tempfile::TempDir;
@@ -33,12 +33,7 @@ fn fixture(extra: &[&str]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.img");
     std::fs::write(&disk, vec![0x5au8; DISK_SIZE]).unwrap();
-    let pk8 = Signer::generate_ark_pkcs8().unwrap();
-    let key = dir.path().join("emulated-ark.pk8");
-    std::fs::write(&key, &pk8).unwrap();
-    let public = Signer::public_key_of(&pk8).unwrap();
-    let pubfile = dir.path().join("emulated-ark.pub");
-    std::fs::write(&pubfile, public).unwrap();
+    let (signer, key, pubfile) = emulated_ark(dir.path());
     let mut args = vec![
         "--log",
         "warn",
@@ -50,7 +45,6 @@ fn fixture(extra: &[&str]) -> Fixture {
     ];
     args.extend_from_slice(extra);
     let host = HostProcess::spawn(dir.path(), &disk, &args);
-    let signer = Signer::from_pkcs8(&pk8).unwrap();
     Fixture {
         dir,
         disk,

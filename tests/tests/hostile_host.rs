@@ -17,7 +17,7 @@ use swiotlb_guest::testing::fake_device::{
 };
 use swiotlb_guest::virtio_pci::TransportError;
 use swiotlb_shared::blk::BlkConfigError;
-use swiotlb_shared::features::{bit, VIRTIO_F_SWIOTLB, VIRTIO_RING_F_EVENT_IDX};
+use swiotlb_shared::features::{bit, VIRTIO_BLK_F_MQ, VIRTIO_F_SWIOTLB, VIRTIO_RING_F_EVENT_IDX};
 use swiotlb_shared::layout::{
     avail_ring_size, desc_table_size, used_ring_size, PoolLayout, PoolWindow, QueueLayout,
     DESC_SIZE, INDIRECT_TABLE_DESCS, SLOT_SIZE,
@@ -775,6 +775,48 @@ fn device_refusing_features_ok_or_having_no_queue_fails_open() {
         "{e:?}"
     );
     assert!(f.status_writes().iter().all(|s| s & status::DRIVER_OK == 0));
+}
+
+#[test]
+fn mq_with_a_bad_num_queues_fails_open_and_too_many_are_clamped_to_what_the_driver_uses() {
+    let mq = |num_queues: u16, transport: u16| {
+        let mut cfg = FakeConfig::new(pattern(1 << 20, 1));
+        cfg.features |= bit(VIRTIO_BLK_F_MQ);
+        cfg.blk_num_queues = num_queues;
+        cfg.transport_queues = transport;
+        fake_with(cfg)
+    };
+    // num_queues 0: no request queue at all.
+    let f = mq(0, 1);
+    let e = open_err(&f);
+    assert!(
+        matches!(e, BlockError::Config(BlkConfigError::NoQueues)),
+        "{e:?}"
+    );
+    assert!(f.status_writes().iter().all(|s| s & status::DRIVER_OK == 0));
+    // More queues than the transport has.
+    let f = mq(4, 1);
+    let e = open_err(&f);
+    assert!(
+        matches!(
+            e,
+            BlockError::QueueCount {
+                num_queues: 4,
+                transport: 1
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(f.status_writes().iter().all(|s| s & status::DRIVER_OK == 0));
+    // More than the driver drives (here: the one queue its options ask for): it drives
+    // what it asked for, and only that queue is set up.
+    let f = mq(u16::MAX, u16::MAX);
+    let mut drv = open(&f);
+    assert_eq!((drv.info().device_queues, drv.info().queues), (u16::MAX, 1));
+    assert!(drv.take_queues().is_empty());
+    let mut buf = vec![0u8; 4096];
+    drv.read_at(0, &mut buf).unwrap();
+    assert_eq!(buf, pattern(1 << 20, 1)[..4096]);
 }
 
 #[test]

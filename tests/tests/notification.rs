@@ -64,7 +64,8 @@ fn summary(s: &Value, key: &str) -> u64 {
 fn doorbells_are_eventfds_not_messages() {
     let dir = tempfile::tempdir().unwrap();
     let (disk, content) = patterned(dir.path());
-    let host = HostProcess::spawn(dir.path(), &disk, &[]);
+    // One queue: the device thread itself waits on the doorbell and counts it.
+    let host = HostProcess::spawn(dir.path(), &disk, &["--queues", "1"]);
     let client = VfioUserClient::connect(&host.socket).unwrap();
     assert_eq!(
         client.eventfd_doorbells(),
@@ -146,7 +147,7 @@ fn polling_suppresses_most_doorbells_and_interrupts() {
 fn doorbell_eventfd_storm_before_driver_ok_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (disk, content) = patterned(dir.path());
-    let mut host = HostProcess::spawn(dir.path(), &disk, &[]);
+    let mut host = HostProcess::spawn(dir.path(), &disk, &["--queues", "1"]);
     let mut client = VfioUserClient::connect(&host.socket).unwrap();
     assert_eq!(client.eventfd_doorbells(), 1);
     let bell = u64::from(dl::NOTIFY_OFFSET);

@@ -49,6 +49,8 @@ fn sandboxed_host_reaches_its_disk_and_log_but_no_other_file_and_still_serves() 
         &[
             "--log",
             "warn",
+            "--queues",
+            "2",
             "--require-sandbox",
             "--audit-log",
             log.to_str().unwrap(),
@@ -76,11 +78,15 @@ fn sandboxed_host_reaches_its_disk_and_log_but_no_other_file_and_still_serves() 
     assert_eq!(sb["capabilities"], "none", "{sb}");
     assert_eq!(
         sb["seccomp"],
-        serde_json::json!(["device", "audit-writer"]),
+        serde_json::json!(["device", "audit-writer", "queue-worker"]),
         "{sb}"
     );
     let tasks = threads(host.pid());
-    assert_eq!(tasks.len(), 2, "the device thread and the audit writer");
+    assert_eq!(
+        tasks.len(),
+        4,
+        "the device thread, the audit writer and a worker per queue"
+    );
     for t in &tasks {
         assert_eq!(status_field(t, "Seccomp"), "2", "{} filtered", t.display());
         assert_eq!(status_field(t, "NoNewPrivs"), "1", "{}", t.display());
@@ -479,14 +485,16 @@ fn the_sandbox_page_lists_exactly_the_calls_each_thread_is_allowed() {
     let out = Command::new(bin("swiotlb-host"))
         .args(["--socket", "/run/x.sock", "--disk", "/x.img"])
         .args(["--audit-log", "/var/log/x/device.jsonl", "--print-sandbox"])
+        .args(["--queues", "2"])
         .output()
         .unwrap();
     assert!(out.status.success());
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let both = documented_calls(&doc, "### Both threads");
+    let both = documented_calls(&doc, "### Every thread");
     for (role, heading) in [
         ("device", "### The device thread, in addition"),
         ("audit-writer", "### The audit writer, in addition"),
+        ("queue-worker", "### A queue worker, in addition"),
     ] {
         let mut documented = documented_calls(&doc, heading);
         documented.extend(both.iter().cloned());

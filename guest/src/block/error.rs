@@ -141,4 +141,12 @@ pub enum BlockError {
     /// The virtio-blk configuration is unusable.
     #[error("the device's virtio-blk configuration")]
     Config(#[from] swiotlb_shared::blk::BlkConfigError),
+    /// VIRTIO_BLK_F_MQ's `num_queues` names more queues than the transport has.
+    #[error("the device says num_queues {num_queues} but its transport has {transport} queues")]
+    QueueCount {
+        /// `num_queues` in the virtio-blk configuration.
+        num_queues: u16,
+        /// `num_queues` in the common configuration.
+        transport: u16,
+    },
 }

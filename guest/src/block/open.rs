@@ -2,15 +2,16 @@
 //! VIRTIO_F_SWIOTLB, the pool's layout and mapping, queue and interrupt setup, DRIVER_OK,
 //! and attestation through the device's mailbox; then what was negotiated ([`BlockInfo`]).
 
-use std::sync::Arc;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 use swiotlb_shared::blk::{config as blk_config, BlkConfig};
 use swiotlb_shared::features::{
     bit, feature_names, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
-    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_F_SWIOTLB,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_F_SWIOTLB, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use swiotlb_shared::layout::{slots_for, PoolLayout, PoolWindow, MAX_QUEUE_SIZE, SLOT_SIZE};
 use swiotlb_shared::pci::{common, status};
@@ -26,9 +27,9 @@ use crate::virtio_pci::{TransportError, VirtioPci};
 
 /// Default time to wait for the device before declaring it dead.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// MSI-X vector used for the request queue, and for configuration changes.
-const QUEUE_VECTOR: u16 = 0;
-const CONFIG_VECTOR: u16 = 1;
+/// Most request queues the driver sets up: each costs a ring block, indirect tables and a
+/// share of the pool's slots, and an interrupt vector.
+pub const MAX_QUEUES: u16 = 16;
 
 /// How to open the device.
 #[derive(Debug, Clone)]
@@ -50,6 +51,11 @@ pub struct Options {
     /// Most requests in flight at once (the queue depth); 0: as many as the ring and the
     /// pool hold.
     pub max_in_flight: u16,
+    /// Request queues to set up (1 to [`MAX_QUEUES`]), when the device offers
+    /// VIRTIO_BLK_F_MQ with that many; the pool is split evenly between them. The driver
+    /// returned by `open` drives queue 0, the others come from
+    /// [`BlockDriver::take_queues`](super::BlockDriver::take_queues).
+    pub queues: u16,
 }
 
 impl Default for Options {
@@ -61,6 +67,7 @@ impl Default for Options {
             indirect: true,
             poll: Duration::ZERO,
             max_in_flight: 0,
+            queues: 1,
         }
     }
 }
@@ -84,6 +91,10 @@ pub struct BlockInfo {
     pub read_only: bool,
     /// Queue size in use.
     pub queue_size: u16,
+    /// Request queues the device has (`num_queues` with VIRTIO_BLK_F_MQ, else 1).
+    pub device_queues: u16,
+    /// Request queues set up, each with its own pool area.
+    pub queues: u16,
     /// Bounce slots per queue area.
     pub slots: u64,
     /// What came of attestation: "accepted (snp|tdx|emulated)", "not required by the
@@ -117,7 +128,8 @@ impl<P: PciAccess> BlockDriver<P> {
             | bit(VIRTIO_BLK_F_FLUSH)
             | bit(VIRTIO_BLK_F_RO)
             | bit(VIRTIO_BLK_F_DISCARD)
-            | bit(VIRTIO_BLK_F_WRITE_ZEROES);
+            | bit(VIRTIO_BLK_F_WRITE_ZEROES)
+            | bit(VIRTIO_BLK_F_MQ);
         if opts.indirect {
             wanted |= bit(VIRTIO_RING_F_INDIRECT_DESC);
         }
@@ -171,6 +183,28 @@ impl<P: PciAccess> BlockDriver<P> {
         // Whatever the device left in the pool is not ours to trust or to leak: start clean.
         mem.zero(0, pool.len as usize)?;
 
+        // The whole virtio-blk configuration the device presents (up to what this driver
+        // knows), read once and checked for the negotiated features, before any queue is
+        // set up: it says how many there are.
+        let cfg_len = (vp.caps().device.len as usize).min(blk_config::LEN);
+        let mut cfg_bytes = vec![0u8; cfg_len];
+        vp.read_device_config(0, &mut cfg_bytes)?;
+        let config = match BlkConfig::parse(accepted, &cfg_bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = vp.set_status(failed | status::FEATURES_OK);
+                return Err(e.into());
+            }
+        };
+        let transport_queues = vp.num_queues()?;
+        if config.num_queues > transport_queues {
+            let _ = vp.set_status(failed | status::FEATURES_OK);
+            return Err(BlockError::QueueCount {
+                num_queues: config.num_queues,
+                transport: transport_queues,
+            });
+        }
+        let nq = config.num_queues.min(opts.queues.max(1)).min(MAX_QUEUES);
         let max = vp.queue_max_size(0)?;
         if max == 0 {
             return Err(TransportError::BadRegister {
@@ -182,47 +216,63 @@ impl<P: PciAccess> BlockDriver<P> {
         // Largest power of two not above the device's maximum, ours, or the layout's.
         let cap = max.min(opts.queue_size).min(MAX_QUEUE_SIZE);
         let qsize = 1u16 << (15 - cap.leading_zeros().min(15));
-        let layout = PoolLayout::new(pool.len, 1, qsize)?;
-        let ql = layout.queues[0];
+        for q in 1..nq {
+            let m = vp.queue_max_size(q)?;
+            if m < qsize {
+                let _ = vp.set_status(failed | status::FEATURES_OK);
+                return Err(TransportError::BadRegister {
+                    what: "queue size",
+                    value: u64::from(m),
+                }
+                .into());
+            }
+        }
+        let layout = PoolLayout::new(pool.len, nq, qsize)?;
         let indirect = accepted & bit(VIRTIO_RING_F_INDIRECT_DESC) != 0;
         if !indirect && qsize < 3 {
             let _ = vp.set_status(failed | status::FEATURES_OK);
             return Err(BlockError::QueueTooSmall(qsize));
         }
         let event_idx = accepted & bit(VIRTIO_RING_F_EVENT_IDX) != 0;
-        let ring = SplitRing::new(mem.clone(), window, ql, indirect, event_idx)?;
-        let irq = match vp.pci().enable_msix(2).map_err(TransportError::from)? {
-            Some(mut fds) if fds.len() == 2 => {
-                vp.set_config_vector(CONFIG_VECTOR)?;
-                fds.truncate(1);
-                fds.pop()
+        // A vector per queue (queue i on vector i) and one for configuration changes.
+        let mut irqs: Vec<Option<OwnedFd>> = (0..nq).map(|_| None).collect();
+        let vectors = nq + 1;
+        if let Some(fds) = vp
+            .pci()
+            .enable_msix(vectors)
+            .map_err(TransportError::from)?
+        {
+            if fds.len() == usize::from(vectors) {
+                vp.set_config_vector(nq)?;
+                for (slot, fd) in irqs.iter_mut().zip(fds) {
+                    *slot = Some(fd);
+                }
             }
-            _ => None,
-        };
-        let vector = if irq.is_some() {
-            QUEUE_VECTOR
-        } else {
-            common::NO_VECTOR
-        };
-        vp.setup_queue(
-            0,
-            qsize,
-            (ring.desc_bus(), ring.avail_bus(), ring.used_bus()),
-            vector,
-        )?;
+        }
+        let mut rings = Vec::with_capacity(usize::from(nq));
+        for (q, ql) in layout.queues.iter().enumerate() {
+            let ring = SplitRing::new(mem.clone(), window, *ql, indirect, event_idx)?;
+            let vector = if irqs[q].is_some() {
+                q as u16
+            } else {
+                common::NO_VECTOR
+            };
+            vp.setup_queue(
+                q as u16,
+                qsize,
+                (ring.desc_bus(), ring.avail_bus(), ring.used_bus()),
+                vector,
+            )?;
+            rings.push(ring);
+        }
         let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
         vp.set_status(s | status::DRIVER_OK)?;
         let st = vp.status()?;
         if st & status::DEVICE_NEEDS_RESET != 0 || st & status::DRIVER_OK == 0 {
             return Err(BlockError::NeedsReset);
         }
-        // The whole virtio-blk configuration the device presents (up to what this driver
-        // knows), read once and checked for the negotiated features.
-        let cfg_len = (vp.caps().device.len as usize).min(blk_config::LEN);
-        let mut cfg_bytes = vec![0u8; cfg_len];
-        vp.read_device_config(0, &mut cfg_bytes)?;
-        let config = BlkConfig::parse(accepted, &cfg_bytes)?;
         let capacity = config.capacity;
+        let ql0 = layout.queues[0];
         let info = BlockInfo {
             device_features: offered,
             driver_features: accepted,
@@ -232,37 +282,74 @@ impl<P: PciAccess> BlockDriver<P> {
             capacity,
             read_only: accepted & bit(VIRTIO_BLK_F_RO) != 0,
             queue_size: qsize,
-            slots: ql.slot_count,
+            device_queues: config.num_queues,
+            queues: nq,
+            slots: ql0.slot_count,
             attestation: String::new(),
             pool_memory: vp
                 .pci()
                 .pool_memory_type()
                 .map(|t| t.describe().to_string()),
         };
-        let mut me = Self {
-            vp,
-            mem,
-            layout: ql,
-            ring,
-            slots: SlotAllocator::new(ql.slot_count),
-            irq,
-            timeout: opts.timeout,
-            poll: opts.poll,
-            max_in_flight: opts.max_in_flight,
-            latencies: None,
-            pending: (0..qsize).map(|_| None).collect(),
-            info,
-            stopped: false,
-            window,
-            config,
-        };
-        match me.attest(attester) {
+        let all_rings: Vec<QueueRings> = rings
+            .iter()
+            .enumerate()
+            .map(|(q, r)| QueueRings {
+                index: q as u16,
+                desc: r.desc_bus(),
+                avail: r.avail_bus(),
+                used: r.used_bus(),
+                size: r.size(),
+            })
+            .collect();
+        let vp = Arc::new(Mutex::new(vp));
+        let mut drivers: Vec<Self> = rings
+            .into_iter()
+            .zip(irqs)
+            .zip(layout.queues.iter())
+            .enumerate()
+            .map(|(q, ((ring, irq), ql))| Self {
+                vp: vp.clone(),
+                queue: q as u16,
+                siblings: Vec::new(),
+                mem: mem.clone(),
+                layout: *ql,
+                ring,
+                slots: SlotAllocator::new(ql.slot_count),
+                irq,
+                timeout: opts.timeout,
+                poll: opts.poll,
+                max_in_flight: opts.max_in_flight,
+                latencies: None,
+                pending: (0..qsize).map(|_| None).collect(),
+                info: BlockInfo {
+                    slots: ql.slot_count,
+                    ..info.clone()
+                },
+                stopped: false,
+                window,
+                config,
+            })
+            .collect();
+        let siblings = drivers.split_off(1);
+        let mut me = drivers.pop().ok_or(BlockError::QueueCount {
+            num_queues: 0,
+            transport: transport_queues,
+        })?;
+        match me.attest(attester, all_rings) {
             Ok(outcome) => {
-                me.info.attestation = outcome;
+                me.info.attestation = outcome.clone();
+                me.siblings = siblings
+                    .into_iter()
+                    .map(|mut d| {
+                        d.info.attestation = outcome.clone();
+                        d
+                    })
+                    .collect();
                 Ok(me)
             }
             Err(e) => {
-                let _ = me.vp.set_status(s | status::DRIVER_OK | status::FAILED);
+                let _ = super::lock(&me.vp).set_status(s | status::DRIVER_OK | status::FAILED);
                 Err(e)
             }
         }
@@ -271,18 +358,16 @@ impl<P: PciAccess> BlockDriver<P> {
     /// Proves this session to the device through its attestation mailbox
     /// ([`mailbox::prove`]), lending bounce slots for the evidence and zeroing and freeing
     /// them once the device has answered.
-    fn attest(&mut self, attester: Option<&dyn Attester>) -> Result<String, BlockError> {
+    fn attest(
+        &mut self,
+        attester: Option<&dyn Attester>,
+        queues: Vec<QueueRings>,
+    ) -> Result<String, BlockError> {
         let session = Session {
             device_features: self.info.device_features,
             driver_features: self.info.driver_features,
             pool: self.window,
-            queues: vec![QueueRings {
-                index: 0,
-                desc: self.ring.desc_bus(),
-                avail: self.ring.avail_bus(),
-                used: self.ring.used_bus(),
-                size: self.ring.size(),
-            }],
+            queues,
         };
         let mut lent = None;
         let Self {
@@ -294,18 +379,24 @@ impl<P: PciAccess> BlockDriver<P> {
             timeout,
             ..
         } = self;
-        let outcome = mailbox::prove(vp, session, attester, *timeout, |evidence| {
-            let len = evidence.len() as u64;
-            let run = slots
-                .alloc(slots_for(len) as u32)
-                .ok_or(BlockError::PoolExhausted(len))?;
-            lent = Some(run);
-            let off = layout.slots + u64::from(run.first) * SLOT_SIZE;
-            mem.write(off, evidence)?;
-            window
-                .bus_of(off, len)
-                .ok_or(MailboxError::EvidenceOutsidePool.into())
-        });
+        let outcome = mailbox::prove(
+            &mut super::lock(vp),
+            session,
+            attester,
+            *timeout,
+            |evidence| {
+                let len = evidence.len() as u64;
+                let run = slots
+                    .alloc(slots_for(len) as u32)
+                    .ok_or(BlockError::PoolExhausted(len))?;
+                lent = Some(run);
+                let off = layout.slots + u64::from(run.first) * SLOT_SIZE;
+                mem.write(off, evidence)?;
+                window
+                    .bus_of(off, len)
+                    .ok_or(MailboxError::EvidenceOutsidePool.into())
+            },
+        );
         if let Some(run) = lent {
             self.release(run, std::iter::empty());
         }

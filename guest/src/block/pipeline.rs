@@ -130,7 +130,7 @@ impl<P: PciAccess> BlockDriver<P> {
     /// Notifies the device of what was posted since the last call, if it wants to know.
     pub fn kick(&mut self) -> Result<(), BlockError> {
         if self.ring.should_notify()? {
-            self.vp.notify(0)?;
+            super::lock(&self.vp).notify(self.queue)?;
         }
         Ok(())
     }

@@ -242,12 +242,17 @@ impl RawDriver {
 
     /// Where [`PoolLayout`] puts one queue of `size`, as pool offsets.
     pub fn standard_rings(&self, size: u16) -> Result<Rings, RawError> {
-        let l = PoolLayout::new(self.pool.len, 1, size)
+        self.rings_of(1, 0, size)
+    }
+
+    /// Where [`PoolLayout`] puts queue `q` of `queues` queues of `size`, as pool offsets.
+    pub fn rings_of(&self, queues: u16, q: u16, size: u16) -> Result<Rings, RawError> {
+        let l = PoolLayout::new(self.pool.len, queues, size)
             .map_err(|e| RawError::Invalid(e.to_string()))?;
         let q = l
             .queues
-            .first()
-            .ok_or_else(|| RawError::Invalid("layout has no queue".into()))?;
+            .get(usize::from(q))
+            .ok_or_else(|| RawError::Invalid(format!("layout has no queue {q}")))?;
         Ok(Rings {
             size,
             desc: q.desc,
@@ -260,14 +265,41 @@ impl RawDriver {
     /// remembers them for the descriptor/avail/used helpers. Returns them and whether the
     /// queue reads back enabled.
     pub fn setup_standard_queue(&mut self, size: u16) -> Result<(Rings, bool), RawError> {
-        let r = self.standard_rings(size)?;
+        self.setup_queue_of(1, 0, size)
+    }
+
+    /// As [`setup_standard_queue`](Self::setup_standard_queue), for queue `q` of a pool laid
+    /// out for `queues` queues (VIRTIO_BLK_F_MQ); the helpers then work on queue `q`'s
+    /// rings until [`use_rings`](Self::use_rings) names others.
+    pub fn setup_queue_of(
+        &mut self,
+        queues: u16,
+        q: u16,
+        size: u16,
+    ) -> Result<(Rings, bool), RawError> {
+        let r = self.rings_of(queues, q, size)?;
         self.mem.zero(r.desc, desc_table_size(size) as usize)?;
         self.mem.zero(r.avail, avail_ring_size(size) as usize)?;
         self.mem.zero(r.used, used_ring_size(size) as usize)?;
         self.rings = Some(r);
         let (d, a, u) = (self.bus(r.desc), self.bus(r.avail), self.bus(r.used));
-        let ok = self.setup_queue(0, size, d, a, u)?;
+        let ok = self.setup_queue(q, size, d, a, u)?;
         Ok((r, ok))
+    }
+
+    /// Waits up to `timeout` for the used index of the current rings to reach `n` (a
+    /// queue served by a worker thread of the device answers after the doorbell's reply).
+    pub fn wait_used(&self, n: u16, timeout: std::time::Duration) -> Result<bool, RawError> {
+        let start = std::time::Instant::now();
+        loop {
+            if self.used_idx()? == n {
+                return Ok(true);
+            }
+            if start.elapsed() >= timeout {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// Tells the descriptor/avail/used helpers where the rings are in the pool, without

@@ -159,9 +159,12 @@ pub fn serve<P: PciAccess + Send>(
         .depth
         .unwrap_or_else(|| driver.natural_depth().min(DEFAULT_MAX_DEPTH))
         .clamp(1, uapi::MAX_QUEUE_DEPTH);
+    // Every virtqueue the driver set up: one ublk hardware queue and one queue thread each.
+    let mut siblings = driver.take_queues();
+    let nr_hw_queues = 1 + siblings.len() as u16;
     let mut ctl = Control::open()?;
     let mut info = DevInfo {
-        nr_hw_queues: 1,
+        nr_hw_queues,
         queue_depth: depth,
         max_io_buf_bytes: opts.max_io_bytes,
         dev_id: opts.dev_id.unwrap_or(u32::MAX),
@@ -170,8 +173,13 @@ pub fn serve<P: PciAccess + Send>(
     };
     ctl.add(&mut info)?;
     let dev_id = info.dev_id;
+    let mut drivers: Vec<&mut BlockDriver<P>> =
+        std::iter::once(driver).chain(siblings.iter_mut()).collect();
+    // The kernel gives a device at most one hardware queue per CPU and says how many it
+    // gave: the virtqueues past that stay set up and idle.
+    drivers.truncate(usize::from(info.nr_hw_queues).clamp(1, drivers.len()));
     let result = run_device(
-        driver,
+        &mut drivers,
         &mut ctl,
         &info,
         &shape,
@@ -194,7 +202,7 @@ pub fn serve<P: PciAccess + Send>(
 }
 
 fn run_device<P: PciAccess + Send>(
-    driver: &mut BlockDriver<P>,
+    drivers: &mut [&mut BlockDriver<P>],
     ctl: &mut Control,
     info: &DevInfo,
     shape: &Shape,
@@ -204,32 +212,50 @@ fn run_device<P: PciAccess + Send>(
 ) -> Result<ServeSummary, UblkError> {
     let dev_id = info.dev_id;
     ctl.set_params(dev_id, &params::params(shape))?;
-    let kq = UblkQueue::open(
-        dev_id,
-        0,
-        info.queue_depth,
-        info.max_io_buf_bytes as usize,
-        driver.interrupt_fd(),
-    )?;
+    // Queue q of the ublk device is served through virtqueue q, whose interrupt it waits on.
+    let cdev = UblkQueue::open_cdev(dev_id)?;
+    let mut kqs = Vec::with_capacity(drivers.len());
+    for (q, d) in drivers.iter().enumerate() {
+        kqs.push(UblkQueue::open(
+            &cdev,
+            q as u16,
+            info.queue_depth,
+            info.max_io_buf_bytes as usize,
+            d.interrupt_fd(),
+        )?);
+    }
+    // Each queue holds its own descriptor of it.
+    drop(cdev);
+    // Set when any queue's loop ends: the device was stopped or deleted.
     let finished = Arc::new(AtomicBool::new(false));
     let device = format!("/dev/ublkb{dev_id}");
     let (stats, stopped_by) = std::thread::scope(|s| {
-        let done = finished.clone();
-        let worker = std::thread::Builder::new()
-            .name("ublk-q0".into())
-            .spawn_scoped(s, move || {
-                let r = Engine::new(driver, kq).run();
-                done.store(true, Ordering::SeqCst);
-                r
-            })
-            .map_err(|_| UblkError::Thread("could not start"))?;
+        let mut workers = Vec::with_capacity(kqs.len());
+        for (q, (driver, kq)) in drivers.iter_mut().zip(kqs).enumerate() {
+            let done = finished.clone();
+            let worker = std::thread::Builder::new()
+                .name(format!("ublk-q{q}"))
+                .spawn_scoped(s, move || {
+                    let r = Engine::new(driver, kq).run();
+                    done.store(true, Ordering::SeqCst);
+                    r
+                });
+            match worker {
+                Ok(w) => workers.push(w),
+                Err(_) => {
+                    finished.store(true, Ordering::SeqCst);
+                    return Err(UblkError::Thread("could not start"));
+                }
+            }
+        }
         let started = ctl.start(
             dev_id,
             std::process::id() as i32,
             Duration::from_millis(100),
             || finished.load(Ordering::SeqCst),
         );
-        // Confined once the queue runs and the device exists: nothing is opened after this.
+        // Confined once the queues run and the device exists: nothing is opened after
+        // this (the filter goes on every thread of the process).
         let started = started.and_then(|()| {
             if confine {
                 sandbox::confine()?;
@@ -243,26 +269,29 @@ fn run_device<P: PciAccess + Send>(
             }
             Err(e) => {
                 let _ = ctl.stop(dev_id);
-                let _ = worker.join();
+                for w in workers {
+                    let _ = w.join();
+                }
                 return Err(e);
             }
         };
-        // Stopping the device aborts every fetch, which ends the queue's loop.
+        // Stopping the device aborts every fetch, which ends each queue's loop.
         let _ = ctl.stop(dev_id);
-        let stats = worker.join().map_err(|_| UblkError::Thread("panicked"))??;
+        let mut stats = Vec::with_capacity(workers.len());
+        for w in workers {
+            stats.push(w.join().map_err(|_| UblkError::Thread("panicked"))??);
+        }
         Ok((stats, stopped_by))
     })?;
     Ok(ServeSummary {
         device,
         depth: info.queue_depth,
         max_io_bytes: info.max_io_buf_bytes,
-        queues: vec![stats],
+        queues: stats,
         stopped_by,
     })
 }
 
-/// Blocks SIGTERM and SIGINT in this thread (and the threads it starts), so that they are
-/// taken only by [`wait_for_stop`].
 fn block_stop_signals() -> Result<libc::sigset_t, UblkError> {
     // SAFETY: sigset_t is plain data, initialized by sigemptyset before use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };

@@ -88,6 +88,7 @@ mod tests {
                 capacity: 64 << 20,
                 blk_size: 512,
                 seg_max: Some(126),
+                num_queues: 1,
                 discard: Some(RangeLimits {
                     max_sectors: 1 << 21,
                     max_seg: 32,

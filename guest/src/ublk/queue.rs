@@ -64,20 +64,34 @@ pub struct UblkQueue {
 }
 
 impl UblkQueue {
-    /// Opens queue `q_id` of device `dev_id` with `depth` tags of `buf_bytes` each, and an
-    /// optional interrupt eventfd to watch.
+    /// Opens device `dev_id`'s char device, which every queue of the server shares: the
+    /// kernel lets it be opened once at a time.
+    pub fn open_cdev(dev_id: u32) -> Result<File, UblkError> {
+        open_when_present(&format!("/dev/ublkc{dev_id}"))
+    }
+
+    /// Sets up queue `q_id` of the device whose char device is `cdev` ([`open_cdev`](
+    /// Self::open_cdev)) with `depth` tags of `buf_bytes` each, and an optional interrupt
+    /// eventfd to watch.
     pub fn open(
-        dev_id: u32,
+        cdev: &File,
         q_id: u16,
         depth: u16,
         buf_bytes: usize,
         irq: Option<BorrowedFd<'_>>,
     ) -> Result<Self, UblkError> {
-        let path = format!("/dev/ublkc{dev_id}");
-        let cdev = open_when_present(&path)?;
-        let desc_bytes = usize::from(depth) * std::mem::size_of::<IoDesc>();
-        let desc_len = desc_bytes.div_ceil(page_size()) * page_size();
-        let off = CMD_BUF_OFFSET + u64::from(q_id) * desc_len as u64;
+        let cdev = cdev.try_clone().map_err(|source| UblkError::Open {
+            path: "the ublk char device".into(),
+            source,
+        })?;
+        let page = page_size();
+        let desc_len = (usize::from(depth) * std::mem::size_of::<IoDesc>()).div_ceil(page) * page;
+        // The kernel places queue q's descriptors q strides past the offset, a stride being
+        // what the deepest queue needs (`UBLK_MAX_QUEUE_DEPTH`), whatever the depth in use.
+        let stride = (usize::from(super::uapi::MAX_QUEUE_DEPTH) * std::mem::size_of::<IoDesc>())
+            .div_ceil(page)
+            * page;
+        let off = CMD_BUF_OFFSET + u64::from(q_id) * stride as u64;
         let descs =
             Mapping::shared_read_only(cdev.as_fd(), off, desc_len).map_err(UblkError::Map)?;
         let total = usize::from(depth)

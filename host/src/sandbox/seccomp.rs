@@ -8,10 +8,13 @@
 //!   reads and writes of the image before this filter goes on: `io_uring_enter` is allowed,
 //!   `io_uring_setup` and `io_uring_register` are not);
 //! - the **audit writer**: appends records to the audit log, signs checkpoints and rotates
-//!   files.
+//!   files;
+//! - with more than one queue, a **queue worker** per queue: once the driver negotiates
+//!   VIRTIO_BLK_F_MQ it serves that queue's ring (doorbell, pool checks, disk I/O on its own
+//!   restricted ring, used ring, interrupt) and nothing else: no socket, no new fd.
 //!
 //! Each installs its own filter: the device thread after everything is open and bound, the
-//! audit writer first thing in its body. Neither may open a socket, execute a program, map
+//! audit writer and each queue worker first thing in its body. Neither may open a socket, execute a program, map
 //! executable memory, start a thread, change credentials or trace anything. The device
 //! thread cannot open, create or remove a file at all; only the audit writer opens files, and
 //! Landlock confines those to the audit directories.
@@ -39,6 +42,8 @@ pub enum Role {
     Device,
     /// The audit log writer.
     AuditWriter,
+    /// A queue's worker: one ring, the disk, interrupts.
+    QueueWorker,
 }
 
 impl Role {
@@ -47,6 +52,7 @@ impl Role {
         match self {
             Self::Device => "device",
             Self::AuditWriter => "audit-writer",
+            Self::QueueWorker => "queue-worker",
         }
     }
 }
@@ -204,11 +210,45 @@ fn audit_writer() -> Vec<Allow> {
     v
 }
 
+/// A queue worker: what a pass over one queue needs, and the wait for its doorbell. It
+/// makes no fd and touches no socket; its fds (doorbell, wake-up, image, ring) were open
+/// before its filter.
+fn queue_worker() -> Vec<Allow> {
+    let mut v = vec![
+        any(sys!(SYS_read), "draining its doorbell and wake-up eventfds"),
+        any(sys!(SYS_ppoll), "waiting on its doorbell and wake-up eventfds"),
+        any(sys!(SYS_preadv), "disk reads straight into the pool mapping"),
+        any(sys!(SYS_pwritev), "disk writes straight from the pool mapping"),
+        any(sys!(SYS_preadv2), "the same, newer C libraries"),
+        any(sys!(SYS_pwritev2), "the same, newer C libraries"),
+        any(sys!(SYS_pread64), "single-buffer reads of the image"),
+        any(sys!(SYS_pwrite64), "single-buffer writes of the image"),
+        any(sys!(SYS_fallocate), "DISCARD and WRITE_ZEROES on the image"),
+        any(
+            sys!(SYS_restart_syscall),
+            "resuming a wait the kernel interrupted to run its own work (io_uring completions)",
+        ),
+        any(
+            sys!(SYS_io_uring_enter),
+            "batched disk reads and writes on its queue's ring, set up and restricted to the image before any filter",
+        ),
+        any(sys!(SYS_fdatasync), "FLUSH"),
+        any(sys!(SYS_fsync), "FLUSH"),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.push(any(
+        sys!(SYS_poll),
+        "the same wait, as the C library makes it on x86_64",
+    ));
+    v
+}
+
 fn allow_list(role: Role) -> Vec<Allow> {
     let mut v = runtime();
     v.extend(match role {
         Role::Device => device(),
         Role::AuditWriter => audit_writer(),
+        Role::QueueWorker => queue_worker(),
     });
     v
 }
@@ -256,7 +296,7 @@ mod tests {
 
     #[test]
     fn both_filters_compile_with_every_call_explained() {
-        for role in [Role::Device, Role::AuditWriter] {
+        for role in [Role::Device, Role::AuditWriter, Role::QueueWorker] {
             let prog = compile(role).unwrap();
             assert!(!prog.is_empty());
             for c in allowed_syscalls(role) {
@@ -305,24 +345,38 @@ mod tests {
             libc::SYS_io_uring_setup,
             libc::SYS_io_uring_register,
         ];
-        for role in [Role::Device, Role::AuditWriter] {
+        for role in [Role::Device, Role::AuditWriter, Role::QueueWorker] {
             let allowed: Vec<_> = allowed_syscalls(role).iter().map(|a| a.nr).collect();
             for nr in forbidden {
                 assert!(!allowed.contains(&nr), "{} allows {nr}", role.name());
             }
         }
-        // The device thread opens, creates and removes nothing.
-        let device: Vec<_> = allowed_syscalls(Role::Device)
+        // The device thread and the queue workers open, create and remove nothing.
+        for role in [Role::Device, Role::QueueWorker] {
+            let allowed: Vec<_> = allowed_syscalls(role).iter().map(|a| a.nr).collect();
+            for nr in [
+                libc::SYS_openat,
+                libc::SYS_unlinkat,
+                libc::SYS_renameat2,
+                libc::SYS_mkdirat,
+            ] {
+                assert!(!allowed.contains(&nr), "{} allows {nr}", role.name());
+            }
+        }
+        // A queue worker makes no fd and touches no socket.
+        let worker: Vec<_> = allowed_syscalls(Role::QueueWorker)
             .iter()
             .map(|a| a.nr)
             .collect();
         for nr in [
-            libc::SYS_openat,
-            libc::SYS_unlinkat,
-            libc::SYS_renameat2,
-            libc::SYS_mkdirat,
+            libc::SYS_accept4,
+            libc::SYS_recvmsg,
+            libc::SYS_sendmsg,
+            libc::SYS_eventfd2,
+            libc::SYS_fcntl,
+            libc::SYS_getsockopt,
         ] {
-            assert!(!device.contains(&nr), "device allows {nr}");
+            assert!(!worker.contains(&nr), "queue-worker allows {nr}");
         }
     }
 }

@@ -117,6 +117,7 @@ impl Server {
     /// driver is busy and saves a doorbell and a wake-up per request.
     pub fn with_polling(mut self, budget: Duration) -> Self {
         self.poll = budget;
+        self.function.set_worker_poll(budget);
         self
     }
 
@@ -233,6 +234,8 @@ impl Server {
                 break SessionEnd::ProtocolError("version negotiation failed".into());
             }
         };
+        // Every queue worker parked before the session's state is reported or dropped.
+        self.function.set_doorbells(Vec::new());
         tracing::info!(target: "swiotlb::session", end = ?end, "client disconnected");
         self.doorbells.clear();
         self.function.audit_peripheral(false, &peer);
@@ -247,7 +250,8 @@ impl Server {
         if self.doorbells.is_empty() && self.poll.is_zero() && self.stop.is_none() {
             return Ok(true); // Nothing but the socket: block in recvmsg.
         }
-        if !self.poll.is_zero() && self.spin(stream)? {
+        // While queue workers serve the rings, they poll them; this thread does not.
+        if !self.poll.is_zero() && !self.function.workers_serving() && self.spin(stream)? {
             return Ok(true);
         }
         let mut fds = self.pollfds(stream);
@@ -296,10 +300,18 @@ impl Server {
     }
 
     /// What the device thread waits on: the socket first, then each doorbell eventfd in
-    /// queue order, then the stop descriptor if there is one.
+    /// queue order (-1, which `poll(2)` skips, for a queue a worker serves: that doorbell is
+    /// the worker's), then the stop descriptor if there is one.
     fn pollfds(&self, stream: &UnixStream) -> Vec<libc::pollfd> {
+        let doorbell = |(q, fd): (usize, &OwnedFd)| {
+            if self.function.worker_serves(q as u16) {
+                -1
+            } else {
+                fd.as_raw_fd()
+            }
+        };
         std::iter::once(stream.as_raw_fd())
-            .chain(self.doorbells.iter().map(AsRawFd::as_raw_fd))
+            .chain(self.doorbells.iter().enumerate().map(doorbell))
             .chain(self.stop.iter().map(AsRawFd::as_raw_fd))
             .map(|fd| libc::pollfd {
                 fd,
@@ -319,6 +331,9 @@ impl Server {
         };
         for (q, p) in fds.iter().skip(1).take(self.doorbells.len()).enumerate() {
             if p.revents & libc::POLLIN == 0 {
+                continue;
+            }
+            if p.fd < 0 {
                 continue;
             }
             let mut v = [0u8; 8];
@@ -351,6 +366,18 @@ impl Server {
                         tracing::warn!(error = %e, "doorbell eventfds unavailable");
                         CodecError::Unsupported("doorbell eventfds unavailable")
                     })?;
+                // The queue workers wait on the same eventfds.
+                let shared = self
+                    .doorbells
+                    .iter()
+                    .map(|fd| fd.try_clone().map(std::sync::Arc::new))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "doorbell eventfds unavailable");
+                        self.doorbells.clear();
+                        CodecError::Unsupported("doorbell eventfds unavailable")
+                    })?;
+                self.function.set_doorbells(shared);
             }
             for q in 0..self.doorbells.len() {
                 sub_regions.push(IoFdSubRegion {

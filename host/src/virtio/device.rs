@@ -14,6 +14,16 @@ pub enum Handled {
     Started,
 }
 
+/// The part of a device that serves one queue, on a thread of that queue's own
+/// ([`crate::virtio::workers`]). It sees only chains of its queue, already checked against the
+/// pool, exactly as [`VirtioDevice::handle_chain`] and [`VirtioDevice::complete`] would.
+pub trait QueueDevice {
+    /// As [`VirtioDevice::handle_chain`], for this queue.
+    fn handle_chain(&mut self, mem: &PoolGuestMemory, chain: &CheckedChain) -> Handled;
+    /// As [`VirtioDevice::complete`], for this queue.
+    fn complete(&mut self, mem: &PoolGuestMemory, done: &mut dyn FnMut(u16, u32));
+}
+
 /// A virtio device behind the transport. The transport owns negotiation, queues and the
 /// pool checks; the device sees only chains that were already checked against the pool.
 pub trait VirtioDevice {
@@ -44,6 +54,13 @@ pub trait VirtioDevice {
     /// does nothing.
     fn attach_pool(&mut self, _mapping: PoolMapping) -> bool {
         false
+    }
+    /// The part of the device that serves `queue`, for that queue's worker thread; `None`
+    /// (the default): the device serves its queues only through
+    /// [`handle_chain`](Self::handle_chain), on the thread that owns it. While a worker holds
+    /// it, the function calls neither `handle_chain` nor `complete` for that queue.
+    fn queue_device(&mut self, _queue: u16) -> Option<Box<dyn QueueDevice + Send>> {
+        None
     }
     /// Returns to the initial state (virtio reset). Metrics survive it.
     fn reset(&mut self);

@@ -40,4 +40,28 @@ impl DmaCounters {
     pub fn descriptors(&self) -> u64 {
         Self::get(&self.readable_descriptors) + Self::get(&self.writable_descriptors)
     }
+
+    /// The sum of `parts`, counter by counter (per-queue counters, reported together).
+    pub fn sum<'a>(parts: impl IntoIterator<Item = &'a DmaCounters>) -> DmaCounters {
+        let total = DmaCounters::default();
+        for p in parts {
+            for (t, c) in total.fields().into_iter().zip(p.fields()) {
+                Self::add(t, Self::get(c));
+            }
+        }
+        total
+    }
+
+    fn fields(&self) -> [&AtomicU64; 8] {
+        [
+            &self.chains,
+            &self.chains_rejected,
+            &self.readable_descriptors,
+            &self.readable_bytes,
+            &self.writable_descriptors,
+            &self.writable_bytes,
+            &self.indirect_tables,
+            &self.interrupts,
+        ]
+    }
 }

@@ -16,9 +16,9 @@ use virtio_queue::QueueT;
 
 use crate::audit::AuditHandle;
 use crate::findings::{Finding, FindingKind};
-use crate::pool::{Pool, PoolView};
-use crate::virtio::chain::ChainContext;
-use crate::virtio::device::{Handled, VirtioDevice};
+use crate::pool::{Pool, PoolGuestMemory, PoolView};
+use crate::virtio::chain::{ChainContext, CheckedChain};
+use crate::virtio::device::{Handled, QueueDevice, VirtioDevice};
 use crate::virtio::metrics::DmaCounters;
 use crate::virtio::transport::VirtioPciTransport;
 
@@ -98,11 +98,11 @@ enum Doorbell {
 
 /// What one pass over a queue did.
 #[derive(Clone, Copy, Debug)]
-struct Processed {
+pub(crate) struct Processed {
     /// Chains were taken.
-    took: bool,
+    pub took: bool,
     /// The driver asked to be interrupted for them, on this vector.
-    interrupt: Option<u16>,
+    pub interrupt: Option<u16>,
 }
 
 /// A doorbell for queue `q`: process every available chain, then, with [`Rearm::Yes`], ask
@@ -212,41 +212,125 @@ pub(crate) fn poll(host: &mut impl QueueHost, rearm: Rearm) -> bool {
 /// Processes queue `q` and interrupts the driver if it asked to be; returns whether any
 /// chain was taken.
 fn run_queue(host: &mut impl QueueHost, q: u16, view: &PoolView, rearm: Rearm) -> bool {
-    match process_queue(host.parts(), q, view, rearm) {
+    let result = {
+        let p = host.parts();
+        let indirect = p.transport.negotiated(VIRTIO_RING_F_INDIRECT_DESC);
+        let (dma, audit, device) = (p.dma, p.audit, p.device);
+        let Some(slot) = p.transport.queue_mut(q) else {
+            return false;
+        };
+        let mut on_device = OnDevice { device, q };
+        process_queue(
+            QueueWork {
+                q,
+                queue: &mut slot.queue,
+                msix_vector: slot.msix_vector,
+                device: &mut on_device,
+                indirect,
+                dma,
+                audit,
+            },
+            view,
+            rearm,
+        )
+    };
+    match result {
         Ok(Processed { took, interrupt }) => {
             if let Some(v) = interrupt {
                 host.interrupt(v);
             }
             took
         }
-        Err(f) => {
-            host.record_finding(f);
+        Err(r) => {
+            host.record_finding(r.finding);
+            if let Some(head) = r.head {
+                if let Some(slot) = host.parts().transport.queue_mut(q) {
+                    publish_rejected(&mut slot.queue, &view.mem, head);
+                }
+            }
             true
         }
     }
 }
 
-/// Processes queue `q`: what was taken and whether the driver must be interrupted.
-fn process_queue(
-    p: QueueParts<'_>,
+/// The whole device, seen as the part serving queue `q`.
+struct OnDevice<'a> {
+    device: &'a mut dyn VirtioDevice,
     q: u16,
+}
+
+impl QueueDevice for OnDevice<'_> {
+    fn handle_chain(&mut self, mem: &PoolGuestMemory, chain: &CheckedChain) -> Handled {
+        self.device.handle_chain(self.q, mem, chain)
+    }
+
+    fn complete(&mut self, mem: &PoolGuestMemory, done: &mut dyn FnMut(u16, u32)) {
+        self.device.complete(self.q, mem, done);
+    }
+}
+
+/// What one pass over one queue works on, whichever thread makes it.
+pub(crate) struct QueueWork<'a> {
+    /// The queue's index.
+    pub q: u16,
+    /// Its ring state.
+    pub queue: &'a mut virtio_queue::Queue,
+    /// Its MSI-X vector.
+    pub msix_vector: u16,
+    /// The part of the device serving it.
+    pub device: &'a mut dyn QueueDevice,
+    /// VIRTIO_RING_F_INDIRECT_DESC was negotiated.
+    pub indirect: bool,
+    /// Where its checked DMAs are counted.
+    pub dma: &'a DmaCounters,
+    /// The audit log, if there is one: every checked chain is recorded.
+    pub audit: Option<&'a AuditHandle>,
+}
+
+/// A pass that ended on a finding.
+#[derive(Debug)]
+pub(crate) struct Rejected {
+    /// What is wrong.
+    pub finding: Finding,
+    /// The chain that was refused, to be returned on the used ring with nothing written
+    /// ([`publish_rejected`]) once the finding is recorded, so that a driver which sees it
+    /// also sees DEVICE_NEEDS_RESET.
+    pub head: Option<u16>,
+}
+
+impl From<Finding> for Rejected {
+    fn from(finding: Finding) -> Self {
+        Self {
+            finding,
+            head: None,
+        }
+    }
+}
+
+/// Returns refused chain `head` with nothing written, so the driver is not left waiting.
+pub(crate) fn publish_rejected(queue: &mut virtio_queue::Queue, mem: &PoolGuestMemory, head: u16) {
+    let _ = queue.add_used(mem, head, 0);
+}
+
+/// Processes one queue: what was taken and whether the driver must be interrupted.
+pub(crate) fn process_queue(
+    w: QueueWork<'_>,
     view: &PoolView,
     rearm: Rearm,
-) -> Result<Processed, Finding> {
-    let indirect = p.transport.negotiated(VIRTIO_RING_F_INDIRECT_DESC);
+) -> Result<Processed, Rejected> {
+    let QueueWork {
+        q,
+        queue,
+        msix_vector,
+        device,
+        indirect,
+        dma,
+        audit,
+    } = w;
     let mem = &*view.mem;
-    let dma = p.dma;
     // Sent when dropped: on every way out of this pass, before the caller records a
     // finding, so the log keeps the device's order.
-    let mut audit_batch = p.audit.map(|h| h.dma_batch());
-    let device = p.device;
-    let Some(slot) = p.transport.queue_mut(q) else {
-        return Ok(Processed {
-            took: false,
-            interrupt: None,
-        });
-    };
-    let queue = &mut slot.queue;
+    let mut audit_batch = audit.map(|h| h.dma_batch());
     VirtioPciTransport::check_rings(q, queue, Some(view.window))?;
     let avail = queue.avail_idx(mem, Ordering::Acquire).map_err(|e| {
         Finding::new(
@@ -265,7 +349,8 @@ fn process_queue(
                 queue.size()
             ),
         )
-        .at(q, None));
+        .at(q, None)
+        .into());
     }
     let ctx_base = ChainContext {
         mem,
@@ -309,7 +394,7 @@ fn process_queue(
                     if c.indirect_tables != 0 {
                         DmaCounters::add(&dma.indirect_tables, u64::from(c.indirect_tables));
                     }
-                    if let Handled::Done(used) = device.handle_chain(q, mem, &c) {
+                    if let Handled::Done(used) = device.handle_chain(mem, &c) {
                         if let Err(e) = queue.add_used(mem, head, used) {
                             tracing::warn!(error = %e, "add_used failed");
                         }
@@ -318,18 +403,20 @@ fn process_queue(
                 }
                 Err(f) => {
                     DmaCounters::add(&dma.chains_rejected, 1);
-                    // The chains started before this one finish first; then the chain is
-                    // returned with nothing written so the driver is not left waiting; the
+                    // The chains started before this one finish first; the caller records
+                    // the finding and then returns this chain with nothing written; the
                     // device then needs a reset.
-                    complete(device, queue, q, mem);
-                    let _ = queue.add_used(mem, head, 0);
-                    return Err(f);
+                    complete(device, queue, mem);
+                    return Err(Rejected {
+                        finding: f,
+                        head: Some(head),
+                    });
                 }
             }
         }
         // The chains the device started in this pass (one batch of disk I/O) finish here,
         // before the driver is re-armed or interrupted.
-        complete(device, queue, q, mem);
+        complete(device, queue, mem);
         // Ask for the next doorbell, then look again for chains that raced in. Without
         // EVENT_IDX this clears NO_NOTIFY, and virtio-queue reports no race.
         if rearm == Rearm::No || !queue.enable_notification(mem).unwrap_or(false) {
@@ -339,18 +426,13 @@ fn process_queue(
     let interrupt = used_any && queue.needs_notification(mem).unwrap_or(true);
     Ok(Processed {
         took: used_any,
-        interrupt: interrupt.then_some(slot.msix_vector),
+        interrupt: interrupt.then_some(msix_vector),
     })
 }
 
-/// Finishes the chains `device` started on queue `q` and puts each on the used ring.
-fn complete(
-    device: &mut dyn VirtioDevice,
-    queue: &mut virtio_queue::Queue,
-    q: u16,
-    mem: &crate::pool::PoolGuestMemory,
-) {
-    device.complete(q, mem, &mut |head, used| {
+/// Finishes the chains `device` started and puts each on the used ring.
+fn complete(device: &mut dyn QueueDevice, queue: &mut virtio_queue::Queue, mem: &PoolGuestMemory) {
+    device.complete(mem, &mut |head, used| {
         if let Err(e) = queue.add_used(mem, head, used) {
             tracing::warn!(error = %e, "add_used failed");
         }

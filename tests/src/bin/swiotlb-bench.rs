@@ -19,6 +19,11 @@
 //! and, on one pair in polling mode, what the guest disk's ublk server pays for keeping its
 //! own buffers (a second copy of every byte, between the request's pages and that buffer)
 //! at queue depth 32 and 8, as a ratio to one copy;
+//! - multi-queue: 4 KiB random reads at a total QD32 on a host of one queue and of two
+//!   (`--queues 2`, QD16 on each, a driver thread per queue), polled and in interrupt mode,
+//!   round after round beside the disk path's own limit on one thread and on two
+//!   (`queue_scaling_2_over_1`, `queue_scaling_2_over_1_interrupt`,
+//!   `disk_limit_scaling_2_over_1`): what the device scales to beside what the machine does;
 //!
 //! Baselines in the same run, between this process and a child of it (two processes, as
 //! host and guest are): a shared-memory ping-pong (both spin), an eventfd round trip (both
@@ -643,7 +648,7 @@ fn limit_thread(
         .ok_or(BenchError::LimitThread)?;
     let mut ring = if uring {
         Some(
-            UringEngine::<()>::new(&f, 256, Some(pool.mapping()))
+            UringEngine::<()>::new(&f, 256, Some(pool.mapping()), true)
                 .map_err(|e| BenchError::LimitRead(io::Error::other(e)))?,
         )
     } else {
@@ -693,7 +698,7 @@ fn limit_thread(
 fn uring_available(disk: &std::path::Path) -> bool {
     File::open(disk)
         .ok()
-        .is_some_and(|f| UringEngine::<()>::new(&f, 8, None).is_ok())
+        .is_some_and(|f| UringEngine::<()>::new(&f, 8, None, true).is_ok())
 }
 
 /// The CPU a pinned host runs on.
@@ -863,6 +868,20 @@ impl Pair {
         audit: Audit,
         tag: &str,
     ) -> Result<Self, BenchError> {
+        Self::start_queues(cfg, fx, mode, audit, tag, 1)
+    }
+
+    /// [`Pair::start`] with a host of `queues` request queues, every one set up by the
+    /// driver (the driver of queue 0 in `drv`, the others from `drv.take_queues()`). One
+    /// queue is the device without VIRTIO_BLK_F_MQ, served by the host's device thread.
+    fn start_queues(
+        cfg: &Config,
+        fx: &Fixture,
+        mode: Mode,
+        audit: Audit,
+        tag: &str,
+        queues: u16,
+    ) -> Result<Self, BenchError> {
         let socket = fx.dir.path().join(format!("{tag}.sock"));
         let _ = std::fs::remove_file(&socket);
         let mut cmd = Command::new(&cfg.host_bin);
@@ -871,6 +890,7 @@ impl Pair {
             .arg("--disk")
             .arg(&fx.disk)
             .args(["--io-engine", &cfg.io_engine])
+            .args(["--queues", &queues.to_string()])
             .args(["--sessions", "1", "--log", "error"])
             .args([
                 "--attestation",
@@ -897,7 +917,7 @@ impl Pair {
         }
         // Only polling needs each side on a CPU of its own; a sleeping side is woken
         // sooner wherever the scheduler finds a free CPU.
-        if cfg.pin && mode == Mode::Polling {
+        if cfg.pin && mode == Mode::Polling && queues == 1 {
             // SAFETY: between fork and exec the closure only calls sched_setaffinity,
             // which is async-signal-safe, on a set built on its own stack.
             unsafe {
@@ -941,6 +961,7 @@ impl Pair {
                 Mode::Polling => cfg.poll,
                 Mode::Interrupt => Duration::ZERO,
             },
+            queues,
             ..Options::default()
         };
         let drv = match BlockDriver::open_attested(client, &opts, Some(&attester)) {
@@ -977,6 +998,107 @@ impl Pair {
         }
         r
     }
+}
+
+/// 4 KiB random reads at a total queue depth of 32 on a host of `queues` queues, in `mode`,
+/// the depth split evenly between them and each queue driven from a thread of its own:
+/// total IOPS.
+fn queues_iops(
+    cfg: &Config,
+    fx: &Fixture,
+    mode: Mode,
+    queues: u16,
+    d: Duration,
+    seed: u64,
+) -> Result<f64, BenchError> {
+    let tag = format!("queues-{}-{queues}", mode.name());
+    let mut pair = Pair::start_queues(cfg, fx, mode, Audit::Off, &tag, queues)?;
+    let host = pair.host.id();
+    let mut others = pair.drv.take_queues();
+    let w = Workload {
+        qd: 32 / queues.max(1),
+        ..WORKLOADS[2]
+    };
+    let disk = cfg.disk_bytes;
+    let total = std::thread::scope(|s| {
+        let handles: Vec<_> = others
+            .iter_mut()
+            .enumerate()
+            .map(|(i, drv)| s.spawn(move || measure(drv, host, &w, disk, d, seed + 1 + i as u64)))
+            .collect();
+        let mut total = measure(&mut pair.drv, host, &w, disk, d, seed).map(|f| f.iops);
+        for h in handles {
+            let r = h
+                .join()
+                .map_err(|_| BenchError::Workload(w.name, BlockError::Stopped))
+                .and_then(|r| r);
+            total = total.and_then(|t| r.map(|f| t + f.iops));
+        }
+        total
+    });
+    // Every queue's driver shares the connection: all go before the host may exit.
+    drop(others);
+    pair.stop()?;
+    total
+}
+
+/// Multi-queue: QD32 with one queue and with two, polled (the figure asked for) and in
+/// interrupt mode (no thread spins), round after round, beside what the machine itself
+/// scales from one thread to two on the disk path in the same rounds.
+fn queue_scaling(
+    cfg: &Config,
+    fx: &Fixture,
+    uring: bool,
+    say: &dyn Fn(String),
+    out: &mut Map<String, Value>,
+) -> Result<(), BenchError> {
+    let modes = [Mode::Polling, Mode::Interrupt];
+    // Per mode: IOPS with one queue, with two, and their ratio, round by round.
+    let mut figs: Vec<[Vec<f64>; 3]> = modes.iter().map(|_| Default::default()).collect();
+    let mut limit_ratios = Vec::new();
+    for r in 0..cfg.rounds {
+        let seed = 0x51ed ^ r as u64;
+        for (m, mode) in modes.iter().enumerate() {
+            let a = queues_iops(cfg, fx, *mode, 1, cfg.slice, seed)?;
+            let b = queues_iops(cfg, fx, *mode, 2, cfg.slice, seed)?;
+            figs[m][0].push(a);
+            figs[m][1].push(b);
+            figs[m][2].push(b / a);
+        }
+        let l2 = disk_limit_iops(&fx.disk, cfg.disk_bytes, cfg.slice, uring, 2, LIMIT_QD)?;
+        let l1 = disk_limit_iops(&fx.disk, cfg.disk_bytes, cfg.slice, uring, 1, LIMIT_QD)?;
+        limit_ratios.push(l2 / l1);
+    }
+    let machine = median(&mut limit_ratios);
+    say(format!(
+        "multi-queue, 4 KiB random reads at a total QD32 (2 queues: QD16 each, a host thread and a driver thread per queue); the disk path alone on 2 threads in the same rounds: {machine:.2} x (medians of {} rounds)",
+        cfg.rounds
+    ));
+    for (m, mode) in modes.iter().enumerate() {
+        let [one, two, ratios] = &mut figs[m];
+        let (one, two, scaling) = (median(one), median(two), median(ratios));
+        say(format!(
+            "  {:<9} 1 queue {one:>8.0} IOPS, 2 queues {two:>8.0} IOPS: {scaling:.2} x",
+            mode.name()
+        ));
+        let (key_one, key_two, key_scaling) = match mode {
+            Mode::Polling => (
+                "qd32_polling_1_queue_iops",
+                "qd32_polling_2_queues_iops",
+                "queue_scaling_2_over_1",
+            ),
+            Mode::Interrupt => (
+                "qd32_interrupt_1_queue_iops",
+                "qd32_interrupt_2_queues_iops",
+                "queue_scaling_2_over_1_interrupt",
+            ),
+        };
+        out.insert(key_one.into(), json!(one));
+        out.insert(key_two.into(), json!(two));
+        out.insert(key_scaling.into(), json!(scaling));
+    }
+    out.insert("disk_limit_scaling_2_over_1".into(), json!(machine));
+    Ok(())
 }
 
 /// Waits for a host to exit after its one session.
@@ -1478,6 +1600,9 @@ fn run(cfg: &Config) -> Result<(), BenchError> {
         "the disk path's own limit, median of {} measurements: {disk_limit:.0} IOPS; polling QD32 at {qd32_vs_limit:.3} of it (median of per-round ratios)",
         limits.len()
     ));
+    if !cfg.audit_only {
+        queue_scaling(cfg, &fx, uring, &say, &mut out)?;
+    }
     if !cfg.only.is_empty() {
         println!("{}", Value::Object(out));
         return Ok(());

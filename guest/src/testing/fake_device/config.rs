@@ -75,6 +75,11 @@ pub struct FakeConfig {
     /// bytes)`: anything the other knobs do not cover (a looping capability list, a
     /// capability pointer into the header, a wrong vendor ID, ...).
     pub config_patches: Vec<(u16, Vec<u8>)>,
+    /// `num_queues` in the common configuration (the transport's queue count; only queue 0
+    /// exists whatever it says).
+    pub transport_queues: u16,
+    /// `num_queues` in the virtio-blk configuration (meaningful with VIRTIO_BLK_F_MQ).
+    pub blk_num_queues: u16,
     /// The next `config_churn` reads of device configuration each bump
     /// `config_generation` and return garbage (all ones).
     pub config_churn: u32,
@@ -113,6 +118,8 @@ impl FakeConfig {
             needs_reset_on_driver_ok: false,
             capacity_sectors: None,
             config_patches: Vec::new(),
+            transport_queues: 1,
+            blk_num_queues: 1,
             config_churn: 0,
         }
     }

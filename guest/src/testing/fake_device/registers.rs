@@ -29,7 +29,7 @@ impl Inner {
         };
         put(&mut b, 0x0c, &d.to_le_bytes());
         put(&mut b, 0x10, &self.config_msix_vector.to_le_bytes());
-        put(&mut b, 0x12, &1u16.to_le_bytes());
+        put(&mut b, 0x12, &self.cfg.transport_queues.to_le_bytes());
         b[0x14] = self.status;
         b[0x15] = self.generation;
         put(&mut b, 0x16, &self.queue_select.to_le_bytes());
@@ -175,6 +175,7 @@ impl Inner {
         put(&mut b, 0, &sectors.to_le_bytes());
         put(&mut b, 12, &seg_max.to_le_bytes());
         put(&mut b, 20, &blk_size.to_le_bytes());
+        put(&mut b, 34, &self.cfg.blk_num_queues.to_le_bytes());
         b
     }
 

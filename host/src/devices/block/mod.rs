@@ -2,6 +2,7 @@
 
 pub mod device;
 pub mod disk;
+pub mod lane;
 pub mod metrics;
 pub mod request;
 pub mod uring;

@@ -139,7 +139,16 @@ impl<T> UringEngine<T> {
     /// A locked-down ring of `entries` slots on `image`, with `pool` registered as its fixed
     /// buffer when the kernel lets us (pinning counts against `RLIMIT_MEMLOCK` unless the
     /// process may lock memory; without it, reads and writes name pool addresses plainly).
-    pub fn new(image: &File, entries: u32, pool: Option<PoolMapping>) -> Result<Self, UringError> {
+    ///
+    /// With `single_issuer`, only the thread that makes the ring may use it, which lets the
+    /// kernel defer its completion work (below); without, any one thread at a time may (the
+    /// rings of a multi-queue device are made here and used by each queue's worker).
+    pub fn new(
+        image: &File,
+        entries: u32,
+        pool: Option<PoolMapping>,
+        single_issuer: bool,
+    ) -> Result<Self, UringError> {
         let entries = entries.clamp(1, 4096).next_power_of_two();
         // One thread submits and reaps (the one that enables the ring), so the kernel's
         // completion work waits until it asks for completions (DEFER_TASKRUN, 6.1) instead
@@ -155,7 +164,7 @@ impl<T> UringEngine<T> {
             }
             b.build(entries)
         };
-        let ring = build(2)
+        let ring = (if single_issuer { build(2) } else { build(1) })
             .or_else(|_| build(1))
             .or_else(|_| build(0))
             .map_err(UringError::Setup)?;
@@ -383,7 +392,7 @@ mod tests {
     #[test]
     fn ring_refuses_an_opcode_off_its_list_and_a_file_not_registered() {
         let (f, _) = image(8192);
-        let mut e = UringEngine::<()>::new(f.as_file(), 8, None).unwrap();
+        let mut e = UringEngine::<()>::new(f.as_file(), 8, None, true).unwrap();
         // fsync is not on the list, even on the registered file.
         assert_eq!(e.raw(opcode::Fsync::new(IMAGE).build()), -libc::EACCES);
         // Nor is opening a file.
@@ -404,7 +413,7 @@ mod tests {
     #[test]
     fn a_restricted_ring_refuses_new_registrations() {
         let (f, _) = image(4096);
-        let e = UringEngine::<()>::new(f.as_file(), 8, None).unwrap();
+        let e = UringEngine::<()>::new(f.as_file(), 8, None, true).unwrap();
         let err = e
             .ring
             .submitter()
@@ -419,7 +428,7 @@ mod tests {
         let (p, mem) = pool();
         for fixed in [true, false] {
             let mapping = fixed.then(|| p.mapping());
-            let mut e = UringEngine::<u16>::new(f.as_file(), 16, mapping).unwrap();
+            let mut e = UringEngine::<u16>::new(f.as_file(), 16, mapping, true).unwrap();
             assert_eq!(e.pinned(), fixed, "root may pin the 1 MiB pool");
             // Eight reads of 4 KiB in one batch, the last split over two segments.
             for i in 0..8u16 {
@@ -482,7 +491,7 @@ mod tests {
     fn a_buffer_outside_the_pool_and_a_full_ring_are_refused() {
         let (f, _) = image(8192);
         let (_p, mem) = pool();
-        let mut e = UringEngine::<()>::new(f.as_file(), 2, None).unwrap();
+        let mut e = UringEngine::<()>::new(f.as_file(), 2, None, true).unwrap();
         let out = vec![Segment {
             addr: BASE - 4096,
             len: 4096,

@@ -16,8 +16,15 @@ mod config_template;
 mod registers;
 mod summary;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use seccompiler::BpfProgram;
+use swiotlb_shared::features::{VIRTIO_BLK_F_MQ, VIRTIO_RING_F_INDIRECT_DESC};
+use swiotlb_shared::layout::PoolWindow;
+use virtio_queue::QueueT;
 
 use swiotlb_shared::audit::schema::{ConfigChange, PeripheralAction, PeripheralEvent};
 use swiotlb_shared::pci::{cfg, device_layout as dl};
@@ -26,12 +33,13 @@ use thiserror::Error;
 use super::config_space::ConfigSpace;
 use super::interrupts::{Interrupts, IrqAction, IrqError};
 use crate::audit::{AuditError, AuditHandle};
-use crate::findings::{Finding, FindingCounters, FindingKind};
+use crate::findings::{self, Finding, FindingCounters, FindingKind};
 use crate::gate::{EvidenceVerifier, Gate, Submission, Verdict};
 use crate::pool::{Pool, PoolError};
 use crate::virtio::metrics::DmaCounters;
 use crate::virtio::queue_engine::{self, Deferred, QueueHost, QueueParts, Rearm};
 use crate::virtio::transport::{Policy, VirtioPciTransport};
+use crate::virtio::workers::{lock, Job, QueueWorkers, Signals, WorkerError};
 use crate::virtio::VirtioDevice;
 
 pub use summary::SessionSummary;
@@ -89,11 +97,23 @@ pub struct VirtioPciFunction {
     transport: VirtioPciTransport,
     device: Box<dyn VirtioDevice + Send>,
     policy: Policy,
-    interrupts: Interrupts,
-    isr: u8,
+    /// Shared with the queue workers, which interrupt the driver themselves.
+    interrupts: Arc<Mutex<Interrupts>>,
+    isr: Arc<AtomicU8>,
     msix_table: Vec<u8>,
     findings: Arc<FindingCounters>,
+    /// DMA counters of the queues this thread serves, and the interrupts it sends.
     dma: Arc<DmaCounters>,
+    /// Each queue worker's own DMA counters, by queue; summed with `dma` in the summary.
+    queue_dma: Vec<Arc<DmaCounters>>,
+    /// A parked thread per queue, when the process started them.
+    workers: Option<QueueWorkers>,
+    /// The run of the workers in progress: what they share, and what it was started for.
+    run: Option<(Arc<Signals>, RunKey)>,
+    /// The client's doorbell eventfds (ioeventfds), by queue, for the workers to wait on.
+    doorbells: Vec<Arc<OwnedFd>>,
+    /// How long a worker polls its ring after the last chain (zero: never).
+    worker_poll: Duration,
     trapped_pool: AtomicU64,
     pool_moves: u64,
     last_pool_address: Option<u64>,
@@ -124,11 +144,16 @@ impl VirtioPciFunction {
             transport,
             device,
             policy,
-            interrupts: Interrupts::new(msix_vectors),
-            isr: 0,
+            interrupts: Arc::new(Mutex::new(Interrupts::new(msix_vectors))),
+            isr: Arc::new(AtomicU8::new(0)),
             msix_table: vec![0; usize::from(msix_vectors) * dl::MSIX_ENTRY_SIZE as usize],
             findings: Arc::new(FindingCounters::default()),
             dma: Arc::new(DmaCounters::default()),
+            queue_dma: (0..msix_vectors - 1).map(|_| Arc::default()).collect(),
+            workers: None,
+            run: None,
+            doorbells: Vec::new(),
+            worker_poll: Duration::ZERO,
             trapped_pool: AtomicU64::new(0),
             pool_moves: 0,
             last_pool_address: None,
@@ -144,6 +169,169 @@ impl VirtioPciFunction {
     pub fn with_attestation(mut self, verifier: Box<dyn EvidenceVerifier>) -> Self {
         self.gate.set_verifier(verifier);
         self
+    }
+
+    /// Starts a parked worker thread per queue (when the device has more than one), each
+    /// installing `filter` on itself first: once the driver negotiates VIRTIO_BLK_F_MQ, every
+    /// queue is served on its own thread ([`crate::virtio::workers`]). Without this, or
+    /// when MQ is not negotiated, the thread that owns the function serves every queue.
+    pub fn with_queue_workers(
+        mut self,
+        filter: Option<Arc<BpfProgram>>,
+    ) -> Result<Self, WorkerError> {
+        let n = self.transport.queues().len() as u16;
+        if n > 1 {
+            self.workers = Some(QueueWorkers::spawn(n, filter)?);
+        }
+        Ok(self)
+    }
+
+    /// Queue workers poll their ring for `budget` after the last chain before sleeping.
+    pub fn set_worker_poll(&mut self, budget: Duration) {
+        self.worker_poll = budget;
+    }
+
+    /// The client's doorbell eventfds, by queue: queue workers wait on these. Parks the
+    /// workers; the next register access starts them again with the new doorbells.
+    pub fn set_doorbells(&mut self, fds: Vec<Arc<OwnedFd>>) {
+        self.park_workers();
+        self.doorbells = fds;
+    }
+
+    /// Whether queue workers are serving (the caller then leaves the rings to them).
+    pub fn workers_serving(&self) -> bool {
+        self.workers.as_ref().is_some_and(QueueWorkers::any_serving)
+    }
+
+    /// Whether a worker serves queue `q` (its doorbell eventfd is the worker's to wait on).
+    pub fn worker_serves(&self, q: u16) -> bool {
+        self.workers.as_ref().is_some_and(|w| w.serving(q))
+    }
+
+    /// Parks every queue worker: each finishes its pass (every chain it took completed and
+    /// published) and hands its ring state back. What they found is folded into the status.
+    pub fn park_workers(&mut self) {
+        let Some(w) = self.workers.as_mut() else {
+            return;
+        };
+        for (q, queue) in w.park_all() {
+            if let Some(slot) = self.transport.queue_mut(q) {
+                slot.queue = queue;
+            }
+        }
+        self.absorb_worker_findings();
+        self.run = None;
+    }
+
+    /// A worker flagged a finding that needs a reset: the status says so from now on.
+    fn absorb_worker_findings(&mut self) {
+        if let Some((signals, _)) = &self.run {
+            if signals.needs_reset.load(Ordering::Acquire) {
+                self.transport.set_needs_reset();
+            }
+        }
+    }
+
+    /// What a run of the workers depends on: when any of it changes, they are parked and
+    /// started again (or left parked).
+    fn run_key(&mut self) -> Option<RunKey> {
+        self.workers.as_ref()?;
+        let mq = self.transport.negotiated(VIRTIO_BLK_F_MQ);
+        if !mq || !self.transport.live() || !self.gate.open() {
+            return None;
+        }
+        let window = self.pool.view().ok().flatten()?.window;
+        Some(RunKey {
+            window,
+            msix_active: self.config.msix_active(),
+            intx_disabled: self.config.intx_disabled(),
+            config_vector: self.transport.config_msix_vector(),
+            doorbells: self.doorbells.len(),
+        })
+    }
+
+    /// Starts, keeps or parks the queue workers for the state the function is in now: they
+    /// serve while the driver negotiated MQ, the device is live, the gate is open and the
+    /// pool is decoded.
+    fn sync_workers(&mut self) {
+        self.absorb_worker_findings();
+        let want = self.run_key();
+        if self.run.as_ref().map(|(_, k)| k) == want.as_ref() {
+            return;
+        }
+        self.park_workers();
+        if let Some(key) = want {
+            self.start_workers(key);
+        }
+    }
+
+    fn start_workers(&mut self, key: RunKey) {
+        let Ok(Some(view)) = self.pool.view() else {
+            return;
+        };
+        let signals = Arc::new(Signals {
+            findings: self.findings.clone(),
+            audit: self.audit.clone(),
+            needs_reset: Default::default(),
+            interrupts: self.interrupts.clone(),
+            isr: self.isr.clone(),
+            msix_active: key.msix_active,
+            intx_disabled: key.intx_disabled,
+            config_vector: key.config_vector,
+        });
+        let indirect = self.transport.negotiated(VIRTIO_RING_F_INDIRECT_DESC);
+        let Some(w) = self.workers.as_mut() else {
+            return;
+        };
+        for q in 0..self.transport.queues().len() as u16 {
+            let Some(slot) = self.transport.queues().get(usize::from(q)) else {
+                break;
+            };
+            if !slot.queue.ready() {
+                continue; // A doorbell for it is a finding, on this thread.
+            }
+            // The worker's own copy; the one here is stale until it comes back on parking.
+            let Ok(queue) = virtio_queue::Queue::try_from(slot.queue.state()) else {
+                continue;
+            };
+            let msix_vector = slot.msix_vector;
+            let Some(device) = self.device.queue_device(q) else {
+                continue; // The device serves this queue only on this thread.
+            };
+            let Some(doorbell) = self
+                .doorbells
+                .get(usize::from(q))
+                .cloned()
+                .or_else(|| w.own_doorbell(q))
+            else {
+                continue;
+            };
+            let dma = self
+                .queue_dma
+                .get(usize::from(q))
+                .cloned()
+                .unwrap_or_default();
+            let job = Job {
+                q,
+                queue,
+                msix_vector,
+                view: view.clone(),
+                indirect,
+                device,
+                dma,
+                signals: signals.clone(),
+                doorbell,
+                poll: self.worker_poll,
+            };
+            if w.start(job).is_err() {
+                tracing::error!(
+                    queue = q,
+                    "queue worker busy: the queue is served on this thread"
+                );
+            }
+        }
+        tracing::debug!(target: "swiotlb::config", "queue workers started");
+        self.run = Some((signals, key));
     }
 
     /// Records every finding, every checked DMA, configuration changes, attestation
@@ -221,15 +409,16 @@ impl VirtioPciFunction {
 
     /// IRQ vectors of VFIO IRQ index `index`.
     pub fn irq_count(&self, index: u32) -> u32 {
-        self.interrupts.count(index)
+        lock(&self.interrupts).count(index)
     }
 
     /// Function-level reset: pristine config space, transport and device reset, pool
     /// undecoded and zeroed, interrupts dropped. A new client always starts here.
     pub fn reset(&mut self) {
+        self.park_workers();
         self.config = self.template.clone();
         self.virtio_reset();
-        self.interrupts.clear();
+        lock(&self.interrupts).clear();
         self.msix_table.fill(0);
         self.pool.place(None);
         self.last_pool_address = None;
@@ -242,6 +431,7 @@ impl VirtioPciFunction {
         // Counters are per session: a new client starts from zero.
         self.findings = Arc::new(FindingCounters::default());
         self.dma = Arc::new(DmaCounters::default());
+        self.queue_dma = self.queue_dma.iter().map(|_| Arc::default()).collect();
         self.trapped_pool.store(0, Ordering::Relaxed);
         self.pool_moves = 0;
         self.device.clear_metrics();
@@ -251,12 +441,14 @@ impl VirtioPciFunction {
     /// and device state, and the pool zeroed, so nothing the driver posted before the reset
     /// (rings, requests, data) is seen or processed after it.
     fn virtio_reset(&mut self) {
+        // No worker may look at a ring while the pool is zeroed and the queues reset.
+        self.park_workers();
         self.transport.reset();
         self.device.reset();
         if let Err(e) = self.pool.clear() {
             tracing::error!(error = %e, "clearing the pool on reset failed");
         }
-        self.isr = 0;
+        self.isr.store(0, Ordering::Release);
         // A fresh nonce: evidence from before the reset can never be replayed.
         self.gate.reset();
         self.deferred.clear();
@@ -265,18 +457,7 @@ impl VirtioPciFunction {
     fn record(&mut self, f: Finding) {
         self.findings.record(&f);
         self.audit(|h| h.finding(&f));
-        if f.kind.is_dma_violation()
-            || matches!(
-                f.kind,
-                FindingKind::ChainTooLong
-                    | FindingKind::DescriptorIndexOutOfRange
-                    | FindingKind::ReadableAfterWritable
-                    | FindingKind::ZeroLengthDescriptor
-                    | FindingKind::ChainLengthOverflow
-                    | FindingKind::BadIndirectTable
-                    | FindingKind::AvailIndexJump
-            )
-        {
+        if findings::needs_reset(f.kind) {
             self.needs_reset();
         }
     }
@@ -284,7 +465,7 @@ impl VirtioPciFunction {
     fn needs_reset(&mut self) {
         if self.transport.set_needs_reset() {
             // Configuration-change notification (virtio 1.2, 4.1.5.3).
-            self.isr |= 2;
+            self.isr.fetch_or(2, Ordering::AcqRel);
             let v = self.transport.config_msix_vector();
             self.raise(v);
         }
@@ -292,10 +473,10 @@ impl VirtioPciFunction {
 
     fn raise(&mut self, msix_vector: u16) {
         let sent = if self.config.msix_active() {
-            self.interrupts.msix(msix_vector)
+            lock(&self.interrupts).msix(msix_vector)
         } else if !self.config.intx_disabled() {
-            self.isr |= 1;
-            self.interrupts.intx()
+            self.isr.fetch_or(1, Ordering::AcqRel);
+            lock(&self.interrupts).intx()
         } else {
             false
         };
@@ -352,6 +533,9 @@ impl VirtioPciFunction {
     /// doorbell, because the caller goes on polling the queue (see
     /// [`poll_queues`](Self::poll_queues)).
     pub fn notify_with(&mut self, q: u16, rearm: Rearm) {
+        if self.workers.as_ref().is_some_and(|w| w.ring(q)) {
+            return; // Its worker serves it.
+        }
         queue_engine::notify(self, q, rearm);
     }
 
@@ -368,6 +552,9 @@ impl VirtioPciFunction {
     /// Does nothing before DRIVER_OK, while attestation is pending, or while the pool is not
     /// decoded (a doorbell then records what is wrong, as before).
     pub fn poll_queues(&mut self, rearm: Rearm) -> bool {
+        if self.workers_serving() {
+            return false; // The workers poll their own rings.
+        }
         queue_engine::poll(self, rearm)
     }
 
@@ -431,13 +618,23 @@ impl VirtioPciFunction {
         count: u32,
         action: IrqAction,
     ) -> Result<(), IrqError> {
-        self.interrupts.set(index, start, count, action)
+        lock(&self.interrupts).set(index, start, count, action)
     }
 
     /// The policy in force.
     pub fn policy(&self) -> Policy {
         self.policy
     }
+}
+
+/// What a run of the queue workers was started for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RunKey {
+    window: PoolWindow,
+    msix_active: bool,
+    intx_disabled: bool,
+    config_vector: u16,
+    doorbells: usize,
 }
 
 /// The queue engine works on the transport, the device and the pool; findings, resets and

@@ -11,7 +11,9 @@ use swiotlb_shared::layout::PoolWindow;
 use swiotlb_shared::pci::{device_layout as dl, status};
 use virtio_queue::QueueT;
 
-use super::{AccessError, VirtioPciFunction, MAX_REG_ACCESS, REGION_CONFIG, REGION_POOL};
+use super::{
+    AccessError, VirtioPciFunction, MAX_REG_ACCESS, REGION_CONFIG, REGION_POOL, REGION_REGS,
+};
 use crate::findings::FindingKind;
 use crate::gate::GateRequest;
 use crate::pool::Pool;
@@ -61,6 +63,8 @@ impl VirtioPciFunction {
         buf: &mut [u8],
     ) -> Result<(), AccessError> {
         self.check_range(region, offset, buf.len())?;
+        // A worker's finding shows in the status before the driver can read it.
+        self.absorb_worker_findings();
         match region {
             REGION_CONFIG => self
                 .config
@@ -92,6 +96,36 @@ impl VirtioPciFunction {
         data: &[u8],
     ) -> Result<(), AccessError> {
         self.check_range(region, offset, data.len())?;
+        // Doorbells and the MSI-X table leave the queue workers running; anything else
+        // (config space, the common and device configuration, the mailbox) may change
+        // what they rely on, so they are parked first and started again after, if the
+        // state still calls for them.
+        let quiet = region == REGION_REGS
+            && matches!(
+                Bar0::decode(offset),
+                Some((
+                    Bar0::Notify | Bar0::MsixTable | Bar0::MsixPba | Bar0::Isr,
+                    _
+                ))
+            );
+        if quiet {
+            self.absorb_worker_findings();
+        } else {
+            self.park_workers();
+        }
+        let r = self.region_write_parked(region, offset, data);
+        if !quiet || self.run.is_none() {
+            self.sync_workers();
+        }
+        r
+    }
+
+    fn region_write_parked(
+        &mut self,
+        region: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), AccessError> {
         match region {
             REGION_CONFIG => {
                 let ch = self
@@ -145,8 +179,7 @@ impl VirtioPciFunction {
             Some((Bar0::Common, o)) => self.transport.read(o, buf),
             Some((Bar0::Isr, 0)) => {
                 // Reading the ISR status clears it (virtio 1.2, 4.1.4.5).
-                buf[0] = self.isr;
-                self.isr = 0;
+                buf[0] = self.isr.swap(0, Ordering::AcqRel);
             }
             Some((Bar0::Device, o)) => self.device.read_config(o, buf),
             Some((Bar0::MsixTable, o)) => {

@@ -61,7 +61,9 @@ impl VirtioPciFunction {
     /// The session summary.
     pub fn summary(&self) -> SessionSummary {
         let g = DmaCounters::get;
-        let d = &self.dma;
+        let d = &DmaCounters::sum(
+            std::iter::once(&*self.dma).chain(self.queue_dma.iter().map(|d| &**d)),
+        );
         let driver = self.transport.driver_features();
         SessionSummary {
             device_features: self.transport.device_features(),
