@@ -10,16 +10,14 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde_json::json;
 use swiotlb_guest::attest::{self, AttestError, AttesterChoice};
-use swiotlb_guest::pci::discovery::{self, bdf_of, DiscoveryError};
-use swiotlb_guest::pci::pool_map::PoolMapMode;
+use swiotlb_guest::pci::discovery;
 use swiotlb_guest::pci::sysfs::SysfsPci;
-use swiotlb_guest::pci::vfio::{VfioPci, VFIO_PCI_DRIVER};
+use swiotlb_guest::pci::vfio::VfioPci;
 use swiotlb_guest::pci::vfio_user::VfioUserClient;
 use swiotlb_guest::pci::{PciAccess, PciError};
 use swiotlb_guest::ublk::{serve, ServeOptions, UblkError};
 use swiotlb_guest::{BlockDriver, BlockError, Options};
 use swiotlb_shared::error_chain;
-use swiotlb_shared::units::parse_size;
 use thiserror::Error;
 
 mod args;
