@@ -8,7 +8,8 @@
 //!   never answers) is a clear error; the driver then refuses further I/O until reopened.
 //!
 //! Bringing the device up (negotiation, pool layout, queue setup, attestation) is in
-//! `block/open.rs`, the driver's errors in `block/error.rs`.
+//! `block/open.rs`, the driver's errors in `block/error.rs`, what a request is in
+//! `block/request.rs`, keeping several in flight in `block/pipeline.rs`.
 
 mod error;
 mod open;
@@ -30,6 +31,10 @@ pub use error::BlockError;
 pub use open::{BlockInfo, Options, DEFAULT_TIMEOUT, MAX_QUEUES};
 
 mod pipeline;
+mod request;
+
+pub use request::Request;
+use request::{range_payload, Build, Pending, Sink};
 
 use swiotlb_shared::blk::BlkConfig;
 pub use swiotlb_shared::blk::{ID_BYTES, SECTOR_SIZE};
@@ -52,83 +57,6 @@ const NAP: Duration = Duration::from_micros(50);
 const CTL_HEADER: u64 = 0;
 const CTL_STATUS: u64 = 16;
 const CTL_PAYLOAD: u64 = 64;
-
-/// Where a request's data goes when it completes.
-#[derive(Debug)]
-enum Sink {
-    /// Nothing to copy out.
-    None,
-    /// Copy `len` bytes of data to the caller's buffer at `at`.
-    Read { at: usize, len: u32 },
-    /// Copy the device ID out.
-    Id,
-}
-
-/// A request in flight.
-#[derive(Debug)]
-struct Pending {
-    head: u16,
-    ctl: SlotRun,
-    data: Vec<SlotRun>,
-    sink: Sink,
-    /// When it was posted, if latencies are being recorded.
-    posted: Option<Instant>,
-    /// The caller's name for it ([`BlockDriver::try_submit`]); 0 for the driver's own.
-    token: u64,
-}
-
-/// One virtio-blk request, as a caller that keeps several in flight describes it
-/// ([`BlockDriver::try_submit`]). Sectors are 512 bytes.
-#[derive(Debug, Clone, Copy)]
-pub enum Request<'a> {
-    /// Read `len` bytes at `sector`; they land at `at` in the buffer given to
-    /// [`BlockDriver::poll_completion`].
-    Read {
-        /// First sector.
-        sector: u64,
-        /// Bytes (a multiple of 512, at most [`BlockDriver::max_part_bytes`]).
-        len: u32,
-        /// Where in the completion buffer.
-        at: usize,
-    },
-    /// Write `data` at `sector` (copied into the pool when posted).
-    Write {
-        /// First sector.
-        sector: u64,
-        /// The data (a multiple of 512 bytes, at most [`BlockDriver::max_part_bytes`]).
-        data: &'a [u8],
-    },
-    /// Flush the device's write cache.
-    Flush,
-    /// Discard `sectors` at `sector`.
-    Discard {
-        /// First sector.
-        sector: u64,
-        /// Sectors.
-        sectors: u32,
-    },
-    /// Write zeroes to `sectors` at `sector`; `unmap` lets the device deallocate.
-    WriteZeroes {
-        /// First sector.
-        sector: u64,
-        /// Sectors.
-        sectors: u32,
-        /// May deallocate.
-        unmap: bool,
-    },
-}
-
-/// A request to build.
-struct Build<'a> {
-    ty: u32,
-    sector: u64,
-    /// Data the device reads (OUT), or the length the device writes (IN).
-    out: Option<&'a [u8]>,
-    in_len: u32,
-    /// Small payload in the control slot (range for DISCARD/WRITE_ZEROES).
-    ctl_payload: Option<[u8; 16]>,
-    sink: Sink,
-}
 
 /// The virtio-blk driver.
 pub struct BlockDriver<P: PciAccess> {
@@ -676,15 +604,6 @@ impl<P: PciAccess> BlockDriver<P> {
     fn status_error(&self) -> BlockError {
         BlockError::NeedsReset
     }
-}
-
-/// One `struct virtio_blk_discard_write_zeroes`: `sectors` at `sector`, the unmap flag.
-fn range_payload(sector: u64, sectors: u32, unmap: bool) -> [u8; 16] {
-    let mut r = [0u8; 16];
-    r[0..8].copy_from_slice(&sector.to_le_bytes());
-    r[8..12].copy_from_slice(&sectors.to_le_bytes());
-    r[12..16].copy_from_slice(&u32::from(unmap).to_le_bytes());
-    r
 }
 
 /// Waits until `fd` (an eventfd) is readable or `timeout` passes, then drains it.
