@@ -25,10 +25,11 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use swiotlb_shared::audit::batch::BatchFormat;
 use swiotlb_shared::audit::{
     AttestationVerdict, AuditFinding, BatchError, Checkpoint, ConfigChange, DeviceIdentity, Event,
     PackedChains, PeripheralEvent, VerifierKey,
@@ -184,6 +185,8 @@ pub struct AuditHandle {
     full: bool,
     /// The writer thread, to wake when it may be looking only every few milliseconds.
     writer: Thread,
+    /// Pass buffers the writer has emptied, to pack the next passes into.
+    spare: Arc<SpareBuffers>,
 }
 
 /// Chains a full-mode batch holds before it sends them on its own.
@@ -197,8 +200,49 @@ pub struct DmaBatch<'a> {
     chains: PackedChains,
 }
 
-/// Packed bytes a pass's batch starts with room for: 64 chains of three descriptors.
+/// The packed form the device writes (`docs/audit-schema.md`, "DMA batch"): a chain of three
+/// descriptors in ~20 bytes rather than 47, so the writer base64-encodes, hashes and writes
+/// less than half as much per chain.
+pub const DMA_FORMAT: BatchFormat = BatchFormat::Varint;
+
+/// Packed bytes a pass's batch starts with room for: 64 chains of three descriptors in the
+/// fixed form, more than enough in the variable-length one.
 const PASS_BYTES: usize = DMA_BATCH_CHAINS * (8 + 3 * 13);
+
+/// Buffers the writer keeps for the device at most: enough for the passes queued in the
+/// few milliseconds between two looks of the writer at a busy queue to be packed into
+/// recycled buffers.
+const SPARE_BUFFERS: usize = 256;
+
+/// The pass buffers the writer has emptied, handed back to be packed into again: a pass in
+/// full mode then allocates nothing, and the writer frees nothing. A pass's buffer is
+/// larger than the allocator's per-thread cache takes, so one allocated by the device and
+/// freed by the writer cost both threads the allocator's shared lock, once a pass.
+#[derive(Debug, Default)]
+pub(crate) struct SpareBuffers(Mutex<Vec<PackedChains>>);
+
+impl SpareBuffers {
+    /// An empty buffer: a spare one, or a new one.
+    fn take(&self) -> PackedChains {
+        // A poisoned lock (a panic elsewhere aborts the process first) only holds buffers.
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.pop()
+            .unwrap_or_else(|| PackedChains::with_capacity(DMA_FORMAT, PASS_BYTES))
+    }
+
+    /// Keeps `p`'s buffer, emptied, for a later pass (up to [`SPARE_BUFFERS`] of them;
+    /// one grown past a pass's usual size by a long chain is let go).
+    pub(crate) fn give(&self, mut p: PackedChains) {
+        if p.format() != DMA_FORMAT || p.capacity() > 4 * PASS_BYTES {
+            return;
+        }
+        p.clear();
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() < SPARE_BUFFERS {
+            v.push(p);
+        }
+    }
+}
 
 impl DmaBatch<'_> {
     /// The per-chain hot path: counts every descriptor `(addr, len, writable)` of the
@@ -220,8 +264,8 @@ impl DmaBatch<'_> {
             self.handle.count_chain(queue, descriptors);
             return Ok(());
         }
-        if self.chains.packed_len() == 0 {
-            self.chains = PackedChains::with_capacity(PASS_BYTES);
+        if self.chains.capacity() == 0 {
+            self.chains = self.handle.spare.take();
         }
         self.handle
             .pack_chain(&mut self.chains, queue, head, descriptors)?;
@@ -321,7 +365,7 @@ impl AuditHandle {
             self.count_chain(queue, descriptors);
             return Ok(());
         }
-        let mut one = PackedChains::default();
+        let mut one = self.spare.take();
         self.pack_chain(&mut one, queue, head, descriptors)?;
         self.send(Msg::Dma(one))
     }
@@ -376,7 +420,7 @@ impl AuditHandle {
     pub fn dma_batch(&self) -> DmaBatch<'_> {
         DmaBatch {
             handle: self,
-            chains: PackedChains::default(),
+            chains: PackedChains::new(DMA_FORMAT),
         }
     }
 
@@ -474,7 +518,8 @@ impl AuditLog {
         let full = config.mode == AuditMode::Full;
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
         let setup = config.writer_setup;
-        let w = writer::Writer::open(config, device, key, Arc::clone(&dma))?;
+        let spare = Arc::new(SpareBuffers::default());
+        let w = writer::Writer::open(config, device, key, Arc::clone(&dma), Arc::clone(&spare))?;
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("swiotlb-audit".into())
@@ -507,6 +552,7 @@ impl AuditLog {
             dma,
             full,
             writer: thread.thread().clone(),
+            spare,
         };
         Ok((
             AuditLog {

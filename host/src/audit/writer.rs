@@ -24,7 +24,7 @@ use swiotlb_shared::audit::{
 
 use super::dma::DmaAccumulator;
 use super::key::SigningKey;
-use super::{now_ms, AuditConfig, AuditError, Msg, MAX_DMA_BATCH_BYTES};
+use super::{now_ms, AuditConfig, AuditError, Msg, SpareBuffers, MAX_DMA_BATCH_BYTES};
 
 /// Digits of the file counter.
 const INDEX_DIGITS: usize = 6;
@@ -129,6 +129,8 @@ pub(crate) struct Writer {
     /// The real user id, with the pid the records' actor.
     uid: u32,
     dma: Arc<DmaAccumulator>,
+    /// Where emptied pass buffers go back to the device.
+    spare: Arc<SpareBuffers>,
     /// The current file; `None` only while `open` has not chosen it yet.
     file: Option<BufWriter<File>>,
     path: PathBuf,
@@ -174,6 +176,7 @@ impl Writer {
         device: DeviceIdentity,
         key: SigningKey,
         dma: Arc<DmaAccumulator>,
+        spare: Arc<SpareBuffers>,
     ) -> Result<Self, AuditError> {
         let (dir, _, _) = split_base(&cfg.path);
         let files = discover(&cfg.path).map_err(io_err(&dir))?;
@@ -186,6 +189,7 @@ impl Writer {
             // SAFETY: getuid has no preconditions and cannot fail.
             uid: unsafe { libc::getuid() },
             dma,
+            spare,
             file: None,
             path: placeholder,
             index: 0,
@@ -558,30 +562,58 @@ impl Writer {
     /// of up to [`MAX_DMA_BATCH_BYTES`] of packed data each (whole chains: a longer chain is
     /// a record of its own, never split), until the queue is empty or holds something else.
     /// Returns the message that ended the run, to be handled next.
+    ///
+    /// A record ends before the pass that would take it past the limit, so the chains are
+    /// walked only when a single pass is larger than a record (chains far longer than a
+    /// request's three descriptors): finding where to cut means decoding every chain.
     fn dma_batches(
         &mut self,
         first: PackedChains,
         rx: &Receiver<Msg>,
     ) -> Result<Option<Msg>, AuditError> {
-        let mut held = first;
-        let mut next = None;
+        let mut held = self.start_batch(first)?;
         loop {
-            while held.packed_len() < MAX_DMA_BATCH_BYTES && next.is_none() {
-                match rx.try_recv() {
-                    Ok(Msg::Dma(more)) => held.append(&more),
-                    Ok(other) => next = Some(other),
-                    Err(_) => break,
+            let next = match rx.try_recv() {
+                Ok(Msg::Dma(more)) => {
+                    if held.packed_len() + more.packed_len() > MAX_DMA_BATCH_BYTES {
+                        // Written before any of the pass's own chains: the order holds.
+                        self.dma_record(std::mem::take(&mut held))?;
+                        held = self.start_batch(more)?;
+                    } else {
+                        held.append(&more);
+                        self.spare.give(more);
+                    }
+                    continue;
                 }
-            }
-            let batch = held.split_front(MAX_DMA_BATCH_BYTES);
-            if !batch.is_empty() {
-                self.record(now_ms(), Event::DmaBatch(batch))?;
-                self.after_record()?;
-            }
-            if held.is_empty() {
-                return Ok(next);
-            }
+                Ok(other) => Some(other),
+                Err(_) => None,
+            };
+            self.dma_record(held)?;
+            return Ok(next);
         }
+    }
+
+    /// A record's worth of room holding the chains of `pass` (whose buffer goes back to the
+    /// device); a pass larger than a record is written as records of whole chains first, and
+    /// what remains of it is held.
+    fn start_batch(&mut self, mut pass: PackedChains) -> Result<PackedChains, AuditError> {
+        while pass.packed_len() > MAX_DMA_BATCH_BYTES {
+            let front = pass.split_front(MAX_DMA_BATCH_BYTES);
+            self.dma_record(front)?;
+        }
+        let mut held = PackedChains::with_capacity(pass.format(), MAX_DMA_BATCH_BYTES);
+        held.append(&pass);
+        self.spare.give(pass);
+        Ok(held)
+    }
+
+    /// Writes `batch` as one DMA batch record, if it holds a chain.
+    fn dma_record(&mut self, batch: PackedChains) -> Result<(), AuditError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.record(now_ms(), Event::DmaBatch(batch))?;
+        self.after_record()
     }
 
     /// Handles one message; returns whether to go on and the message to handle next.
