@@ -311,12 +311,15 @@ fn in_full_mode_a_full_queue_holds_the_device_back_and_no_dma_is_dropped() {
     cfg.mode = AuditMode::Full;
     cfg.queue_capacity = 4;
     let (log, h) = AuditLog::open(cfg, device()).unwrap();
+    const PASSES: u32 = 10_000;
     let pause = h.pause().unwrap();
     let passes = Arc::new(AtomicU64::new(0));
     let (h2, passes2) = (h.clone(), Arc::clone(&passes));
-    // The device: 100 passes of 3 chains, each pass one message to the writer.
+    // The device: 10,000 passes of 3 chains (about 48 packed bytes a pass). They reach the
+    // writer as messages of up to a record's 32 KiB, so the queue of 4 and what the device
+    // carries hold about 3,400 passes.
     let device = std::thread::spawn(move || {
-        for p in 0..100u32 {
+        for p in 0..PASSES {
             let mut b = h2.dma_batch();
             for c in 0..3u32 {
                 let i = p * 3 + c;
@@ -333,8 +336,12 @@ fn in_full_mode_a_full_queue_holds_the_device_back_and_no_dma_is_dropped() {
         }
     });
     std::thread::sleep(Duration::from_millis(300));
-    // The writer is stalled: the device got exactly as far as the queue holds, and waits.
-    assert_eq!(passes.load(Ordering::SeqCst), 4);
+    // The writer is stalled: the device got as far as the queue and its carry hold, and
+    // waits there.
+    let stalled = passes.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(passes.load(Ordering::SeqCst), stalled);
+    assert!((1000..u64::from(PASSES)).contains(&stalled), "{stalled}");
     assert!(!device.is_finished());
     drop(pause);
     device.join().unwrap();
@@ -348,9 +355,11 @@ fn in_full_mode_a_full_queue_holds_the_device_back_and_no_dma_is_dropped() {
         .filter(|e| !e.writable)
         .map(|e| e.addr)
         .collect();
-    let expected: Vec<u64> = (0..300u64).map(|i| 0x80_0000_0000 + i * 0x1000).collect();
+    let expected: Vec<u64> = (0..3 * u64::from(PASSES))
+        .map(|i| 0x80_0000_0000 + i * 0x1000)
+        .collect();
     assert_eq!(addrs, expected, "every chain recorded, in order");
-    assert_eq!(events.len(), 600);
+    assert_eq!(events.len() as u64, 6 * u64::from(PASSES));
 }
 
 #[test]

@@ -7,10 +7,11 @@
 //!   queue is full the caller waits (back-pressure), nothing is dropped;
 //! - [`DmaBatch::record_chain`] (a batch per pass over a queue, [`AuditHandle::dma_batch`])
 //!   is the per-chain hot path: in summary mode at most four relaxed atomic adds per chain,
-//!   summarised per interval; in full mode the chain is also packed (13 bytes a descriptor,
-//!   `swiotlb_shared::audit::batch`) and the pass's chains go to the writer as one queued
-//!   message, which the writer coalesces with the chains queued behind it into DMA batch
-//!   records of up to [`MAX_DMA_BATCH_BYTES`] of packed data;
+//!   summarised per interval; in full mode the chain is also packed (about 4 bytes a
+//!   descriptor, `swiotlb_shared::audit::batch`), and the pass's chains are appended to the
+//!   chains carried for the writer (`Carry`), which takes them every few milliseconds or
+//!   receives them through the queue, and writes them as DMA batch records of up to
+//!   [`MAX_DMA_BATCH_BYTES`] of packed data;
 //! - checkpoints every `checkpoint_every_records` records and every `checkpoint_every`
 //!   (also when nothing happened), each fsynced; rotation by size or age, each new file
 //!   naming the previous file's final checkpoint;
@@ -24,8 +25,9 @@ pub mod key;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -187,6 +189,8 @@ pub struct AuditHandle {
     writer: Thread,
     /// Pass buffers the writer has emptied, to pack the next passes into.
     spare: Arc<SpareBuffers>,
+    /// Chains checked and not yet taken by the writer.
+    carry: Arc<Carry>,
 }
 
 /// Chains a full-mode batch holds before it sends them on its own.
@@ -244,6 +248,41 @@ impl SpareBuffers {
     }
 }
 
+/// The chains the device has checked and the writer has not taken yet, shared by every
+/// handle of a log and the writer. Passes are appended here rather than sent one message
+/// each: a message a pass cost the two CPUs the queue's slot, the buffer and its recycling
+/// once a pass, and a polled queue is taken a few chains a pass. The writer takes what is
+/// here when it looks (every few milliseconds while chains arrive), after everything
+/// already queued, so the device's order holds. The device sends what is here through the
+/// queue instead, as one message, when it would grow past a record
+/// ([`MAX_DMA_BATCH_BYTES`]; a full queue then holds the device back as before), when the
+/// writer is asleep on the queue, and before any other record it sends.
+#[derive(Debug, Default)]
+pub(crate) struct Carry {
+    chains: Mutex<PackedChains>,
+    /// Set while the writer sleeps on the queue alone (nothing comes of chains left here
+    /// then): the device sends them instead, which wakes it.
+    writer_asleep: AtomicBool,
+}
+
+impl Carry {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, PackedChains> {
+        // A poisoned lock (a panic elsewhere aborts the process first) holds chains as valid
+        // as before.
+        self.chains.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the writer asleep on the queue (or awake).
+    pub(crate) fn set_writer_asleep(&self, asleep: bool) {
+        self.writer_asleep.store(asleep, Ordering::SeqCst);
+    }
+
+    /// Everything here, leaving it empty.
+    pub(crate) fn take(&self) -> PackedChains {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
 impl DmaBatch<'_> {
     /// The per-chain hot path: counts every descriptor `(addr, len, writable)` of the
     /// chain at `head` on `queue` (summed here, then at most four relaxed atomic adds for the
@@ -275,12 +314,13 @@ impl DmaBatch<'_> {
         Ok(())
     }
 
-    /// Sends the chains held so far (blocks while the writer's queue is full).
+    /// Hands the chains held so far to the writer (see `Carry`; blocks while the
+    /// writer's queue is full, when they go through it).
     pub fn flush(&mut self) -> Result<(), AuditError> {
         if self.chains.is_empty() {
             return Ok(());
         }
-        self.handle.send(Msg::Dma(std::mem::take(&mut self.chains)))
+        self.handle.carry_chains(&mut self.chains)
     }
 }
 
@@ -288,6 +328,11 @@ impl Drop for DmaBatch<'_> {
     fn drop(&mut self) {
         if let Err(e) = self.flush() {
             tracing::error!(error = %e, "audit log DMA records lost");
+        }
+        // The pass's buffer, emptied, serves the next pass: a buffer of this size
+        // allocated and freed every pass cost the device the allocator's slow paths.
+        if self.chains.capacity() != 0 {
+            self.handle.spare.give(std::mem::take(&mut self.chains));
         }
     }
 }
@@ -299,6 +344,46 @@ pub struct PauseGuard {
 
 impl AuditHandle {
     fn send(&self, msg: Msg) -> Result<(), AuditError> {
+        if !matches!(msg, Msg::Dma(_)) {
+            // The chains checked before this record go first.
+            let carried = self.carry.take();
+            if !carried.is_empty() {
+                self.send_now(Msg::Dma(carried))?;
+            }
+        }
+        self.send_now(msg)
+    }
+
+    /// Appends `chains` to the chains carried for the writer (leaving `chains` empty, to be
+    /// packed into again), and sends what is carried through the queue when it would grow
+    /// past a record or the writer is asleep (see [`Carry`]).
+    fn carry_chains(&self, chains: &mut PackedChains) -> Result<(), AuditError> {
+        let send = {
+            let mut c = self.carry.lock();
+            let full = !c.is_empty() && c.packed_len() + chains.packed_len() > MAX_DMA_BATCH_BYTES;
+            let before = if full {
+                Some(std::mem::take(&mut *c))
+            } else {
+                None
+            };
+            if c.is_empty() {
+                std::mem::swap(&mut *c, chains);
+            } else {
+                c.append(chains);
+            }
+            chains.clear();
+            let asleep = self.carry.writer_asleep.load(Ordering::SeqCst);
+            let now = asleep.then(|| std::mem::take(&mut *c));
+            [before, now]
+        };
+        // Sent without the lock held: the writer takes the lock while the queue may be full.
+        for p in send.into_iter().flatten() {
+            self.send_now(Msg::Dma(p))?;
+        }
+        Ok(())
+    }
+
+    fn send_now(&self, msg: Msg) -> Result<(), AuditError> {
         // While chains arrive, the writer looks at the queue every few milliseconds instead
         // of sleeping on it (writer.rs, `DMA_POLL`), so a pass wakes nobody. Anything else is
         // rare and may be waited for (a checkpoint, a pause): the writer is woken for it. So
@@ -367,7 +452,9 @@ impl AuditHandle {
         }
         let mut one = self.spare.take();
         self.pack_chain(&mut one, queue, head, descriptors)?;
-        self.send(Msg::Dma(one))
+        self.carry_chains(&mut one)?;
+        self.spare.give(one);
+        Ok(())
     }
 
     /// Counts every descriptor `(addr, len, writable)` of a chain on `queue`: summed here,
@@ -519,7 +606,15 @@ impl AuditLog {
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
         let setup = config.writer_setup;
         let spare = Arc::new(SpareBuffers::default());
-        let w = writer::Writer::open(config, device, key, Arc::clone(&dma), Arc::clone(&spare))?;
+        let carry = Arc::new(Carry::default());
+        let w = writer::Writer::open(
+            config,
+            device,
+            key,
+            Arc::clone(&dma),
+            Arc::clone(&spare),
+            Arc::clone(&carry),
+        )?;
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("swiotlb-audit".into())
@@ -553,6 +648,7 @@ impl AuditLog {
             full,
             writer: thread.thread().clone(),
             spare,
+            carry,
         };
         Ok((
             AuditLog {

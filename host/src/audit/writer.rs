@@ -24,7 +24,7 @@ use swiotlb_shared::audit::{
 
 use super::dma::DmaAccumulator;
 use super::key::SigningKey;
-use super::{now_ms, AuditConfig, AuditError, Msg, SpareBuffers, MAX_DMA_BATCH_BYTES};
+use super::{now_ms, AuditConfig, AuditError, Carry, Msg, SpareBuffers, MAX_DMA_BATCH_BYTES};
 
 /// Digits of the file counter.
 const INDEX_DIGITS: usize = 6;
@@ -34,12 +34,12 @@ const INDEX_DIGITS: usize = 6;
 /// gathered is written whenever the queue is empty, and before every checkpoint's fsync.
 const WRITE_BUFFER: usize = 256 << 10;
 
-/// While full-mode chains are arriving, the writer looks for more this often rather than
-/// sleeping on the queue: a sender whose message finds the writer asleep on the queue must
-/// wake it (a futex call, and on a machine with few CPUs the woken writer then takes one
-/// from the guest or the device), once per pass over a queue, and every wake-up costs the
-/// writer a flush and a record's fixed cost for the few chains it finds. Looking every 5 ms
-/// finds hundreds to thousands of chains at a time. Senders wake the writer for anything
+/// While full-mode chains are arriving, the writer looks for more this often (the queue,
+/// then the chains the device carries for it) rather than sleeping on the queue: a sender
+/// whose message finds the writer asleep on the queue must wake it (a futex call, and on a
+/// machine with few CPUs the woken writer then takes one from the guest or the device), and
+/// every wake-up costs the writer a flush and a record's fixed cost for the few chains it
+/// finds. Looking every 5 ms finds hundreds to thousands of chains at a time. Senders wake the writer for anything
 /// other than chains, and when the queue is full (then the device waits, as always); the
 /// queue's default 4096 passes hold more than 5 ms of them at any rate the device reaches.
 const DMA_POLL: Duration = Duration::from_millis(5);
@@ -131,6 +131,8 @@ pub(crate) struct Writer {
     dma: Arc<DmaAccumulator>,
     /// Where emptied pass buffers go back to the device.
     spare: Arc<SpareBuffers>,
+    /// The chains the device has checked and not sent (see [`Carry`]).
+    carry: Arc<Carry>,
     /// The current file; `None` only while `open` has not chosen it yet.
     file: Option<BufWriter<File>>,
     path: PathBuf,
@@ -177,6 +179,7 @@ impl Writer {
         key: SigningKey,
         dma: Arc<DmaAccumulator>,
         spare: Arc<SpareBuffers>,
+        carry: Arc<Carry>,
     ) -> Result<Self, AuditError> {
         let (dir, _, _) = split_base(&cfg.path);
         let files = discover(&cfg.path).map_err(io_err(&dir))?;
@@ -190,6 +193,7 @@ impl Writer {
             uid: unsafe { libc::getuid() },
             dma,
             spare,
+            carry,
             file: None,
             path: placeholder,
             index: 0,
@@ -552,6 +556,11 @@ impl Writer {
     }
 
     fn stop(&mut self) -> Result<(), AuditError> {
+        let carried = self.carry.take();
+        if !carried.is_empty() {
+            let rest = self.start_batch(carried)?;
+            self.dma_record(rest)?;
+        }
         self.dma_summary()?;
         let ev = self.log_event(LogAction::Stop);
         self.record(now_ms(), Event::Log(ev))?;
@@ -593,18 +602,25 @@ impl Writer {
         }
     }
 
-    /// A record's worth of room holding the chains of `pass` (whose buffer goes back to the
-    /// device); a pass larger than a record is written as records of whole chains first, and
-    /// what remains of it is held.
+    /// The chains of `pass`, to be held for a record; a pass larger than a record is written
+    /// as records of whole chains first, and what remains of it is held.
     fn start_batch(&mut self, mut pass: PackedChains) -> Result<PackedChains, AuditError> {
         while pass.packed_len() > MAX_DMA_BATCH_BYTES {
             let front = pass.split_front(MAX_DMA_BATCH_BYTES);
             self.dma_record(front)?;
         }
-        let mut held = PackedChains::with_capacity(pass.format(), MAX_DMA_BATCH_BYTES);
-        held.append(&pass);
-        self.spare.give(pass);
-        Ok(held)
+        Ok(pass)
+    }
+
+    /// What the device carries (see [`Carry`]) once the queue is empty: looked at under the
+    /// carry's lock, so no message the device sent before these chains is still queued (a
+    /// message found instead is returned, to be handled first).
+    fn take_carried(&self, rx: &Receiver<Msg>) -> Option<Msg> {
+        let mut c = self.carry.lock();
+        if let Ok(m) = rx.try_recv() {
+            return Some(m);
+        }
+        (!c.is_empty()).then(|| Msg::Dma(std::mem::take(&mut *c)))
     }
 
     /// Writes `batch` as one DMA batch record, if it holds a chain.
@@ -653,26 +669,38 @@ impl Writer {
             let msg = match pending.take().map_or_else(|| rx.try_recv(), Ok) {
                 Ok(m) => Some(m),
                 Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => {
-                    // Idle: hand what is buffered to the kernel, then wait.
-                    self.out()?.flush().map_err(io_err(&self.path))?;
-                    let now = Instant::now();
-                    let wait = next_tick.saturating_duration_since(now);
-                    if last_dma.is_some_and(|t| now.duration_since(t) < DMA_LINGER) {
-                        // Not on the queue: senders find no sleeper to wake. Parking with a
-                        // timeout is a futex wait, as the queue's own is (the sandbox allows
-                        // it); a sender unparks it for a message that must not wait, or a
-                        // full queue, and an early return only looks sooner.
-                        std::thread::park_timeout(DMA_POLL.min(wait));
-                        None
-                    } else {
-                        match rx.recv_timeout(wait) {
-                            Ok(m) => Some(m),
-                            Err(RecvTimeoutError::Timeout) => None,
-                            Err(RecvTimeoutError::Disconnected) => break,
+                Err(TryRecvError::Empty) => match self.take_carried(&rx) {
+                    Some(m) => Some(m),
+                    None => {
+                        // Idle: hand what is buffered to the kernel, then wait.
+                        self.out()?.flush().map_err(io_err(&self.path))?;
+                        let now = Instant::now();
+                        let wait = next_tick.saturating_duration_since(now);
+                        if last_dma.is_some_and(|t| now.duration_since(t) < DMA_LINGER) {
+                            // Not on the queue: senders find no sleeper to wake. Parking with
+                            // a timeout is a futex wait, as the queue's own is (the sandbox
+                            // allows it); a sender unparks it for a message that must not
+                            // wait, or a full queue, and an early return only looks sooner.
+                            std::thread::park_timeout(DMA_POLL.min(wait));
+                            None
+                        } else {
+                            // Asleep on the queue: from now on the device sends the chains it
+                            // would have left in the carry (which wakes this thread); what it
+                            // left before is taken first.
+                            self.carry.set_writer_asleep(true);
+                            let m = match self.take_carried(&rx) {
+                                Some(m) => Ok(m),
+                                None => rx.recv_timeout(wait),
+                            };
+                            self.carry.set_writer_asleep(false);
+                            match m {
+                                Ok(m) => Some(m),
+                                Err(RecvTimeoutError::Timeout) => None,
+                                Err(RecvTimeoutError::Disconnected) => break,
+                            }
                         }
                     }
-                }
+                },
             };
             if let Some(m) = msg {
                 if matches!(m, Msg::Dma(_)) {

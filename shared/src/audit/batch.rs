@@ -493,9 +493,7 @@ impl PackedChains {
     {
         let descriptors = descriptors.into_iter();
         let start = self.data.len();
-        // Where the count goes: in `chains-varint/1` after queue and head (it is known only
-        // once the descriptors are walked, so it is put in place after them; a chain of
-        // fewer than 128 descriptors moves its bytes by one).
+        // Where the count goes (`chains-le/1`; `push_varint` puts its own in place).
         let (n, bytes, count_at) = match self.format {
             BatchFormat::FixedLe => self.push_fixed(queue, head, descriptors),
             BatchFormat::Varint => self.push_varint(queue, head, descriptors),
@@ -508,12 +506,8 @@ impl PackedChains {
             BatchFormat::FixedLe => {
                 self.data[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
             }
-            BatchFormat::Varint if count < 0x80 => self.data.insert(count_at, count as u8),
-            BatchFormat::Varint => {
-                let mut c = Vec::with_capacity(5);
-                put_varint(&mut c, u64::from(count));
-                self.data.splice(count_at..count_at, c);
-            }
+            // Put in place by `push_varint`.
+            BatchFormat::Varint => {}
         }
         self.chains += 1;
         self.descriptors += n;
@@ -557,11 +551,18 @@ impl PackedChains {
         I: Iterator<Item = (u64, u32, bool)>,
     {
         // Room for the header and, typically, each descriptor's ~5 bytes.
-        self.data
-            .reserve(8 + descriptors.size_hint().0.saturating_mul(8));
+        let (lo, hi) = descriptors.size_hint();
+        self.data.reserve(8 + lo.saturating_mul(8));
         put_varint(&mut self.data, u64::from(queue));
         put_varint(&mut self.data, u64::from(head));
+        // The count, written first when the descriptors say how many they are (the device's
+        // do), and put in place after them otherwise or if they said wrong.
+        let guess = (hi == Some(lo)).then_some(lo as u64);
         let count_at = self.data.len();
+        if let Some(g) = guess {
+            put_varint(&mut self.data, g);
+        }
+        let count_end = self.data.len();
         let (mut n, mut bytes, mut prev) = (0u64, 0u64, 0u64);
         for (addr, len, writable) in descriptors {
             put_varint(&mut self.data, zigzag(addr.wrapping_sub(prev) as i64));
@@ -569,6 +570,11 @@ impl PackedChains {
             prev = addr;
             n += 1;
             bytes += u64::from(len);
+        }
+        if guess != Some(n) {
+            let mut c = Vec::with_capacity(10);
+            put_varint(&mut c, n);
+            self.data.splice(count_at..count_end, c);
         }
         (n, bytes, count_at)
     }
@@ -1092,6 +1098,43 @@ mod tests {
             pack_as(BatchFormat::Varint, &chains).packed_len()
                 < pack_as(BatchFormat::FixedLe, &chains).packed_len()
         );
+    }
+
+    /// Descriptors that claim to be `claim` in number, whatever they are.
+    struct Claiming<I>(I, usize);
+
+    impl<I: Iterator<Item = (u64, u32, bool)>> Iterator for Claiming<I> {
+        type Item = (u64, u32, bool);
+        fn next(&mut self) -> Option<Self::Item> {
+            self.0.next()
+        }
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            (self.1, Some(self.1))
+        }
+    }
+
+    #[test]
+    fn a_varint_chain_packs_the_same_whatever_its_descriptors_say_of_their_number() {
+        let descs: Vec<(u64, u32, bool)> = (0..130u64)
+            .map(|i| (0x80_0000_0000 + i * 0x800, 512, i % 2 == 0))
+            .collect();
+        let mut exact = PackedChains::new(BatchFormat::Varint);
+        exact.push_chain(1, 2, descs.iter().copied()).unwrap();
+        for n in [0, 3, 130] {
+            let mut unhinted = PackedChains::new(BatchFormat::Varint);
+            let some = descs[..n].iter().copied();
+            unhinted.push_chain(1, 2, some.filter(|_| true)).unwrap();
+            for claim in [0, 1, 129, 130, 200] {
+                let mut lying = PackedChains::new(BatchFormat::Varint);
+                lying
+                    .push_chain(1, 2, Claiming(descs[..n].iter().copied(), claim))
+                    .unwrap();
+                assert_eq!(lying, unhinted, "{n} descriptors said to be {claim}");
+            }
+            if n == 130 {
+                assert_eq!(unhinted, exact);
+            }
+        }
     }
 
     #[test]
