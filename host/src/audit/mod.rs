@@ -193,7 +193,7 @@ pub struct AuditHandle {
     carry: Arc<Carry>,
 }
 
-/// Chains a full-mode batch holds before it sends them on its own.
+/// Chains a full-mode batch holds before it hands them to the writer on its own.
 pub const DMA_BATCH_CHAINS: usize = 64;
 
 /// The chains of one pass over a queue, on their way to the writer (see
@@ -286,9 +286,9 @@ impl Carry {
 impl DmaBatch<'_> {
     /// The per-chain hot path: counts every descriptor `(addr, len, writable)` of the
     /// chain at `head` on `queue` (summed here, then at most four relaxed atomic adds for the
-    /// chain); in full mode also packs the chain (13 bytes a descriptor, no allocation but
-    /// the batch's own), sending the batch when it holds [`DMA_BATCH_CHAINS`]. Summary mode
-    /// allocates nothing.
+    /// chain); in full mode also packs the chain (about 4 bytes a descriptor, into a reused
+    /// buffer), handing the batch to the writer when it holds [`DMA_BATCH_CHAINS`]. Summary
+    /// mode allocates nothing.
     #[inline]
     pub fn record_chain<I>(
         &mut self,
@@ -366,11 +366,12 @@ impl AuditHandle {
             } else {
                 None
             };
-            if c.is_empty() {
-                std::mem::swap(&mut *c, chains);
-            } else {
-                c.append(chains);
+            if c.is_empty() && c.capacity() < MAX_DMA_BATCH_BYTES {
+                // Room for a record at once: grown pass by pass instead, the buffer was
+                // reallocated and copied several times over between two looks of the writer.
+                *c = PackedChains::with_capacity(chains.format(), MAX_DMA_BATCH_BYTES);
             }
+            c.append(chains);
             chains.clear();
             let asleep = self.carry.writer_asleep.load(Ordering::SeqCst);
             let now = asleep.then(|| std::mem::take(&mut *c));
@@ -501,9 +502,10 @@ impl AuditHandle {
         packed.map_err(AuditError::DmaChain)
     }
 
-    /// A batch for the chains of one pass over a queue: in full mode they reach the writer
-    /// as one message (up to [`DMA_BATCH_CHAINS`] at a time) when the batch is flushed or
-    /// dropped, so the device pays one queue operation per pass rather than per chain.
+    /// A batch for the chains of one pass over a queue: in full mode they are handed to the
+    /// writer (up to [`DMA_BATCH_CHAINS`] at a time) when the batch is flushed or dropped,
+    /// appended to what the device carries for it (`Carry`), so the device pays one short
+    /// lock per pass rather than a queue operation per chain.
     pub fn dma_batch(&self) -> DmaBatch<'_> {
         DmaBatch {
             handle: self,
