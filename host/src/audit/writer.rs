@@ -665,11 +665,22 @@ impl Writer {
         let mut next_tick = Instant::now() + every;
         let mut pending: Option<Msg> = None;
         let mut last_dma: Option<Instant> = None;
+        // When the carried chains were last taken: at most once a DMA_POLL while chains
+        // arrive, so each look finds many (taken again as soon as the last were written,
+        // the writer would write a record of a few chains at a time, without end).
+        let mut last_take: Option<Instant> = None;
         loop {
+            let due = || last_take.is_none_or(|t| t.elapsed() >= DMA_POLL);
             let msg = match pending.take().map_or_else(|| rx.try_recv(), Ok) {
                 Ok(m) => Some(m),
                 Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => match self.take_carried(&rx) {
+                Err(TryRecvError::Empty) => match due()
+                    .then(|| {
+                        last_take = Some(Instant::now());
+                        self.take_carried(&rx)
+                    })
+                    .flatten()
+                {
                     Some(m) => Some(m),
                     None => {
                         // Idle: hand what is buffered to the kernel, then wait.
@@ -681,7 +692,10 @@ impl Writer {
                             // a timeout is a futex wait, as the queue's own is (the sandbox
                             // allows it); a sender unparks it for a message that must not
                             // wait, or a full queue, and an early return only looks sooner.
-                            std::thread::park_timeout(DMA_POLL.min(wait));
+                            // Until the next look at the carried chains, at most.
+                            let next_take = last_take
+                                .map_or(DMA_POLL, |t| DMA_POLL.saturating_sub(t.elapsed()));
+                            std::thread::park_timeout(next_take.min(wait));
                             None
                         } else {
                             // Asleep on the queue: from now on the device sends the chains it
