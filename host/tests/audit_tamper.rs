@@ -295,6 +295,7 @@ fn a_checkpoint_whose_root_was_changed_fails_its_signature() {
 fn a_dma_address_changed_inside_a_batch_record_is_altered() {
     use swiotlb_host::audit::{AuditLog, AuditMode};
     use swiotlb_shared::audit::encoding::base64;
+    use swiotlb_shared::audit::PackedChains;
 
     let s = Scratch::new("batch-altered");
     let mut cfg = config(&s.base());
@@ -315,8 +316,24 @@ fn a_dma_address_changed_inside_a_batch_record_is_altered() {
         unreachable!()
     };
     // Move the first DMA one page: the batch is still well formed, its totals unchanged.
-    let mut data = batch.as_bytes().to_vec();
-    data[9] ^= 0x10;
+    let mut moved = PackedChains::new(batch.format());
+    for (n, c) in batch.iter().enumerate() {
+        let descs = c.descriptors().enumerate().map(|(i, d)| {
+            let at = if n == 0 && i == 0 {
+                d.addr ^ 0x1000
+            } else {
+                d.addr
+            };
+            (at, d.len, d.writable)
+        });
+        moved.push_chain(c.queue, c.head, descs).unwrap();
+    }
+    assert_eq!(
+        (moved.chains(), moved.descriptors(), moved.bytes()),
+        (batch.chains(), batch.descriptors(), batch.bytes())
+    );
+    let data = moved.as_bytes().to_vec();
+    assert_ne!(data, batch.as_bytes());
     let mut l = lines(&path);
     let line = String::from_utf8(l[i].clone()).unwrap();
     let from = base64(batch.as_bytes());

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use audit_support::*;
 use swiotlb_host::audit::{
-    AuditConfig, AuditError, AuditLog, AuditMode, KeyError, MAX_DMA_BATCH_BYTES,
+    AuditConfig, AuditError, AuditLog, AuditMode, KeyError, DMA_FORMAT, MAX_DMA_BATCH_BYTES,
 };
 use swiotlb_shared::audit::event::NO_TRANSCRIPT;
 use swiotlb_shared::audit::{
@@ -219,10 +219,19 @@ fn full_mode_coalesces_queued_chains_into_records_of_bounded_size() {
     cfg.mode = AuditMode::Full;
     cfg.checkpoint_every_records = 1000;
     let (log, h) = AuditLog::open(cfg, device()).unwrap();
-    // Held paused, the writer finds all 750 chains (3000 descriptors, 60 packed bytes a
-    // chain) queued at once.
+    // Held paused, the writer finds all 1500 chains (6000 descriptors, 23 packed bytes a
+    // chain: 3 of header, 8 for the first descriptor, 4 for each of the others) queued at
+    // once, one message a chain.
+    let mut one = PackedChains::new(DMA_FORMAT);
+    one.push_chain(
+        2,
+        63,
+        (0..4u32).map(|i| (0x80_0000_0000 + u64::from(i) * 4096, 7000 + i, i % 2 == 1)),
+    )
+    .unwrap();
+    assert_eq!(one.packed_len(), 23);
     let pause = h.pause().unwrap();
-    let n: u64 = (0..3).map(|_| dmas(&h).0).sum();
+    let n: u64 = (0..6).map(|_| dmas(&h).0).sum();
     h.finding(&finding(0)).unwrap();
     drop(pause);
     let key = log.verifier_key().clone();
@@ -231,10 +240,10 @@ fn full_mode_coalesces_queued_chains_into_records_of_bounded_size() {
     assert!(verify_paths(&f, &key, false).ok);
     let recs = records(&f[0]);
     let sizes = dma_record_sizes(&recs);
-    // Whole chains, up to MAX_DMA_BATCH_BYTES of packed data a record: 546 chains of 60
+    // Whole chains, up to MAX_DMA_BATCH_BYTES of packed data a record: 1424 chains of 23
     // bytes fit in 32 KiB; the finding queued behind them ends the batch and comes after it.
     assert_eq!(MAX_DMA_BATCH_BYTES, 32 << 10);
-    assert_eq!(sizes, [546 * 4, 204 * 4]);
+    assert_eq!(sizes, [1424 * 4, 76 * 4]);
     assert_eq!(dma_events(&recs).len() as u64, n);
     let kinds = dma_and_finding_kinds(&recs);
     assert_eq!(kinds, ["dma", "dma", "finding"]);
@@ -255,9 +264,9 @@ fn full_mode_batches_are_split_into_bounded_records_in_order() {
         for i in 0..64 {
             b.record_chain(0, i as u16, chain(i, 10)).unwrap();
         }
-        // One chain longer than a record may hold (39,008 packed bytes), then 5 chains
+        // One chain longer than a record may hold (36,008 packed bytes), then 5 chains
         // left for the drop to send.
-        b.record_chain(1, 7, chain(64, 3000)).unwrap();
+        b.record_chain(1, 7, chain(64, 9000)).unwrap();
         for i in 65..70 {
             b.record_chain(0, i as u16, chain(i, 2)).unwrap();
         }
@@ -272,7 +281,7 @@ fn full_mode_batches_are_split_into_bounded_records_in_order() {
     let sizes = dma_record_sizes(&recs);
     // The 64 chains of 10 cannot share a record with the long chain, which is a record of
     // its own; then the last 5.
-    assert_eq!(sizes, [640, 3000, 10]);
+    assert_eq!(sizes, [640, 9000, 10]);
     let events = dma_events(&recs);
     let mut heads: Vec<u16> = events
         .iter()
@@ -290,7 +299,7 @@ fn full_mode_batches_are_split_into_bounded_records_in_order() {
         .filter(|e| e.queue == 1)
         .map(|e| e.addr)
         .collect();
-    assert_eq!(long, chain(64, 3000).map(|d| d.0).collect::<Vec<_>>());
+    assert_eq!(long, chain(64, 9000).map(|d| d.0).collect::<Vec<_>>());
     let kinds = dma_and_finding_kinds(&recs);
     assert_eq!(kinds, ["dma", "dma", "dma", "finding"]);
 }
@@ -302,12 +311,15 @@ fn in_full_mode_a_full_queue_holds_the_device_back_and_no_dma_is_dropped() {
     cfg.mode = AuditMode::Full;
     cfg.queue_capacity = 4;
     let (log, h) = AuditLog::open(cfg, device()).unwrap();
+    const PASSES: u32 = 10_000;
     let pause = h.pause().unwrap();
     let passes = Arc::new(AtomicU64::new(0));
     let (h2, passes2) = (h.clone(), Arc::clone(&passes));
-    // The device: 100 passes of 3 chains, each pass one message to the writer.
+    // The device: 10,000 passes of 3 chains (about 48 packed bytes a pass). They reach the
+    // writer as messages of up to a record's 32 KiB, so the queue of 4 and what the device
+    // carries hold about 3,400 passes.
     let device = std::thread::spawn(move || {
-        for p in 0..100u32 {
+        for p in 0..PASSES {
             let mut b = h2.dma_batch();
             for c in 0..3u32 {
                 let i = p * 3 + c;
@@ -324,8 +336,12 @@ fn in_full_mode_a_full_queue_holds_the_device_back_and_no_dma_is_dropped() {
         }
     });
     std::thread::sleep(Duration::from_millis(300));
-    // The writer is stalled: the device got exactly as far as the queue holds, and waits.
-    assert_eq!(passes.load(Ordering::SeqCst), 4);
+    // The writer is stalled: the device got as far as the queue and its carry hold, and
+    // waits there.
+    let stalled = passes.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(passes.load(Ordering::SeqCst), stalled);
+    assert!((1000..u64::from(PASSES)).contains(&stalled), "{stalled}");
     assert!(!device.is_finished());
     drop(pause);
     device.join().unwrap();
@@ -339,9 +355,11 @@ fn in_full_mode_a_full_queue_holds_the_device_back_and_no_dma_is_dropped() {
         .filter(|e| !e.writable)
         .map(|e| e.addr)
         .collect();
-    let expected: Vec<u64> = (0..300u64).map(|i| 0x80_0000_0000 + i * 0x1000).collect();
+    let expected: Vec<u64> = (0..3 * u64::from(PASSES))
+        .map(|i| 0x80_0000_0000 + i * 0x1000)
+        .collect();
     assert_eq!(addrs, expected, "every chain recorded, in order");
-    assert_eq!(events.len(), 600);
+    assert_eq!(events.len() as u64, 6 * u64::from(PASSES));
 }
 
 #[test]

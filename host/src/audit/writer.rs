@@ -24,7 +24,7 @@ use swiotlb_shared::audit::{
 
 use super::dma::DmaAccumulator;
 use super::key::SigningKey;
-use super::{now_ms, AuditConfig, AuditError, Msg, MAX_DMA_BATCH_BYTES};
+use super::{now_ms, AuditConfig, AuditError, Carry, Msg, SpareBuffers, MAX_DMA_BATCH_BYTES};
 
 /// Digits of the file counter.
 const INDEX_DIGITS: usize = 6;
@@ -34,12 +34,12 @@ const INDEX_DIGITS: usize = 6;
 /// gathered is written whenever the queue is empty, and before every checkpoint's fsync.
 const WRITE_BUFFER: usize = 256 << 10;
 
-/// While full-mode chains are arriving, the writer looks for more this often rather than
-/// sleeping on the queue: a sender whose message finds the writer asleep on the queue must
-/// wake it (a futex call, and on a machine with few CPUs the woken writer then takes one
-/// from the guest or the device), once per pass over a queue, and every wake-up costs the
-/// writer a flush and a record's fixed cost for the few chains it finds. Looking every 5 ms
-/// finds hundreds to thousands of chains at a time. Senders wake the writer for anything
+/// While full-mode chains are arriving, the writer looks for more this often (the queue,
+/// then the chains the device carries for it) rather than sleeping on the queue: a sender
+/// whose message finds the writer asleep on the queue must wake it (a futex call, and on a
+/// machine with few CPUs the woken writer then takes one from the guest or the device), and
+/// every wake-up costs the writer a flush and a record's fixed cost for the few chains it
+/// finds. Looking every 5 ms finds hundreds to thousands of chains at a time. Senders wake the writer for anything
 /// other than chains, and when the queue is full (then the device waits, as always); the
 /// queue's default 4096 passes hold more than 5 ms of them at any rate the device reaches.
 const DMA_POLL: Duration = Duration::from_millis(5);
@@ -129,6 +129,10 @@ pub(crate) struct Writer {
     /// The real user id, with the pid the records' actor.
     uid: u32,
     dma: Arc<DmaAccumulator>,
+    /// Where emptied pass buffers go back to the device.
+    spare: Arc<SpareBuffers>,
+    /// The chains the device has checked and not sent (see [`Carry`]).
+    carry: Arc<Carry>,
     /// The current file; `None` only while `open` has not chosen it yet.
     file: Option<BufWriter<File>>,
     path: PathBuf,
@@ -174,6 +178,8 @@ impl Writer {
         device: DeviceIdentity,
         key: SigningKey,
         dma: Arc<DmaAccumulator>,
+        spare: Arc<SpareBuffers>,
+        carry: Arc<Carry>,
     ) -> Result<Self, AuditError> {
         let (dir, _, _) = split_base(&cfg.path);
         let files = discover(&cfg.path).map_err(io_err(&dir))?;
@@ -186,6 +192,8 @@ impl Writer {
             // SAFETY: getuid has no preconditions and cannot fail.
             uid: unsafe { libc::getuid() },
             dma,
+            spare,
+            carry,
             file: None,
             path: placeholder,
             index: 0,
@@ -548,6 +556,11 @@ impl Writer {
     }
 
     fn stop(&mut self) -> Result<(), AuditError> {
+        let carried = self.carry.take();
+        if !carried.is_empty() {
+            let rest = self.start_batch(carried)?;
+            self.dma_record(rest)?;
+        }
         self.dma_summary()?;
         let ev = self.log_event(LogAction::Stop);
         self.record(now_ms(), Event::Log(ev))?;
@@ -558,30 +571,65 @@ impl Writer {
     /// of up to [`MAX_DMA_BATCH_BYTES`] of packed data each (whole chains: a longer chain is
     /// a record of its own, never split), until the queue is empty or holds something else.
     /// Returns the message that ended the run, to be handled next.
+    ///
+    /// A record ends before the pass that would take it past the limit, so the chains are
+    /// walked only when a single pass is larger than a record (chains far longer than a
+    /// request's three descriptors): finding where to cut means decoding every chain.
     fn dma_batches(
         &mut self,
         first: PackedChains,
         rx: &Receiver<Msg>,
     ) -> Result<Option<Msg>, AuditError> {
-        let mut held = first;
-        let mut next = None;
+        let mut held = self.start_batch(first)?;
         loop {
-            while held.packed_len() < MAX_DMA_BATCH_BYTES && next.is_none() {
-                match rx.try_recv() {
-                    Ok(Msg::Dma(more)) => held.append(&more),
-                    Ok(other) => next = Some(other),
-                    Err(_) => break,
+            let next = match rx.try_recv() {
+                Ok(Msg::Dma(more)) => {
+                    if held.packed_len() + more.packed_len() > MAX_DMA_BATCH_BYTES {
+                        // Written before any of the pass's own chains: the order holds.
+                        self.dma_record(std::mem::take(&mut held))?;
+                        held = self.start_batch(more)?;
+                    } else {
+                        held.append(&more);
+                        self.spare.give(more);
+                    }
+                    continue;
                 }
-            }
-            let batch = held.split_front(MAX_DMA_BATCH_BYTES);
-            if !batch.is_empty() {
-                self.record(now_ms(), Event::DmaBatch(batch))?;
-                self.after_record()?;
-            }
-            if held.is_empty() {
-                return Ok(next);
-            }
+                Ok(other) => Some(other),
+                Err(_) => None,
+            };
+            self.dma_record(held)?;
+            return Ok(next);
         }
+    }
+
+    /// The chains of `pass`, to be held for a record; a pass larger than a record is written
+    /// as records of whole chains first, and what remains of it is held.
+    fn start_batch(&mut self, mut pass: PackedChains) -> Result<PackedChains, AuditError> {
+        while pass.packed_len() > MAX_DMA_BATCH_BYTES {
+            let front = pass.split_front(MAX_DMA_BATCH_BYTES);
+            self.dma_record(front)?;
+        }
+        Ok(pass)
+    }
+
+    /// What the device carries (see [`Carry`]) once the queue is empty: looked at under the
+    /// carry's lock, so no message the device sent before these chains is still queued (a
+    /// message found instead is returned, to be handled first).
+    fn take_carried(&self, rx: &Receiver<Msg>) -> Option<Msg> {
+        let mut c = self.carry.lock();
+        if let Ok(m) = rx.try_recv() {
+            return Some(m);
+        }
+        (!c.is_empty()).then(|| Msg::Dma(std::mem::take(&mut *c)))
+    }
+
+    /// Writes `batch` as one DMA batch record, if it holds a chain.
+    fn dma_record(&mut self, batch: PackedChains) -> Result<(), AuditError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.record(now_ms(), Event::DmaBatch(batch))?;
+        self.after_record()
     }
 
     /// Handles one message; returns whether to go on and the message to handle next.
@@ -617,30 +665,56 @@ impl Writer {
         let mut next_tick = Instant::now() + every;
         let mut pending: Option<Msg> = None;
         let mut last_dma: Option<Instant> = None;
+        // When the carried chains were last taken: at most once a DMA_POLL while chains
+        // arrive, so each look finds many (taken again as soon as the last were written,
+        // the writer would write a record of a few chains at a time, without end).
+        let mut last_take: Option<Instant> = None;
         loop {
+            let due = || last_take.is_none_or(|t| t.elapsed() >= DMA_POLL);
             let msg = match pending.take().map_or_else(|| rx.try_recv(), Ok) {
                 Ok(m) => Some(m),
                 Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => {
-                    // Idle: hand what is buffered to the kernel, then wait.
-                    self.out()?.flush().map_err(io_err(&self.path))?;
-                    let now = Instant::now();
-                    let wait = next_tick.saturating_duration_since(now);
-                    if last_dma.is_some_and(|t| now.duration_since(t) < DMA_LINGER) {
-                        // Not on the queue: senders find no sleeper to wake. Parking with a
-                        // timeout is a futex wait, as the queue's own is (the sandbox allows
-                        // it); a sender unparks it for a message that must not wait, or a
-                        // full queue, and an early return only looks sooner.
-                        std::thread::park_timeout(DMA_POLL.min(wait));
-                        None
-                    } else {
-                        match rx.recv_timeout(wait) {
-                            Ok(m) => Some(m),
-                            Err(RecvTimeoutError::Timeout) => None,
-                            Err(RecvTimeoutError::Disconnected) => break,
+                Err(TryRecvError::Empty) => match due()
+                    .then(|| {
+                        last_take = Some(Instant::now());
+                        self.take_carried(&rx)
+                    })
+                    .flatten()
+                {
+                    Some(m) => Some(m),
+                    None => {
+                        // Idle: hand what is buffered to the kernel, then wait.
+                        self.out()?.flush().map_err(io_err(&self.path))?;
+                        let now = Instant::now();
+                        let wait = next_tick.saturating_duration_since(now);
+                        if last_dma.is_some_and(|t| now.duration_since(t) < DMA_LINGER) {
+                            // Not on the queue: senders find no sleeper to wake. Parking with
+                            // a timeout is a futex wait, as the queue's own is (the sandbox
+                            // allows it); a sender unparks it for a message that must not
+                            // wait, or a full queue, and an early return only looks sooner.
+                            // Until the next look at the carried chains, at most.
+                            let next_take = last_take
+                                .map_or(DMA_POLL, |t| DMA_POLL.saturating_sub(t.elapsed()));
+                            std::thread::park_timeout(next_take.min(wait));
+                            None
+                        } else {
+                            // Asleep on the queue: from now on the device sends the chains it
+                            // would have left in the carry (which wakes this thread); what it
+                            // left before is taken first.
+                            self.carry.set_writer_asleep(true);
+                            let m = match self.take_carried(&rx) {
+                                Some(m) => Ok(m),
+                                None => rx.recv_timeout(wait),
+                            };
+                            self.carry.set_writer_asleep(false);
+                            match m {
+                                Ok(m) => Some(m),
+                                Err(RecvTimeoutError::Timeout) => None,
+                                Err(RecvTimeoutError::Disconnected) => break,
+                            }
                         }
                     }
-                }
+                },
             };
             if let Some(m) = msg {
                 if matches!(m, Msg::Dma(_)) {

@@ -5,20 +5,26 @@
 //!
 //! Why binary: written as JSON objects, a chain of three descriptors is ~180 bytes that the
 //! writer formats and hashes, about a microsecond of the writer's time per chain, which at
-//! line rate is half a CPU (BENCHMARKS.md). Packed, the same chain is 47 bytes, 64 in base64,
-//! appended by the device as it checks the chain and hashed once, as part of its line.
+//! line rate is half a CPU (BENCHMARKS.md). Packed, the same chain is ~20 bytes (28 in
+//! base64), appended by the device as it checks the chain and hashed once, as part of its
+//! line.
 //!
-//! The packed form, little-endian, one entry per chain in the order the device checked them
-//! (documented in `docs/audit-schema.md`, "DMA batch"):
+//! Two packed forms, named by the record's `format` (documented field by field in
+//! `docs/audit-schema.md`, "DMA batch"), one entry per chain in the order the device checked
+//! them:
 //!
 //! ```text
-//! chain:      queue u16 | head u16 | n u32 | n descriptors
-//! descriptor: addr u64 | len u32 | flags u8   (flags bit 0: device-writable; bits 1-7 zero)
+//! chains-le/1 (little-endian, fixed width; earlier logs):
+//!   chain:      queue u16 | head u16 | n u32 | n descriptors
+//!   descriptor: addr u64 | len u32 | flags u8   (flags bit 0: device-writable; bits 1-7 zero)
+//! chains-varint/1 (LEB128, shortest form only; what the device writes):
+//!   chain:      queue | head | n | n descriptors
+//!   descriptor: zigzag(addr - previous addr of the chain, 0 for the first) | len << 1 | writable
 //! ```
 //!
 //! Parsing is strict: every chain whole, no byte after the last one, the reserved flag bits
-//! zero, at least one chain. A [`PackedChains`] is valid by construction, so expanding one
-//! cannot fail.
+//! zero, every variable-length integer in its shortest form and within its field, at least
+//! one chain. A [`PackedChains`] is valid by construction, so expanding one cannot fail.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -30,14 +36,62 @@ use thiserror::Error;
 use super::event::{DmaChains, Envelope, Event};
 use super::ocsf::Record;
 
-/// `unmapped.dma_batch.format`: the packed form above. Any other value does not parse.
-pub const BATCH_FORMAT: &str = "chains-le/1";
-/// Bytes of a chain's header: queue, head, descriptor count.
+/// The packed forms `unmapped.dma_batch.format` names. Every reader reads both; the device
+/// packs [`BatchFormat::Varint`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BatchFormat {
+    /// `chains-le/1`: fixed-width little-endian fields, 13 bytes a descriptor. Written by
+    /// earlier versions of the device; the default of an empty [`PackedChains`] and of
+    /// [`PackedChains::from_bytes`].
+    #[default]
+    FixedLe,
+    /// `chains-varint/1`: the same fields as LEB128 variable-length integers, the address
+    /// of each descriptor after a chain's first as its distance from the one before, and
+    /// the direction folded into the length: about 20 bytes a chain of three instead of 47.
+    Varint,
+}
+
+impl BatchFormat {
+    /// Every format, oldest first.
+    pub const ALL: [BatchFormat; 2] = [BatchFormat::FixedLe, BatchFormat::Varint];
+
+    /// The `format` string of a record.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FixedLe => "chains-le/1",
+            Self::Varint => "chains-varint/1",
+        }
+    }
+
+    /// The format a record's `format` string names, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+/// `chains-le/1`: bytes of a chain's header: queue, head, descriptor count.
 pub const CHAIN_HEADER_BYTES: usize = 8;
-/// Bytes of one packed descriptor: address, length, flags.
+/// `chains-le/1`: bytes of one packed descriptor: address, length, flags.
 pub const DESCRIPTOR_BYTES: usize = 13;
-/// Flag bit of a device-writable descriptor (device to driver).
+/// `chains-le/1`: flag bit of a device-writable descriptor (device to driver). In
+/// `chains-varint/1` the same bit is the low bit of a descriptor's second field.
 pub const FLAG_WRITABLE: u8 = 1;
+/// `chains-varint/1`: the largest length-and-direction field (`len << 1 | writable`).
+const MAX_LEN_FLAGS: u64 = (u32::MAX as u64) << 1 | 1;
+
+/// What is wrong with a variable-length integer of `chains-varint/1`.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+pub enum VarintDefect {
+    /// The bytes end before its last byte (one with the high bit clear).
+    #[error("the data ends inside it")]
+    Truncated,
+    /// It has a second spelling that is shorter: its last byte is zero.
+    #[error("it is not in its shortest form")]
+    Overlong,
+    /// Its value is larger than the field holds.
+    #[error("its value is larger than the field holds")]
+    TooLarge,
+}
 
 /// Errors of the packed form.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -45,7 +99,7 @@ pub enum BatchError {
     /// A batch without a chain: the writer never records one.
     #[error("a DMA batch holds no chain")]
     Empty,
-    /// The bytes end inside a chain.
+    /// The bytes end inside a chain (`chains-le/1`).
     #[error("chain {chain} at byte {offset}: {needed} bytes needed, {left} left")]
     Truncated {
         /// Index of the chain in the batch.
@@ -57,7 +111,19 @@ pub enum BatchError {
         /// Bytes left from `offset`.
         left: usize,
     },
-    /// A descriptor's reserved flag bits are set.
+    /// A field of a chain is not a valid variable-length integer (`chains-varint/1`).
+    #[error("chain {chain}, {field} at byte {offset}: {defect}")]
+    Varint {
+        /// Index of the chain in the batch.
+        chain: u64,
+        /// Where the field starts.
+        offset: usize,
+        /// Which field: `queue`, `head`, `count`, `addr` or `len`.
+        field: &'static str,
+        /// What is wrong with it.
+        defect: VarintDefect,
+    },
+    /// A descriptor's reserved flag bits are set (`chains-le/1`).
     #[error("chain {chain}, descriptor {index}: reserved flag bits set ({flags:#04x})")]
     ReservedFlags {
         /// Index of the chain in the batch.
@@ -70,8 +136,8 @@ pub enum BatchError {
     /// A chain of more descriptors than the count field holds.
     #[error("a chain of more than {} descriptors cannot be packed", u32::MAX)]
     ChainTooLong,
-    /// The record's `format` is not [`BATCH_FORMAT`].
-    #[error("unknown DMA batch format {0:?} (expected {BATCH_FORMAT:?})")]
+    /// The record's `format` names no known packed form.
+    #[error("unknown DMA batch format {0:?} (known: chains-le/1, chains-varint/1)")]
     UnknownFormat(String),
     /// `data_b64` is not standard padded base64.
     #[error("DMA batch data is not standard padded base64")]
@@ -86,11 +152,13 @@ pub enum BatchError {
     },
 }
 
-/// Chains packed in the binary form above, with their totals: valid by construction (built
-/// with [`push_chain`](Self::push_chain), or checked by [`from_bytes`](Self::from_bytes)).
-/// An empty one is only a builder's start; a record never holds one.
+/// Chains packed in one of the binary forms above, with their totals: valid by construction
+/// (built with [`push_chain`](Self::push_chain), or checked by
+/// [`from_bytes_as`](Self::from_bytes_as)). An empty one is only a builder's start; a record
+/// never holds one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PackedChains {
+    format: BatchFormat,
     data: Vec<u8>,
     chains: u64,
     descriptors: u64,
@@ -104,8 +172,13 @@ pub struct PackedChain<'a> {
     pub queue: u16,
     /// The chain's head descriptor index.
     pub head: u16,
-    /// Its packed descriptors (`DESCRIPTOR_BYTES` each, already checked).
+    /// Descriptors in the chain.
+    count: u32,
+    /// Its packed descriptors (already checked).
     descs: &'a [u8],
+    format: BatchFormat,
+    /// Bytes of the whole chain, header included.
+    size: usize,
 }
 
 /// One descriptor of a packed chain.
@@ -133,32 +206,232 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(x)
 }
 
+/// Appends `v` as an unsigned LEB128 integer in its shortest form.
+#[inline]
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 10];
+    let mut n = 0;
+    while v >= 0x80 {
+        buf[n] = v as u8 | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    buf[n] = v as u8;
+    out.extend_from_slice(&buf[..=n]);
+}
+
+/// Reads a LEB128 integer of at most `max` at `*at` and moves past it; strict: the
+/// shortest form only, and nothing above `max`.
+fn get_varint(b: &[u8], at: &mut usize, max: u64) -> Result<u64, VarintDefect> {
+    let (mut v, mut shift) = (0u64, 0u32);
+    loop {
+        let Some(&byte) = b.get(*at) else {
+            return Err(VarintDefect::Truncated);
+        };
+        *at += 1;
+        let bits = u64::from(byte & 0x7f);
+        // The tenth byte holds bit 63 only; anything above it, or an eleventh byte, is
+        // larger than a u64.
+        if shift == 63 && bits > 1 {
+            return Err(VarintDefect::TooLarge);
+        }
+        v |= bits << shift;
+        if byte & 0x80 == 0 {
+            if byte == 0 && shift != 0 {
+                return Err(VarintDefect::Overlong);
+            }
+            return if v > max {
+                Err(VarintDefect::TooLarge)
+            } else {
+                Ok(v)
+            };
+        }
+        shift += 7;
+        if shift > 63 {
+            return Err(VarintDefect::TooLarge);
+        }
+    }
+}
+
+/// ZigZag: a signed distance as an unsigned integer, small either way.
+#[inline]
+fn zigzag(d: i64) -> u64 {
+    ((d << 1) ^ (d >> 63)) as u64
+}
+
+fn unzigzag(z: u64) -> i64 {
+    (z >> 1) as i64 ^ -((z & 1) as i64)
+}
+
+/// The descriptors of a checked chain, in chain order.
+struct Descriptors<'a> {
+    format: BatchFormat,
+    descs: &'a [u8],
+    at: usize,
+    left: u32,
+    prev: u64,
+}
+
+impl Iterator for Descriptors<'_> {
+    type Item = PackedDescriptor;
+
+    fn next(&mut self) -> Option<PackedDescriptor> {
+        if self.left == 0 {
+            return None;
+        }
+        // The bytes were checked whole (`check`): the reads below succeed; were they short,
+        // the walk would end rather than panic.
+        let d = match self.format {
+            BatchFormat::FixedLe => {
+                let d = self.descs.get(self.at..self.at + DESCRIPTOR_BYTES)?;
+                self.at += DESCRIPTOR_BYTES;
+                PackedDescriptor {
+                    addr: u64_at(d, 0),
+                    len: u32_at(d, 8),
+                    writable: d[12] & FLAG_WRITABLE != 0,
+                }
+            }
+            BatchFormat::Varint => {
+                let a = get_varint(self.descs, &mut self.at, u64::MAX).ok()?;
+                let lf = get_varint(self.descs, &mut self.at, MAX_LEN_FLAGS).ok()?;
+                let addr = self.prev.wrapping_add(unzigzag(a) as u64);
+                self.prev = addr;
+                PackedDescriptor {
+                    addr,
+                    len: (lf >> 1) as u32,
+                    writable: lf & 1 != 0,
+                }
+            }
+        };
+        self.left -= 1;
+        Some(d)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left as usize, Some(self.left as usize))
+    }
+}
+
+impl ExactSizeIterator for Descriptors<'_> {}
+
 impl<'a> PackedChain<'a> {
     /// Descriptors in the chain.
     pub fn len(&self) -> usize {
-        self.descs.len() / DESCRIPTOR_BYTES
+        self.count as usize
     }
 
     /// Whether the chain has no descriptor.
     pub fn is_empty(&self) -> bool {
-        self.descs.is_empty()
+        self.count == 0
     }
 
     /// Its descriptors, in chain order.
     pub fn descriptors(&self) -> impl ExactSizeIterator<Item = PackedDescriptor> + 'a {
-        // Every slice indexed below is a whole DESCRIPTOR_BYTES chunk.
-        self.descs
-            .chunks_exact(DESCRIPTOR_BYTES)
-            .map(|d| PackedDescriptor {
-                addr: u64_at(d, 0),
-                len: u32_at(d, 8),
-                writable: d[12] & FLAG_WRITABLE != 0,
-            })
+        Descriptors {
+            format: self.format,
+            descs: self.descs,
+            at: 0,
+            left: self.count,
+            prev: 0,
+        }
+    }
+}
+
+/// A chain's header and where its descriptors start and end, checked: the first defect
+/// otherwise. `at` is where the chain starts in `data`; `chain` its index.
+struct Walked {
+    queue: u16,
+    head: u16,
+    count: u32,
+    /// Where the descriptors start and where the chain ends.
+    descs: (usize, usize),
+    /// Bytes of every descriptor.
+    bytes: u64,
+}
+
+fn walk_fixed(data: &[u8], at: usize, chain: u64) -> Result<Walked, BatchError> {
+    let rest = &data[at..];
+    let truncated = |needed: u64| BatchError::Truncated {
+        chain,
+        offset: at,
+        needed,
+        left: rest.len(),
+    };
+    if rest.len() < CHAIN_HEADER_BYTES {
+        return Err(truncated(CHAIN_HEADER_BYTES as u64));
+    }
+    let n = u32_at(rest, 4);
+    // At most 8 + (2^32 - 1) * 13 bytes: no overflow in u64.
+    let needed = CHAIN_HEADER_BYTES as u64 + u64::from(n) * DESCRIPTOR_BYTES as u64;
+    let Some(whole) = usize::try_from(needed).ok().and_then(|e| rest.get(..e)) else {
+        return Err(truncated(needed));
+    };
+    let mut bytes = 0u64;
+    for (i, d) in whole[CHAIN_HEADER_BYTES..]
+        .chunks_exact(DESCRIPTOR_BYTES)
+        .enumerate()
+    {
+        let flags = d[12];
+        if flags & !FLAG_WRITABLE != 0 {
+            return Err(BatchError::ReservedFlags {
+                chain,
+                index: i as u32,
+                flags,
+            });
+        }
+        bytes += u64::from(u32_at(d, 8));
+    }
+    Ok(Walked {
+        queue: u16_at(rest, 0),
+        head: u16_at(rest, 2),
+        count: n,
+        descs: (at + CHAIN_HEADER_BYTES, at + whole.len()),
+        bytes,
+    })
+}
+
+fn walk_varint(data: &[u8], at: usize, chain: u64) -> Result<Walked, BatchError> {
+    let mut p = at;
+    let field = |p: &mut usize, field: &'static str, max: u64| {
+        let offset = *p;
+        get_varint(data, p, max).map_err(|defect| BatchError::Varint {
+            chain,
+            offset,
+            field,
+            defect,
+        })
+    };
+    // The casts below hold: each value was checked against its field's maximum.
+    let queue = field(&mut p, "queue", u64::from(u16::MAX))? as u16;
+    let head = field(&mut p, "head", u64::from(u16::MAX))? as u16;
+    let count = field(&mut p, "count", u64::from(u32::MAX))? as u32;
+    let start = p;
+    let mut bytes = 0u64;
+    // Each descriptor takes at least two bytes, so a count past the end fails at the end
+    // of the data, after at most its length in steps.
+    for _ in 0..count {
+        field(&mut p, "addr", u64::MAX)?;
+        bytes += field(&mut p, "len", MAX_LEN_FLAGS)? >> 1;
+    }
+    Ok(Walked {
+        queue,
+        head,
+        count,
+        descs: (start, p),
+        bytes,
+    })
+}
+
+fn walk(format: BatchFormat, data: &[u8], at: usize, chain: u64) -> Result<Walked, BatchError> {
+    match format {
+        BatchFormat::FixedLe => walk_fixed(data, at, chain),
+        BatchFormat::Varint => walk_varint(data, at, chain),
     }
 }
 
 /// The chains of checked bytes, in order.
 struct Chains<'a> {
+    format: BatchFormat,
     data: &'a [u8],
     at: usize,
 }
@@ -167,32 +440,46 @@ impl<'a> Iterator for Chains<'a> {
     type Item = PackedChain<'a>;
 
     fn next(&mut self) -> Option<PackedChain<'a>> {
-        let rest = self.data.get(self.at..)?;
-        if rest.len() < CHAIN_HEADER_BYTES {
+        if self.at >= self.data.len() {
             return None;
         }
-        // The bytes were checked whole (`check`), so the chain's descriptors are there; a
-        // short slice would end the walk rather than panic.
-        let end = (u32_at(rest, 4) as usize)
-            .checked_mul(DESCRIPTOR_BYTES)?
-            .checked_add(CHAIN_HEADER_BYTES)?;
-        let descs = rest.get(CHAIN_HEADER_BYTES..end)?;
-        self.at += end;
+        // The bytes were checked whole (`check`): a defect cannot be met here, and would end
+        // the walk rather than panic.
+        let w = walk(self.format, self.data, self.at, 0).ok()?;
+        let size = w.descs.1 - self.at;
+        self.at = w.descs.1;
         Some(PackedChain {
-            queue: u16_at(rest, 0),
-            head: u16_at(rest, 2),
-            descs,
+            queue: w.queue,
+            head: w.head,
+            count: w.count,
+            descs: self.data.get(w.descs.0..w.descs.1)?,
+            format: self.format,
+            size,
         })
     }
 }
 
 impl PackedChains {
-    /// An empty batch to pack chains into, with room for `bytes` of packed data.
-    pub fn with_capacity(bytes: usize) -> Self {
+    /// An empty batch in `format`, to pack chains into.
+    pub fn new(format: BatchFormat) -> Self {
         Self {
+            format,
+            ..Self::default()
+        }
+    }
+
+    /// An empty batch in `format`, with room for `bytes` of packed data.
+    pub fn with_capacity(format: BatchFormat, bytes: usize) -> Self {
+        Self {
+            format,
             data: Vec::with_capacity(bytes),
             ..Self::default()
         }
+    }
+
+    /// The packed form.
+    pub fn format(&self) -> BatchFormat {
+        self.format
     }
 
     /// Packs the chain at `head` on `queue`: every descriptor `(addr, len, writable)` in
@@ -206,9 +493,39 @@ impl PackedChains {
     {
         let descriptors = descriptors.into_iter();
         let start = self.data.len();
+        // Where the count goes (`chains-le/1`; `push_varint` puts its own in place).
+        let (n, bytes, count_at) = match self.format {
+            BatchFormat::FixedLe => self.push_fixed(queue, head, descriptors),
+            BatchFormat::Varint => self.push_varint(queue, head, descriptors),
+        };
+        let Ok(count) = u32::try_from(n) else {
+            self.data.truncate(start);
+            return Err(BatchError::ChainTooLong);
+        };
+        match self.format {
+            BatchFormat::FixedLe => {
+                self.data[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+            }
+            // Put in place by `push_varint`.
+            BatchFormat::Varint => {}
+        }
+        self.chains += 1;
+        self.descriptors += n;
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    /// `chains-le/1`: the header with a zero count (set after), then the descriptors:
+    /// (descriptors, bytes, where the count goes).
+    #[inline]
+    fn push_fixed<I>(&mut self, queue: u16, head: u16, descriptors: I) -> (u64, u64, usize)
+    where
+        I: Iterator<Item = (u64, u32, bool)>,
+    {
         self.data.reserve(
             CHAIN_HEADER_BYTES + descriptors.size_hint().0.saturating_mul(DESCRIPTOR_BYTES),
         );
+        let count_at = self.data.len() + 4;
         let mut header = [0u8; CHAIN_HEADER_BYTES];
         header[0..2].copy_from_slice(&queue.to_le_bytes());
         header[2..4].copy_from_slice(&head.to_le_bytes());
@@ -223,23 +540,59 @@ impl PackedChains {
             n += 1;
             bytes += u64::from(len);
         }
-        let Ok(count) = u32::try_from(n) else {
-            self.data.truncate(start);
-            return Err(BatchError::ChainTooLong);
-        };
-        self.data[start + 4..start + 8].copy_from_slice(&count.to_le_bytes());
-        self.chains += 1;
-        self.descriptors += n;
-        self.bytes += bytes;
-        Ok(())
+        (n, bytes, count_at)
     }
 
-    /// Appends the chains of `other` after these.
+    /// `chains-varint/1`: queue and head, then the descriptors (the count is put between
+    /// them after): (descriptors, bytes, where the count goes).
+    #[inline]
+    fn push_varint<I>(&mut self, queue: u16, head: u16, descriptors: I) -> (u64, u64, usize)
+    where
+        I: Iterator<Item = (u64, u32, bool)>,
+    {
+        // Room for the header and, typically, each descriptor's ~5 bytes.
+        let (lo, hi) = descriptors.size_hint();
+        self.data.reserve(8 + lo.saturating_mul(8));
+        put_varint(&mut self.data, u64::from(queue));
+        put_varint(&mut self.data, u64::from(head));
+        // The count, written first when the descriptors say how many they are (the device's
+        // do), and put in place after them otherwise or if they said wrong.
+        let guess = (hi == Some(lo)).then_some(lo as u64);
+        let count_at = self.data.len();
+        if let Some(g) = guess {
+            put_varint(&mut self.data, g);
+        }
+        let count_end = self.data.len();
+        let (mut n, mut bytes, mut prev) = (0u64, 0u64, 0u64);
+        for (addr, len, writable) in descriptors {
+            put_varint(&mut self.data, zigzag(addr.wrapping_sub(prev) as i64));
+            put_varint(&mut self.data, u64::from(len) << 1 | u64::from(writable));
+            prev = addr;
+            n += 1;
+            bytes += u64::from(len);
+        }
+        if guess != Some(n) {
+            let mut c = Vec::with_capacity(10);
+            put_varint(&mut c, n);
+            self.data.splice(count_at..count_end, c);
+        }
+        (n, bytes, count_at)
+    }
+
+    /// Appends the chains of `other` after these (repacked if `other` is in another form).
     pub fn append(&mut self, other: &PackedChains) {
-        self.data.extend_from_slice(&other.data);
-        self.chains += other.chains;
-        self.descriptors += other.descriptors;
-        self.bytes += other.bytes;
+        if other.format == self.format {
+            self.data.extend_from_slice(&other.data);
+            self.chains += other.chains;
+            self.descriptors += other.descriptors;
+            self.bytes += other.bytes;
+            return;
+        }
+        for c in other.iter() {
+            let descs = c.descriptors().map(|d| (d.addr, d.len, d.writable));
+            // A chain that was packed once has a count that fits: this cannot fail.
+            let _ = self.push_chain(c.queue, c.head, descs);
+        }
     }
 
     /// Removes and returns the longest run of whole chains from the front whose packed data
@@ -247,16 +600,15 @@ impl PackedChains {
     /// chain comes out alone). Takes everything when it all fits.
     pub fn split_front(&mut self, max_bytes: usize) -> PackedChains {
         if self.data.len() <= max_bytes {
-            return std::mem::take(self);
+            return std::mem::replace(self, PackedChains::new(self.format));
         }
-        let mut front = PackedChains::default();
+        let mut front = PackedChains::new(self.format);
         let mut end = 0;
         for c in self.iter() {
-            let size = CHAIN_HEADER_BYTES + c.descs.len();
-            if front.chains != 0 && end + size > max_bytes {
+            if front.chains != 0 && end + c.size > max_bytes {
                 break;
             }
-            end += size;
+            end += c.size;
             front.chains += 1;
             front.descriptors += c.len() as u64;
             front.bytes += c.descriptors().map(|d| u64::from(d.len)).sum::<u64>();
@@ -269,10 +621,16 @@ impl PackedChains {
         front
     }
 
-    /// Checks packed bytes (as read from a record) and takes them.
+    /// Checks packed bytes in `chains-le/1` (as read from a record) and takes them.
     pub fn from_bytes(data: Vec<u8>) -> Result<Self, BatchError> {
-        let (chains, descriptors, bytes) = check(&data)?;
+        Self::from_bytes_as(BatchFormat::FixedLe, data)
+    }
+
+    /// Checks packed bytes in `format` (as read from a record) and takes them.
+    pub fn from_bytes_as(format: BatchFormat, data: Vec<u8>) -> Result<Self, BatchError> {
+        let (chains, descriptors, bytes) = check(format, &data)?;
         Ok(Self {
+            format,
             data,
             chains,
             descriptors,
@@ -310,9 +668,23 @@ impl PackedChains {
         self.data.len()
     }
 
+    /// Bytes of packed data the buffer holds without growing.
+    pub fn capacity(&self) -> usize {
+        self.data.capacity()
+    }
+
+    /// Forgets every chain, keeping the buffer's room (to be packed into again).
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.chains = 0;
+        self.descriptors = 0;
+        self.bytes = 0;
+    }
+
     /// The chains, in the order the device checked them.
     pub fn iter(&self) -> impl Iterator<Item = PackedChain<'_>> {
         Chains {
+            format: self.format,
             data: &self.data,
             at: 0,
         }
@@ -320,42 +692,14 @@ impl PackedChains {
 }
 
 /// Walks packed bytes: (chains, descriptors, bytes), or the first defect.
-fn check(data: &[u8]) -> Result<(u64, u64, u64), BatchError> {
+fn check(format: BatchFormat, data: &[u8]) -> Result<(u64, u64, u64), BatchError> {
     let (mut at, mut chains, mut descriptors, mut bytes) = (0usize, 0u64, 0u64, 0u64);
     while at < data.len() {
-        let rest = &data[at..];
-        let truncated = |needed: u64| BatchError::Truncated {
-            chain: chains,
-            offset: at,
-            needed,
-            left: rest.len(),
-        };
-        if rest.len() < CHAIN_HEADER_BYTES {
-            return Err(truncated(CHAIN_HEADER_BYTES as u64));
-        }
-        let n = u32_at(rest, 4);
-        // At most 8 + (2^32 - 1) * 13 bytes: no overflow in u64.
-        let needed = CHAIN_HEADER_BYTES as u64 + u64::from(n) * DESCRIPTOR_BYTES as u64;
-        let Some(chain) = usize::try_from(needed).ok().and_then(|e| rest.get(..e)) else {
-            return Err(truncated(needed));
-        };
-        for (i, d) in chain[CHAIN_HEADER_BYTES..]
-            .chunks_exact(DESCRIPTOR_BYTES)
-            .enumerate()
-        {
-            let flags = d[12];
-            if flags & !FLAG_WRITABLE != 0 {
-                return Err(BatchError::ReservedFlags {
-                    chain: chains,
-                    index: i as u32,
-                    flags,
-                });
-            }
-            bytes += u64::from(u32_at(d, 8));
-        }
-        descriptors += u64::from(n);
+        let w = walk(format, data, at, chains)?;
+        descriptors += u64::from(w.count);
+        bytes += w.bytes;
         chains += 1;
-        at += chain.len();
+        at = w.descs.1;
     }
     if chains == 0 {
         return Err(BatchError::Empty);
@@ -367,7 +711,7 @@ fn check(data: &[u8]) -> Result<(u64, u64, u64), BatchError> {
 impl Serialize for PackedChains {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut st = s.serialize_struct("PackedChains", 3)?;
-        st.serialize_field("format", BATCH_FORMAT)?;
+        st.serialize_field("format", self.format.name())?;
         st.serialize_field("chains", &self.chains)?;
         st.serialize_field("data_b64", &B64.encode(&self.data))?;
         st.end()
@@ -392,11 +736,11 @@ impl<'de> Deserialize<'de> for PackedChains {
 
 impl PackedChains {
     fn from_wire(w: Wire) -> Result<Self, BatchError> {
-        if w.format != BATCH_FORMAT {
+        let Some(format) = BatchFormat::from_name(&w.format) else {
             return Err(BatchError::UnknownFormat(w.format));
-        }
+        };
         let data = B64.decode(&w.data_b64).map_err(|_| BatchError::Base64)?;
-        let p = Self::from_bytes(data)?;
+        let p = Self::from_bytes_as(format, data)?;
         if p.chains != w.chains {
             return Err(BatchError::ChainCount {
                 stated: w.chains,
@@ -664,6 +1008,218 @@ mod tests {
         ));
     }
 
+    fn pack_as(format: BatchFormat, chains: &[Chain]) -> PackedChains {
+        let mut p = PackedChains::new(format);
+        for (q, h, d) in chains {
+            p.push_chain(*q, *h, d.iter().copied()).unwrap();
+        }
+        p
+    }
+
+    #[test]
+    fn varint_chains_pack_to_the_documented_bytes() {
+        let mut p = PackedChains::new(BatchFormat::Varint);
+        p.push_chain(
+            2,
+            300,
+            [
+                (0x80_0010_0000, 16, false),
+                (0x80_0010_0800, 4096, true),
+                (0x80_0010_0010, 1, true),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            p.as_bytes(),
+            [
+                2, 0xac, 0x02, 3, // queue 2, head 300, three descriptors
+                0x80, 0x80, 0x80, 0x81, 0x80, 0x20, // zigzag(0x80_0010_0000 - 0)
+                32,   // 16 << 1, readable
+                0x80, 0x20, // zigzag(+0x800)
+                0x81, 0x40, // 4096 << 1 | 1
+                0xdf, 0x1f, // zigzag(-0x7f0)
+                3,    // 1 << 1 | 1
+            ]
+        );
+        assert_eq!((p.chains(), p.descriptors(), p.bytes()), (1, 3, 4113));
+        // The same chain in the fixed form takes 47 bytes.
+        assert_eq!(pack(&[(2, 300, unpack(&p)[0].2.clone())]).packed_len(), 47);
+    }
+
+    #[test]
+    fn varint_chains_read_back_exactly_in_every_format() {
+        let mut chains = sample();
+        // Long chains (a count of two bytes), addresses that wrap, the extremes.
+        chains.push((
+            u16::MAX,
+            0,
+            (0..200u64)
+                .map(|i| {
+                    (
+                        i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                        i as u32 * 77,
+                        i % 3 == 0,
+                    )
+                })
+                .collect(),
+        ));
+        chains.push((
+            0,
+            1,
+            vec![(0, 0, false), (u64::MAX, u32::MAX, true), (0, 0, true)],
+        ));
+        for format in BatchFormat::ALL {
+            let p = pack_as(format, &chains);
+            assert_eq!(p.format(), format);
+            assert_eq!(unpack(&p), chains, "{format:?}");
+            let q = PackedChains::from_bytes_as(format, p.as_bytes().to_vec()).unwrap();
+            assert_eq!(q, p);
+            let json = serde_json::to_string(&p).unwrap();
+            assert!(json.contains(format.name()));
+            assert_eq!(serde_json::from_str::<PackedChains>(&json).unwrap(), p);
+            // Split and appended back, in and across formats.
+            let mut rest = p.clone();
+            let front = rest.split_front(60);
+            assert!(front.chains() >= 1);
+            let mut again = front.clone();
+            again.append(&rest);
+            assert_eq!(again, p);
+            for other in BatchFormat::ALL {
+                let mut x = PackedChains::new(other);
+                x.append(&p);
+                assert_eq!(unpack(&x), chains);
+                assert_eq!(
+                    (x.chains(), x.descriptors(), x.bytes()),
+                    (p.chains(), p.descriptors(), p.bytes())
+                );
+            }
+        }
+        assert!(
+            pack_as(BatchFormat::Varint, &chains).packed_len()
+                < pack_as(BatchFormat::FixedLe, &chains).packed_len()
+        );
+    }
+
+    /// Descriptors that claim to be `claim` in number, whatever they are.
+    struct Claiming<I>(I, usize);
+
+    impl<I: Iterator<Item = (u64, u32, bool)>> Iterator for Claiming<I> {
+        type Item = (u64, u32, bool);
+        fn next(&mut self) -> Option<Self::Item> {
+            self.0.next()
+        }
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            (self.1, Some(self.1))
+        }
+    }
+
+    #[test]
+    fn a_varint_chain_packs_the_same_whatever_its_descriptors_say_of_their_number() {
+        let descs: Vec<(u64, u32, bool)> = (0..130u64)
+            .map(|i| (0x80_0000_0000 + i * 0x800, 512, i % 2 == 0))
+            .collect();
+        let mut exact = PackedChains::new(BatchFormat::Varint);
+        exact.push_chain(1, 2, descs.iter().copied()).unwrap();
+        for n in [0, 3, 130] {
+            let mut unhinted = PackedChains::new(BatchFormat::Varint);
+            let some = descs[..n].iter().copied();
+            unhinted.push_chain(1, 2, some.filter(|_| true)).unwrap();
+            for claim in [0, 1, 129, 130, 200] {
+                let mut lying = PackedChains::new(BatchFormat::Varint);
+                lying
+                    .push_chain(1, 2, Claiming(descs[..n].iter().copied(), claim))
+                    .unwrap();
+                assert_eq!(lying, unhinted, "{n} descriptors said to be {claim}");
+            }
+            if n == 130 {
+                assert_eq!(unhinted, exact);
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_varint_bytes_are_refused_with_what_is_wrong() {
+        let v = |b: &[u8]| PackedChains::from_bytes_as(BatchFormat::Varint, b.to_vec());
+        let defect = |b: &[u8]| match v(b) {
+            Err(BatchError::Varint { field, defect, .. }) => (field, defect),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(v(&[]), Err(BatchError::Empty));
+        // One chain: queue 1, head 2, one descriptor at 0x10 (zigzag 0x20), 4 bytes, readable.
+        let good = [1, 2, 1, 0x20, 8];
+        assert_eq!(v(&good).unwrap().descriptors(), 1);
+        // Truncated: inside the header, inside a varint, a count past the end.
+        assert_eq!(defect(&good[..2]), ("count", VarintDefect::Truncated));
+        assert_eq!(defect(&[1, 2, 1, 0x80]), ("addr", VarintDefect::Truncated));
+        assert_eq!(defect(&good[..4]), ("len", VarintDefect::Truncated));
+        assert_eq!(
+            defect(&[1, 2, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x20, 8]),
+            ("addr", VarintDefect::Truncated)
+        );
+        assert_eq!(
+            defect(&[1, 2, 2, 0x20, 8]),
+            ("addr", VarintDefect::Truncated)
+        );
+        // Overlong: a second, longer spelling of the same value.
+        assert_eq!(
+            defect(&[0x81, 0x00, 2, 1, 0x20, 8]),
+            ("queue", VarintDefect::Overlong)
+        );
+        assert_eq!(
+            defect(&[1, 2, 1, 0xa0, 0x00, 8]),
+            ("addr", VarintDefect::Overlong)
+        );
+        assert_eq!(
+            defect(&[1, 2, 1, 0x20, 0x88, 0x80, 0x00]),
+            ("len", VarintDefect::Overlong)
+        );
+        // Too large for the field: queue and head u16, count u32, len 33 bits, addr u64.
+        assert_eq!(
+            defect(&[0x80, 0x80, 0x04, 2, 0]),
+            ("queue", VarintDefect::TooLarge)
+        );
+        assert_eq!(
+            defect(&[1, 0x80, 0x80, 0x04, 0]),
+            ("head", VarintDefect::TooLarge)
+        );
+        assert_eq!(
+            defect(&[1, 2, 0x80, 0x80, 0x80, 0x80, 0x10]),
+            ("count", VarintDefect::TooLarge)
+        );
+        assert_eq!(
+            defect(&[1, 2, 1, 0x20, 0x80, 0x80, 0x80, 0x80, 0x20]),
+            ("len", VarintDefect::TooLarge)
+        );
+        let mut eleven = vec![1, 2, 1];
+        eleven.extend([0xff; 10]);
+        eleven.extend([1, 8]);
+        assert_eq!(defect(&eleven), ("addr", VarintDefect::TooLarge));
+        let mut bit64 = vec![1, 2, 1];
+        bit64.extend([0xff; 9]);
+        bit64.extend([2, 8]);
+        assert_eq!(defect(&bit64), ("addr", VarintDefect::TooLarge));
+        let mut max = vec![1, 2, 1];
+        max.extend([0xff; 9]);
+        max.extend([1, 8]);
+        assert!(v(&max).is_ok());
+        // Trailing bytes: the start of a chain that is not there.
+        assert_eq!(
+            defect(&[&good[..], &[0]].concat()),
+            ("head", VarintDefect::Truncated)
+        );
+        // A stated chain count that disagrees with the data.
+        let p = v(&good).unwrap();
+        let json = serde_json::to_string(&p).unwrap();
+        let bad = json.replace("\"chains\":1", "\"chains\":2");
+        let e = serde_json::from_str::<PackedChains>(&bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("says 2 chains, its data holds 1"), "{e}");
+        // The same bytes under the other format's name are refused, not misread.
+        let fixed = json.replace("chains-varint/1", "chains-le/1");
+        assert!(serde_json::from_str::<PackedChains>(&fixed).is_err());
+    }
+
     #[test]
     fn the_json_form_is_strict() {
         let p = pack(&sample());
@@ -680,6 +1236,9 @@ mod tests {
             e.contains("unknown DMA batch format \"chains-le/2\""),
             "{e}"
         );
+        assert!(BatchFormat::ALL
+            .iter()
+            .all(|f| BatchFormat::from_name(f.name()) == Some(*f)),);
         let e = err(&json.replace("\"chains\":3", "\"chains\":2"));
         assert!(e.contains("says 2 chains, its data holds 3"), "{e}");
         let e = err(&json.replace("\"data_b64\":\"", "\"data_b64\":\"*"));

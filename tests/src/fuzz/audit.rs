@@ -38,27 +38,41 @@ pub fn audit_log(data: &[u8]) {
     );
 }
 
-/// Bytes as the packed chains of a DMA batch: refused with an error, or accepted and then
-/// exactly what packing its own chains gives back, with totals that match its expansion.
+/// Bytes as the packed chains of a DMA batch, in each packed form: refused with an error, or
+/// accepted and then exactly what packing its own chains gives back, with totals that match
+/// its expansion, and the same chains again when repacked in the other form.
 pub fn dma_batch(data: &[u8]) {
-    use swiotlb_shared::audit::batch::{expand_packed, PackedChains};
+    use swiotlb_shared::audit::batch::{expand_packed, BatchFormat, PackedChains};
 
-    let Ok(p) = PackedChains::from_bytes(data.to_vec()) else {
-        return;
-    };
-    let mut again = PackedChains::default();
-    for c in p.iter() {
-        let descs = c.descriptors().map(|d| (d.addr, d.len, d.writable));
-        again
-            .push_chain(c.queue, c.head, descs)
-            .expect("a parsed chain packs again");
+    for format in BatchFormat::ALL {
+        let Ok(p) = PackedChains::from_bytes_as(format, data.to_vec()) else {
+            continue;
+        };
+        let mut again = PackedChains::new(format);
+        for c in p.iter() {
+            let descs = c.descriptors().map(|d| (d.addr, d.len, d.writable));
+            again
+                .push_chain(c.queue, c.head, descs)
+                .expect("a parsed chain packs again");
+        }
+        assert_eq!(
+            again, p,
+            "accepted bytes are the packing of their own chains"
+        );
+        let dmas = expand_packed(&p, 0, 0);
+        assert_eq!(dmas.len() as u64, p.descriptors());
+        let bytes: u64 = dmas.iter().map(|d| u64::from(d.len)).sum();
+        assert_eq!(bytes, p.bytes());
+        for other in BatchFormat::ALL {
+            let mut x = PackedChains::new(other);
+            x.append(&p);
+            let back = PackedChains::from_bytes_as(other, x.as_bytes().to_vec())
+                .expect("a repacked batch parses in its form");
+            assert_eq!(
+                expand_packed(&back, 0, 0),
+                dmas,
+                "the same DMAs in every form"
+            );
+        }
     }
-    assert_eq!(
-        again, p,
-        "accepted bytes are the packing of their own chains"
-    );
-    let dmas = expand_packed(&p, 0, 0);
-    assert_eq!(dmas.len() as u64, p.descriptors());
-    let bytes: u64 = dmas.iter().map(|d| u64::from(d.len)).sum();
-    assert_eq!(bytes, p.bytes());
 }

@@ -226,3 +226,31 @@ fn the_dma_batch_harness_takes_well_formed_packings_and_refuses_the_rest() {
         audit::dma_batch(bad);
     }
 }
+
+#[test]
+fn the_dma_batch_harness_takes_well_formed_varint_packings_and_refuses_the_rest() {
+    use swiotlb_shared::audit::batch::BatchFormat;
+    use swiotlb_shared::audit::PackedChains;
+
+    let mut p = PackedChains::new(BatchFormat::Varint);
+    p.push_chain(
+        0,
+        3,
+        [(0x80_0000_0000, 16, false), (0x80_0000_0800, 4096, true)],
+    )
+    .unwrap();
+    p.push_chain(1, 200, []).unwrap();
+    let good = p.as_bytes().to_vec();
+    assert!(PackedChains::from_bytes_as(BatchFormat::Varint, good.clone()).is_ok());
+    audit::dma_batch(&good);
+    // One byte short, one byte over, an overlong count: each refused, none a panic.
+    let overlong = [&good[..2], &[0x82, 0x00], &good[3..]].concat();
+    for bad in [
+        &good[..good.len() - 1],
+        &[good.as_slice(), &[0]].concat(),
+        &overlong,
+    ] {
+        assert!(PackedChains::from_bytes_as(BatchFormat::Varint, bad.to_vec()).is_err());
+        audit::dma_batch(bad);
+    }
+}

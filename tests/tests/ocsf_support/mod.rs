@@ -271,13 +271,15 @@ impl Device {
     }
 }
 
-/// Chains in one pass over the queue, each an indirect table as long as the queue.
-pub const LONG_CHAINS: u16 = 12;
+/// Chains in one pass over the queue, each an indirect table as long as the queue: 2048
+/// descriptors, which the device packs in about 8 KiB (4 bytes a descriptor).
+pub const LONG_CHAINS: u16 = 32;
 
 /// Makes [`LONG_CHAINS`] OUT requests available at once and kicks once: each an indirect
 /// table of [`QSIZE`] descriptors (the header, 512-byte data descriptors, the status), so the
-/// device takes them in one pass and full mode records them in one DMA chains record of
-/// some hundreds of descriptors (packed, over 8 KiB: longer than rsyslog's default message).
+/// device takes them in one pass and full mode records them in one DMA batch record of
+/// some thousands of descriptors (its line over 8 KiB: longer than rsyslog's default
+/// message).
 fn one_pass_of_long_chains(d: &mut RawDriver) {
     let used = d.used_idx().unwrap();
     let data_descs = u32::from(QSIZE) - 2;
