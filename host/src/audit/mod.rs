@@ -94,7 +94,7 @@ pub struct AuditConfig {
 
 impl AuditConfig {
     /// Defaults: summary mode, checkpoints every 1000 records or 10 s, 64 MiB files, a
-    /// queue of 4096 records.
+    /// queue of [`DEFAULT_QUEUE_CAPACITY`] records.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
@@ -105,7 +105,7 @@ impl AuditConfig {
             checkpoint_every: Duration::from_secs(10),
             rotate_bytes: Some(64 << 20),
             rotate_every: None,
-            queue_capacity: 4096,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
             writer_setup: None,
         }
     }
@@ -162,6 +162,14 @@ pub enum AuditError {
 /// the 64 KiB a torn line is kept whole in (`MAX_TORN_KEPT`), and enough that the record's
 /// fixed cost (its JSON envelope, one line) is a few nanoseconds a chain.
 pub const MAX_DMA_BATCH_BYTES: usize = 32 << 10;
+
+/// Records the queue holds by default before senders wait. A full-mode message carries up
+/// to [`MAX_DMA_BATCH_BYTES`] of packed chains in a buffer that may have doubled once past
+/// it (a pass that overshoots), so a full queue holds at most 512 x 64 KiB = 32 MiB, inside
+/// the memory bound's budget for a connection (`crate::sandbox::limits::CONNECTION_BUDGET`,
+/// which checks it); in summary mode its records are small. A writer behind by that much
+/// holds the device back: it waits, nothing is dropped.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 512;
 
 pub(crate) enum Msg {
     Event(u64, Box<Event>),

@@ -18,9 +18,15 @@ pub const BASE_ADDRESS_SPACE: u64 = 256 << 20;
 /// What one connection may allocate on top: a received message (at most
 /// `swiotlb_shared::vfio_user::limits::MAX_MESSAGE_SIZE`, about 1 MiB) and its reply, the
 /// per-queue bookkeeping (`MAX_QUEUE_SIZE` entries), the evidence being verified, and a
-/// full audit queue in full mode (4096 chains of at most 256 descriptors of 16 bytes:
-/// 16 MiB), with room to spare.
+/// full audit queue in full mode (`crate::audit::DEFAULT_QUEUE_CAPACITY` messages of at most
+/// twice `crate::audit::MAX_DMA_BATCH_BYTES`: 32 MiB, checked below), with room to spare.
 pub const CONNECTION_BUDGET: u64 = 64 << 20;
+
+// A full audit queue takes at most half the budget.
+const _: () = assert!(
+    (crate::audit::DEFAULT_QUEUE_CAPACITY * 2 * crate::audit::MAX_DMA_BATCH_BYTES) as u64
+        <= CONNECTION_BUDGET / 2
+);
 
 /// How many times the pool is mapped at once: while a BAR move is served, the old view can
 /// still be held while the new one is mapped.
