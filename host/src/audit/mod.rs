@@ -17,21 +17,24 @@
 //!   naming the previous file's final checkpoint;
 //! - on open, a torn last line left by a crash is removed and recorded in a restart record.
 //!
+//! Modules: `dma` (the per-interval DMA counts of summary mode), `handoff` (full mode's
+//! packed passes on their way to the writer), `key` (the signing key and its verifier key),
+//! `writer` (the writer thread: records, the tree, checkpoints, rotation, recovery).
+//!
 //! Files: `<dir>/<stem>.<NNNNNN>.<ext>` for a configured path `<dir>/<stem>.<ext>`; the key
 //! defaults to `<dir>/<stem>.key`, its verifier key to `<dir>/<stem>.key.pub`.
 
 pub mod dma;
+mod handoff;
 pub mod key;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use swiotlb_shared::audit::batch::BatchFormat;
 use swiotlb_shared::audit::{
     AttestationVerdict, AuditFinding, BatchError, Checkpoint, ConfigChange, DeviceIdentity, Event,
     PackedChains, PeripheralEvent, VerifierKey,
@@ -40,6 +43,8 @@ use thiserror::Error;
 
 use crate::findings::Finding;
 pub use dma::DmaAccumulator;
+pub(crate) use handoff::{Carry, SpareBuffers};
+pub use handoff::{DmaBatch, DMA_BATCH_CHAINS, DMA_FORMAT};
 pub use key::KeyError;
 pub use writer::{discover, file_name};
 
@@ -201,150 +206,6 @@ pub struct AuditHandle {
     carry: Arc<Carry>,
 }
 
-/// Chains a full-mode batch holds before it hands them to the writer on its own.
-pub const DMA_BATCH_CHAINS: usize = 64;
-
-/// The chains of one pass over a queue, on their way to the writer (see
-/// [`AuditHandle::dma_batch`]). Whatever is left is sent when the batch is dropped, so a
-/// finding the device records after the pass lands after the chains that preceded it.
-pub struct DmaBatch<'a> {
-    handle: &'a AuditHandle,
-    chains: PackedChains,
-}
-
-/// The packed form the device writes (`docs/audit-schema.md`, "DMA batch"): a chain of three
-/// descriptors in ~20 bytes rather than 47, so the writer base64-encodes, hashes and writes
-/// less than half as much per chain.
-pub const DMA_FORMAT: BatchFormat = BatchFormat::Varint;
-
-/// Packed bytes a pass's batch starts with room for: 64 chains of three descriptors in the
-/// fixed form, more than enough in the variable-length one.
-const PASS_BYTES: usize = DMA_BATCH_CHAINS * (8 + 3 * 13);
-
-/// Buffers the writer keeps for the device at most: enough for the passes queued in the
-/// few milliseconds between two looks of the writer at a busy queue to be packed into
-/// recycled buffers.
-const SPARE_BUFFERS: usize = 256;
-
-/// The pass buffers the writer has emptied, handed back to be packed into again: a pass in
-/// full mode then allocates nothing, and the writer frees nothing. A pass's buffer is
-/// larger than the allocator's per-thread cache takes, so one allocated by the device and
-/// freed by the writer cost both threads the allocator's shared lock, once a pass.
-#[derive(Debug, Default)]
-pub(crate) struct SpareBuffers(Mutex<Vec<PackedChains>>);
-
-impl SpareBuffers {
-    /// An empty buffer: a spare one, or a new one.
-    fn take(&self) -> PackedChains {
-        // A poisoned lock (a panic elsewhere aborts the process first) only holds buffers.
-        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        v.pop()
-            .unwrap_or_else(|| PackedChains::with_capacity(DMA_FORMAT, PASS_BYTES))
-    }
-
-    /// Keeps `p`'s buffer, emptied, for a later pass (up to [`SPARE_BUFFERS`] of them;
-    /// one grown past a pass's usual size by a long chain is let go).
-    pub(crate) fn give(&self, mut p: PackedChains) {
-        if p.format() != DMA_FORMAT || p.capacity() > 4 * PASS_BYTES {
-            return;
-        }
-        p.clear();
-        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if v.len() < SPARE_BUFFERS {
-            v.push(p);
-        }
-    }
-}
-
-/// The chains the device has checked and the writer has not taken yet, shared by every
-/// handle of a log and the writer. Passes are appended here rather than sent one message
-/// each: a message a pass cost the two CPUs the queue's slot, the buffer and its recycling
-/// once a pass, and a polled queue is taken a few chains a pass. The writer takes what is
-/// here when it looks (every few milliseconds while chains arrive), after everything
-/// already queued, so the device's order holds. The device sends what is here through the
-/// queue instead, as one message, when it would grow past a record
-/// ([`MAX_DMA_BATCH_BYTES`]; a full queue then holds the device back as before), when the
-/// writer is asleep on the queue, and before any other record it sends.
-#[derive(Debug, Default)]
-pub(crate) struct Carry {
-    chains: Mutex<PackedChains>,
-    /// Set while the writer sleeps on the queue alone (nothing comes of chains left here
-    /// then): the device sends them instead, which wakes it.
-    writer_asleep: AtomicBool,
-}
-
-impl Carry {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, PackedChains> {
-        // A poisoned lock (a panic elsewhere aborts the process first) holds chains as valid
-        // as before.
-        self.chains.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Marks the writer asleep on the queue (or awake).
-    pub(crate) fn set_writer_asleep(&self, asleep: bool) {
-        self.writer_asleep.store(asleep, Ordering::SeqCst);
-    }
-
-    /// Everything here, leaving it empty.
-    pub(crate) fn take(&self) -> PackedChains {
-        std::mem::take(&mut *self.lock())
-    }
-}
-
-impl DmaBatch<'_> {
-    /// The per-chain hot path: counts every descriptor `(addr, len, writable)` of the
-    /// chain at `head` on `queue` (summed here, then at most four relaxed atomic adds for the
-    /// chain); in full mode also packs the chain (about 4 bytes a descriptor, into a reused
-    /// buffer), handing the batch to the writer when it holds [`DMA_BATCH_CHAINS`]. Summary
-    /// mode allocates nothing.
-    #[inline]
-    pub fn record_chain<I>(
-        &mut self,
-        queue: u16,
-        head: u16,
-        descriptors: I,
-    ) -> Result<(), AuditError>
-    where
-        I: IntoIterator<Item = (u64, u32, bool)>,
-    {
-        if !self.handle.full {
-            self.handle.count_chain(queue, descriptors);
-            return Ok(());
-        }
-        if self.chains.capacity() == 0 {
-            self.chains = self.handle.spare.take();
-        }
-        self.handle
-            .pack_chain(&mut self.chains, queue, head, descriptors)?;
-        if self.chains.chains() >= DMA_BATCH_CHAINS as u64 {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    /// Hands the chains held so far to the writer (see `Carry`; blocks while the
-    /// writer's queue is full, when they go through it).
-    pub fn flush(&mut self) -> Result<(), AuditError> {
-        if self.chains.is_empty() {
-            return Ok(());
-        }
-        self.handle.carry_chains(&mut self.chains)
-    }
-}
-
-impl Drop for DmaBatch<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = self.flush() {
-            tracing::error!(error = %e, "audit log DMA records lost");
-        }
-        // The pass's buffer, emptied, serves the next pass: a buffer of this size
-        // allocated and freed every pass cost the device the allocator's slow paths.
-        if self.chains.capacity() != 0 {
-            self.handle.spare.give(std::mem::take(&mut self.chains));
-        }
-    }
-}
-
 /// Holds the writer paused; dropping it resumes the writer.
 pub struct PauseGuard {
     _resume: SyncSender<()>,
@@ -362,39 +223,9 @@ impl AuditHandle {
         self.send_now(msg)
     }
 
-    /// Appends `chains` to the chains carried for the writer (leaving `chains` empty, to be
-    /// packed into again), and sends what is carried through the queue when it would grow
-    /// past a record or the writer is asleep (see [`Carry`]).
-    fn carry_chains(&self, chains: &mut PackedChains) -> Result<(), AuditError> {
-        let send = {
-            let mut c = self.carry.lock();
-            let full = !c.is_empty() && c.packed_len() + chains.packed_len() > MAX_DMA_BATCH_BYTES;
-            let before = if full {
-                Some(std::mem::take(&mut *c))
-            } else {
-                None
-            };
-            if c.is_empty() && c.capacity() < MAX_DMA_BATCH_BYTES {
-                // Room for a record at once: grown pass by pass instead, the buffer was
-                // reallocated and copied several times over between two looks of the writer.
-                *c = PackedChains::with_capacity(chains.format(), MAX_DMA_BATCH_BYTES);
-            }
-            c.append(chains);
-            chains.clear();
-            let asleep = self.carry.writer_asleep.load(Ordering::SeqCst);
-            let now = asleep.then(|| std::mem::take(&mut *c));
-            [before, now]
-        };
-        // Sent without the lock held: the writer takes the lock while the queue may be full.
-        for p in send.into_iter().flatten() {
-            self.send_now(Msg::Dma(p))?;
-        }
-        Ok(())
-    }
-
     fn send_now(&self, msg: Msg) -> Result<(), AuditError> {
         // While chains arrive, the writer looks at the queue every few milliseconds instead
-        // of sleeping on it (writer.rs, `DMA_POLL`), so a pass wakes nobody. Anything else is
+        // of sleeping on it (`writer::DMA_POLL`), so a pass wakes nobody. Anything else is
         // rare and may be waited for (a checkpoint, a pause): the writer is woken for it. So
         // it is when the queue is full, and then this blocks until there is room: the device
         // waits rather than drop a record.
@@ -508,17 +339,6 @@ impl AuditHandle {
         // Counted even when the chain could not be packed: the summary stays exact.
         self.dma.record_counts(queue, readable, writable);
         packed.map_err(AuditError::DmaChain)
-    }
-
-    /// A batch for the chains of one pass over a queue: in full mode they are handed to the
-    /// writer (up to [`DMA_BATCH_CHAINS`] at a time) when the batch is flushed or dropped,
-    /// appended to what the device carries for it (`Carry`), so the device pays one short
-    /// lock per pass rather than a queue operation per chain.
-    pub fn dma_batch(&self) -> DmaBatch<'_> {
-        DmaBatch {
-            handle: self,
-            chains: PackedChains::new(DMA_FORMAT),
-        }
     }
 
     /// Writes a checkpoint of everything sent before this call, fsyncs it, and returns it.

@@ -1,0 +1,278 @@
+//! The two packed forms byte by byte: little-endian fixed-width fields (`chains-le/1`) and
+//! LEB128 variable-length integers (`chains-varint/1`), written and walked; a chain's
+//! descriptors decoded ([`PackedChain::descriptors`]); the walk over a batch's chains.
+
+use super::{BatchError, BatchFormat, PackedChain, PackedDescriptor, VarintDefect};
+use super::{CHAIN_HEADER_BYTES, DESCRIPTOR_BYTES, FLAG_WRITABLE, MAX_LEN_FLAGS};
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// Appends `v` as an unsigned LEB128 integer in its shortest form.
+#[inline]
+pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 10];
+    let mut n = 0;
+    while v >= 0x80 {
+        buf[n] = v as u8 | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    buf[n] = v as u8;
+    out.extend_from_slice(&buf[..=n]);
+}
+
+/// Reads a LEB128 integer of at most `max` at `*at` and moves past it; strict: the
+/// shortest form only, and nothing above `max`.
+fn get_varint(b: &[u8], at: &mut usize, max: u64) -> Result<u64, VarintDefect> {
+    let (mut v, mut shift) = (0u64, 0u32);
+    loop {
+        let Some(&byte) = b.get(*at) else {
+            return Err(VarintDefect::Truncated);
+        };
+        *at += 1;
+        let bits = u64::from(byte & 0x7f);
+        // The tenth byte holds bit 63 only; anything above it, or an eleventh byte, is
+        // larger than a u64.
+        if shift == 63 && bits > 1 {
+            return Err(VarintDefect::TooLarge);
+        }
+        v |= bits << shift;
+        if byte & 0x80 == 0 {
+            if byte == 0 && shift != 0 {
+                return Err(VarintDefect::Overlong);
+            }
+            return if v > max {
+                Err(VarintDefect::TooLarge)
+            } else {
+                Ok(v)
+            };
+        }
+        shift += 7;
+        if shift > 63 {
+            return Err(VarintDefect::TooLarge);
+        }
+    }
+}
+
+/// ZigZag: a signed distance as an unsigned integer, small either way.
+#[inline]
+pub(super) fn zigzag(d: i64) -> u64 {
+    ((d << 1) ^ (d >> 63)) as u64
+}
+
+fn unzigzag(z: u64) -> i64 {
+    (z >> 1) as i64 ^ -((z & 1) as i64)
+}
+
+/// The descriptors of a checked chain, in chain order.
+struct Descriptors<'a> {
+    format: BatchFormat,
+    descs: &'a [u8],
+    at: usize,
+    left: u32,
+    prev: u64,
+}
+
+impl Iterator for Descriptors<'_> {
+    type Item = PackedDescriptor;
+
+    fn next(&mut self) -> Option<PackedDescriptor> {
+        if self.left == 0 {
+            return None;
+        }
+        // The bytes were checked whole (`check`): the reads below succeed; were they short,
+        // the walk would end rather than panic.
+        let d = match self.format {
+            BatchFormat::FixedLe => {
+                let d = self.descs.get(self.at..self.at + DESCRIPTOR_BYTES)?;
+                self.at += DESCRIPTOR_BYTES;
+                PackedDescriptor {
+                    addr: u64_at(d, 0),
+                    len: u32_at(d, 8),
+                    writable: d[12] & FLAG_WRITABLE != 0,
+                }
+            }
+            BatchFormat::Varint => {
+                let a = get_varint(self.descs, &mut self.at, u64::MAX).ok()?;
+                let lf = get_varint(self.descs, &mut self.at, MAX_LEN_FLAGS).ok()?;
+                let addr = self.prev.wrapping_add(unzigzag(a) as u64);
+                self.prev = addr;
+                PackedDescriptor {
+                    addr,
+                    len: (lf >> 1) as u32,
+                    writable: lf & 1 != 0,
+                }
+            }
+        };
+        self.left -= 1;
+        Some(d)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left as usize, Some(self.left as usize))
+    }
+}
+
+impl ExactSizeIterator for Descriptors<'_> {}
+
+impl<'a> PackedChain<'a> {
+    /// Descriptors in the chain.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether the chain has no descriptor.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Its descriptors, in chain order.
+    pub fn descriptors(&self) -> impl ExactSizeIterator<Item = PackedDescriptor> + 'a {
+        Descriptors {
+            format: self.format,
+            descs: self.descs,
+            at: 0,
+            left: self.count,
+            prev: 0,
+        }
+    }
+}
+
+/// A chain's header and where its descriptors start and end, checked: the first defect
+/// otherwise. `at` is where the chain starts in `data`; `chain` its index.
+pub(super) struct Walked {
+    pub(super) queue: u16,
+    pub(super) head: u16,
+    pub(super) count: u32,
+    /// Where the descriptors start and where the chain ends.
+    pub(super) descs: (usize, usize),
+    /// Bytes of every descriptor.
+    pub(super) bytes: u64,
+}
+
+fn walk_fixed(data: &[u8], at: usize, chain: u64) -> Result<Walked, BatchError> {
+    let rest = &data[at..];
+    let truncated = |needed: u64| BatchError::Truncated {
+        chain,
+        offset: at,
+        needed,
+        left: rest.len(),
+    };
+    if rest.len() < CHAIN_HEADER_BYTES {
+        return Err(truncated(CHAIN_HEADER_BYTES as u64));
+    }
+    let n = u32_at(rest, 4);
+    // At most 8 + (2^32 - 1) * 13 bytes: no overflow in u64.
+    let needed = CHAIN_HEADER_BYTES as u64 + u64::from(n) * DESCRIPTOR_BYTES as u64;
+    let Some(whole) = usize::try_from(needed).ok().and_then(|e| rest.get(..e)) else {
+        return Err(truncated(needed));
+    };
+    let mut bytes = 0u64;
+    for (i, d) in whole[CHAIN_HEADER_BYTES..]
+        .chunks_exact(DESCRIPTOR_BYTES)
+        .enumerate()
+    {
+        let flags = d[12];
+        if flags & !FLAG_WRITABLE != 0 {
+            return Err(BatchError::ReservedFlags {
+                chain,
+                index: i as u32,
+                flags,
+            });
+        }
+        bytes += u64::from(u32_at(d, 8));
+    }
+    Ok(Walked {
+        queue: u16_at(rest, 0),
+        head: u16_at(rest, 2),
+        count: n,
+        descs: (at + CHAIN_HEADER_BYTES, at + whole.len()),
+        bytes,
+    })
+}
+
+fn walk_varint(data: &[u8], at: usize, chain: u64) -> Result<Walked, BatchError> {
+    let mut p = at;
+    let field = |p: &mut usize, field: &'static str, max: u64| {
+        let offset = *p;
+        get_varint(data, p, max).map_err(|defect| BatchError::Varint {
+            chain,
+            offset,
+            field,
+            defect,
+        })
+    };
+    // The casts below hold: each value was checked against its field's maximum.
+    let queue = field(&mut p, "queue", u64::from(u16::MAX))? as u16;
+    let head = field(&mut p, "head", u64::from(u16::MAX))? as u16;
+    let count = field(&mut p, "count", u64::from(u32::MAX))? as u32;
+    let start = p;
+    let mut bytes = 0u64;
+    // Each descriptor takes at least two bytes, so a count past the end fails at the end
+    // of the data, after at most its length in steps.
+    for _ in 0..count {
+        field(&mut p, "addr", u64::MAX)?;
+        bytes += field(&mut p, "len", MAX_LEN_FLAGS)? >> 1;
+    }
+    Ok(Walked {
+        queue,
+        head,
+        count,
+        descs: (start, p),
+        bytes,
+    })
+}
+
+pub(super) fn walk(
+    format: BatchFormat,
+    data: &[u8],
+    at: usize,
+    chain: u64,
+) -> Result<Walked, BatchError> {
+    match format {
+        BatchFormat::FixedLe => walk_fixed(data, at, chain),
+        BatchFormat::Varint => walk_varint(data, at, chain),
+    }
+}
+
+/// The chains of checked bytes, in order.
+pub(super) struct Chains<'a> {
+    pub(super) format: BatchFormat,
+    pub(super) data: &'a [u8],
+    pub(super) at: usize,
+}
+
+impl<'a> Iterator for Chains<'a> {
+    type Item = PackedChain<'a>;
+
+    fn next(&mut self) -> Option<PackedChain<'a>> {
+        if self.at >= self.data.len() {
+            return None;
+        }
+        // The bytes were checked whole (`check`): a defect cannot be met here, and would end
+        // the walk rather than panic.
+        let w = walk(self.format, self.data, self.at, 0).ok()?;
+        let size = w.descs.1 - self.at;
+        self.at = w.descs.1;
+        Some(PackedChain {
+            queue: w.queue,
+            head: w.head,
+            count: w.count,
+            descs: self.data.get(w.descs.0..w.descs.1)?,
+            format: self.format,
+            size,
+        })
+    }
+}
