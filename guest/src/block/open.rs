@@ -13,7 +13,9 @@ use swiotlb_shared::features::{
     VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
     VIRTIO_F_SWIOTLB, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
-use swiotlb_shared::layout::{slots_for, PoolLayout, PoolWindow, MAX_QUEUE_SIZE, SLOT_SIZE};
+use swiotlb_shared::layout::{
+    slots_for, LayoutError, PoolLayout, PoolWindow, MAX_QUEUE_SIZE, SLOT_SIZE,
+};
 use swiotlb_shared::pci::{common, status};
 use swiotlb_shared::transcript::QueueRings;
 
@@ -204,7 +206,7 @@ impl<P: PciAccess> BlockDriver<P> {
                 transport: transport_queues,
             });
         }
-        let nq = config.num_queues.min(opts.queues.max(1)).min(MAX_QUEUES);
+        let wanted = config.num_queues.min(opts.queues.max(1)).min(MAX_QUEUES);
         let max = vp.queue_max_size(0)?;
         if max == 0 {
             return Err(TransportError::BadRegister {
@@ -216,6 +218,17 @@ impl<P: PciAccess> BlockDriver<P> {
         // Largest power of two not above the device's maximum, ours, or the layout's.
         let cap = max.min(opts.queue_size).min(MAX_QUEUE_SIZE);
         let qsize = 1u16 << (15 - cap.leading_zeros().min(15));
+        // As many of the wanted queues as the pool holds with a full area each: a small pool
+        // (1 MiB holds one queue of 128) serves fewer queues rather than none.
+        let (nq, layout) = fit_queues(pool.len, wanted, qsize)?;
+        if nq < wanted {
+            tracing::info!(
+                wanted,
+                queues = nq,
+                pool = pool.len,
+                "the pool holds fewer queues than wanted: using {nq}"
+            );
+        }
         for q in 1..nq {
             let m = vp.queue_max_size(q)?;
             if m < qsize {
@@ -227,7 +240,6 @@ impl<P: PciAccess> BlockDriver<P> {
                 .into());
             }
         }
-        let layout = PoolLayout::new(pool.len, nq, qsize)?;
         let indirect = accepted & bit(VIRTIO_RING_F_INDIRECT_DESC) != 0;
         if !indirect && qsize < 3 {
             let _ = vp.set_status(failed | status::FEATURES_OK);
@@ -401,5 +413,44 @@ impl<P: PciAccess> BlockDriver<P> {
             self.release(run, std::iter::empty());
         }
         outcome
+    }
+}
+
+/// The most queues, from `wanted` down to one, whose layout the pool holds at `qsize`, and
+/// that layout. The error is one queue's: the pool cannot serve the device at all.
+fn fit_queues(pool: u64, wanted: u16, qsize: u16) -> Result<(u16, PoolLayout), LayoutError> {
+    let mut nq = wanted.max(1);
+    loop {
+        match PoolLayout::new(pool, nq, qsize) {
+            Ok(layout) => return Ok((nq, layout)),
+            Err(LayoutError::TooFewSlots { .. } | LayoutError::BadQueueCount(_)) if nq > 1 => {
+                nq -= 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_pool_serves_fewer_queues_rather_than_none() {
+        // 1 MiB holds one queue of 256 with a full area (a maximal mapping's slots), not two.
+        assert!(PoolLayout::new(1 << 20, 2, 256).is_err());
+        let (nq, layout) = fit_queues(1 << 20, 2, 256).unwrap();
+        assert_eq!((nq, layout.queues.len()), (1, 1));
+        // 16 MiB holds both.
+        let (nq, layout) = fit_queues(16 << 20, 2, 256).unwrap();
+        assert_eq!((nq, layout.queues.len()), (2, 2));
+        // Never more than wanted, and at least one.
+        assert_eq!(fit_queues(16 << 20, 1, 256).unwrap().0, 1);
+        assert_eq!(fit_queues(16 << 20, 0, 256).unwrap().0, 1);
+        // A pool that cannot hold even one queue: the one queue's error.
+        assert!(matches!(
+            fit_queues(1 << 20, 4, 8192),
+            Err(LayoutError::TooFewSlots { .. } | LayoutError::BadQueueSize(_))
+        ));
     }
 }
