@@ -47,19 +47,8 @@ pub fn expand_dma_record(record: &Record) -> Option<Vec<DmaEvent>> {
 pub fn expand_packed(p: &PackedChains, sequence: u64, time: u64) -> Vec<DmaEvent> {
     let mut out = Vec::with_capacity(usize::try_from(p.descriptors()).unwrap_or(0));
     for (chain, c) in p.iter().enumerate() {
-        for (index, d) in c.descriptors().enumerate() {
-            out.push(DmaEvent {
-                sequence,
-                time,
-                chain: chain as u64,
-                index: index as u32,
-                queue: c.queue,
-                head: c.head,
-                addr: d.addr,
-                len: d.len,
-                writable: d.writable,
-            });
-        }
+        let descs = c.descriptors().map(|d| (d.addr, d.len, d.writable));
+        push_chain(&mut out, (sequence, time), chain, (c.queue, c.head), descs);
     }
     out
 }
@@ -68,19 +57,32 @@ pub fn expand_packed(p: &PackedChains, sequence: u64, time: u64) -> Vec<DmaEvent
 pub fn expand_chains(d: &DmaChains, sequence: u64, time: u64) -> Vec<DmaEvent> {
     let mut out = Vec::new();
     for (chain, c) in d.chains.iter().enumerate() {
-        for (index, x) in c.descriptors.iter().enumerate() {
-            out.push(DmaEvent {
-                sequence,
-                time,
-                chain: chain as u64,
-                index: index as u32,
-                queue: c.queue,
-                head: c.head,
-                addr: x.addr,
-                len: x.len,
-                writable: x.writable,
-            });
-        }
+        let descs = c.descriptors.iter().map(|x| (x.addr, x.len, x.writable));
+        push_chain(&mut out, (sequence, time), chain, (c.queue, c.head), descs);
     }
     out
+}
+
+/// Appends one event per descriptor `(addr, len, writable)` of chain number `chain` (at
+/// `head` on `queue`) of the record at `(sequence, time)`.
+fn push_chain(
+    out: &mut Vec<DmaEvent>,
+    (sequence, time): (u64, u64),
+    chain: usize,
+    (queue, head): (u16, u16),
+    descriptors: impl Iterator<Item = (u64, u32, bool)>,
+) {
+    for (index, (addr, len, writable)) in descriptors.enumerate() {
+        out.push(DmaEvent {
+            sequence,
+            time,
+            chain: chain as u64,
+            index: index as u32,
+            queue,
+            head,
+            addr,
+            len,
+            writable,
+        });
+    }
 }
