@@ -206,6 +206,27 @@ pub struct AuditHandle {
     carry: Arc<Carry>,
 }
 
+/// One chain's (descriptors, bytes) per direction, summed before the accumulator's atomic
+/// adds ([`DmaAccumulator::record_counts`]).
+#[derive(Default)]
+struct ChainTally {
+    readable: (u64, u64),
+    writable: (u64, u64),
+}
+
+impl ChainTally {
+    #[inline]
+    fn add(&mut self, len: u32, writable: bool) {
+        let c = if writable {
+            &mut self.writable
+        } else {
+            &mut self.readable
+        };
+        c.0 = c.0.wrapping_add(1);
+        c.1 = c.1.wrapping_add(u64::from(len));
+    }
+}
+
 /// Holds the writer paused; dropping it resumes the writer.
 pub struct PauseGuard {
     _resume: SyncSender<()>,
@@ -304,15 +325,12 @@ impl AuditHandle {
     where
         I: IntoIterator<Item = (u64, u32, bool)>,
     {
-        // (descriptors, bytes) per direction.
-        let mut readable = (0u64, 0u64);
-        let mut writable = (0u64, 0u64);
+        let mut tally = ChainTally::default();
         for (_, len, w) in descriptors {
-            let c = if w { &mut writable } else { &mut readable };
-            c.0 = c.0.wrapping_add(1);
-            c.1 = c.1.wrapping_add(u64::from(len));
+            tally.add(len, w);
         }
-        self.dma.record_counts(queue, readable, writable);
+        self.dma
+            .record_counts(queue, tally.readable, tally.writable);
     }
 
     /// Counts a chain as [`count_chain`](Self::count_chain) does and packs it into `into`,
@@ -328,16 +346,14 @@ impl AuditHandle {
     where
         I: IntoIterator<Item = (u64, u32, bool)>,
     {
-        let mut readable = (0u64, 0u64);
-        let mut writable = (0u64, 0u64);
-        let counted = descriptors.into_iter().inspect(|&(_, len, w)| {
-            let c = if w { &mut writable } else { &mut readable };
-            c.0 = c.0.wrapping_add(1);
-            c.1 = c.1.wrapping_add(u64::from(len));
-        });
+        let mut tally = ChainTally::default();
+        let counted = descriptors
+            .into_iter()
+            .inspect(|&(_, len, w)| tally.add(len, w));
         let packed = into.push_chain(queue, head, counted);
         // Counted even when the chain could not be packed: the summary stays exact.
-        self.dma.record_counts(queue, readable, writable);
+        self.dma
+            .record_counts(queue, tally.readable, tally.writable);
         packed.map_err(AuditError::DmaChain)
     }
 
