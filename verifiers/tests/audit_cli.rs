@@ -252,13 +252,19 @@ fn the_prove_tool_gives_the_naive_proofs_against_the_latest_checkpoint() {
     assert_eq!(v["old_root"], B64.encode(mth(&l.lines[..a])));
 }
 
+/// The log file and verifier key of the fixture log under `tests/data/<name>`.
+fn fixture_log(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name);
+    (dir.join("audit.000001.jsonl"), dir.join("audit.key.pub"))
+}
+
 /// A full-mode log of the earlier format (its DMAs in `dma_chains` records, one JSON object
 /// per descriptor), as the writer wrote it before DMA batches: 96 chains of three on queues
 /// 0 and 1, a finding, a summary.
 fn dma_chains_log() -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/full-mode-dma-chains");
-    (dir.join("audit.000001.jsonl"), dir.join("audit.key.pub"))
+    fixture_log("full-mode-dma-chains")
 }
 
 #[test]
@@ -329,9 +335,7 @@ fn show_expands_a_dma_batch_into_one_line_per_dma_and_stats_counts_them() {
 /// queues 0 and 1 (chain j at 0x8000100000 + j * 0x1800: a 16-byte header, 4 KiB of data
 /// 0x800 further, a status byte 0x10 further), a finding, a summary.
 fn dma_batch_le_log() -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/full-mode-dma-batch-le");
-    (dir.join("audit.000001.jsonl"), dir.join("audit.key.pub"))
+    fixture_log("full-mode-dma-batch-le")
 }
 
 #[test]
