@@ -40,7 +40,7 @@ mod expand;
 mod forms;
 
 pub use expand::{expand_chains, expand_dma_record, expand_packed, DmaEvent};
-use forms::{put_varint, walk, zigzag, Chains};
+use forms::{put_varint, walk, zigzag, Chains, VarintWriter};
 
 /// The packed forms `unmapped.dma_batch.format` names. Every reader reads both; the device
 /// packs [`BatchFormat::Varint`].
@@ -292,24 +292,26 @@ impl PackedChains {
         // Room for the header and, typically, each descriptor's ~5 bytes.
         let (lo, hi) = descriptors.size_hint();
         self.data.reserve(8 + lo.saturating_mul(8));
-        put_varint(&mut self.data, u64::from(queue));
-        put_varint(&mut self.data, u64::from(head));
+        let mut w = VarintWriter::new(&mut self.data);
+        w.put(u64::from(queue));
+        w.put(u64::from(head));
         // The count, written first when the descriptors say how many they are (the device's
         // do), and put in place after them otherwise or if they said wrong.
         let guess = (hi == Some(lo)).then_some(lo as u64);
-        let count_at = self.data.len();
+        let count_at = w.position();
         if let Some(g) = guess {
-            put_varint(&mut self.data, g);
+            w.put(g);
         }
-        let count_end = self.data.len();
+        let count_end = w.position();
         let (mut n, mut bytes, mut prev) = (0u64, 0u64, 0u64);
         for (addr, len, writable) in descriptors {
-            put_varint(&mut self.data, zigzag(addr.wrapping_sub(prev) as i64));
-            put_varint(&mut self.data, u64::from(len) << 1 | u64::from(writable));
+            w.put(zigzag(addr.wrapping_sub(prev) as i64));
+            w.put(u64::from(len) << 1 | u64::from(writable));
             prev = addr;
             n += 1;
             bytes += u64::from(len);
         }
+        w.finish();
         if guess != Some(n) {
             let mut c = Vec::with_capacity(10);
             put_varint(&mut c, n);
