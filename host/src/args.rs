@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use swiotlb_host::cpus::CpuList;
 use swiotlb_shared::units::parse_size;
 
 /// Serve a virtio-blk device whose only DMA-reachable memory is a SWIOTLB pool BAR.
@@ -34,8 +35,16 @@ pub(crate) struct Args {
     /// VIRTIO_BLK_F_MQ (offered when there is more than one). Default: the CPUs this
     /// process may run on, at most 8, as QEMU gives a virtio-blk device a queue per vCPU.
     /// `--queues 1` is the device without MQ, served by the device thread alone.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=16))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=MAX_QUEUES as i64))]
     pub(crate) queues: Option<u16>,
+    /// Run queue `i`'s thread on the `i`th CPU of LIST (`1`, `2,3`, `4-7`), and every
+    /// other thread of the device (the audit writer, the control thread) on the CPUs this
+    /// process may run on that LIST leaves (all of them when it leaves none). For a polling
+    /// device (`--poll-us`) given a fixed set of CPUs: nothing then preempts a spinning queue
+    /// thread. Each CPU must be one the process may run on; without `--queues`, one queue
+    /// per CPU listed. Default: the scheduler places every thread.
+    #[arg(long, value_name = "LIST")]
+    pub(crate) queue_cpus: Option<CpuList>,
     /// Serve the disk read-only.
     #[arg(long)]
     pub(crate) read_only: bool,
@@ -193,11 +202,20 @@ pub(crate) enum AttestMode {
 /// drives only cost threads, rings and pool areas.
 const DEFAULT_QUEUES_MAX: u16 = 8;
 
+/// Most queues `--queues` takes.
+const MAX_QUEUES: u16 = 16;
+
 impl Args {
-    /// `--queues`, or its default: the CPUs this process may run on (its affinity and CPU
-    /// quota), at most [`DEFAULT_QUEUES_MAX`].
+    /// `--queues`, or its default: one per CPU of `--queue-cpus` (at most [`MAX_QUEUES`]),
+    /// else the CPUs this process may run on (its affinity and CPU quota), at most
+    /// [`DEFAULT_QUEUES_MAX`].
     pub(crate) fn queues(&self) -> u16 {
         self.queues.unwrap_or_else(|| {
+            if let Some(list) = &self.queue_cpus {
+                return u16::try_from(list.cpus().len())
+                    .unwrap_or(u16::MAX)
+                    .clamp(1, MAX_QUEUES);
+            }
             let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
             u16::try_from(cpus)
                 .unwrap_or(u16::MAX)

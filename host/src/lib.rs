@@ -15,10 +15,12 @@
 //! - [`vfio_user`]: the vfio-user server;
 //! - [`sandbox`]: privileges, Landlock, limits and seccomp for the device process;
 //! - [`fds`]: the socket and image passed in by a supervisor;
+//! - [`cpus`]: `--queue-cpus`, a CPU per queue thread and the rest for the others;
 //! - [`stop`]: the orderly stop on SIGTERM and SIGINT.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod audit;
+pub mod cpus;
 pub mod devices;
 pub mod fds;
 pub mod findings;

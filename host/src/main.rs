@@ -17,6 +17,7 @@ use swiotlb_attest::ear::{EarError, EarSigner};
 use swiotlb_attest::emulated::EmulatedError;
 use swiotlb_attest::policy::PolicyError;
 use swiotlb_host::audit::{AuditError, WriterSetupError};
+use swiotlb_host::cpus::{self, CpuError, CpuList, Placement};
 use swiotlb_host::devices::block::{disk::DiskImage, Block, CacheMode, IoEngine};
 use swiotlb_host::fds::{FdError, Passed};
 use swiotlb_host::pool::PoolError;
@@ -33,6 +34,9 @@ use args::{Args, AttestMode, AuditModeArg, CacheArg, IoEngineArg, ProbeThread, S
 /// Why the device did not start, or stopped.
 #[derive(Debug, Error)]
 enum HostError {
+    /// `--queue-cpus` cannot be applied.
+    #[error("--queue-cpus")]
+    QueueCpus(#[source] CpuError),
     /// The queue worker threads could not be started.
     #[error("starting the queue workers")]
     QueueWorkers(#[source] swiotlb_host::virtio::WorkerError),
@@ -368,6 +372,23 @@ fn audit_directories(args: &Args) -> Result<(), HostError> {
     Ok(())
 }
 
+/// Checks `--queue-cpus` against the CPUs this process may run on and moves this thread
+/// (and so every thread it starts after) to the CPUs the queues leave.
+fn place_threads(list: &CpuList, queues: u16) -> Result<Placement, HostError> {
+    let allowed = cpus::allowed().map_err(HostError::QueueCpus)?;
+    let p = Placement::new(list, queues, &allowed).map_err(HostError::QueueCpus)?;
+    if p.shares() {
+        tracing::warn!(
+            cpus = %allowed,
+            "--queue-cpus names every CPU this process may run on: the audit writer and the \
+             control thread share the queues' CPUs"
+        );
+    }
+    cpus::pin_current_thread(p.others()).map_err(HostError::QueueCpus)?;
+    tracing::info!(queue_cpus = %list, other_threads = %p.others(), "threads placed");
+    Ok(p)
+}
+
 fn run(args: &Args) -> Result<(), HostError> {
     if args.print_sandbox {
         print_sandbox(args);
@@ -385,6 +406,12 @@ fn run(args: &Args) -> Result<(), HostError> {
     }
     // Before any thread exists, so that every thread inherits the mask.
     let stop = StopSignals::block().map_err(HostError::StopSignals)?;
+    // Also before any thread: the threads started after take the CPUs the queues leave.
+    let placement = args
+        .queue_cpus
+        .as_ref()
+        .map(|list| place_threads(list, args.queues()))
+        .transpose()?;
     let mut passed = Passed::from_env().map_err(HostError::PassedFds)?;
     let (disk_file, disk_name) = match (&args.disk, &args.disk_fd) {
         (Some(path), _) => (
@@ -523,8 +550,15 @@ fn run(args: &Args) -> Result<(), HostError> {
         None
     };
     function = function
-        .with_queue_workers(filter)
+        .with_queue_workers(filter, placement.as_ref())
         .map_err(HostError::QueueWorkers)?;
+    // One queue: this thread serves it, on the queue's CPU from now on (the audit writer,
+    // started before, stays on the CPUs left).
+    if let Some(cpu) = placement.as_ref().and_then(|p| p.queue_list(0)) {
+        if queues == 1 {
+            cpus::pin_current_thread(&cpu).map_err(HostError::QueueCpus)?;
+        }
+    }
     if on {
         let limit = limits::address_space_limit(args.pool_size);
         limits::limit_address_space(limit).map_err(HostError::Sandbox)?;

@@ -28,6 +28,7 @@ use seccompiler::BpfProgram;
 use thiserror::Error;
 
 use crate::audit::AuditHandle;
+use crate::cpus::{pin_current_thread, CpuError, Placement};
 use crate::findings::{self, Finding, FindingCounters};
 use crate::pci::interrupts::Interrupts;
 use crate::pool::PoolView;
@@ -55,6 +56,9 @@ pub enum WorkerError {
     /// A worker could not install its seccomp filter (it has ended).
     #[error("queue worker {0} could not install its seccomp filter: {1}")]
     Filter(u16, String),
+    /// A worker could not be moved to its CPU (`--queue-cpus`; it has ended).
+    #[error("queue worker {0}")]
+    Pin(u16, #[source] CpuError),
 }
 
 /// What the device thread shares with every worker of one run: how a worker reports a
@@ -189,9 +193,14 @@ impl std::fmt::Debug for QueueWorkers {
 }
 
 impl QueueWorkers {
-    /// Starts `n` parked workers. Each installs `filter` (when given) on itself before it
-    /// takes a job; a worker that cannot is an error here, and no worker runs unfiltered.
-    pub fn spawn(n: u16, filter: Option<Arc<BpfProgram>>) -> Result<Self, WorkerError> {
+    /// Starts `n` parked workers. Each moves to its CPU of `cpus` (when given), then
+    /// installs `filter` (when given) on itself before it takes a job; a worker that cannot
+    /// is an error here, and no worker runs unfiltered or elsewhere.
+    pub fn spawn(
+        n: u16,
+        filter: Option<Arc<BpfProgram>>,
+        cpus: Option<&Placement>,
+    ) -> Result<Self, WorkerError> {
         let mut workers = Vec::with_capacity(usize::from(n));
         let mut ready = Vec::with_capacity(usize::from(n));
         for q in 0..n {
@@ -205,13 +214,20 @@ impl QueueWorkers {
             let (tx, rx) = std::sync::mpsc::channel();
             let s = shared.clone();
             let f = filter.clone();
+            let cpu = cpus.and_then(|p| p.queue_list(q));
             let thread = std::thread::Builder::new()
                 .name(format!("queue-{q}"))
                 .stack_size(WORKER_STACK)
                 .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if let Err(e) = pin_current_thread(&cpu) {
+                            let _ = tx.send(Err(WorkerError::Pin(q, e)));
+                            return;
+                        }
+                    }
                     if let Some(prog) = f {
                         if let Err(e) = seccompiler::apply_filter(&prog) {
-                            let _ = tx.send(Err(e.to_string()));
+                            let _ = tx.send(Err(WorkerError::Filter(q, e.to_string())));
                             return;
                         }
                     }
@@ -231,7 +247,7 @@ impl QueueWorkers {
         for (q, rx) in ready.into_iter().enumerate() {
             match rx.recv() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(WorkerError::Filter(q as u16, e)),
+                Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(WorkerError::Filter(q as u16, "thread ended".into())),
             }
         }
@@ -516,7 +532,7 @@ mod tests {
     fn workers_park_until_given_a_job_and_are_joined_when_dropped() {
         // Only this test starts a third worker, so `queue-2` is ours.
         let before = threads_named("queue-2");
-        let w = QueueWorkers::spawn(3, None).unwrap();
+        let w = QueueWorkers::spawn(3, None, None).unwrap();
         assert_eq!(w.len(), 3);
         assert_eq!(threads_named("queue-2"), before + 1);
         assert!(!w.any_serving());
@@ -530,7 +546,7 @@ mod tests {
     #[test]
     fn a_worker_that_cannot_install_its_filter_is_an_error_not_an_unfiltered_thread() {
         // An empty program is refused by the filter installer.
-        let err = QueueWorkers::spawn(2, Some(Arc::new(BpfProgram::new()))).unwrap_err();
+        let err = QueueWorkers::spawn(2, Some(Arc::new(BpfProgram::new())), None).unwrap_err();
         assert!(matches!(err, WorkerError::Filter(0, _)), "{err}");
     }
 }

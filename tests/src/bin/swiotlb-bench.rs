@@ -711,7 +711,10 @@ const DRIVER_CPU: usize = 0;
 fn pin_to(cpu: Option<usize>) {
     // SAFETY: an all-zero cpu_set_t is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The CPUs online, not `available_parallelism` (this thread's own CPUs, one while it
+    // is pinned).
+    // SAFETY: sysconf only reads a system setting.
+    let n = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1);
     for c in cpu.map_or(0..n, |c| c..c + 1) {
         // SAFETY: `c` is below CPU_SETSIZE for any machine this runs on.
         unsafe { libc::CPU_SET(c, &mut set) };
@@ -839,14 +842,29 @@ enum Audit {
     Off,
     Summary,
     Full,
+    /// Full, in polling mode with the whole host on the queue's CPU: the audit writer then
+    /// shares it with the spinning device thread (by default a pinned host runs its queue on
+    /// [`HOST_CPU`] with `--queue-cpus` and its other threads on the CPUs left).
+    FullOneCpu,
 }
 
 impl Audit {
+    /// The name in the report and the JSON keys.
     fn name(self) -> &'static str {
         match self {
             Self::Off => "off",
             Self::Summary => "summary",
             Self::Full => "full",
+            Self::FullOneCpu => "full_one_cpu",
+        }
+    }
+
+    /// `swiotlb-host --audit-mode`.
+    fn host_mode(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Summary => "summary",
+            Self::Full | Self::FullOneCpu => "full",
         }
     }
 }
@@ -912,27 +930,39 @@ impl Pair {
             cmd.arg("--audit-log")
                 .arg(dir.join("device.jsonl"))
                 .arg("--audit-mode")
-                .arg(audit.name());
+                .arg(audit.host_mode());
             audit_dir = Some(dir);
         }
         // Only polling needs each side on a CPU of its own; a sleeping side is woken
         // sooner wherever the scheduler finds a free CPU.
-        if cfg.pin && mode == Mode::Polling && queues == 1 {
-            // SAFETY: between fork and exec the closure only calls sched_setaffinity,
-            // which is async-signal-safe, on a set built on its own stack.
-            unsafe {
-                cmd.pre_exec(|| {
-                    pin_to(Some(HOST_CPU));
-                    Ok(())
-                });
+        let pin = cfg.pin && mode == Mode::Polling && queues == 1;
+        if pin {
+            if audit == Audit::FullOneCpu {
+                // SAFETY: between fork and exec the closure only calls sched_setaffinity,
+                // which is async-signal-safe, on a set built on its own stack.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        pin_to(Some(HOST_CPU));
+                        Ok(())
+                    });
+                }
+            } else {
+                // The queue's thread alone on HOST_CPU; the host's other threads (the audit
+                // writer) on the CPU left, which the driver's thread spins on.
+                cmd.args(["--queue-cpus", &HOST_CPU.to_string()]);
+                // The host inherits this thread's CPUs: every one, whatever ran here before.
+                pin_to(None);
             }
-            pin_to(Some(DRIVER_CPU));
         }
         let mut host = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| BenchError::StartHost(cfg.host_bin.clone(), e))?;
+        // After the host started: it inherits this thread's CPUs, and takes HOST_CPU from them.
+        if pin {
+            pin_to(Some(DRIVER_CPU));
+        }
         let t = Instant::now();
         while !socket.exists() {
             if let Ok(Some(s)) = host.try_wait() {
@@ -1611,20 +1641,28 @@ fn run(cfg: &Config) -> Result<(), BenchError> {
         second_copy(cfg, &fx, &say, &mut out)?;
     }
     // Audit modes, in both notification modes: 4 KiB random reads at QD32, a fresh host
-    // for each measurement, the six interleaved round after round.
+    // for each measurement, interleaved round after round, each round starting one mode
+    // further along (a mode that always ran first, or right after another, would carry
+    // whatever drift there is within a round).
     let w = WORKLOADS[2];
-    let audits = [Audit::Off, Audit::Summary, Audit::Full];
     for mode in [Mode::Polling, Mode::Interrupt] {
-        let mut iops: Vec<Vec<f64>> = vec![Vec::new(); audits.len()];
-        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); audits.len()];
+        let audits: &[Audit] = if mode == Mode::Polling && cfg.pin {
+            &[Audit::Off, Audit::Summary, Audit::Full, Audit::FullOneCpu]
+        } else {
+            &[Audit::Off, Audit::Summary, Audit::Full]
+        };
+        let n = audits.len();
+        let mut iops: Vec<Vec<f64>> = vec![Vec::new(); n];
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); n];
         // The host's on-CPU time per request: all its threads, and the audit writer's.
-        let mut host_ns: Vec<Vec<f64>> = vec![Vec::new(); audits.len()];
-        let mut writer_ns: Vec<Vec<f64>> = vec![Vec::new(); audits.len()];
+        let mut host_ns: Vec<Vec<f64>> = vec![Vec::new(); n];
+        let mut writer_ns: Vec<Vec<f64>> = vec![Vec::new(); n];
         for r in 0..cfg.audit_rounds {
-            let mut this = Vec::new();
-            for (i, a) in audits.iter().enumerate() {
+            let mut this = vec![f64::NAN; n];
+            for i in (0..n).map(|k| (k + r) % n) {
+                let a = audits[i];
                 let tag = format!("audit-{}-{}-{r}", mode.name(), a.name());
-                let mut pair = Pair::start(cfg, &fx, mode, *a, &tag)?;
+                let mut pair = Pair::start(cfg, &fx, mode, a, &tag)?;
                 let seed = (r * 10 + i + 1) as u64;
                 let pid = pair.host.id();
                 let before = threads_cpu_ns(pid, "swiotlb-audit");
@@ -1637,7 +1675,7 @@ fn run(cfg: &Config) -> Result<(), BenchError> {
                     host_ns[i].push(per(b.0, a.0));
                     writer_ns[i].push(per(b.1, a.1));
                 }
-                this.push(f.iops);
+                this[i] = f.iops;
                 iops[i].push(f.iops);
             }
             for (i, v) in this.iter().enumerate() {
@@ -1655,11 +1693,25 @@ fn run(cfg: &Config) -> Result<(), BenchError> {
             Mode::Interrupt => String::new(),
             Mode::Polling => "_polling".into(),
         };
+        let have_cpu = host_ns.iter().all(|v| !v.is_empty());
         for (i, a) in audits.iter().enumerate() {
             let m = median(&mut iops[i]);
             let ratio = median(&mut ratios[i]);
+            let cpu = if have_cpu {
+                let (h, wr) = (median(&mut host_ns[i]), median(&mut writer_ns[i]));
+                out.insert(format!("audit_{}_host_cpu_ns{suffix}", a.name()), json!(h));
+                if *a != Audit::Off {
+                    out.insert(
+                        format!("audit_{}_writer_cpu_ns{suffix}", a.name()),
+                        json!(wr),
+                    );
+                }
+                format!("; host CPU {h:.0} ns a request, of which the audit writer {wr:.0} ns")
+            } else {
+                String::new()
+            };
             say(format!(
-                "  audit {:<8} {:>10.0} IOPS  ratio to off {:.3}",
+                "  audit {:<12} {:>10.0} IOPS  ratio to off {:.3}{cpu}",
                 a.name(),
                 m,
                 ratio
@@ -1669,25 +1721,10 @@ fn run(cfg: &Config) -> Result<(), BenchError> {
                 out.insert(format!("audit_{}_vs_off{suffix}", a.name()), json!(ratio));
             }
         }
-        if host_ns.iter().all(|v| !v.is_empty()) {
-            let h: Vec<f64> = host_ns.iter_mut().map(|v| median(v)).collect();
-            let wr: Vec<f64> = writer_ns.iter_mut().map(|v| median(v)).collect();
+        if mode == Mode::Polling && cfg.pin {
             say(format!(
-                "  host on-CPU time per request (all threads; polling includes the spinning): off {:.0} ns, summary {:.0} ns, full {:.0} ns; of which the audit writer thread: summary {:.0} ns, full {:.0} ns",
-                h[0], h[1], h[2], wr[1], wr[2]
+                "  (polling: the queue's thread alone on CPU {HOST_CPU} (--queue-cpus), the host's other threads on the CPU left, where the driver's thread spins; full_one_cpu: the whole host on CPU {HOST_CPU}; host CPU includes the spinning)"
             ));
-            for (i, a) in audits.iter().enumerate() {
-                out.insert(
-                    format!("audit_{}_host_cpu_ns{suffix}", a.name()),
-                    json!(h[i]),
-                );
-                if *a != Audit::Off {
-                    out.insert(
-                        format!("audit_{}_writer_cpu_ns{suffix}", a.name()),
-                        json!(wr[i]),
-                    );
-                }
-            }
         }
     }
 

@@ -33,6 +33,7 @@ use thiserror::Error;
 use super::config_space::ConfigSpace;
 use super::interrupts::{Interrupts, IrqAction, IrqError};
 use crate::audit::{AuditError, AuditHandle};
+use crate::cpus::Placement;
 use crate::findings::{self, Finding, FindingCounters, FindingKind};
 use crate::gate::{EvidenceVerifier, Gate, Submission, Verdict};
 use crate::pool::{Pool, PoolError};
@@ -172,16 +173,18 @@ impl VirtioPciFunction {
     }
 
     /// Starts a parked worker thread per queue (when the device has more than one), each
-    /// installing `filter` on itself first: once the driver negotiates VIRTIO_BLK_F_MQ, every
-    /// queue is served on its own thread ([`crate::virtio::workers`]). Without this, or
-    /// when MQ is not negotiated, the thread that owns the function serves every queue.
+    /// moving to its CPU of `cpus` and installing `filter` on itself first: once the driver
+    /// negotiates VIRTIO_BLK_F_MQ, every queue is served on its own thread
+    /// ([`crate::virtio::workers`]). Without this, or when MQ is not negotiated, the thread
+    /// that owns the function serves every queue.
     pub fn with_queue_workers(
         mut self,
         filter: Option<Arc<BpfProgram>>,
+        cpus: Option<&Placement>,
     ) -> Result<Self, WorkerError> {
         let n = self.transport.queues().len() as u16;
         if n > 1 {
-            self.workers = Some(QueueWorkers::spawn(n, filter)?);
+            self.workers = Some(QueueWorkers::spawn(n, filter, cpus)?);
         }
         Ok(self)
     }
