@@ -1,8 +1,10 @@
-//! Full mode's hand-off from the device to the writer: the chains of a pass packed into a
-//! recycled buffer ([`DmaBatch`], `SpareBuffers`), appended to the chains carried for the
-//! writer (`Carry`), which takes them every few milliseconds or receives them through the
-//! queue when they would grow past a record.
+//! Full mode's hand-off from the device to the writer: the chains of a pass packed into the
+//! thread's pass buffer ([`DmaBatch`]), appended to the chains carried for the writer
+//! (`Carry`, in record buffers the writer hands back: `SpareBuffers`), which takes them
+//! every few milliseconds or receives them through the queue when they would grow past a
+//! record.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -31,31 +33,55 @@ pub const DMA_FORMAT: BatchFormat = BatchFormat::Varint;
 /// fixed form, more than enough in the variable-length one.
 const PASS_BYTES: usize = DMA_BATCH_CHAINS * (8 + 3 * 13);
 
-/// Buffers the writer keeps for the device at most: enough for the passes queued in the
-/// few milliseconds between two looks of the writer at a busy queue to be packed into
-/// recycled buffers.
-const SPARE_BUFFERS: usize = 256;
+thread_local! {
+    /// This thread's pass buffer between two passes. A pass's chains are copied into the
+    /// carry, so its buffer never leaves the thread that packs into it: kept here, it is
+    /// taken back without a lock (a shared pool cost the device two locks a pass, and a
+    /// polled pass is a few chains).
+    static PASS_BUFFER: Cell<Option<PackedChains>> = const { Cell::new(None) };
+}
 
-/// The pass buffers the writer has emptied, handed back to be packed into again: a pass in
-/// full mode then allocates nothing, and the writer frees nothing. A pass's buffer is
-/// larger than the allocator's per-thread cache takes, so one allocated by the device and
-/// freed by the writer cost both threads the allocator's shared lock, once a pass.
+/// This thread's pass buffer, empty: the one it used last, or a new one.
+fn take_pass_buffer() -> PackedChains {
+    PASS_BUFFER
+        .take()
+        .unwrap_or_else(|| PackedChains::with_capacity(DMA_FORMAT, PASS_BYTES))
+}
+
+/// Keeps `p`, emptied, as this thread's pass buffer (one grown past a pass's usual size by
+/// a long chain is let go).
+fn keep_pass_buffer(mut p: PackedChains) {
+    if p.format() == DMA_FORMAT && p.capacity() <= 4 * PASS_BYTES {
+        p.clear();
+        PASS_BUFFER.set(Some(p));
+    }
+}
+
+/// Record-sized buffers (what the carry holds, [`MAX_DMA_BATCH_BYTES`]) the writer has
+/// written, handed back for the carry to fill again: the device then allocates no buffer
+/// of that size a record, and the writer frees none (a buffer allocated by one thread and
+/// freed by another takes the allocator's shared lock on both).
+const SPARE_BUFFERS: usize = 8;
+
+/// The record buffers the writer has emptied (see [`SPARE_BUFFERS`]).
 #[derive(Debug, Default)]
 pub(crate) struct SpareBuffers(Mutex<Vec<PackedChains>>);
 
 impl SpareBuffers {
-    /// An empty buffer: a spare one, or a new one.
+    /// An empty buffer with room for a record: a spare one, or a new one.
     pub(super) fn take(&self) -> PackedChains {
         // A poisoned lock (a panic elsewhere aborts the process first) only holds buffers.
         let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
         v.pop()
-            .unwrap_or_else(|| PackedChains::with_capacity(DMA_FORMAT, PASS_BYTES))
+            .unwrap_or_else(|| PackedChains::with_capacity(DMA_FORMAT, MAX_DMA_BATCH_BYTES))
     }
 
-    /// Keeps `p`'s buffer, emptied, for a later pass (up to [`SPARE_BUFFERS`] of them;
-    /// one grown past a pass's usual size by a long chain is let go).
+    /// Keeps `p`'s buffer, emptied, for the carry to fill again (up to [`SPARE_BUFFERS`]
+    /// of them; one of another size is let go).
     pub(crate) fn give(&self, mut p: PackedChains) {
-        if p.format() != DMA_FORMAT || p.capacity() > 4 * PASS_BYTES {
+        if p.format() != DMA_FORMAT
+            || !(MAX_DMA_BATCH_BYTES..=2 * MAX_DMA_BATCH_BYTES).contains(&p.capacity())
+        {
             return;
         }
         p.clear();
@@ -122,7 +148,7 @@ impl DmaBatch<'_> {
             return Ok(());
         }
         if self.chains.capacity() == 0 {
-            self.chains = self.handle.spare.take();
+            self.chains = take_pass_buffer();
         }
         self.handle
             .pack_chain(&mut self.chains, queue, head, descriptors)?;
@@ -147,10 +173,10 @@ impl Drop for DmaBatch<'_> {
         if let Err(e) = self.flush() {
             tracing::error!(error = %e, "audit log DMA records lost");
         }
-        // The pass's buffer, emptied, serves the next pass: a buffer of this size
-        // allocated and freed every pass cost the device the allocator's slow paths.
+        // The pass's buffer, emptied, serves this thread's next pass: a buffer of this
+        // size allocated and freed every pass cost the device the allocator's slow paths.
         if self.chains.capacity() != 0 {
-            self.handle.spare.give(std::mem::take(&mut self.chains));
+            keep_pass_buffer(std::mem::take(&mut self.chains));
         }
     }
 }
@@ -182,7 +208,7 @@ impl AuditHandle {
             if c.is_empty() && c.capacity() < MAX_DMA_BATCH_BYTES {
                 // Room for a record at once: grown pass by pass instead, the buffer was
                 // reallocated and copied several times over between two looks of the writer.
-                *c = PackedChains::with_capacity(chains.format(), MAX_DMA_BATCH_BYTES);
+                *c = self.spare.take();
             }
             c.append(chains);
             chains.clear();
@@ -195,5 +221,56 @@ impl AuditHandle {
             self.send_now(Msg::Dma(p))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_buffers_come_back_emptied_and_only_record_sized() {
+        let spare = SpareBuffers::default();
+        let mut a = spare.take();
+        assert!(a.capacity() >= MAX_DMA_BATCH_BYTES && a.is_empty());
+        a.push_chain(0, 1, [(0x1000, 16, false)]).unwrap();
+        let at = a.as_bytes().as_ptr();
+        spare.give(a);
+        let b = spare.take();
+        assert!(b.is_empty(), "handed back emptied");
+        assert_eq!(b.as_bytes().as_ptr(), at, "the same buffer, not a new one");
+        // A pass-sized buffer, one of another form, or one grown far past a record: let go.
+        spare.give(PackedChains::with_capacity(DMA_FORMAT, PASS_BYTES));
+        spare.give(PackedChains::with_capacity(
+            BatchFormat::FixedLe,
+            MAX_DMA_BATCH_BYTES,
+        ));
+        spare.give(PackedChains::with_capacity(
+            DMA_FORMAT,
+            4 * MAX_DMA_BATCH_BYTES,
+        ));
+        assert!(spare.0.lock().unwrap().is_empty());
+        // At most SPARE_BUFFERS kept.
+        for _ in 0..2 * SPARE_BUFFERS {
+            spare.give(PackedChains::with_capacity(DMA_FORMAT, MAX_DMA_BATCH_BYTES));
+        }
+        assert_eq!(spare.0.lock().unwrap().len(), SPARE_BUFFERS);
+    }
+
+    #[test]
+    fn a_thread_packs_every_pass_into_its_own_buffer() {
+        std::thread::spawn(|| {
+            let mut p = take_pass_buffer();
+            p.push_chain(0, 1, [(0x1000, 16, false)]).unwrap();
+            let at = p.as_bytes().as_ptr();
+            keep_pass_buffer(p);
+            let again = take_pass_buffer();
+            assert!(again.is_empty());
+            assert_eq!(again.as_bytes().as_ptr(), at);
+            // Taken: the next take makes a new one.
+            assert_ne!(take_pass_buffer().as_bytes().as_ptr(), at);
+        })
+        .join()
+        .unwrap();
     }
 }

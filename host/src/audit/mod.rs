@@ -200,7 +200,7 @@ pub struct AuditHandle {
     full: bool,
     /// The writer thread, to wake when it may be looking only every few milliseconds.
     writer: Thread,
-    /// Pass buffers the writer has emptied, to pack the next passes into.
+    /// Record buffers the writer has emptied, for the carry to fill again.
     spare: Arc<SpareBuffers>,
     /// Chains checked and not yet taken by the writer.
     carry: Arc<Carry>,
@@ -307,15 +307,9 @@ impl AuditHandle {
     where
         I: IntoIterator<Item = (u64, u32, bool)>,
     {
-        if !self.full {
-            self.count_chain(queue, descriptors);
-            return Ok(());
-        }
-        let mut one = self.spare.take();
-        self.pack_chain(&mut one, queue, head, descriptors)?;
-        self.carry_chains(&mut one)?;
-        self.spare.give(one);
-        Ok(())
+        let mut one = self.dma_batch();
+        one.record_chain(queue, head, descriptors)?;
+        one.flush()
     }
 
     /// Counts every descriptor `(addr, len, writable)` of a chain on `queue`: summed here,

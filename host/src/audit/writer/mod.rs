@@ -200,6 +200,11 @@ impl Writer {
             Event::DmaBatch(b) => batch_line(&env, b),
             _ => Record::build(&env, event).to_line(),
         };
+        self.append_line(&line)
+    }
+
+    /// Appends a record's line: the file, the tree.
+    fn append_line(&mut self, line: &str) -> Result<(), AuditError> {
         let leaf = leaf_hash(line.as_bytes());
         let out = self.out()?;
         out.write_all(line.as_bytes())
@@ -214,9 +219,14 @@ impl Writer {
     /// Appends an event record (not a checkpoint).
     fn record(&mut self, time: u64, event: Event) -> Result<(), AuditError> {
         self.append(time, event)?;
+        self.counted_record();
+        Ok(())
+    }
+
+    /// Counts an event record just appended (one a checkpoint will cover).
+    fn counted_record(&mut self) {
         self.since_cp += 1;
         self.last_was_checkpoint = false;
-        Ok(())
     }
 
     fn flush_sync(&mut self) -> Result<(), AuditError> {
@@ -372,7 +382,11 @@ impl Writer {
         if batch.is_empty() {
             return Ok(());
         }
-        self.record(now_ms(), Event::DmaBatch(batch))?;
+        let line = batch_line(&self.envelope(now_ms()), &batch);
+        // Written out: the buffer goes back for the carry to fill again.
+        self.spare.give(batch);
+        self.append_line(&line)?;
+        self.counted_record();
         self.after_record()
     }
 

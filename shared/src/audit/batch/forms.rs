@@ -63,6 +63,25 @@ impl<'a> VarintWriter<'a> {
         if self.n > STAGED - VARINT_MAX {
             self.flush();
         }
+        if v < 0x80 {
+            self.staged[self.n] = v as u8;
+            self.n += 1;
+            return;
+        }
+        if v < 1 << 56 {
+            // Two to eight bytes without a loop: the 7-bit groups spread one a byte, the
+            // continuation bit on every byte but the last, stored as one 8-byte word (the
+            // bytes past the last are overwritten by what comes next, or never copied).
+            let len = (64 - v.leading_zeros() as usize).div_ceil(7);
+            let mut x = 0u64;
+            for i in 0..8 {
+                x |= ((v >> (7 * i)) & 0x7f) << (8 * i);
+            }
+            x |= 0x8080_8080_8080_8080 & ((1u64 << (8 * (len - 1))) - 1);
+            self.staged[self.n..self.n + 8].copy_from_slice(&x.to_le_bytes());
+            self.n += len;
+            return;
+        }
         while v >= 0x80 {
             self.staged[self.n] = v as u8 | 0x80;
             v >>= 7;
@@ -74,7 +93,11 @@ impl<'a> VarintWriter<'a> {
 
     #[inline]
     fn flush(&mut self) {
-        self.out.extend_from_slice(&self.staged[..self.n]);
+        // The whole staging array, then cut back to what was put: a copy of a constant
+        // size is a few vector stores, where one of `n` bytes is a call to `memcpy`.
+        let end = self.out.len() + self.n;
+        self.out.extend_from_slice(&self.staged);
+        self.out.truncate(end);
         self.n = 0;
     }
 
