@@ -117,6 +117,11 @@ struct Cli {
     /// Run only the audit comparison.
     #[arg(long)]
     audit_only: bool,
+    /// Rounds of the audit comparison (default: 11, 3 with --quick). Per-round ratios
+    /// of two audit modes that cost the same move by several per cent here: more rounds
+    /// steady the medians.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    audit_rounds: Option<u64>,
     /// Where the hosts write their audit logs (default: the run's temporary directory).
     #[arg(long, value_name = "DIR")]
     audit_dir: Option<PathBuf>,
@@ -294,7 +299,9 @@ impl Config {
             poll: Duration::from_micros(cli.poll_us),
             slice: Duration::from_millis(if quick { 250 } else { 1000 }),
             rounds: if quick { 1 } else { 3 },
-            audit_rounds: if quick { 3 } else { 7 },
+            audit_rounds: cli
+                .audit_rounds
+                .map_or(if quick { 3 } else { 11 }, |n| n as usize),
             disk_bytes: if quick { 64 << 20 } else { 256 << 20 },
             only: cli.only,
             audit_dir: cli.audit_dir,
@@ -842,29 +849,15 @@ enum Audit {
     Off,
     Summary,
     Full,
-    /// Full, in polling mode with the whole host on the queue's CPU: the audit writer then
-    /// shares it with the spinning device thread (by default a pinned host runs its queue on
-    /// [`HOST_CPU`] with `--queue-cpus` and its other threads on the CPUs left).
-    FullOneCpu,
 }
 
 impl Audit {
-    /// The name in the report and the JSON keys.
+    /// The name in the report, the JSON keys and `swiotlb-host --audit-mode`.
     fn name(self) -> &'static str {
         match self {
             Self::Off => "off",
             Self::Summary => "summary",
             Self::Full => "full",
-            Self::FullOneCpu => "full_one_cpu",
-        }
-    }
-
-    /// `swiotlb-host --audit-mode`.
-    fn host_mode(self) -> &'static str {
-        match self {
-            Self::Off => "off",
-            Self::Summary => "summary",
-            Self::Full | Self::FullOneCpu => "full",
         }
     }
 }
@@ -930,28 +923,22 @@ impl Pair {
             cmd.arg("--audit-log")
                 .arg(dir.join("device.jsonl"))
                 .arg("--audit-mode")
-                .arg(audit.host_mode());
+                .arg(audit.name());
             audit_dir = Some(dir);
         }
         // Only polling needs each side on a CPU of its own; a sleeping side is woken
         // sooner wherever the scheduler finds a free CPU.
         let pin = cfg.pin && mode == Mode::Polling && queues == 1;
         if pin {
-            if audit == Audit::FullOneCpu {
-                // SAFETY: between fork and exec the closure only calls sched_setaffinity,
-                // which is async-signal-safe, on a set built on its own stack.
-                unsafe {
-                    cmd.pre_exec(|| {
-                        pin_to(Some(HOST_CPU));
-                        Ok(())
-                    });
-                }
-            } else {
-                // The queue's thread alone on HOST_CPU; the host's other threads (the audit
-                // writer) on the CPU left, which the driver's thread spins on.
-                cmd.args(["--queue-cpus", &HOST_CPU.to_string()]);
-                // The host inherits this thread's CPUs: every one, whatever ran here before.
-                pin_to(None);
+            // The whole host, its audit writer included, on HOST_CPU: the driver's CPU is the
+            // guest's, which no host thread takes on a real machine.
+            // SAFETY: between fork and exec the closure only calls sched_setaffinity,
+            // which is async-signal-safe, on a set built on its own stack.
+            unsafe {
+                cmd.pre_exec(|| {
+                    pin_to(Some(HOST_CPU));
+                    Ok(())
+                });
             }
         }
         let mut host = cmd
@@ -959,7 +946,6 @@ impl Pair {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| BenchError::StartHost(cfg.host_bin.clone(), e))?;
-        // After the host started: it inherits this thread's CPUs, and takes HOST_CPU from them.
         if pin {
             pin_to(Some(DRIVER_CPU));
         }
@@ -1646,11 +1632,7 @@ fn run(cfg: &Config) -> Result<(), BenchError> {
     // whatever drift there is within a round).
     let w = WORKLOADS[2];
     for mode in [Mode::Polling, Mode::Interrupt] {
-        let audits: &[Audit] = if mode == Mode::Polling && cfg.pin {
-            &[Audit::Off, Audit::Summary, Audit::Full, Audit::FullOneCpu]
-        } else {
-            &[Audit::Off, Audit::Summary, Audit::Full]
-        };
+        let audits = [Audit::Off, Audit::Summary, Audit::Full];
         let n = audits.len();
         let mut iops: Vec<Vec<f64>> = vec![Vec::new(); n];
         let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); n];
@@ -1710,8 +1692,15 @@ fn run(cfg: &Config) -> Result<(), BenchError> {
             } else {
                 String::new()
             };
+            // The per-round ratios, sorted (by `median`): how far the rounds spread.
+            let rounds = if *a == Audit::Off {
+                String::new()
+            } else {
+                let r: Vec<String> = ratios[i].iter().map(|r| format!("{r:.2}")).collect();
+                format!(" (rounds {})", r.join(" "))
+            };
             say(format!(
-                "  audit {:<12} {:>10.0} IOPS  ratio to off {:.3}{cpu}",
+                "  audit {:<8} {:>10.0} IOPS  ratio to off {:.3}{rounds}{cpu}",
                 a.name(),
                 m,
                 ratio
@@ -1720,11 +1709,6 @@ fn run(cfg: &Config) -> Result<(), BenchError> {
             if *a != Audit::Off {
                 out.insert(format!("audit_{}_vs_off{suffix}", a.name()), json!(ratio));
             }
-        }
-        if mode == Mode::Polling && cfg.pin {
-            say(format!(
-                "  (polling: the queue's thread alone on CPU {HOST_CPU} (--queue-cpus), the host's other threads on the CPU left, where the driver's thread spins; full_one_cpu: the whole host on CPU {HOST_CPU}; host CPU includes the spinning)"
-            ));
         }
     }
 
