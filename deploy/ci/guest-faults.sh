@@ -294,7 +294,7 @@ device_gone() {
 }
 
 # after_restart SCENARIO DIRS...: the filesystem as the last boot left it: mounted (the journal
-# replays), every file under DIRS (and DIR-2, ..., a second try's) read back (FILE lines, checked on the host side against the
+# replays), every file under DIRS (and DIR-2, DIR-3, later tries') read back (FILE lines, checked on the host side against the
 # MANIFEST lines), unmounted, e2fsck -fn.
 after_restart() {
     sc=$1
@@ -329,8 +329,8 @@ done
 grep -qw ext4 /proc/filesystems || finish FAIL "no ext4 in /proc/filesystems after loading its modules"
 mkdir -p $MNT
 BOOT_KIND=$(sed -n 's/.*swiotlb_faults=\([a-z]*\).*/\1/p' /proc/cmdline)
-# A second try of a boot (the host side's, when QEMU died under the first) writes its files
-# beside the first try's, which the next boot checks too.
+# A later try of a boot (the host side's, when QEMU died under the one before) writes its
+# files beside the earlier tries', which the next boot checks too.
 TRY=$(sed -n 's/.*swiotlb_faults_try=\([0-9]*\).*/\1/p' /proc/cmdline)
 TRY_SUFFIX=""
 [ "${TRY:-1}" = 1 ] || TRY_SUFFIX=-$TRY

@@ -287,25 +287,28 @@ boot() {
 # attempt NAME KIND POOL SCENARIO...: a new host (one session) and a boot; when QEMU died
 # under the guest after the server was signalled, before the guest finished (QEMU's vfio-user
 # client sometimes fails an assertion when its server dies), the figure says so and the boot
-# runs once more as NAME-2, on a new host on the same image, with swiotlb_faults_try=2: its
-# files go beside the first try's, and the next boot checks both tries' manifests. Sets
-# ATTEMPT, the boot that counts.
+# runs again as NAME-2, then NAME-3 (BOOT_TRIES in all), each on a new host on the same image
+# with swiotlb_faults_try=N: its files go beside the earlier tries', and the next boot checks
+# every try's manifest. The last try counts as any boot does. Sets ATTEMPT, the boot that
+# counts.
+BOOT_TRIES=3
 attempt() {
-    local name=$1 kind=$2 pool=$3 why sc
+    local base=$1 name=$1 kind=$2 pool=$3 why sc try=1 retry
     shift 3
-    new_host "$name" "$pool" 1
-    RETRY_OK=1 BOOT_TRY=1 boot "$name" "$kind" "$@"
-    wait_host 30
-    if [ "$BOOT_ABORTED" = 1 ]; then
+    while :; do
+        retry=0
+        [ "$try" -lt "$BOOT_TRIES" ] && retry=1
+        new_host "$name" "$pool" 1
+        RETRY_OK=$retry BOOT_TRY=$try boot "$name" "$kind" "$@"
+        wait_host 30
+        [ "$BOOT_ABORTED" = 1 ] || break
         why=$(grep -a -m1 'Assertion' "$FL/$name-console.txt" || grep -a -m1 'hardware error' "$FL/$name-console.txt" ||
             grep -a '^qemu-system' "$FL/$name-console.txt" | tail -n1 || echo "no message")
         for sc in "$@"; do figure "$sc" "qemu_died_boot_$name" "exit $QRC after SIG$KILL_SENT, before the guest finished: $why"; done
-        say "   QEMU died under the guest (exit $QRC: $why): once more, on a new host on the same image"
-        name=$name-2
-        new_host "$name" "$pool" 1
-        BOOT_TRY=2 boot "$name" "$kind" "$@"
-        wait_host 30
-    fi
+        try=$((try + 1))
+        say "   QEMU died under the guest (exit $QRC: $why): try $try of $BOOT_TRIES, on a new host on the same image"
+        name=$base-$try
+    done
     ATTEMPT=$name
 }
 
@@ -351,7 +354,7 @@ audit_verify() {
 audit_events() { find "$FL/$1-audit" -name '*.jsonl' -print0 | sort -z | xargs -0 cat | jq -r '.message // empty' 2>/dev/null; }
 
 # manifest_check SCENARIO WRITTEN_BY READ_BY: every MANIFEST line of boot WRITTEN_BY and its
-# second try if there was one (a file whose fsync and its directory's returned before the host
+# later tries if there were any (a file whose fsync and its directory's returned before the host
 # was signalled, or after) has a FILE line with the same digest in boot READ_BY.
 manifest_check() {
     local sc=$1 w=$2 r=$3 total good extra
