@@ -59,7 +59,9 @@ fn two_cpus() -> Option<(usize, usize)> {
     Some((cpus[0], cpus[1]))
 }
 
-fn serve_some_io(host: &HostProcess, queues: u16) {
+/// Opens the device with `queues` queues, writes and reads back through it, and returns the
+/// driver: while it is connected the session, and so every queue thread, is alive.
+fn serve_some_io(host: &HostProcess, queues: u16) -> BlockDriver<VfioUserClient> {
     let c = VfioUserClient::connect(&host.socket).unwrap();
     let opts = Options {
         queues,
@@ -72,6 +74,7 @@ fn serve_some_io(host: &HostProcess, queues: u16) {
     let mut back = vec![0u8; data.len()];
     drv.read_at(8192, &mut back).unwrap();
     assert_eq!(back, data);
+    drv
 }
 
 #[test]
@@ -97,8 +100,9 @@ fn one_queue_runs_alone_on_its_cpu_and_the_audit_writer_elsewhere() {
             "1",
         ],
     );
-    serve_some_io(&host, 1);
+    let drv = serve_some_io(&host, 1);
     let threads = thread_cpus(host.pid());
+    drop(drv);
     // Queue 0 is served by the device thread (named after the process) on CPU b alone.
     assert!(
         threads.contains(&("swiotlb-host".into(), cpu.clone())),
@@ -133,8 +137,9 @@ fn each_queue_worker_runs_on_its_own_cpu() {
         &disk,
         &["--queues", "2", "--queue-cpus", &list, "--sessions", "1"],
     );
-    serve_some_io(&host, 2);
+    let drv = serve_some_io(&host, 2);
     let threads = thread_cpus(host.pid());
+    drop(drv);
     assert!(
         threads.contains(&("queue-0".into(), b.to_string())),
         "{threads:?}"
