@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use swiotlb_host::cpus::CpuList;
+use swiotlb_host::devices::block::MAX_QUEUES;
 use swiotlb_shared::units::parse_size;
 
 /// Serve a virtio-blk device whose only DMA-reachable memory is a SWIOTLB pool BAR.
@@ -201,9 +202,6 @@ pub(crate) enum AttestMode {
 /// Most queues `--queues` takes by default: past a handful, more queues than the guest
 /// drives only cost threads, rings and pool areas.
 const DEFAULT_QUEUES_MAX: u16 = 8;
-
-/// Most queues `--queues` takes.
-const MAX_QUEUES: u16 = 16;
 
 impl Args {
     /// `--queues`, or its default: one per CPU of `--queue-cpus` (at most [`MAX_QUEUES`]),

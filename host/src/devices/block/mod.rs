@@ -7,6 +7,6 @@ pub mod metrics;
 pub mod request;
 pub mod uring;
 
-pub use device::{Block, BlockConfig, IoEngine};
+pub use device::{Block, BlockConfig, IoEngine, MAX_QUEUES};
 pub use disk::CacheMode;
 pub use metrics::BlockMetrics;
