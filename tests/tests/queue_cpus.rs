@@ -9,12 +9,25 @@ use std::time::Duration;
 
 use swiotlb_guest::pci::vfio_user::VfioUserClient;
 use swiotlb_guest::{BlockDriver, Options};
+use swiotlb_host::cpus::CpuList;
 use swiotlb_tests::{bin, disk_image, HostProcess};
 
 const DISK_SIZE: u64 = 4 << 20;
 
-/// The CPUs the kernel lets each thread of `pid` run on, by thread name: (name, list).
-fn thread_cpus(pid: u32) -> Vec<(String, String)> {
+/// The CPUs a task's `/proc/.../status` says it may run on (`Cpus_allowed_list`, the
+/// kernel's list syntax, which the host's own `CpuList` reads).
+fn allowed_in(status: &str) -> CpuList {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The CPUs the kernel lets each thread of `pid` run on, by thread name: (name, CPUs).
+fn thread_cpus(pid: u32) -> Vec<(String, CpuList)> {
     let mut out = Vec::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let t = t.unwrap().path();
@@ -24,32 +37,27 @@ fn thread_cpus(pid: u32) -> Vec<(String, String)> {
         ) else {
             continue;
         };
-        let cpus = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .unwrap()
-            .trim()
-            .to_string();
-        out.push((comm.trim_end().to_string(), cpus));
+        out.push((comm.trim_end().to_string(), allowed_in(&status)));
     }
-    out.sort();
+    out.sort_by(|x, y| x.0.cmp(&y.0));
     out
+}
+
+/// The CPUs of the thread named `name` in `threads`.
+fn cpus_of<'a>(threads: &'a [(String, CpuList)], name: &str) -> &'a [usize] {
+    threads
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("a thread named {name} in {threads:?}"))
+        .1
+        .cpus()
 }
 
 /// The CPUs of this process, if there are at least two (the placements need a CPU for the
 /// queue and one for the rest); says loudly when there are not.
 fn two_cpus() -> Option<(usize, usize)> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let list = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .unwrap()
-        .trim();
-    let mut cpus = Vec::new();
-    for part in list.split(',') {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        cpus.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
-    }
+    let list = allowed_in(&std::fs::read_to_string("/proc/self/status").unwrap());
+    let cpus = list.cpus();
     if cpus.len() < 2 {
         eprintln!(
             "\n*** NOT RUN: --queue-cpus placement needs two CPUs; this test runs on {list} ***\n"
@@ -104,23 +112,9 @@ fn one_queue_runs_alone_on_its_cpu_and_the_audit_writer_elsewhere() {
     let threads = thread_cpus(host.pid());
     drop(drv);
     // Queue 0 is served by the device thread (named after the process) on CPU b alone.
-    assert!(
-        threads.contains(&("swiotlb-host".into(), cpu.clone())),
-        "{threads:?}"
-    );
+    assert_eq!(cpus_of(&threads, "swiotlb-host"), [b], "{threads:?}");
     // The audit writer runs on what is left, which includes CPU a and not CPU b.
-    let writer = threads
-        .iter()
-        .find(|(n, _)| n == "swiotlb-audit")
-        .unwrap_or_else(|| panic!("an audit writer thread in {threads:?}"));
-    let left: Vec<usize> = writer
-        .1
-        .split(',')
-        .flat_map(|p| {
-            let (x, y) = p.split_once('-').unwrap_or((p, p));
-            x.parse::<usize>().unwrap()..=y.parse::<usize>().unwrap()
-        })
-        .collect();
+    let left = cpus_of(&threads, "swiotlb-audit");
     assert!(left.contains(&a) && !left.contains(&b), "{threads:?}");
     assert!(host.wait().success());
 }
@@ -140,14 +134,8 @@ fn each_queue_worker_runs_on_its_own_cpu() {
     let drv = serve_some_io(&host, 2);
     let threads = thread_cpus(host.pid());
     drop(drv);
-    assert!(
-        threads.contains(&("queue-0".into(), b.to_string())),
-        "{threads:?}"
-    );
-    assert!(
-        threads.contains(&("queue-1".into(), a.to_string())),
-        "{threads:?}"
-    );
+    assert_eq!(cpus_of(&threads, "queue-0"), [b], "{threads:?}");
+    assert_eq!(cpus_of(&threads, "queue-1"), [a], "{threads:?}");
     assert!(host.wait().success());
 }
 
