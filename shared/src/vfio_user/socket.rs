@@ -1,13 +1,28 @@
 //! Framing vfio-user messages on a Unix stream socket, with the file descriptors that ride
 //! along as SCM_RIGHTS. Every length comes from a header the codec has already bounded.
+//!
+//! Received descriptors arrive close-on-exec (`MSG_CMSG_CLOEXEC`), atomically: a peer's
+//! eventfd or memory fd must never leak into a program that the receiving process starts,
+//! not even one started by another thread between the receive and an `fcntl`.
 
-use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+
+use rustix::io::Errno;
+use rustix::net::{
+    recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+};
 
 use super::{CodecError, Header, HEADER_SIZE, MAX_MSG_FDS};
 use thiserror::Error;
-use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+/// Room for the control message of one receive: [`MAX_MSG_FDS`] descriptors.
+const RECV_CMSG_SPACE: usize = rustix::cmsg_space!(ScmRights(MAX_MSG_FDS as usize));
+/// The same for one send.
+const SEND_CMSG_SPACE: usize = RECV_CMSG_SPACE;
 
 /// Errors receiving a message.
 #[derive(Debug, Error)]
@@ -34,9 +49,9 @@ pub enum RecvError {
         #[source]
         source: CodecError,
     },
-    /// More fds arrived than a message may carry.
-    #[error("{0} file descriptors in one message (at most {MAX_MSG_FDS})")]
-    TooManyFds(usize),
+    /// More fds arrived than a message may carry. Those past the limit are closed unseen.
+    #[error("more than {MAX_MSG_FDS} file descriptors in one message")]
+    TooManyFds,
     /// Socket error.
     #[error("socket error")]
     Io(#[from] io::Error),
@@ -62,32 +77,27 @@ fn recv_exact(
 ) -> Result<usize, RecvError> {
     let mut got = 0;
     while got < buf.len() {
-        let mut raw = [-1 as RawFd; MAX_MSG_FDS as usize];
-        let rest = &mut buf[got..];
-        let mut iov = [libc::iovec {
-            iov_base: rest.as_mut_ptr().cast(),
-            iov_len: rest.len(),
-        }];
-        // SAFETY: the iovec points at `rest`, which is valid and writable for its length for
-        // the whole call.
-        let r = unsafe { sock.recv_with_fds(&mut iov, &mut raw) };
-        let (n, nfds) = match r {
-            Ok(v) => v,
-            Err(e) if e.errno() == libc::EINTR => continue,
-            Err(e) => return Err(RecvError::Io(io::Error::from_raw_os_error(e.errno()))),
+        let mut space = [MaybeUninit::uninit(); RECV_CMSG_SPACE];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [IoSliceMut::new(&mut buf[got..])];
+        let r = match recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Ok(r) => r,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(RecvError::Io(e.into())),
         };
-        for fd in raw.iter().take(nfds) {
-            // SAFETY: the kernel just installed these descriptors for us; nothing else owns
-            // them.
-            fds.push(unsafe { OwnedFd::from_raw_fd(*fd) });
+        for msg in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(rights) = msg {
+                fds.extend(rights);
+            }
         }
-        if fds.len() > MAX_MSG_FDS as usize {
-            return Err(RecvError::TooManyFds(fds.len()));
+        // The kernel closes what did not fit in the control buffer and says so.
+        if r.flags.contains(ReturnFlags::CTRUNC) || fds.len() > MAX_MSG_FDS as usize {
+            return Err(RecvError::TooManyFds);
         }
-        if n == 0 {
+        if r.bytes == 0 {
             break;
         }
-        got += n;
+        got += r.bytes;
     }
     Ok(got)
 }
@@ -127,20 +137,153 @@ pub fn recv_message(sock: &UnixStream) -> Result<Message, RecvError> {
     })
 }
 
-/// Sends `bytes` with `fds` attached to the first chunk.
+/// Sends `bytes` with `fds` (at most [`MAX_MSG_FDS`]) attached to the first chunk. Never
+/// raises SIGPIPE: a peer gone is an `EPIPE` error.
 pub fn send_message(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    if fds.len() > MAX_MSG_FDS as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} file descriptors in one message (at most {MAX_MSG_FDS})",
+                fds.len()
+            ),
+        ));
+    }
+    // Empty (no allocation) for all but the few replies that carry a descriptor.
+    let borrowed: Vec<BorrowedFd<'_>> = fds
+        .iter()
+        // SAFETY: the caller keeps `fds` open for the duration of this call, which is as
+        // long as these borrows live.
+        .map(|&fd| unsafe { BorrowedFd::borrow_raw(fd) })
+        .collect();
+    let mut space = [MaybeUninit::uninit(); SEND_CMSG_SPACE];
     let mut sent = 0;
-    let mut fds = fds;
     while sent < bytes.len() {
-        match sock.send_with_fds(&[&bytes[sent..]], fds) {
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if sent == 0 && !borrowed.is_empty() {
+            // Room for MAX_MSG_FDS is reserved above, so this push always fits.
+            let pushed = control.push(SendAncillaryMessage::ScmRights(&borrowed));
+            debug_assert!(pushed);
+        }
+        let iov = [IoSlice::new(&bytes[sent..])];
+        match sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-            Ok(n) => {
-                sent += n;
-                fds = &[];
-            }
-            Err(e) if e.errno() == libc::EINTR => continue,
-            Err(e) => return Err(io::Error::from_raw_os_error(e.errno())),
+            Ok(n) => sent += n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vfio_user::{encode_request, Command};
+    use std::fs::File;
+    use std::os::fd::{AsFd, AsRawFd};
+
+    fn cloexec(fd: &impl AsFd) -> bool {
+        rustix::io::fcntl_getfd(fd)
+            .expect("F_GETFD")
+            .contains(rustix::io::FdFlags::CLOEXEC)
+    }
+
+    /// A descriptor without FD_CLOEXEC, as a careless peer (or one in another language)
+    /// would pass it.
+    fn inheritable() -> OwnedFd {
+        let f: OwnedFd = File::open("/dev/null").expect("open").into();
+        rustix::io::fcntl_setfd(&f, rustix::io::FdFlags::empty()).expect("F_SETFD");
+        assert!(!cloexec(&f));
+        f
+    }
+
+    #[test]
+    fn received_descriptors_are_close_on_exec() {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        let fds = [inheritable(), inheritable()];
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let bytes = encode_request(7, Command::DmaMap, &[0u8; 32]).expect("encode");
+        send_message(&a, &bytes, &raw).expect("send");
+        let msg = recv_message(&b).expect("recv");
+        assert_eq!(msg.header.msg_id, 7);
+        assert_eq!(msg.payload.len(), 32);
+        assert_eq!(msg.fds.len(), 2);
+        for fd in &msg.fds {
+            assert!(cloexec(fd), "a received fd would leak into exec'd children");
+        }
+    }
+
+    #[test]
+    fn a_message_split_across_writes_is_reassembled_with_its_fds() {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        let bytes = encode_request(9, Command::DmaMap, &[5u8; 32]).expect("encode");
+        let f = inheritable();
+        // The header alone, with the fd, then the payload in a second write.
+        let mut space = [MaybeUninit::uninit(); SEND_CMSG_SPACE];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        let one = [f.as_fd()];
+        assert!(control.push(SendAncillaryMessage::ScmRights(&one)));
+        let n = sendmsg(
+            &a,
+            &[IoSlice::new(&bytes[..HEADER_SIZE])],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .expect("sendmsg");
+        assert_eq!(n, HEADER_SIZE);
+        send_message(&a, &bytes[HEADER_SIZE..], &[]).expect("send payload");
+        let msg = recv_message(&b).expect("recv");
+        assert_eq!(msg.payload, vec![5u8; 32]);
+        assert_eq!(msg.fds.len(), 1);
+        assert!(cloexec(&msg.fds[0]));
+    }
+
+    #[test]
+    fn more_descriptors_than_a_message_may_carry_are_refused_on_both_sides() {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        let many: Vec<OwnedFd> = (0..=MAX_MSG_FDS).map(|_| inheritable()).collect();
+        let raw: Vec<RawFd> = many.iter().map(|f| f.as_raw_fd()).collect();
+        let bytes = encode_request(1, Command::DmaMap, &[0u8; 32]).expect("encode");
+        let e = send_message(&a, &bytes, &raw).expect_err("nine fds sent");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+
+        // A peer that sends them anyway, bypassing our sender.
+        let borrowed: Vec<BorrowedFd<'_>> = many.iter().map(|f| f.as_fd()).collect();
+        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(many.len()))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&borrowed)));
+        sendmsg(
+            &a,
+            &[IoSlice::new(&bytes)],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .expect("sendmsg");
+        assert!(matches!(recv_message(&b), Err(RecvError::TooManyFds)));
+    }
+
+    #[test]
+    fn a_closed_peer_is_told_apart_from_a_truncated_message() {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        drop(a);
+        assert!(matches!(recv_message(&b), Err(RecvError::Closed)));
+
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        let bytes = encode_request(1, Command::DmaMap, &[0u8; 32]).expect("encode");
+        send_message(&a, &bytes[..HEADER_SIZE + 3], &[]).expect("send");
+        drop(a);
+        assert!(matches!(
+            recv_message(&b),
+            Err(RecvError::Truncated { got, want }) if got == HEADER_SIZE + 3 && want == bytes.len()
+        ));
+    }
+
+    #[test]
+    fn sending_to_a_closed_peer_is_an_error_not_a_signal() {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        drop(b);
+        let e = send_message(&a, &[0u8; 16], &[]).expect_err("sent to nobody");
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+    }
 }
