@@ -526,11 +526,31 @@ mod tests {
         }
         fn wait(
             &mut self,
-            _timeout: Option<Duration>,
+            timeout: Option<Duration>,
             on: &mut dyn FnMut(Event),
         ) -> Result<(), UblkError> {
             self.waits += 1;
             assert!(self.waits < 1_000_000, "the engine spins without progress");
+            let mut delivered = !self.queued.is_empty();
+            let mut on = |e| {
+                delivered = true;
+                on(e)
+            };
+            self.deliver(&mut on);
+            // Like the kernel's wait, block for the timeout when there is nothing to deliver
+            // (the fake has no interrupt to end it early). Without this the engine's wait for
+            // a silent device is a spin whose count depends on the machine's speed.
+            if let (false, Some(t)) = (delivered, timeout) {
+                std::thread::sleep(t);
+            }
+            Ok(())
+        }
+    }
+
+    impl FakeKernel {
+        /// Commits what the engine queued, then hands out the next batch of the script if its
+        /// tags are free, or aborts every tag once the script is done and no tag is busy.
+        fn deliver(&mut self, on: &mut dyn FnMut(Event)) {
             for (tag, result) in std::mem::take(&mut self.queued) {
                 let d = self.descs[usize::from(tag)];
                 if d.op() == op::READ && result > 0 {
@@ -561,7 +581,6 @@ mod tests {
                     on(Event::Aborted(tag));
                 }
             }
-            Ok(())
         }
     }
 
