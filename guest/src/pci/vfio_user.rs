@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use swiotlb_shared::error_chain;
 use swiotlb_shared::pci::cfg;
+use swiotlb_shared::vfio_user::capabilities::DEFAULT_MAX_MSG_FDS;
 use swiotlb_shared::vfio_user::device::{pci_irq, pci_region};
 use swiotlb_shared::vfio_user::limits::{MAX_IO_FDS_ARGSZ, MAX_REGION_INFO_ARGSZ};
 use swiotlb_shared::vfio_user::region::IO_FD_TYPE_IOEVENTFD;
@@ -66,6 +67,8 @@ pub struct VfioUserClient {
     next_id: u16,
     regions: Vec<Region>,
     max_xfer: usize,
+    /// Most fds the server takes in one message (its `max_msg_fds`).
+    server_max_fds: usize,
     doorbells: Vec<Doorbell>,
 }
 
@@ -96,6 +99,7 @@ impl VfioUserClient {
             next_id: 0,
             regions: Vec::new(),
             max_xfer: MAX_DATA_XFER_SIZE as usize,
+            server_max_fds: DEFAULT_MAX_MSG_FDS as usize,
             doorbells: Vec::new(),
         };
         c.version()?;
@@ -250,6 +254,7 @@ impl VfioUserClient {
         self.max_xfer = usize::try_from(x)
             .unwrap_or(usize::MAX)
             .clamp(8, MAX_DATA_XFER_SIZE as usize);
+        self.server_max_fds = theirs.capabilities.max_msg_fds as usize;
         Ok(())
     }
 
@@ -509,18 +514,26 @@ impl PciAccess for VfioUserClient {
             .map(|_| Self::eventfd())
             .collect::<Result<Vec<_>, _>>()?;
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        let set = IrqSet {
-            action: IrqAction::Trigger,
-            data: IrqSetData::Eventfd,
-            index: pci_irq::MSIX,
-            start: 0,
-            count: u32::from(count),
-        };
-        self.call(
-            Command::DeviceSetIrqs,
-            &set.to_bytes().map_err(codec)?,
-            &raw,
-        )?;
+        if self.server_max_fds == 0 && !raw.is_empty() {
+            return Err(PciError::Protocol(
+                "the server takes no file descriptors (max_msg_fds 0): no MSI-X eventfds".into(),
+            ));
+        }
+        // In sets of at most the server's max_msg_fds, as QEMU's client sends them.
+        for (i, chunk) in raw.chunks(self.server_max_fds.max(1)).enumerate() {
+            let set = IrqSet {
+                action: IrqAction::Trigger,
+                data: IrqSetData::Eventfd,
+                index: pci_irq::MSIX,
+                start: (i * self.server_max_fds) as u32,
+                count: chunk.len() as u32,
+            };
+            self.call(
+                Command::DeviceSetIrqs,
+                &set.to_bytes().map_err(codec)?,
+                chunk,
+            )?;
+        }
         let mut ctl = [0u8; 2];
         self.config_read(u16::from(cap) + 2, &mut ctl)?;
         let v = (u16::from_le_bytes(ctl) | cfg::MSIX_ENABLE) & !cfg::MSIX_FUNCTION_MASK;

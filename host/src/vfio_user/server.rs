@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
+use swiotlb_shared::vfio_user::capabilities::DEFAULT_MAX_MSG_FDS;
 use swiotlb_shared::vfio_user::device::{
     IRQ_INFO_AUTOMASKED, IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE, IRQ_INFO_NORESIZE,
 };
@@ -74,6 +75,9 @@ pub struct Server {
     /// This session's doorbell eventfds (ioeventfds), by queue; made when the client asks
     /// for them, closed when the session ends.
     doorbells: Vec<OwnedFd>,
+    /// Most fds this session's client takes in one message: its VERSION's `max_msg_fds`
+    /// (the spec's default, 1, until then).
+    client_max_fds: usize,
     /// How long to keep polling the rings after the last chain before sleeping; zero:
     /// never poll, sleep until a doorbell.
     poll: Duration,
@@ -91,6 +95,7 @@ impl Server {
             caps: Capabilities::local(),
             stats: ProtocolStats::default(),
             doorbells: Vec::new(),
+            client_max_fds: DEFAULT_MAX_MSG_FDS as usize,
             poll: Duration::ZERO,
             stop: None,
             stopped: false,
@@ -238,6 +243,7 @@ impl Server {
         self.function.set_doorbells(Vec::new());
         tracing::info!(target: "swiotlb::session", end = ?end, "client disconnected");
         self.doorbells.clear();
+        self.client_max_fds = DEFAULT_MAX_MSG_FDS as usize;
         self.function.audit_peripheral(false, &peer);
         end
     }
@@ -345,7 +351,8 @@ impl Server {
     }
 
     /// The DEVICE_GET_REGION_IO_FDS reply for `index`: for the register BAR, an ioeventfd
-    /// per queue on its doorbell (made on the first ask of the session); none elsewhere.
+    /// per queue on its doorbell (made on the first ask of the session), as many as the
+    /// client's `max_msg_fds`; none elsewhere.
     fn region_io_fds(
         &mut self,
         header: &Header,
@@ -379,7 +386,9 @@ impl Server {
                     })?;
                 self.function.set_doorbells(shared);
             }
-            for q in 0..self.doorbells.len() {
+            // No more ioeventfds than the client takes in one message: the doorbells of
+            // the queues past that arrive as messages, as they would with none.
+            for q in 0..self.doorbells.len().min(self.client_max_fds) {
                 sub_regions.push(IoFdSubRegion {
                     offset: self.function.doorbell_offset(q as u16),
                     size: DOORBELL_WIDTH,
@@ -431,6 +440,7 @@ impl Server {
             Request::Version(v) => {
                 let ours = v.server_reply(&self.caps)?;
                 *versioned = true;
+                self.client_max_fds = v.capabilities.max_msg_fds as usize;
                 Self::ok(&header, cmd, &ours.to_bytes()?)
             }
             Request::DmaMap(_) => {
