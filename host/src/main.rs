@@ -24,6 +24,7 @@ use swiotlb_host::pool::PoolError;
 use swiotlb_host::sandbox::{self, landlock, limits, privileges, seccomp, SandboxError};
 use swiotlb_host::stop::{signal_name, StopSignals, STOP_DEADLINE};
 use swiotlb_host::vfio_user::{Server, SessionEnd};
+use swiotlb_host::virtio::workers::worker_threads;
 use swiotlb_host::virtio::Policy;
 use swiotlb_host::VirtioPciFunction;
 use swiotlb_shared::error_chain;
@@ -328,7 +329,10 @@ fn print_sandbox(args: &Args) {
         "sandbox": args.sandbox == SandboxArg::On,
         "user": args.user,
         "landlock": allowed_paths(args),
-        "address_space_limit": limits::address_space_limit(args.pool_size),
+        "address_space_limit": limits::address_space_limit(
+            args.pool_size,
+            worker_threads(args.queues())
+        ),
         "seccomp": seccomp,
         "default_action": "kill process",
     });
@@ -560,8 +564,8 @@ fn run(args: &Args) -> Result<(), HostError> {
         }
     }
     if on {
-        let limit = limits::address_space_limit(args.pool_size);
-        limits::limit_address_space(limit).map_err(HostError::Sandbox)?;
+        let limit = limits::address_space_limit(args.pool_size, worker_threads(queues));
+        limits::limit_address_space_with_room(limit).map_err(HostError::Sandbox)?;
         report["address_space_limit"] = limit.into();
     }
     run_probes(args);

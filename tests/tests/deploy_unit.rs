@@ -59,7 +59,7 @@ fn check_plan(p: &serde_json::Value) {
     assert_eq!(p["sandbox"], true);
     assert_eq!(
         p["address_space_limit"],
-        swiotlb_host::sandbox::limits::address_space_limit(16 << 20)
+        swiotlb_host::sandbox::limits::address_space_limit(16 << 20, 0)
     );
     assert!(p["seccomp"]["device"].as_array().unwrap().len() > 10);
     assert!(p["seccomp"]["audit-writer"].as_array().unwrap().len() > 10);

@@ -7,12 +7,15 @@ use std::time::Duration;
 use serde_json::Value;
 use swiotlb_guest::attest::Emulated;
 use swiotlb_guest::pci::vfio_user::VfioUserClient;
+use swiotlb_guest::pci::PciError;
 use swiotlb_guest::testing::raw_driver::{
     Desc, RawDriver, BLK_T_IN, DEFAULT_FEATURES, STATUS_UNSET,
 };
 use swiotlb_guest::{BlockDriver, BlockError, Options};
+use swiotlb_host::devices::block::MAX_QUEUES;
 use swiotlb_shared::features::{bit, VIRTIO_BLK_F_MQ};
 use swiotlb_shared::pci::status;
+use swiotlb_shared::vfio_user::{Command, HEADER_SIZE, MAX_MESSAGE_SIZE};
 use swiotlb_tests::raw_session::emulated_ark;
 use swiotlb_tests::{disk_image, HostProcess};
 
@@ -289,4 +292,91 @@ fn the_attestation_gate_holds_every_queue_until_the_evidence_verifies() {
         "{served}"
     );
     assert_eq!(summary(&served, "chains"), 8, "{served}");
+}
+
+/// `VmPeak` of process `pid`, in bytes.
+fn vm_peak(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmPeak:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmPeak in {status}"));
+    kib << 10
+}
+
+#[test]
+fn the_most_queues_are_served_within_the_memory_bound_and_survive_the_largest_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = disk_image(dir.path(), "disk.img", 32 << 20);
+    let log = dir.path().join("audit.jsonl");
+    let queues = MAX_QUEUES.to_string();
+    let host = HostProcess::spawn(
+        dir.path(),
+        &disk,
+        &[
+            "--queues",
+            &queues,
+            "--sessions",
+            "2",
+            "--audit-mode",
+            "full",
+            "--audit-log",
+            log.to_str().unwrap(),
+        ],
+    );
+    let limit = host.event("sandbox", 1)["address_space_limit"]
+        .as_u64()
+        .unwrap();
+    // Every queue busy at once, each worker with its own malloc arena, io_uring and stack.
+    // The client takes MAX_MSG_FDS doorbell eventfds in one message, so the host offers
+    // only that many: the later queues' doorbells come as messages, and are served alike.
+    let mut q0 = open(&host, MAX_QUEUES);
+    assert_eq!(q0.info().queues, MAX_QUEUES);
+    let blocks = 48;
+    let workers: Vec<_> = q0
+        .take_queues()
+        .into_iter()
+        .map(|mut q| {
+            std::thread::spawn(move || {
+                let i = q.queue();
+                write_and_check(&mut q, i as u8, u64::from(i) * blocks, blocks);
+                q
+            })
+        })
+        .collect();
+    write_and_check(&mut q0, 0xee, 0, blocks);
+    let rest: Vec<_> = workers.into_iter().map(|t| t.join().unwrap()).collect();
+    drop((q0, rest));
+    let s = host.session(1);
+    assert_eq!(
+        summary(&s, "chains"),
+        2 * blocks * u64::from(MAX_QUEUES),
+        "{s}"
+    );
+    assert_eq!(summary(&s, "findings"), 0, "{s}");
+    let peak = vm_peak(host.pid());
+    assert!(
+        peak <= limit,
+        "VmPeak {peak} above the address-space limit {limit}"
+    );
+
+    // The largest message a peer may send is refused with an error reply, not with the
+    // process: its buffer still fits under the limit.
+    let mut c = VfioUserClient::connect(&host.socket).unwrap();
+    let big = vec![0u8; MAX_MESSAGE_SIZE as usize - HEADER_SIZE];
+    match c.call(Command::DeviceGetRegionInfo, &big, &[]) {
+        Err(PciError::Refused { errno, .. }) => assert_eq!(errno, libc::EINVAL as u32),
+        other => panic!("the largest message: {other:?}"),
+    }
+    // The same session goes on.
+    let (p, _) = c
+        .call(
+            Command::DeviceGetInfo,
+            &[16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(p.len(), 16);
 }

@@ -171,7 +171,7 @@ fn a_mapping_past_the_memory_bound_is_refused_and_the_bound_is_what_refuses_it()
         .unwrap();
     assert_eq!(
         limit,
-        swiotlb_host::sandbox::limits::address_space_limit(POOL_SIZE)
+        swiotlb_host::sandbox::limits::address_space_limit(POOL_SIZE, 0)
     );
     assert!(limit < 1 << 30);
     let small = host.event("sandbox_probe_map", 1);

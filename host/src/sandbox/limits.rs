@@ -28,15 +28,38 @@ const _: () = assert!(
         <= CONNECTION_BUDGET / 2
 );
 
+/// What each queue worker thread adds (`--queues` above 1): the C library's malloc arena
+/// for the thread (64 MiB of address space reserved up front on 64-bit glibc), its stack
+/// ([`crate::virtio::workers::WORKER_STACK`]) and its io_uring's rings. Measured: 64.6 MiB
+/// a worker from 2 to 8 queues.
+pub const QUEUE_WORKER_ADDRESS_SPACE: u64 = 72 << 20;
+
 /// How many times the pool is mapped at once: while a BAR move is served, the old view can
 /// still be held while the new one is mapped.
 pub const POOL_MAPPINGS: u64 = 2;
 
-/// The address-space limit for a process serving a pool of `pool_size` bytes.
-pub fn address_space_limit(pool_size: u64) -> u64 {
+/// The address-space limit for a process serving a pool of `pool_size` bytes with
+/// `queue_workers` worker threads.
+pub fn address_space_limit(pool_size: u64, queue_workers: u16) -> u64 {
     BASE_ADDRESS_SPACE
         .saturating_add(pool_size.saturating_mul(POOL_MAPPINGS))
+        .saturating_add(QUEUE_WORKER_ADDRESS_SPACE * u64::from(queue_workers))
         .saturating_add(CONNECTION_BUDGET)
+}
+
+/// Sets the limit, then checks that a connection's whole budget can still be mapped: a
+/// process already near its limit at start would otherwise fail an allocation later, on
+/// a peer's message, and die there. Fails closed, with the reason, before serving.
+pub fn limit_address_space_with_room(bytes: u64) -> Result<(), SandboxError> {
+    limit_address_space(bytes)?;
+    probe_map(CONNECTION_BUDGET).map_err(|e| {
+        SandboxError::Limits(format!(
+            "the address-space limit of {} MiB leaves less than a connection's {} MiB \
+             free ({e}): the process maps more at start than the limit allows for",
+            bytes >> 20,
+            CONNECTION_BUDGET >> 20
+        ))
+    })
 }
 
 /// Sets `RLIMIT_AS` (soft and hard: it cannot be raised again) to `bytes`.
@@ -86,9 +109,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_limit_grows_with_the_pool_and_never_overflows() {
-        assert_eq!(address_space_limit(16 << 20), (256 + 32 + 64) << 20);
-        assert!(address_space_limit(1 << 30) > 2 << 30);
-        assert_eq!(address_space_limit(u64::MAX), u64::MAX);
+    fn the_limit_grows_with_the_pool_and_the_workers_and_never_overflows() {
+        assert_eq!(address_space_limit(16 << 20, 0), (256 + 32 + 64) << 20);
+        assert_eq!(
+            address_space_limit(16 << 20, 2),
+            (256 + 32 + 2 * 72 + 64) << 20
+        );
+        assert!(address_space_limit(1 << 30, 0) > 2 << 30);
+        assert_eq!(address_space_limit(u64::MAX, 16), u64::MAX);
     }
 }

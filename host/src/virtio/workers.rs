@@ -39,7 +39,17 @@ use crate::virtio::queue_engine::{self, Processed, QueueWork, Rearm};
 /// Stack of a worker thread: a pass over a queue needs little (the chain walk and the
 /// device's request are on the heap), and every thread's stack counts against the address
 /// space limit of the sandbox.
-const WORKER_STACK: usize = 512 * 1024;
+pub const WORKER_STACK: usize = 512 * 1024;
+
+/// How many worker threads serve `queues` queues: one each when there are several; none
+/// for one (the device thread serves it).
+pub fn worker_threads(queues: u16) -> u16 {
+    if queues > 1 {
+        queues
+    } else {
+        0
+    }
+}
 /// While polling, the stop flag and the idle time are looked at once per this many looks at
 /// the ring (as the device thread does with its socket).
 const POLL_CHECK_EVERY: u32 = 256;

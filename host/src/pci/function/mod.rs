@@ -183,7 +183,7 @@ impl VirtioPciFunction {
         cpus: Option<&Placement>,
     ) -> Result<Self, WorkerError> {
         let n = self.transport.queues().len() as u16;
-        if n > 1 {
+        if crate::virtio::workers::worker_threads(n) > 0 {
             self.workers = Some(QueueWorkers::spawn(n, filter, cpus)?);
         }
         Ok(self)
