@@ -322,17 +322,16 @@ fn print_sandbox(args: &Args) {
     if args.audit_log.is_some() {
         seccomp["audit-writer"] = serde_json::json!(calls(seccomp::Role::AuditWriter));
     }
-    if args.queues() > 1 {
+    let workers = worker_threads(args.queues());
+    if workers > 0 {
         seccomp["queue-worker"] = serde_json::json!(calls(seccomp::Role::QueueWorker));
     }
     let plan = serde_json::json!({
         "sandbox": args.sandbox == SandboxArg::On,
         "user": args.user,
         "landlock": allowed_paths(args),
-        "address_space_limit": limits::address_space_limit(
-            args.pool_size,
-            worker_threads(args.queues())
-        ),
+        "address_space_limit": limits::address_space_limit(args.pool_size, workers),
+        "queue_workers": workers,
         "seccomp": seccomp,
         "default_action": "kill process",
     });
@@ -563,10 +562,12 @@ fn run(args: &Args) -> Result<(), HostError> {
             cpus::pin_current_thread(&cpu).map_err(HostError::QueueCpus)?;
         }
     }
+    let workers = worker_threads(queues);
     if on {
-        let limit = limits::address_space_limit(args.pool_size, worker_threads(queues));
+        let limit = limits::address_space_limit(args.pool_size, workers);
         limits::limit_address_space_with_room(limit).map_err(HostError::Sandbox)?;
         report["address_space_limit"] = limit.into();
+        report["queue_workers"] = workers.into();
     }
     run_probes(args);
     if on {
@@ -576,7 +577,7 @@ fn run(args: &Args) -> Result<(), HostError> {
         if audit.is_some() {
             threads.push("audit-writer");
         }
-        if queues > 1 {
+        if workers > 0 {
             threads.push("queue-worker");
         }
         report["seccomp"] = threads.into();

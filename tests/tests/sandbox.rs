@@ -166,12 +166,18 @@ fn a_mapping_past_the_memory_bound_is_refused_and_the_bound_is_what_refuses_it()
     let mut args = vec!["--log", "error"];
     args.extend(probes);
     let host = HostProcess::spawn(dir.path(), &disk, &args);
-    let limit = host.event("sandbox", 1)["address_space_limit"]
-        .as_u64()
-        .unwrap();
+    let sandbox = host.event("sandbox", 1);
+    let limit = sandbox["address_space_limit"].as_u64().unwrap();
+    // Without --queues, one queue per CPU: a worker each when there are several.
+    let workers = sandbox["queue_workers"].as_u64().unwrap() as u16;
+    let cpus = std::thread::available_parallelism().unwrap().get() as u16;
+    assert_eq!(
+        workers,
+        swiotlb_host::virtio::workers::worker_threads(cpus.min(8))
+    );
     assert_eq!(
         limit,
-        swiotlb_host::sandbox::limits::address_space_limit(POOL_SIZE, 0)
+        swiotlb_host::sandbox::limits::address_space_limit(POOL_SIZE, workers)
     );
     assert!(limit < 1 << 30);
     let small = host.event("sandbox_probe_map", 1);
