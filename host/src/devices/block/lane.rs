@@ -100,7 +100,8 @@ impl QueueDevice for BlockQueue {
 impl Lane<'_> {
     /// Holds a read or write for the ring, to go with the pass's others; `false` when it
     /// must go the synchronous way.
-    fn start(&mut self, mem: &PoolGuestMemory, req: &Request, offset: u64, head: u16) -> bool {
+    /// Takes the request's segments when it does.
+    fn start(&mut self, mem: &PoolGuestMemory, req: &mut Request, offset: u64, head: u16) -> bool {
         if self.st.ring.is_none()
             || req.data.len() > MAX_RING_SEGMENTS
             || !self.disk.transfer_aligned(mem, offset, &req.data)
@@ -117,7 +118,7 @@ impl Lane<'_> {
             },
             write: req.ty == RequestType::Out,
             offset,
-            segs: req.data.clone(),
+            segs: std::mem::take(&mut req.data),
             len: req.data_len,
         });
         true
@@ -128,10 +129,16 @@ impl Lane<'_> {
     /// more than a `preadv` on this kind of machine: BENCHMARKS.md), several as one batch
     /// on the ring.
     fn flush(&mut self, mem: &PoolGuestMemory) {
-        let held = std::mem::take(&mut self.st.held);
+        // Taken out and put back empty, so its room serves the next pass.
+        let mut held = std::mem::take(&mut self.st.held);
+        self.flush_held(mem, &mut held);
+        self.st.held = held;
+    }
+
+    fn flush_held(&mut self, mem: &PoolGuestMemory, held: &mut Vec<Held>) {
         let (disk, m) = (self.disk, self.metrics);
         let Some(ring) = self.st.ring.as_mut().filter(|_| held.len() > 1) else {
-            for h in held {
+            for h in held.drain(..) {
                 BlockMetrics::add(&m.single_calls, 1);
                 let r = Self::plain(disk, mem, h.write, h.offset, &h.segs).map(|()| h.len);
                 self.st.finished.push(Self::finish(m, mem, &h, r));
@@ -139,18 +146,16 @@ impl Lane<'_> {
             return;
         };
         let mut fallback = Vec::new();
-        for mut h in held {
-            // The ring keeps its own copy of the segments (for a short transfer).
+        for mut h in held.drain(..) {
+            // The ring keeps the segments (for a short transfer) and hands them back.
             let segs = std::mem::take(&mut h.segs);
-            match ring.push(mem, h.write, h.offset, &segs, h) {
-                Ok(()) => {}
-                Err((e, mut h)) => {
-                    h.segs = segs;
-                    // Cannot happen for a checked chain (every buffer is in the pool, the
-                    // ring has a slot per queue entry); a plain call still serves it.
-                    tracing::debug!(error = %e, "request not put on the ring");
-                    fallback.push(h);
-                }
+            if let Err(refused) = ring.push(mem, h.write, h.offset, segs, h) {
+                let mut h = refused.tag;
+                h.segs = refused.segs;
+                // Cannot happen for a checked chain (every buffer is in the pool, the ring
+                // has a slot per queue entry); a plain call still serves it.
+                tracing::debug!(error = %refused.error, "request not put on the ring");
+                fallback.push(h);
             }
         }
         if ring.in_flight() != 0 {
@@ -231,7 +236,12 @@ impl Lane<'_> {
 
     /// Executes `req`, or starts it on the ring (`None`); returns its status and the bytes
     /// written into writable data buffers.
-    fn execute(&mut self, mem: &PoolGuestMemory, req: &Request, head: u16) -> Option<(u8, u32)> {
+    fn execute(
+        &mut self,
+        mem: &PoolGuestMemory,
+        req: &mut Request,
+        head: u16,
+    ) -> Option<(u8, u32)> {
         let disk_rw = matches!(req.ty, RequestType::In | RequestType::Out);
         if !disk_rw {
             // FLUSH covers the writes before it; DISCARD and WRITE_ZEROES are not
@@ -404,7 +414,7 @@ impl Lane<'_> {
 
     /// Handles one checked chain of this queue: finishes it, or starts it on the ring.
     pub(super) fn handle_chain(&mut self, mem: &PoolGuestMemory, chain: &CheckedChain) -> Handled {
-        let req = match request::parse(mem, chain) {
+        let mut req = match request::parse(mem, chain) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(
@@ -423,7 +433,7 @@ impl Lane<'_> {
                 return Handled::Done(0);
             }
         };
-        let Some((status, written)) = self.execute(mem, &req, chain.head) else {
+        let Some((status, written)) = self.execute(mem, &mut req, chain.head) else {
             return Handled::Started;
         };
         if mem

@@ -84,6 +84,17 @@ pub struct Finished<T> {
     pub result: std::io::Result<u64>,
 }
 
+/// A request the ring did not take, handed back whole.
+#[derive(Debug)]
+pub struct Refused<T> {
+    /// Why.
+    pub error: PushError,
+    /// The caller's own.
+    pub tag: T,
+    /// The segments it was given.
+    pub segs: Vec<Segment>,
+}
+
 /// Why a request was not put on the ring.
 #[derive(Debug, Error)]
 pub enum PushError {
@@ -220,33 +231,45 @@ impl<T> UringEngine<T> {
 
     /// Puts a read (or write) of `segs` at image `offset` on the ring; it goes to the kernel
     /// with the next [`reap`](Self::reap) (or sooner, when the submission queue fills).
-    /// Refused, it hands `tag` back.
+    /// The request keeps `segs` (handed back with it). Refused, it hands `tag` and `segs`
+    /// back. A request of one segment (every 4 KiB one) allocates nothing here.
     pub fn push(
         &mut self,
         mem: &PoolGuestMemory,
         write: bool,
         offset: u64,
-        segs: &[Segment],
+        segs: Vec<Segment>,
         tag: T,
-    ) -> Result<(), (PushError, T)> {
+    ) -> Result<(), Refused<T>> {
+        let refuse = |error, tag, segs| Err(Refused { error, tag, segs });
         if segs.len() > MAX_RING_SEGMENTS {
-            return Err((PushError::TooManySegments(segs.len()), tag));
+            return refuse(PushError::TooManySegments(segs.len()), tag, segs);
         }
         let Some(&slot) = self.free.last() else {
-            return Err((PushError::Full, tag));
+            return refuse(PushError::Full, tag, segs);
         };
-        let mut iov = Vec::with_capacity(segs.len());
-        for s in segs {
-            let Ok(p) = mem.get_slice(GuestAddress(s.addr), s.len as usize) else {
-                return Err((PushError::Buffer(s.addr), tag));
-            };
-            iov.push(libc::iovec {
-                iov_base: p.ptr_guard_mut().as_ptr().cast(),
-                iov_len: p.len(),
-            });
-        }
+        let iovec = |s: &Segment| {
+            mem.get_slice(GuestAddress(s.addr), s.len as usize)
+                .map(|p| libc::iovec {
+                    iov_base: p.ptr_guard_mut().as_ptr().cast(),
+                    iov_len: p.len(),
+                })
+                .map_err(|_| PushError::Buffer(s.addr))
+        };
+        // One segment needs no iovec array: the entry names the buffer itself.
+        let (one, iov) = match segs.as_slice() {
+            [s] => match iovec(s) {
+                Ok(v) => (Some(v), Vec::new()),
+                Err(e) => return refuse(e, tag, segs),
+            },
+            many => match many.iter().map(iovec).collect::<Result<Vec<_>, _>>() {
+                Ok(v) => (None, v),
+                Err(e) => return refuse(e, tag, segs),
+            },
+        };
         let len: u64 = segs.iter().map(|s| u64::from(s.len)).sum();
-        let sqe = match (iov.as_slice(), self.fixed) {
+        let named = one.as_ref().map_or(&iov[..], std::slice::from_ref);
+        let sqe = match (named, self.fixed) {
             ([one], Some((start, size)))
                 if (one.iov_base as usize) >= start
                     && (one.iov_base as usize) + one.iov_len <= start + size =>
@@ -288,14 +311,14 @@ impl<T> UringEngine<T> {
             let _ = self.ring.submit();
             // SAFETY: as above.
             if unsafe { self.ring.submission().push(&sqe) }.is_err() {
-                return Err((PushError::Full, tag));
+                return refuse(PushError::Full, tag, segs);
             }
         }
         self.free.pop();
         self.slots[slot as usize] = Some(InFlight {
             write,
             offset,
-            segs: segs.to_vec(),
+            segs,
             len,
             tag,
             _iov: IoVecs { _held: iov },
@@ -444,7 +467,7 @@ mod tests {
                 } else {
                     vec![Segment { addr, len: 4096 }]
                 };
-                e.push(&mem, false, u64::from(i) * 4096, &segs, i).unwrap();
+                e.push(&mem, false, u64::from(i) * 4096, segs, i).unwrap();
             }
             let mut seen = Vec::new();
             e.reap(|d| {
@@ -470,7 +493,7 @@ mod tests {
                 addr: BASE + 0x8_0000,
                 len: 4096,
             }];
-            e.push(&mem, true, 12 * 4096, &seg, 99).unwrap();
+            e.push(&mem, true, 12 * 4096, seg, 99).unwrap();
             e.reap(|d| assert_eq!(d.result.unwrap(), 4096));
             let mut back = vec![0u8; 4096];
             f.as_file_mut()
@@ -497,8 +520,8 @@ mod tests {
             len: 4096,
         }];
         assert!(matches!(
-            e.push(&mem, false, 0, &out, ()),
-            Err((PushError::Buffer(_), ()))
+            e.push(&mem, false, 0, out.clone(), ()),
+            Err(Refused { error: PushError::Buffer(_), segs, .. }) if segs == out
         ));
         let seg = || {
             vec![Segment {
@@ -506,12 +529,12 @@ mod tests {
                 len: 512,
             }]
         };
-        e.push(&mem, false, 0, &seg(), ()).unwrap();
-        e.push(&mem, false, 512, &seg(), ()).unwrap();
+        e.push(&mem, false, 0, seg(), ()).unwrap();
+        e.push(&mem, false, 512, seg(), ()).unwrap();
         assert!(!e.has_room());
         assert!(matches!(
-            e.push(&mem, false, 0, &seg(), ()),
-            Err((PushError::Full, ()))
+            e.push(&mem, false, 0, seg(), ()),
+            Err(Refused { error: PushError::Full, segs, .. }) if segs == seg()
         ));
         let mut n = 0;
         e.reap(|_| n += 1);

@@ -221,8 +221,8 @@ fn limit_thread(
                         addr: LIMIT_BASE + (i * SMALL) as u64,
                         len: SMALL as u32,
                     };
-                    r.push(&mem, false, next(), &[seg], ())
-                        .map_err(|(e, ())| BenchError::LimitRead(io::Error::other(e)))?;
+                    r.push(&mem, false, next(), vec![seg], ())
+                        .map_err(|r| BenchError::LimitRead(io::Error::other(r.error)))?;
                 }
                 let mut failed = None;
                 r.reap(|d| {
