@@ -2,6 +2,7 @@
 //! thread of its own, driven by the block driver on both queues at once and by a raw driver
 //! that misbehaves on queue 1.
 
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -15,7 +16,11 @@ use swiotlb_guest::{BlockDriver, BlockError, Options};
 use swiotlb_host::devices::block::MAX_QUEUES;
 use swiotlb_shared::features::{bit, VIRTIO_BLK_F_MQ};
 use swiotlb_shared::pci::status;
-use swiotlb_shared::vfio_user::{Command, HEADER_SIZE, MAX_MESSAGE_SIZE};
+use swiotlb_shared::vfio_user::limits::MAX_IO_FDS_ARGSZ;
+use swiotlb_shared::vfio_user::socket::{recv_message, send_message};
+use swiotlb_shared::vfio_user::{
+    encode_request, ArgszReply, Command, RegionIoFds, HEADER_SIZE, MAX_MESSAGE_SIZE,
+};
 use swiotlb_tests::raw_session::emulated_ark;
 use swiotlb_tests::{disk_image, HostProcess};
 
@@ -379,4 +384,54 @@ fn the_most_queues_are_served_within_the_memory_bound_and_survive_the_largest_me
         )
         .unwrap();
     assert_eq!(p.len(), 16);
+}
+
+/// Connects raw, proposes VERSION 0.0 with the capabilities `json` (NUL-terminated), and
+/// asks for BAR 0's IO-FD sub-regions: how many the host offers, and the fds that came.
+fn doorbells_offered(host: &HostProcess, json: &[u8]) -> (usize, usize) {
+    let s = UnixStream::connect(&host.socket).unwrap();
+    s.set_read_timeout(Some(ANSWER)).unwrap();
+    let mut version = vec![0, 0, 0, 0];
+    version.extend_from_slice(json);
+    let bytes = encode_request(1, Command::Version, &version).unwrap();
+    send_message(&s, &bytes, &[]).unwrap();
+    let reply = recv_message(&s).unwrap();
+    assert!(!reply.header.is_error(), "{:?}", reply.header);
+    let mut req = Vec::new();
+    for v in [MAX_IO_FDS_ARGSZ, 0, 0, 0] {
+        req.extend_from_slice(&v.to_le_bytes());
+    }
+    let bytes = encode_request(2, Command::DeviceGetRegionIoFds, &req).unwrap();
+    send_message(&s, &bytes, &[]).unwrap();
+    let reply = recv_message(&s).unwrap();
+    assert!(!reply.header.is_error(), "{:?}", reply.header);
+    match RegionIoFds::parse(&reply.payload).unwrap() {
+        ArgszReply::Complete(r) => (r.sub_regions.len(), reply.fds.len()),
+        ArgszReply::Retry { argsz } => panic!("asked again for {argsz}"),
+    }
+}
+
+#[test]
+fn the_host_offers_no_more_doorbell_fds_than_the_client_takes_in_one_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = disk_image(dir.path(), "disk.img", DISK_SIZE);
+    let host = HostProcess::spawn(dir.path(), &disk, &["--queues", "4", "--sessions", "3"]);
+    // Room for every queue's doorbell: one each.
+    let many = br#"{"capabilities":{"max_msg_fds":8}}"#;
+    assert_eq!(
+        doorbells_offered(&host, &[&many[..], b"\0"].concat()),
+        (4, 4)
+    );
+    // Room for two: the first two queues; the others ring by message.
+    let two = br#"{"capabilities":{"max_msg_fds":2}}"#;
+    assert_eq!(
+        doorbells_offered(&host, &[&two[..], b"\0"].concat()),
+        (2, 2)
+    );
+    // Not said: the spec's default, one.
+    let unsaid = br#"{"capabilities":{"max_data_xfer_size":1048576}}"#;
+    assert_eq!(
+        doorbells_offered(&host, &[&unsaid[..], b"\0"].concat()),
+        (1, 1)
+    );
 }
