@@ -20,7 +20,7 @@ use swiotlb_shared::vfio_user::region_info::{REGION_INFO_FLAG_MMAP, REGION_INFO_
 use swiotlb_shared::vfio_user::socket::{recv_message, send_message, RecvError};
 use swiotlb_shared::vfio_user::{
     check_reply, encode_request, ArgszReply, CodecError, Command, DeviceInfo, IrqAction, IrqSet,
-    IrqSetData, RegionAccess, RegionInfo, RegionIoFds, Version, DEVICE_FLAGS_PCI,
+    IrqSetData, RegionAccess, RegionInfo, RegionIoFds, Request, Version, DEVICE_FLAGS_PCI,
     MAX_DATA_XFER_SIZE,
 };
 
@@ -174,12 +174,7 @@ impl VfioUserClient {
     fn io_fds_of(&mut self, index: u32) -> Result<Option<(RegionIoFds, Vec<OwnedFd>)>, PciError> {
         let mut argsz = RegionIoFds::FIXED_SIZE as u32;
         for _ in 0..2 {
-            let mut req = Vec::with_capacity(16);
-            req.extend_from_slice(&argsz.to_le_bytes());
-            req.extend_from_slice(&0u32.to_le_bytes());
-            req.extend_from_slice(&index.to_le_bytes());
-            req.extend_from_slice(&0u32.to_le_bytes());
-            let (p, fds) = self.call(Command::DeviceGetRegionIoFds, &req, &[])?;
+            let (p, fds) = self.ask(&Request::DeviceGetRegionIoFds { argsz, index })?;
             match RegionIoFds::parse(&p).map_err(codec)? {
                 ArgszReply::Complete(r) if r.index == index => return Ok(Some((r, fds))),
                 ArgszReply::Complete(r) => {
@@ -225,6 +220,11 @@ impl VfioUserClient {
         Err(PciError::Io(e))
     }
 
+    /// [`call`](Self::call) with a request the codec encodes, carrying no fds.
+    fn ask(&mut self, req: &Request<'_>) -> Result<(Vec<u8>, Vec<OwnedFd>), PciError> {
+        self.call(req.command(), &req.to_bytes().map_err(codec)?, &[])
+    }
+
     /// Sends a command and returns the reply payload and any fds, checking that the reply
     /// answers this command. Public so tests can speak the protocol directly.
     pub fn call(
@@ -259,13 +259,8 @@ impl VfioUserClient {
     }
 
     fn device_info(&mut self) -> Result<(), PciError> {
-        let req = 16u32
-            .to_le_bytes()
-            .iter()
-            .chain([0u8; 12].iter())
-            .copied()
-            .collect::<Vec<_>>();
-        let (p, _) = self.call(Command::DeviceGetInfo, &req, &[])?;
+        let argsz = DeviceInfo::SIZE as u32;
+        let (p, _) = self.ask(&Request::DeviceGetInfo { argsz })?;
         let info = DeviceInfo::parse(&p).map_err(codec)?;
         if info.flags & DEVICE_FLAGS_PCI == 0 || info.num_regions <= CONFIG_REGION {
             return Err(PciError::Protocol(format!(
@@ -288,12 +283,7 @@ impl VfioUserClient {
     fn region_info(&mut self, index: u32) -> Result<Region, PciError> {
         let mut argsz = RegionInfo::FIXED_SIZE as u32;
         for _ in 0..2 {
-            let mut req = Vec::with_capacity(32);
-            req.extend_from_slice(&argsz.to_le_bytes());
-            req.extend_from_slice(&0u32.to_le_bytes());
-            req.extend_from_slice(&index.to_le_bytes());
-            req.extend_from_slice(&[0u8; 20]);
-            let (p, mut fds) = self.call(Command::DeviceGetRegionInfo, &req, &[])?;
+            let (p, mut fds) = self.ask(&Request::DeviceGetRegionInfo { argsz, index })?;
             match RegionInfo::parse(&p).map_err(codec)? {
                 ArgszReply::Complete(info) => {
                     if info.index != index {
@@ -519,13 +509,15 @@ impl PciAccess for VfioUserClient {
                 "the server takes no file descriptors (max_msg_fds 0): no MSI-X eventfds".into(),
             ));
         }
-        // In sets of at most the server's max_msg_fds, as QEMU's client sends them.
-        for (i, chunk) in raw.chunks(self.server_max_fds.max(1)).enumerate() {
+        // In sets of at most the server's max_msg_fds, as QEMU's client sends them (none
+        // when there is no fd: `chunks` wants a size above 0).
+        let per_set = self.server_max_fds.max(1);
+        for (i, chunk) in raw.chunks(per_set).enumerate() {
             let set = IrqSet {
                 action: IrqAction::Trigger,
                 data: IrqSetData::Eventfd,
                 index: pci_irq::MSIX,
-                start: (i * self.server_max_fds) as u32,
+                start: (i * per_set) as u32,
                 count: chunk.len() as u32,
             };
             self.call(
