@@ -19,7 +19,7 @@ use swiotlb_shared::pci::status;
 use swiotlb_shared::vfio_user::limits::MAX_IO_FDS_ARGSZ;
 use swiotlb_shared::vfio_user::socket::{recv_message, send_message};
 use swiotlb_shared::vfio_user::{
-    encode_request, ArgszReply, Command, RegionIoFds, HEADER_SIZE, MAX_MESSAGE_SIZE,
+    encode_request, ArgszReply, Command, RegionIoFds, Request, HEADER_SIZE, MAX_MESSAGE_SIZE,
 };
 use swiotlb_tests::raw_session::emulated_ark;
 use swiotlb_tests::{disk_image, HostProcess};
@@ -379,7 +379,7 @@ fn the_most_queues_are_served_within_the_memory_bound_and_survive_the_largest_me
     let (p, _) = c
         .call(
             Command::DeviceGetInfo,
-            &[16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            &Request::DeviceGetInfo { argsz: 16 }.to_bytes().unwrap(),
             &[],
         )
         .unwrap();
@@ -397,12 +397,11 @@ fn doorbells_offered(host: &HostProcess, json: &[u8]) -> (usize, usize) {
     send_message(&s, &bytes, &[]).unwrap();
     let reply = recv_message(&s).unwrap();
     assert!(!reply.header.is_error(), "{:?}", reply.header);
-    let mut req = Vec::new();
-    for v in [MAX_IO_FDS_ARGSZ, 0, 0, 0] {
-        req.extend_from_slice(&v.to_le_bytes());
-    }
-    let bytes = encode_request(2, Command::DeviceGetRegionIoFds, &req).unwrap();
-    send_message(&s, &bytes, &[]).unwrap();
+    let ask = Request::DeviceGetRegionIoFds {
+        argsz: MAX_IO_FDS_ARGSZ,
+        index: 0,
+    };
+    send_message(&s, &ask.encode(2).unwrap(), &[]).unwrap();
     let reply = recv_message(&s).unwrap();
     assert!(!reply.header.is_error(), "{:?}", reply.header);
     match RegionIoFds::parse(&reply.payload).unwrap() {
